@@ -1,0 +1,405 @@
+"""The device replica: every CRM action as one SQLite transaction that writes the record and its
+outbox entry together, so a crash leaves both or neither.
+
+Nothing here touches the network; sync reads the outbox and feeds pulled ops back through
+``apply_remote``, the same merge the local writes use.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterable
+
+from uuid6 import uuid7
+
+from . import merge
+from .domain import (
+    DELETED,
+    LINE_PREFIX,
+    ENTITY_ORDER,
+    STATUS_RANK,
+    entity as entity_spec,
+    validate_create,
+    validate_edit,
+)
+from .errors import NotFoundError, StateError, ValidationError
+from .hlc import HybridClock
+from .merge import Record
+from .ops import Op, dumps, op_to_json
+from .store import Store, sqlite_errors
+
+PARENT_FIELD = {name: entity_spec(name).parent for name in ENTITY_ORDER}
+
+
+def new_id() -> str:
+    return str(uuid7())
+
+
+@dataclass(frozen=True)
+class Change:
+    """One record change to write: the engine turns each into an op inside a transaction."""
+
+    entity: str
+    record_id: str
+    fields: dict[str, Any]
+    base: dict[str, list[str]]
+    kind: str
+    ikey: str | None = None
+
+
+def record_from_row(entity: str, rid: str, data: str, meta: str) -> Record:
+    return Record(entity, rid, json.loads(data), json.loads(meta))
+
+
+def present(rec: Record) -> dict[str, Any]:
+    """A record as users and exports see it: id, then its fields; no merge bookkeeping.
+
+    An order's ``line:<id>`` fields become a ``lines`` list sorted by line id, with its total.
+    """
+    out: dict[str, Any] = {"id": rec.id}
+    lines = []
+    for name, value in rec.values.items():
+        if name == DELETED:
+            continue
+        if name.startswith(LINE_PREFIX):
+            if value is not None:
+                lines.append({"id": name[len(LINE_PREFIX):], **value})
+        else:
+            out[name] = value
+    if rec.entity == "order":
+        lines.sort(key=lambda line: line["id"])
+        out["lines"] = lines
+        total = sum((Decimal(line["unit_price"]) * line["quantity"] for line in lines), Decimal(0))
+        out["total"] = format(total.quantize(Decimal("0.01")), "f")
+    if rec.deleted:
+        out["deleted"] = True
+    return out
+
+
+class Device:
+    """One device's replica. Construct with ``Device.open(home)`` or ``Device.init(...)``."""
+
+    def __init__(self, *, store: Store) -> None:
+        self.store = store
+        meta = dict(store.conn.execute("SELECT key, value FROM meta").fetchall())
+        self.device_id: str = meta.get("device_id", "")
+        self.rep: str = meta.get("rep", "")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def init(cls, home: Path, *, rep: str, device_id: str | None = None,
+             settings: dict[str, str] | None = None) -> "Device":
+        rep = (rep or "").strip()
+        if not rep or len(rep) > 100:
+            raise ValidationError("rep: give the rep's name (1 to 100 characters)")
+        store = Store.create(home)
+        with store.write() as conn:
+            store.set_meta(conn, "device_id", device_id or new_id())
+            store.set_meta(conn, "rep", rep)
+            store.set_meta(conn, "hlc", "0.0")
+            for key, value in (settings or {}).items():
+                store.set_meta(conn, key, value)
+        return cls(store=store)
+
+    @classmethod
+    def open(cls, home: Path) -> "Device":
+        return cls(store=Store.open(home))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        return self.store.get_meta(key, default)
+
+    def set_settings(self, values: dict[str, str]) -> None:
+        with self.store.write() as conn:
+            for key, value in values.items():
+                self.store.set_meta(conn, key, value)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _load(self, conn: sqlite3.Connection, entity: str, rid: str) -> Record | None:
+        row = conn.execute("SELECT data, meta FROM records WHERE entity = ? AND id = ?",
+                           (entity, rid)).fetchone()
+        return record_from_row(entity, rid, row[0], row[1]) if row else None
+
+    def _require(self, conn: sqlite3.Connection, entity: str, rid: str, *,
+                 allow_deleted: bool = False) -> Record:
+        rec = self._load(conn, entity, (rid or "").strip().lower())
+        if rec is None or (rec.deleted and not allow_deleted):
+            raise NotFoundError(f"no {entity} with id {rid!r}" + (" (it was deleted)" if rec else ""),
+                                details={"entity": entity, "id": rid})
+        return rec
+
+    def get(self, entity: str, rid: str, *, allow_deleted: bool = False) -> dict[str, Any]:
+        entity_spec(entity)
+        with self.store.read() as conn:
+            rec = self._require(conn, entity, rid, allow_deleted=allow_deleted)
+            out = present(rec)
+            if entity == "account":
+                out["counts"] = {
+                    child: conn.execute(
+                        "SELECT count(*) FROM records WHERE entity = ? AND parent = ? AND deleted = 0",
+                        (child, rec.id)).fetchone()[0]
+                    for child in ("contact", "visit", "order", "note")
+                }
+        return out
+
+    def list(self, entity: str, *, parent: str | None = None, include_deleted: bool = False,
+             limit: int | None = None, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        entity_spec(entity)
+        sql = "SELECT id, data, meta FROM records WHERE entity = ?"
+        args: list[Any] = [entity]
+        if parent is not None:
+            sql += " AND parent = ?"
+            args.append(parent.strip().lower())
+        if not include_deleted:
+            sql += " AND deleted = 0"
+        for name, value in (where or {}).items():
+            entity_spec(entity).field(name)
+            sql += " AND json_extract(data, ?) = ?"
+            args += [f"$.{name}", value]
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with sqlite_errors(self.store.path):
+            rows = self.store.conn.execute(sql, args).fetchall()
+        return [present(record_from_row(entity, rid, data, meta)) for rid, data, meta in rows]
+
+    # -- the one write path --------------------------------------------------------------------
+    def _clock(self, conn: sqlite3.Connection) -> HybridClock:
+        wall, counter = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()[0].split(".")
+        return HybridClock(device=self.device_id, state=(int(wall), int(counter)))
+
+    def _save_clock(self, conn: sqlite3.Connection, clock: HybridClock) -> None:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'hlc'",
+                     (f"{clock.state[0]}.{clock.state[1]}",))
+
+    def _save_record(self, conn: sqlite3.Connection, rec: Record, ikey: str | None = None) -> None:
+        parent_field = PARENT_FIELD.get(rec.entity)
+        conn.execute(
+            "INSERT INTO records (entity, id, data, meta, parent, deleted, conflicts, ikey) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity, id) DO UPDATE SET "
+            "data = excluded.data, meta = excluded.meta, parent = excluded.parent, "
+            "deleted = excluded.deleted, conflicts = excluded.conflicts, "
+            "ikey = coalesce(excluded.ikey, records.ikey)",
+            (rec.entity, rec.id, dumps(rec.values), dumps(rec.meta),
+             rec.values.get(parent_field) if parent_field else None,
+             1 if rec.deleted else 0, len(merge.conflicts(rec)), ikey))
+
+    def _write_changes(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> list[Op]:
+        """Turn changes into ops, apply them and queue them, inside the caller's transaction."""
+        clock = self._clock(conn)
+        ops: list[Op] = []
+        outbox_rows = []
+        for change in changes:
+            op = Op(op_id=new_id(), device=self.device_id, hlc=clock.tick(), entity=change.entity,
+                    record_id=change.record_id, fields=change.fields, base=change.base,
+                    kind=change.kind)
+            rec = merge.apply_op(self._load(conn, op.entity, op.record_id), op)
+            self._save_record(conn, rec, change.ikey)
+            outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
+            ops.append(op)
+        conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
+                         "VALUES (?, ?, ?, ?, ?)", outbox_rows)
+        self._save_clock(conn, clock)
+        return ops
+
+    def _check_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> None:
+        for f in entity_spec(entity).fields:
+            if f.kind == "ref" and fields.get(f.name) is not None:
+                self._require(conn, f.ref, fields[f.name])
+
+    # -- generic actions -----------------------------------------------------------------------
+    def create(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+        spec = entity_spec(entity)
+        if not spec.device_writable:
+            raise ValidationError(f"{entity} records come from the server and cannot be created here")
+        values = validate_create(entity, self._with_rep(entity, fields))
+        with self.store.write() as conn:
+            self._check_refs(conn, entity, values)
+            rid = new_id()
+            self._write_changes(conn, [Change(entity, rid, values, {}, "create")])
+        return {"id": rid, **values}
+
+    def _with_rep(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+        names = entity_spec(entity).field_names
+        key = "owner" if "owner" in names else "rep" if "rep" in names else None
+        if key and fields.get(key) in (None, ""):
+            return {**fields, key: self.rep}
+        return fields
+
+    def edit(self, entity: str, rid: str, changes: dict[str, Any]) -> dict[str, Any]:
+        spec = entity_spec(entity)
+        if not spec.device_writable:
+            raise ValidationError(f"{entity} records are managed by the server")
+        values = validate_edit(entity, changes)
+        if "status" in values and entity == "order":
+            raise ValidationError("change an order's status with `crm order submit` or `crm order cancel`")
+        with self.store.write() as conn:
+            rec = self._require(conn, entity, rid)
+            for name, value in values.items():
+                if value is None and spec.field(name).required:
+                    raise ValidationError(f"{name}: is required", details={"field": name})
+            if entity == "order" and any(name.startswith(LINE_PREFIX) for name in values):
+                self._require_draft(conn, rec.id)
+            base = {name: merge.edit_base(rec, name) for name in values}
+            self._write_changes(conn, [Change(entity, rec.id, values, base, "update")])
+        return self.get(entity, rec.id)
+
+    def delete(self, entity: str, rid: str) -> dict[str, Any]:
+        spec = entity_spec(entity)
+        if spec.append_only or not spec.device_writable:
+            raise ValidationError(f"{entity} records cannot be deleted")
+        with self.store.write() as conn:
+            rec = self._require(conn, entity, rid)
+            self._write_changes(conn, [Change(entity, rec.id, {DELETED: True},
+                                              merge.delete_base(rec), "delete")])
+        return {"id": rec.id, "deleted": True}
+
+    # -- the field workflow --------------------------------------------------------------------
+    def _catalogue_price(self, conn: sqlite3.Connection, sku: str) -> str | None:
+        row = conn.execute("SELECT json_extract(data, '$.price') FROM records WHERE entity = 'product' "
+                           "AND deleted = 0 AND json_extract(data, '$.sku') = ?", (sku,)).fetchone()
+        return row[0] if row else None
+
+    def _line_field(self, conn: sqlite3.Connection, line: dict[str, Any]) -> tuple[str, dict]:
+        """A new order line as its own field, priced from the catalogue when no price is given."""
+        sku = str(line.get("sku") or "").strip()
+        price = line.get("unit_price")
+        if price in (None, ""):
+            price = self._catalogue_price(conn, sku)
+            if price is None:
+                raise ValidationError(f"line {sku}: no unit price given and {sku!r} is not in the "
+                                      "product catalogue", details={"sku": sku})
+        name = LINE_PREFIX + new_id()
+        value = validate_create("order", {name: {"sku": sku, "quantity": line.get("quantity"),
+                                                 "unit_price": price}, "account": "x"})[name]
+        return name, value
+
+    def add_order(self, fields: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
+        values = validate_create("order", {**self._with_rep("order", fields), "status": "draft"})
+        with self.store.write() as conn:
+            self._check_refs(conn, "order", values)
+            for line in lines:
+                name, value = self._line_field(conn, line)
+                values[name] = value
+            oid = new_id()
+            self._write_changes(conn, [Change("order", oid, values, {}, "create")])
+        return self.get("order", oid)
+
+    def _require_draft(self, conn: sqlite3.Connection, order_id: str) -> Record:
+        order = self._require(conn, "order", order_id)
+        if order.values.get("status") != "draft":
+            raise StateError(f"order {order.id} is {order.values.get('status')}; only a draft "
+                             "order's lines can change", details={"id": order.id})
+        return order
+
+    def add_order_line(self, order_id: str, line: dict[str, Any]) -> dict[str, Any]:
+        with self.store.write() as conn:
+            order = self._require_draft(conn, order_id)
+            name, value = self._line_field(conn, line)
+            self._write_changes(conn, [Change("order", order.id, {name: value}, {}, "update")])
+        return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
+
+    def set_order_status(self, order_id: str, status: str) -> dict[str, Any]:
+        with self.store.write() as conn:
+            order = self._require(conn, "order", order_id)
+            current = order.values.get("status", "draft")
+            if STATUS_RANK[status] <= STATUS_RANK[current]:
+                raise StateError(f"order {order.id} is {current}: its status only moves forward "
+                                 "(draft -> submitted -> cancelled)", details={"id": order.id})
+            if status == "submitted" and not present(order)["lines"]:
+                raise StateError(f"order {order.id} has no lines; add one before submitting")
+            self._write_changes(conn, [Change("order", order.id, {"status": status},
+                                              {"status": merge.edit_base(order, "status")}, "update")])
+        return self.get("order", order.id)
+
+    def add_note(self, text: str, *, account: str | None = None, visit: str | None = None,
+                 order: str | None = None) -> dict[str, Any]:
+        if sum(x is not None for x in (account, visit, order)) != 1:
+            raise ValidationError("attach the note to exactly one of --account, --visit or --order")
+        with self.store.write() as conn:
+            if visit or order:
+                parent = self._require(conn, "visit" if visit else "order", visit or order)
+                account = parent.values.get("account")
+            fields = validate_create("note", self._with_rep("note", {
+                "account": account, "visit": visit, "order": order, "text": text}))
+            self._check_refs(conn, "note", fields)
+            rid = new_id()
+            self._write_changes(conn, [Change("note", rid, fields, {}, "create")])
+        return {"id": rid, **fields}
+
+    # -- conflicts -----------------------------------------------------------------------------
+    def conflicts(self) -> list[dict[str, Any]]:
+        with self.store.read() as conn:
+            rows = conn.execute("SELECT entity, id, data, meta FROM records WHERE conflicts > 0 "
+                                "ORDER BY entity, id").fetchall()
+        found = [c.to_json() for row in rows for c in merge.conflicts(record_from_row(*row))]
+        return sorted(found, key=lambda c: c["id"])
+
+    def resolve_conflict(self, conflict_id: str, keep: str) -> dict[str, Any]:
+        if keep not in ("winner", "loser"):
+            raise ValidationError("--keep must be winner or loser")
+        with self.store.write() as conn:
+            for entity, rid, data, meta in conn.execute(
+                    "SELECT entity, id, data, meta FROM records WHERE conflicts > 0").fetchall():
+                rec = record_from_row(entity, rid, data, meta)
+                for conflict in merge.conflicts(rec):
+                    if conflict.id == conflict_id:
+                        fields, base = merge.resolution(rec, conflict, keep)
+                        self._write_changes(conn, [Change(entity, rid, fields, base, "resolve")])
+                        return {"id": conflict_id, "record": rid, "entity": entity,
+                                "kept": keep, "field": conflict.field}
+        raise NotFoundError(f"no open conflict with id {conflict_id!r} (see `crm conflicts ls`)")
+
+    # -- outbox and export ---------------------------------------------------------------------
+    def outbox(self, *, rejected: bool = False, limit: int | None = None) -> dict[str, Any]:
+        state = "rejected" if rejected else "pending"
+        with self.store.read() as conn:
+            count = conn.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0]
+            sql = ("SELECT seq, op_id, entity, record_id, hlc, body, reason, attempts FROM outbox "
+                   "WHERE state = ? ORDER BY seq")
+            args: list[Any] = [state]
+            if limit is not None:
+                sql += " LIMIT ?"
+                args.append(limit)
+            rows = conn.execute(sql, args).fetchall()
+        entries = []
+        for seq, op_id, entity, rid, hlc, body, reason, attempts in rows:
+            wire = json.loads(body)
+            entry = {"seq": seq, "op": op_id, "kind": wire.get("kind"), "entity": entity,
+                     "id": rid, "hlc": hlc, "fields": wire.get("fields", {}), "attempts": attempts}
+            if reason:
+                entry["reason"] = reason
+            entries.append(entry)
+        return {state: count, "entries": entries}
+
+    def export(self) -> dict[str, Any]:
+        """The replicated state in canonical form: identical on replicas holding the same data."""
+        with self.store.read() as conn:
+            return export_state(conn)
+
+
+def export_state(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Canonical export of any records table (the server uses it too)."""
+    out: dict[str, Any] = {"format": "crm-export/1"}
+    conflicts: list[dict[str, Any]] = []
+    for entity in ENTITY_ORDER:
+        records = []
+        for rid, data, meta in conn.execute(
+                "SELECT id, data, meta FROM records WHERE entity = ? ORDER BY id", (entity,)):
+            rec = record_from_row(entity, rid, data, meta)
+            conflicts.extend(c.to_json() for c in merge.conflicts(rec))
+            records.append(present(rec))
+        out[entity] = records
+    out["conflicts"] = sorted(conflicts, key=lambda c: c["id"])
+    return out
+
+
+def canonical_json(state: dict[str, Any]) -> str:
+    return json.dumps(state, sort_keys=True, ensure_ascii=False, indent=2) + "\n"

@@ -1,0 +1,193 @@
+"""The merge rules: pure functions from (record state, op) to record state.
+
+Every replica, device and server alike, applies ops through ``apply_op`` and nothing else, so
+they converge to the same state whatever order ops arrive in and however often. The rules,
+with their table of cases, are in docs/merge-rules.md:
+
+* Each field is last-writer-wins by its stamp (hybrid logical clock, then device id).
+* A write nobody built on is a *leaf*. A leaf that is not its field's winner is a concurrent
+  edit that lost: it stays in the record's metadata and is reported by ``conflicts`` until a
+  resolution (an op whose base lists it) supersedes it. Nothing is silently discarded.
+* ``order.status`` is a join: the furthest status in draft -> submitted -> cancelled wins.
+* Delete is a write of the ``_deleted`` field whose base lists every version it saw. Delete wins;
+  an edit the delete did not see stays a leaf and is reported as an edit of a deleted record,
+  which resolving with ``--keep loser`` restores.
+
+Per-field metadata (``Record.meta[field]``), keys present only when non-empty:
+``s`` winner stamp, ``o`` winner op id, ``x`` stamps superseded (named in some op's base),
+``c`` losing leaves as ``[stamp, op_id, value]`` sorted by stamp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .domain import DELETED, STATUS_RANK
+from .ops import Op
+
+FORWARD_ONLY = {("order", "status")}
+
+
+@dataclass
+class Record:
+    entity: str
+    id: str
+    values: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def deleted(self) -> bool:
+        return self.values.get(DELETED) is True
+
+
+@dataclass(frozen=True)
+class Conflict:
+    id: str  # "<losing op id>:<field>": the same on every replica
+    entity: str
+    record_id: str
+    field: str
+    kind: str  # concurrent_edit | edit_of_deleted
+    winner_value: Any
+    winner_stamp: str | None
+    loser_value: Any
+    loser_stamp: str
+    loser_op: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "entity": self.entity,
+            "record": self.record_id,
+            "field": self.field,
+            "kind": self.kind,
+            "winner": {"value": self.winner_value, "stamp": self.winner_stamp},
+            "loser": {"value": self.loser_value, "stamp": self.loser_stamp},
+        }
+
+
+def _wins(entity: str, name: str, new: tuple[str, Any], cur: tuple[str, Any]) -> bool:
+    """Whether write ``new`` (stamp, value) beats the current winner ``cur``."""
+    if (entity, name) in FORWARD_ONLY:
+        return (STATUS_RANK.get(new[1], -1), new[0]) > (STATUS_RANK.get(cur[1], -1), cur[0])
+    return new[0] > cur[0]
+
+
+def _supersede(fm: dict[str, Any], stamps: list[str]) -> None:
+    if not stamps:
+        return
+    x = set(fm.get("x", ()))
+    x.update(stamps)
+    fm["x"] = sorted(x)
+    if "c" in fm:
+        fm["c"] = [leaf for leaf in fm["c"] if leaf[0] not in x]
+        if not fm["c"]:
+            del fm["c"]
+
+
+def _add_loser(fm: dict[str, Any], leaf: list[Any]) -> None:
+    if leaf[0] in fm.get("x", ()):
+        return  # somebody already built on it: an ordinary overwrite, not a conflict
+    leaves = fm.setdefault("c", [])
+    if all(existing[0] != leaf[0] for existing in leaves):
+        leaves.append(leaf)
+        leaves.sort(key=lambda item: item[0])
+
+
+def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any) -> None:
+    fm = rec.meta.setdefault(name, {})
+    cur = fm.get("s")
+    if cur == stamp or any(leaf[0] == stamp for leaf in fm.get("c", ())):
+        return  # this exact write is already here
+    forward = (rec.entity, name) in FORWARD_ONLY
+    if cur is None:
+        fm["s"], fm["o"] = stamp, op_id
+        rec.values[name] = value
+        return
+    if _wins(rec.entity, name, (stamp, value), (cur, rec.values.get(name))):
+        if not forward:
+            _add_loser(fm, [cur, fm["o"], rec.values.get(name)])
+        fm["s"], fm["o"] = stamp, op_id
+        rec.values[name] = value
+    elif not forward:
+        _add_loser(fm, [stamp, op_id, value])
+
+
+def apply_op(record: Record | None, op: Op) -> Record:
+    """The record after ``op``; idempotent, and the result is independent of arrival order."""
+    if record is None:
+        rec = Record(op.entity, op.record_id)
+    else:
+        rec = Record(record.entity, record.id, dict(record.values),
+                     {k: {mk: (list(mv) if isinstance(mv, list) else mv) for mk, mv in v.items()}
+                      for k, v in record.meta.items()})
+    for name, stamps in op.base.items():
+        _supersede(rec.meta.setdefault(name, {}), stamps)
+    for name, value in op.fields.items():
+        _write(rec, name, op.hlc, op.op_id, value)
+    rec.meta = {k: v for k, v in rec.meta.items() if v}
+    return rec
+
+
+def is_leaf(fm: dict[str, Any]) -> bool:
+    return "s" in fm and fm["s"] not in fm.get("x", ())
+
+
+def leaves(rec: Record, name: str) -> list[str]:
+    """Stamps of every unsuperseded version of a field: what a new edit of it has seen."""
+    fm = rec.meta.get(name, {})
+    out = [leaf[0] for leaf in fm.get("c", ())]
+    if is_leaf(fm):
+        out.append(fm["s"])
+    return sorted(out)
+
+
+def conflicts(rec: Record) -> list[Conflict]:
+    """The record's open conflicts, derived from its state, so identical on every replica."""
+    found: list[Conflict] = []
+    deleted = rec.deleted
+    for name in sorted(rec.meta):
+        fm = rec.meta[name]
+        winner_value = rec.values.get(name)
+        candidates = [list(leaf) for leaf in fm.get("c", ())]
+        kind = "concurrent_edit"
+        if deleted and name != DELETED:
+            kind = "edit_of_deleted"
+            if is_leaf(fm):
+                candidates.append([fm["s"], fm["o"], winner_value])
+        for stamp, op_id, value in candidates:
+            if kind == "concurrent_edit" and value == winner_value:
+                continue  # both sides wrote the same value: nothing to choose between
+            found.append(Conflict(
+                id=f"{op_id}:{name}", entity=rec.entity, record_id=rec.id, field=name, kind=kind,
+                winner_value=(True if kind == "edit_of_deleted" else winner_value),
+                winner_stamp=(rec.meta.get(DELETED, {}).get("s") if kind == "edit_of_deleted"
+                              else fm.get("s")),
+                loser_value=value, loser_stamp=stamp, loser_op=op_id,
+            ))
+    return found
+
+
+def delete_base(rec: Record) -> dict[str, list[str]]:
+    """What a delete of ``rec`` has seen: every leaf of every field."""
+    return {name: leaves(rec, name) for name in sorted(rec.meta) if leaves(rec, name)}
+
+
+def resolution(rec: Record, conflict: Conflict, keep: str) -> tuple[dict[str, Any], dict[str, list[str]], ]:
+    """The (fields, base) of an op that settles ``conflict`` keeping ``winner`` or ``loser``."""
+    if keep not in ("winner", "loser"):
+        raise ValueError("keep must be winner or loser")
+    name = conflict.field
+    if conflict.kind == "edit_of_deleted":
+        if keep == "winner":  # stay deleted: acknowledge the edit without applying it
+            return {}, {name: [conflict.loser_stamp]}
+        return ({DELETED: False, name: conflict.loser_value},
+                {DELETED: leaves(rec, DELETED), name: leaves(rec, name)})
+    value = conflict.winner_value if keep == "winner" else conflict.loser_value
+    return {name: value}, {name: leaves(rec, name)}
+
+
+def edit_base(rec: Record, name: str) -> list[str]:
+    """What an ordinary edit of ``name`` has seen: the winner only, so open conflicts stay open."""
+    fm = rec.meta.get(name, {})
+    return [fm["s"]] if is_leaf(fm) else []

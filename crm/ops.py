@@ -1,0 +1,110 @@
+"""An op is one change to one record: the unit the outbox stores, the wire carries and merge applies.
+
+Data plus pure conversion functions, so the outbox, the protocol and the merge rules share one
+definition and none of them needs the store to reason about an op.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .hlc import ClockError, parse_stamp
+
+OP_FORMAT = 1
+MAX_FIELDS_PER_OP = 64
+MAX_BASE_STAMPS = 256
+
+
+class OpFormatError(ValueError):
+    """A wire op that is structurally unusable; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class Op:
+    op_id: str
+    device: str
+    hlc: str  # the stamp every field write in this op carries
+    entity: str
+    record_id: str
+    fields: dict[str, Any] = field(default_factory=dict)  # field -> new value
+    # field -> the stamps of the versions this change was made on top of (what the writer saw).
+    # A delete lists every field it saw; a conflict resolution lists every side it chose between.
+    base: dict[str, list[str]] = field(default_factory=dict)
+    kind: str = "update"  # create | update | delete | resolve: for people and for validation
+
+    @property
+    def wall_ms(self) -> int:
+        return int(self.hlc[:13])
+
+
+def op_to_wire(op: Op) -> dict[str, Any]:
+    return {
+        "op": op.op_id,
+        "dev": op.device,
+        "hlc": op.hlc,
+        "kind": op.kind,
+        "entity": op.entity,
+        "id": op.record_id,
+        "fields": op.fields,
+        "base": op.base,
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def op_to_json(op: Op) -> str:
+    return dumps(op_to_wire(op))
+
+
+def _text(raw: dict, key: str, max_len: int = 64) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise OpFormatError(f"op.{key} must be non-empty text of at most {max_len} characters")
+    return value
+
+
+def op_from_wire(raw: Any) -> Op:
+    """Rebuild an op from its wire form, refusing anything structurally wrong."""
+    if not isinstance(raw, dict):
+        raise OpFormatError("an op must be a JSON object")
+    unknown = set(raw) - {"op", "dev", "hlc", "kind", "entity", "id", "fields", "base"}
+    if unknown:
+        raise OpFormatError(f"unknown op keys: {', '.join(sorted(unknown))}")
+    op_id = _text(raw, "op")
+    device = _text(raw, "dev")
+    hlc = _text(raw, "hlc", 100)
+    try:
+        stamp = parse_stamp(hlc)
+    except ClockError as exc:
+        raise OpFormatError(str(exc)) from None
+    if stamp.device != device:
+        raise OpFormatError("op.hlc must carry the op's own device id")
+    kind = raw.get("kind", "update")
+    if kind not in ("create", "update", "delete", "resolve"):
+        raise OpFormatError("op.kind must be create, update, delete or resolve")
+    fields = raw.get("fields", {})
+    base = raw.get("base", {})
+    if not isinstance(fields, dict) or len(fields) > MAX_FIELDS_PER_OP:
+        raise OpFormatError(f"op.fields must be an object of at most {MAX_FIELDS_PER_OP} fields")
+    if not isinstance(base, dict) or len(base) > MAX_FIELDS_PER_OP:
+        raise OpFormatError("op.base must be an object mapping field names to lists of stamps")
+    clean_base: dict[str, list[str]] = {}
+    for name, stamps in base.items():
+        if not isinstance(stamps, list) or len(stamps) > MAX_BASE_STAMPS:
+            raise OpFormatError(f"op.base.{name} must be a list of stamps")
+        for s in stamps:
+            try:
+                parse_stamp(s)
+            except ClockError as exc:
+                raise OpFormatError(f"op.base.{name}: {exc}") from None
+        clean_base[name] = list(stamps)
+    return Op(op_id=op_id, device=device, hlc=hlc, entity=_text(raw, "entity"),
+              record_id=_text(raw, "id"), fields=dict(fields), base=clean_base, kind=kind)
+
+
+def op_from_json(text: str) -> Op:
+    return op_from_wire(json.loads(text))

@@ -1,0 +1,209 @@
+"""The device's durable SQLite store: one file per home, WAL, synchronous=FULL, versioned schema.
+
+Opening maps every SQLite failure to an error the user can act on (missing, locked, corrupt,
+newer schema) and never creates, migrates or overwrites anything it cannot read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+from .errors import (
+    CrmError,
+    SchemaTooNewError,
+    StateError,
+    StoreCorruptError,
+    StoreLockedError,
+    StoreMissingError,
+)
+
+SCHEMA_VERSION = 1
+STORE_FILENAME = "crm.sqlite3"
+BUSY_TIMEOUT_MS = 10_000
+APPLICATION_ID = 0x43524D31  # "CRM1": tells our stores from any other SQLite file
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE records (
+        entity    TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        data      TEXT NOT NULL,          -- the winning value of every field, JSON
+        meta      TEXT NOT NULL,          -- per-field merge metadata, JSON (see crm/merge.py)
+        parent    TEXT,                   -- account of a visit/order/note, order of a line
+        deleted   INTEGER NOT NULL DEFAULT 0,
+        conflicts INTEGER NOT NULL DEFAULT 0,
+        ikey      TEXT,                   -- import key: external ref or row hash (device-local)
+        PRIMARY KEY (entity, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX records_parent ON records (entity, parent) WHERE parent IS NOT NULL;
+    CREATE UNIQUE INDEX records_ikey ON records (entity, ikey) WHERE ikey IS NOT NULL;
+    CREATE INDEX records_conflicts ON records (entity, id) WHERE conflicts > 0;
+    CREATE TABLE outbox (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        op_id     TEXT NOT NULL UNIQUE,
+        entity    TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        hlc       TEXT NOT NULL,
+        body      TEXT NOT NULL,          -- the op's wire JSON (crm/ops.py)
+        state     TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'rejected')),
+        reason    TEXT,
+        attempts  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_record ON outbox (entity, record_id);
+    CREATE INDEX outbox_state ON outbox (state, seq);
+    """,
+}
+
+
+def store_path(home: Path) -> Path:
+    return Path(home) / STORE_FILENAME
+
+
+def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return StoreLockedError(
+            f"the store {path} is locked by another process (waited {BUSY_TIMEOUT_MS // 1000} s); "
+            "try again when it has finished")
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreCorruptError(
+            f"the store {path} is damaged ({exc}); it was not changed. "
+            "Run `crm doctor` or restore it from a backup")
+    if "readonly" in text or "unable to open" in text or "disk i/o" in text:
+        return StoreMissingError(f"cannot use the store {path}: {exc}")
+    return StoreCorruptError(f"the store {path} could not be read: {exc}")
+
+
+@contextlib.contextmanager
+def sqlite_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _map_sqlite_error(exc, path) from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreCorruptError(f"could not switch the store to WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+class Store:
+    """An open store. Use ``Store.open`` (existing) or ``Store.create`` (new)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, home: Path) -> "Store":
+        """Create a new store file (mode 0600) at ``home``; refuse if one exists."""
+        home = Path(home)
+        path = store_path(home)
+        try:
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            raise StateError(f"a store already exists at {path}; it was not changed") from None
+        except OSError as exc:
+            raise StoreMissingError(f"cannot create the store at {path}: {exc.strerror}") from None
+        os.close(fd)
+        with sqlite_errors(path):
+            conn = _connect(path)
+            _configure(conn)
+            store = cls(conn, path)
+            store._migrate(from_version=0)
+        return store
+
+    @classmethod
+    def open(cls, home: Path) -> "Store":
+        path = store_path(Path(home))
+        if not path.is_file():
+            raise StoreMissingError(
+                f"no store at {path.parent}: run `crm init --rep NAME` first "
+                "(or point --home / CRM_HOME at an existing one)")
+        with sqlite_errors(path):
+            conn = _connect(path)
+            try:
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error:
+                conn.close()
+                raise
+            if app_id != APPLICATION_ID:
+                conn.close()
+                raise StoreCorruptError(
+                    f"{path} is not a crm store (application id {app_id:#x}); it was not changed")
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise SchemaTooNewError(
+                    f"the store {path} has schema version {version}, newer than this crm "
+                    f"understands ({SCHEMA_VERSION}); upgrade crm to use it. It was not changed")
+            _configure(conn)
+            store = cls(conn, path)
+            if version < SCHEMA_VERSION:
+                store._migrate(from_version=version)
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self, *, from_version: int) -> None:
+        with self.write():
+            for version in range(from_version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction; BEGIN IMMEDIATE so concurrent writers queue, not deadlock."""
+        conn = self.conn
+        with sqlite_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for multi-statement reads."""
+        conn = self.conn
+        with sqlite_errors(self.path):
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    # -- meta --------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with sqlite_errors(self.path):
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+

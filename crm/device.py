@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from uuid6 import uuid7
 
@@ -382,17 +382,73 @@ class Device:
     def export(self) -> dict[str, Any]:
         """The replicated state in canonical form: identical on replicas holding the same data."""
         with self.store.read() as conn:
-            return export_state(conn)
+            return export_state(lambda entity: conn.execute(
+                "SELECT id, data, meta FROM records WHERE entity = ? ORDER BY id", (entity,)))
 
 
-def export_state(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Canonical export of any records table (the server uses it too)."""
+    # -- sync support (crm/sync.py drives these) ------------------------------------------------
+    def pending_ops(self, *, limit: int) -> list[tuple[str, str]]:
+        """The oldest pending outbox entries as (op id, wire JSON), in the order they were made."""
+        with sqlite_errors(self.store.path):
+            return self.store.conn.execute(
+                "SELECT op_id, body FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
+
+    def settle_pushed(self, acked: list[str], rejected: list[tuple[str, str]]) -> None:
+        """Drop what the server acknowledged; park what it refused where the rep can see it."""
+        with self.store.write() as conn:
+            conn.executemany("DELETE FROM outbox WHERE op_id = ?", [(op_id,) for op_id in acked])
+            conn.executemany("UPDATE outbox SET state = 'rejected', reason = ? WHERE op_id = ?",
+                             [(reason, op_id) for op_id, reason in rejected])
+
+    def count_attempt(self, op_ids: list[str]) -> None:
+        with self.store.write() as conn:
+            conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE op_id = ?",
+                             [(op_id,) for op_id in op_ids])
+
+    def apply_remote(self, ops: list[Op], *, cursor: str) -> int:
+        """Apply pulled ops and move the pull cursor in one transaction; returns ops applied.
+
+        The clock observes every pulled stamp, so a device whose wall clock is behind still
+        stamps its next edit after everything it has seen.
+        """
+        applied = 0
+        with self.store.write() as conn:
+            clock = self._clock(conn)
+            for op in ops:
+                clock.observe(op.hlc)
+                if op.device == self.device_id:
+                    continue
+                before = self._load(conn, op.entity, op.record_id)
+                after = merge.apply_op(before, op)
+                if before is None or after.values != before.values or after.meta != before.meta:
+                    self._save_record(conn, after)
+                    applied += 1
+            self._save_clock(conn, clock)
+            self.store.set_meta(conn, "pull_cursor", cursor)
+        return applied
+
+    def status(self) -> dict[str, Any]:
+        with self.store.read() as conn:
+            pending = conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            rejected = conn.execute("SELECT count(*) FROM outbox WHERE state = 'rejected'").fetchone()[0]
+            conflicts = conn.execute("SELECT coalesce(sum(conflicts), 0) FROM records").fetchone()[0]
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return {"device": self.device_id, "rep": self.rep, "pending": pending, "rejected": rejected,
+                "conflicts": conflicts, "server": meta.get("server_url"),
+                "last_sync": meta.get("last_sync"), "last_sync_error": meta.get("last_sync_error")}
+
+
+def export_state(rows_for: Callable[[str], Iterable[tuple[str, str, str]]]) -> dict[str, Any]:
+    """Canonical export from ``rows_for(entity)`` -> (id, data, meta) rows sorted by id.
+
+    The device and the server both export through this, so equal state gives equal bytes.
+    """
     out: dict[str, Any] = {"format": "crm-export/1"}
     conflicts: list[dict[str, Any]] = []
     for entity in ENTITY_ORDER:
         records = []
-        for rid, data, meta in conn.execute(
-                "SELECT id, data, meta FROM records WHERE entity = ? ORDER BY id", (entity,)):
+        for rid, data, meta in rows_for(entity):
             rec = record_from_row(entity, rid, data, meta)
             conflicts.extend(c.to_json() for c in merge.conflicts(rec))
             records.append(present(rec))

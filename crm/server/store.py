@@ -1,0 +1,333 @@
+"""The server's durable state in SQLite: organisations, reps, token hashes, the op log and the
+merged records of each organisation, all keyed by organisation so tenants never meet.
+
+Each push is one transaction: ops already in the log (same op id in the same organisation)
+are acknowledged without being applied again, so a retried batch ends exactly as one delivery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import merge
+from ..admission import admit
+from ..device import export_state, new_id, record_from_row
+from ..domain import ENTITIES, validate_create, validate_edit
+from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
+from ..hlc import HybridClock
+from ..merge import Record
+from ..ops import Op, OpFormatError, dumps, op_from_wire, op_to_json
+from ..store import sqlite_errors
+
+SERVER_SCHEMA_VERSION = 1
+SERVER_FILENAME = "server.sqlite3"
+BACKOFFICE_DEVICE = "backoffice"
+MAX_PUSH_OPS = 5000
+MAX_PULL_LIMIT = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orgs (org TEXT PRIMARY KEY, created_at TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    org        TEXT NOT NULL REFERENCES orgs (org),
+    rep        TEXT NOT NULL,
+    role       TEXT NOT NULL CHECK (role IN ('device', 'admin')),
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ops (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    org       TEXT NOT NULL,
+    op_id     TEXT NOT NULL,
+    device    TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    UNIQUE (org, op_id)
+);
+CREATE INDEX IF NOT EXISTS ops_org_seq ON ops (org, seq);
+CREATE TABLE IF NOT EXISTS records (
+    org       TEXT NOT NULL,
+    entity    TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    meta      TEXT NOT NULL,
+    deleted   INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, entity, id)
+) WITHOUT ROWID;
+"""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Identity:
+    org: str
+    rep: str
+    role: str
+
+
+@dataclass
+class PushResult:
+    acked: list[str]
+    rejected: list[tuple[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"acked": self.acked,
+                "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected]}
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ServerStore:
+    """Thread-safe: one SQLite connection per thread, writes serialised by BEGIN IMMEDIATE."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, data_dir: str | Path, *, create: bool = True) -> "ServerStore":
+        data = Path(data_dir)
+        path = data / SERVER_FILENAME
+        if not path.exists():
+            if not create:
+                raise StoreMissingError(f"no server data at {data} (start it with `crm server serve --data {data}`)")
+            try:
+                data.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+            except OSError as exc:
+                raise StoreMissingError(f"cannot create server data at {data}: {exc.strerror}") from None
+        store = cls(path)
+        with sqlite_errors(path):
+            conn = store.conn
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SERVER_SCHEMA_VERSION:
+                raise StoreMissingError(f"server data at {data} has a newer schema ({version}); upgrade crm")
+            if version < SERVER_SCHEMA_VERSION:
+                conn.executescript(SCHEMA + f"PRAGMA user_version = {SERVER_SCHEMA_VERSION};")
+        return store
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
+        with sqlite_errors(self.path):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- tenants and tokens --------------------------------------------------------------------
+    def add_token(self, org: str, rep: str, *, role: str = "device") -> str:
+        """Create (org and) a token for ``rep``; only its hash is stored, the token is returned once."""
+        for label, value in (("org", org), ("rep", rep)):
+            if not value or len(value) > 100 or not value.isprintable():
+                raise ValidationError(f"{label}: give a name of 1 to 100 printable characters")
+        token = "crm_" + secrets.token_urlsafe(32)
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO orgs (org, created_at) VALUES (?, ?)", (org, _utc_now()))
+            conn.execute("INSERT INTO tokens (token_hash, org, rep, role, created_at) VALUES (?, ?, ?, ?, ?)",
+                         (hash_token(token), org, rep, role, _utc_now()))
+        return token
+
+    def revoke(self, org: str, rep: str) -> int:
+        with self.write() as conn:
+            cur = conn.execute("UPDATE tokens SET revoked_at = ? WHERE org = ? AND rep = ? "
+                               "AND revoked_at IS NULL", (_utc_now(), org, rep))
+            return cur.rowcount
+
+    def authenticate(self, token: str | None) -> Identity | None:
+        if not token or len(token) > 200:
+            return None
+        digest = hash_token(token)
+        with sqlite_errors(self.path):
+            row = self.conn.execute("SELECT token_hash, org, rep, role, revoked_at FROM tokens "
+                                    "WHERE token_hash = ?", (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(row[0], digest) or row[4] is not None:
+            return None
+        return Identity(org=row[1], rep=row[2], role=row[3])
+
+    def orgs(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT org FROM orgs ORDER BY org")]
+
+    # -- the op log ----------------------------------------------------------------------------
+    def _load(self, conn: sqlite3.Connection, org: str, entity: str, rid: str) -> Record | None:
+        row = conn.execute("SELECT data, meta FROM records WHERE org = ? AND entity = ? AND id = ?",
+                           (org, entity, rid)).fetchone()
+        return record_from_row(entity, rid, row[0], row[1]) if row else None
+
+    def _save(self, conn: sqlite3.Connection, org: str, rec: Record) -> None:
+        conn.execute(
+            "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
+            "deleted = excluded.deleted, conflicts = excluded.conflicts",
+            (org, rec.entity, rec.id, dumps(rec.values), dumps(rec.meta), 1 if rec.deleted else 0,
+             len(merge.conflicts(rec))))
+
+    def _apply(self, conn: sqlite3.Connection, org: str, op: Op) -> bool:
+        """Log and apply one admitted op unless this organisation already has it."""
+        cur = conn.execute("INSERT OR IGNORE INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?)",
+                           (org, op.op_id, op.device, op_to_json(op)))
+        if cur.rowcount == 0:
+            return False
+        self._save(conn, org, merge.apply_op(self._load(conn, org, op.entity, op.record_id), op))
+        return True
+
+    def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
+        """Apply a batch in one transaction; each op at most once, refused ops reported, not applied."""
+        acked: list[str] = []
+        rejected: list[tuple[str, str]] = []
+        with self.write() as conn:
+            for raw in raw_ops:
+                op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
+                try:
+                    op = op_from_wire(raw)
+                    admit(op, from_device=True)
+                except (OpFormatError, CrmError) as exc:
+                    if op_id is None:
+                        raise ValidationError(f"unusable op in batch: {exc}") from None
+                    rejected.append((op_id, str(exc)))
+                    continue
+                self._apply(conn, identity.org, op)
+                acked.append(op.op_id)
+        return PushResult(acked, rejected)
+
+    def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None
+             ) -> tuple[list[dict[str, Any]], int, bool]:
+        """Ops after ``cursor`` in log order (skipping the caller's own), the new cursor, and more?"""
+        limit = max(1, min(limit, MAX_PULL_LIMIT))
+        with sqlite_errors(self.path):
+            rows = self.conn.execute(
+                "SELECT seq, device, body FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (identity.org, cursor, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        new_cursor = rows[-1][0] if rows else cursor
+        ops = [json.loads(body) for _, dev, body in rows if dev != device]
+        return ops, new_cursor, more
+
+    # -- the back office -----------------------------------------------------------------------
+    def _backoffice_ops(self, conn: sqlite3.Connection, changes: list[tuple[str, str, dict, dict, str]]
+                        ) -> list[Op]:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
+        wall, counter = (row[0] if row else "0.0").split(".")
+        clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)))
+        # Stamp after everything already logged, so a back-office edit is never "in the past".
+        last = conn.execute("SELECT body FROM ops ORDER BY seq DESC LIMIT 1").fetchone()
+        if last:
+            clock.observe(json.loads(last[0])["hlc"])
+        ops = [Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
+                  record_id=rid, fields=fields, base=base, kind=kind)
+               for entity, rid, fields, base, kind in changes]
+        conn.execute("INSERT INTO meta (key, value) VALUES ('hlc', ?) ON CONFLICT(key) DO UPDATE "
+                     "SET value = excluded.value", (f"{clock.state[0]}.{clock.state[1]}",))
+        return ops
+
+    def find_org(self, entity: str, rid: str) -> str:
+        orgs = [r[0] for r in self.conn.execute(
+            "SELECT org FROM records WHERE entity = ? AND id = ?", (entity, rid))]
+        if not orgs:
+            raise NotFoundError(f"no {entity} with id {rid!r} on this server")
+        if len(orgs) > 1:
+            raise ValidationError(f"{entity} {rid} exists in several organisations; give --org")
+        return orgs[0]
+
+    def edit(self, org: str | None, entity: str, rid: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """A back-office edit, merged by the same rules as a device's edit of the same record."""
+        if entity not in ENTITIES:
+            raise ValidationError(f"unknown entity {entity!r}")
+        rid = rid.strip().lower()
+        org = org or self.find_org(entity, rid)
+        values = validate_edit(entity, changes)
+        with self.write() as conn:
+            rec = self._load(conn, org, entity, rid)
+            if rec is None or rec.deleted:
+                raise NotFoundError(f"no {entity} with id {rid!r} in organisation {org!r}")
+            base = {name: merge.edit_base(rec, name) for name in values}
+            (op,) = self._backoffice_ops(conn, [(entity, rid, values, base, "update")])
+            self._apply(conn, org, op)
+            rec = self._load(conn, org, entity, rid)
+        from ..device import present
+
+        return {"op": op.op_id, **present(rec)}
+
+    def import_products(self, org: str, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Upsert catalogue rows by SKU; they reach devices through the op log like any change."""
+        if org not in self.orgs():
+            raise NotFoundError(f"no organisation {org!r} (add a rep to create it)")
+        created = updated = unchanged = 0
+        with self.write() as conn:
+            existing = {json.loads(data)["sku"]: record_from_row("product", rid, data, meta)
+                        for rid, data, meta in conn.execute(
+                            "SELECT id, data, meta FROM records WHERE org = ? AND entity = 'product' "
+                            "AND deleted = 0", (org,))}
+            changes = []
+            for row in rows:
+                values = validate_create("product", row)
+                rec = existing.get(values["sku"])
+                if rec is None:
+                    changes.append(("product", new_id(), values, {}, "create"))
+                    created += 1
+                    continue
+                diff = {k: v for k, v in values.items() if k != "sku" and rec.values.get(k) != v}
+                if diff:
+                    changes.append(("product", rec.id, diff,
+                                    {k: merge.edit_base(rec, k) for k in diff}, "update"))
+                    updated += 1
+                else:
+                    unchanged += 1
+            for op in self._backoffice_ops(conn, changes):
+                self._apply(conn, org, op)
+        return {"created": created, "updated": updated, "unchanged": unchanged}
+
+    def export(self, org: str) -> dict[str, Any]:
+        if org not in self.orgs():
+            raise NotFoundError(f"no organisation {org!r} on this server")
+        conn = self.conn
+        with sqlite_errors(self.path):
+            conn.execute("BEGIN")
+            try:
+                return export_state(lambda entity: conn.execute(
+                    "SELECT id, data, meta FROM records WHERE org = ? AND entity = ? ORDER BY id",
+                    (org, entity)))
+            finally:
+                conn.execute("COMMIT")
+
+    def stats(self, org: str) -> dict[str, int]:
+        ops = self.conn.execute("SELECT count(*) FROM ops WHERE org = ?", (org,)).fetchone()[0]
+        records = self.conn.execute("SELECT count(*) FROM records WHERE org = ?", (org,)).fetchone()[0]
+        return {"ops": ops, "records": records}
+
+
+__all__ = ["Identity", "PushResult", "ServerStore", "hash_token"]

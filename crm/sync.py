@@ -1,0 +1,164 @@
+"""One-shot sync: push the outbox in batches, then pull the server's log from the saved cursor.
+
+Safe to kill at any moment: an op leaves the outbox only after the server acknowledged it (the
+server applies each op id at most once, so re-sending after a lost response is harmless), and
+the pull cursor moves in the same transaction as the ops it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .device import Device
+from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
+from .ops import OpFormatError, op_from_wire
+
+PROTOCOL = 1
+PUSH_BATCH = 1000
+PULL_PAGE = 2000
+
+
+@dataclass
+class SyncResult:
+    pushed: int = 0
+    rejected: int = 0
+    pulled: int = 0
+    applied: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"synced": True, "pushed": self.pushed, "rejected": self.rejected,
+                "pulled": self.pulled, "applied": self.applied, "seconds": round(self.seconds, 3)}
+
+
+class SyncClient:
+    """HTTP client for the sync protocol. Pass ``transport`` to swap the network out in tests."""
+
+    def __init__(self, *, base_url: str, token: str, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, transport=transport,
+                                  headers={"authorization": f"Bearer {token}",
+                                           "user-agent": "crm-sync/1"},
+                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServerUnreachableError(f"the server at {self.base_url} did not answer in time "
+                                         f"({type(exc).__name__}); changes stay queued") from None
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(f"cannot reach the server at {self.base_url}: {exc}; "
+                                         "changes stay queued") from None
+        if response.status_code in (401, 403):
+            raise AuthRefusedError(f"the server refused this device's token ({response.status_code}): "
+                                   f"{_message(response)}; run `crm login` with a new token")
+        if response.status_code >= 400:
+            raise ServerError(f"the server answered {response.status_code} to {path}: {_message(response)}")
+        try:
+            data = response.json()
+        except ValueError:
+            raise ServerError(f"the server's answer to {path} is not JSON") from None
+        if not isinstance(data, dict):
+            raise ServerError(f"the server's answer to {path} is not a JSON object")
+        return data
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health")
+
+    def push(self, device_id: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        body = json.dumps({"protocol": PROTOCOL, "device": device_id, "ops": ops},
+                          separators=(",", ":")).encode()
+        return self._call("POST", "/v1/push", content=body, headers={"content-type": "application/json"})
+
+    def pull(self, *, cursor: int, limit: int, device_id: str) -> dict[str, Any]:
+        return self._call("GET", "/v1/pull", params={"cursor": cursor, "limit": limit, "device": device_id})
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:300]
+    except ValueError:
+        return response.text[:300]
+
+
+def client_for(device: Device, *, timeout: float = 30.0,
+               transport: httpx.BaseTransport | None = None) -> SyncClient:
+    url, token = device.setting("server_url"), device.setting("token")
+    if not url or not token:
+        raise NotConfiguredError("this device has no sync server: run `crm login --server URL --token TOKEN`")
+    return SyncClient(base_url=url, token=token, timeout=timeout, transport=transport)
+
+
+def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> tuple[int, int]:
+    pushed = rejected_count = 0
+    while True:
+        rows = device.pending_ops(limit=batch)
+        if not rows:
+            return pushed, rejected_count
+        sent = {op_id for op_id, _ in rows}
+        answer = client.push(device.device_id, [json.loads(body) for _, body in rows])
+        acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
+        rejected = [(r.get("op"), str(r.get("reason", "refused"))) for r in answer.get("rejected", [])
+                    if isinstance(r, dict) and r.get("op") in sent]
+        if not acked and not rejected:
+            raise ServerError("the server acknowledged none of a pushed batch")
+        device.settle_pushed(acked, rejected)
+        pushed += len(acked)
+        rejected_count += len(rejected)
+
+
+def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
+    pulled = applied = 0
+    while True:
+        cursor = int(device.setting("pull_cursor", "0") or 0)
+        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id)
+        try:
+            ops = [op_from_wire(raw) for raw in answer.get("ops", [])]
+            new_cursor = int(answer["cursor"])
+        except (OpFormatError, KeyError, TypeError, ValueError) as exc:
+            raise ServerError(f"the server sent an unusable pull page: {exc}") from None
+        if new_cursor < cursor:
+            raise ServerError("the server's pull cursor went backwards")
+        applied += device.apply_remote(ops, cursor=str(new_cursor))
+        pulled += len(ops)
+        if not answer.get("more"):
+            return pulled, applied
+
+
+def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult:
+    """Push then pull. Raises ServerUnreachableError / AuthRefusedError / ServerError."""
+    started = time.monotonic()
+    own = client is None
+    client = client or client_for(device)
+    try:
+        result = SyncResult()
+        try:
+            result.pushed, result.rejected = push_outbox(device, client)
+            result.pulled, result.applied = pull_changes(device, client)
+        except Exception as exc:
+            device.set_settings({"last_sync_error": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                                                    f"{getattr(exc, 'message', str(exc))[:200]}"})
+            raise
+        result.seconds = time.monotonic() - started
+        device.set_settings({"last_sync": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "last_sync_error": ""})
+        return result
+    finally:
+        if own:
+            client.close()

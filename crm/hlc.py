@@ -7,6 +7,7 @@ exactly the last-writer-wins order with the device id as the explicit tie-break.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -60,8 +61,12 @@ def parse_stamp(text: str) -> Stamp:
     return Stamp(int(wall), int(counter), device)
 
 
+# A deliberate offset for testing devices whose clocks are wrong (docs/sync-protocol.md).
+_SKEW_MS = int(os.environ.get("CRM_CLOCK_SKEW_MS", "0") or 0)
+
+
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time.time_ns() // 1_000_000 + _SKEW_MS
 
 
 class HybridClock:

@@ -173,8 +173,26 @@ def delete_base(rec: Record) -> dict[str, list[str]]:
     return {name: leaves(rec, name) for name in sorted(rec.meta) if leaves(rec, name)}
 
 
-def resolution(rec: Record, conflict: Conflict, keep: str) -> tuple[dict[str, Any], dict[str, list[str]], ]:
-    """The (fields, base) of an op that settles ``conflict`` keeping ``winner`` or ``loser``."""
+def _leaves_valued(rec: Record, name: str, values: list[Any]) -> list[str]:
+    """Stamps of the field's leaves carrying one of ``values``.
+
+    A writer who saw a value has seen every leaf carrying it: concurrent writes of the same value
+    are never reported as a conflict, so they must not surface as one after the next edit either.
+    """
+    fm = rec.meta.get(name, {})
+    out = [stamp for stamp, _, value in fm.get("c", ()) if value in values]
+    if is_leaf(fm) and rec.values.get(name) in values:
+        out.append(fm["s"])
+    return sorted(out)
+
+
+def resolution(rec: Record, conflict: Conflict, keep: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The (fields, base) of an op that settles ``conflict`` keeping ``winner`` or ``loser``.
+
+    The base lists only the sides chosen between (and leaves carrying the same values), so other
+    open conflicts on the same field stay open. Keeping the winner writes nothing: the winner stands
+    and the op only records that the loser was seen, so it cannot collide with a newer edit.
+    """
     if keep not in ("winner", "loser"):
         raise ValueError("keep must be winner or loser")
     name = conflict.field
@@ -182,12 +200,18 @@ def resolution(rec: Record, conflict: Conflict, keep: str) -> tuple[dict[str, An
         if keep == "winner":  # stay deleted: acknowledge the edit without applying it
             return {}, {name: [conflict.loser_stamp]}
         return ({DELETED: False, name: conflict.loser_value},
-                {DELETED: leaves(rec, DELETED), name: leaves(rec, name)})
-    value = conflict.winner_value if keep == "winner" else conflict.loser_value
-    return {name: value}, {name: leaves(rec, name)}
+                {DELETED: leaves(rec, DELETED),
+                 name: sorted({conflict.loser_stamp, *_leaves_valued(rec, name, [conflict.loser_value])})})
+    seen_loser = sorted({conflict.loser_stamp, *_leaves_valued(rec, name, [conflict.loser_value])})
+    if keep == "winner":
+        return {}, {name: seen_loser}
+    seen_winner = _leaves_valued(rec, name, [conflict.winner_value])
+    return {name: conflict.loser_value}, {name: sorted({*seen_loser, *seen_winner})}
 
 
 def edit_base(rec: Record, name: str) -> list[str]:
-    """What an ordinary edit of ``name`` has seen: the winner only, so open conflicts stay open."""
-    fm = rec.meta.get(name, {})
-    return [fm["s"]] if is_leaf(fm) else []
+    """What an ordinary edit of ``name`` has seen: the winner (and leaves of the same value) only,
+    so open conflicts stay open."""
+    if "s" not in rec.meta.get(name, {}):
+        return []
+    return _leaves_valued(rec, name, [rec.values.get(name)])

@@ -1,0 +1,210 @@
+"""The Toxiproxy wrapper against the real toxiproxy-server, in front of a tiny local HTTP server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from harness import processes
+from harness import toxiproxy as tp
+from harness.ports import free_port
+
+BIG = b"x" * 30_000
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = BIG if self.path == "/big" else b"hello through the proxy"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def toxi(tmp_path_factory):
+    with tp.ToxiproxyServer(log_dir=tmp_path_factory.mktemp("toxiproxy")) as server:
+        yield server
+    assert not server.process.running
+
+
+@pytest.fixture
+def proxy(toxi, upstream, request):
+    name = request.node.name.replace("[", "_").replace("]", "")
+    created = toxi.client.create_proxy(name, upstream)
+    yield created
+    toxi.client.delete_proxy(name)
+
+
+def get(url: str, timeout: float = 5.0) -> requests.Response:
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.get(url, timeout=timeout)
+
+
+def raw_get(url: str, path: str, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes, without HTTP framing checks."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_server_binary_is_found_and_answers_version(toxi):
+    assert toxi.binary.name == "toxiproxy-server"
+    assert toxi.client.version().startswith("2.")
+
+
+def test_proxy_passes_traffic(proxy):
+    assert proxy.listen.startswith("127.0.0.1:")
+    response = get(tp.proxy_url(proxy) + "/hello")
+    assert response.status_code == 200
+    assert response.content == b"hello through the proxy"
+
+
+def test_disabled_proxy_refuses_connections_and_reenabled_keeps_its_url(toxi, proxy):
+    url = tp.proxy_url(proxy)
+    assert toxi.client.disable(proxy.name).enabled is False
+    with pytest.raises(requests.ConnectionError):
+        get(url + "/hello", timeout=2)
+    again = toxi.client.enable(proxy.name)
+    assert again.enabled is True and tp.proxy_url(again) == url
+    assert get(url + "/hello").content == b"hello through the proxy"
+
+
+@pytest.mark.parametrize("stream", ["downstream", "upstream"])
+def test_latency_toxic_adds_at_least_the_latency(toxi, proxy, stream):
+    url = tp.proxy_url(proxy) + "/hello"
+    toxi.client.add_toxic(proxy.name, tp.latency(400, jitter_ms=50, stream=stream))
+    started = time.monotonic()
+    assert get(url).status_code == 200
+    assert time.monotonic() - started >= 0.35  # latency minus the jitter
+    toxi.client.remove_toxic(proxy.name, f"latency_{stream}")
+    started = time.monotonic()
+    get(url)
+    assert time.monotonic() - started < 0.35
+
+
+def test_timeout_toxic_stalls_the_connection(toxi, proxy):
+    toxi.client.add_toxic(proxy.name, tp.timeout(0, stream="upstream"))
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        get(tp.proxy_url(proxy) + "/hello", timeout=1.0)
+    assert time.monotonic() - started >= 0.9
+
+
+def test_reset_peer_toxic_resets_the_connection(toxi, proxy):
+    toxi.client.add_toxic(proxy.name, tp.reset_peer(0, stream="upstream"))
+    with pytest.raises(requests.ConnectionError):
+        get(tp.proxy_url(proxy) + "/hello", timeout=3)
+
+
+def test_limit_data_on_downstream_truncates_the_response(toxi, proxy):
+    full = raw_get(tp.proxy_url(proxy), "/big")
+    assert full.endswith(BIG)
+    toxi.client.add_toxic(proxy.name, tp.limit_data(1000))
+    truncated = raw_get(tp.proxy_url(proxy), "/big")
+    assert len(truncated) == 1000
+    assert full.startswith(truncated)
+
+
+def test_slicer_keeps_the_bytes_and_bandwidth_slows_them(toxi, proxy):
+    client = toxi.client
+    client.add_toxic(proxy.name, tp.slicer(500, 100, delay_us=10))
+    assert get(tp.proxy_url(proxy) + "/big").content == BIG
+    client.add_toxic(proxy.name, tp.bandwidth(30))  # 30 KB/s for a 30 KB body: about a second
+    started = time.monotonic()
+    assert get(tp.proxy_url(proxy) + "/big").content == BIG
+    assert time.monotonic() - started >= 0.7
+    assert set(client.toxics(proxy.name)) == {"slicer_downstream", "bandwidth_downstream"}
+
+
+def test_reset_removes_toxics_and_reenables_proxies(toxi, proxy):
+    client = toxi.client
+    client.add_toxic(proxy.name, tp.timeout(0, stream="upstream"))
+    client.disable(proxy.name)
+    client.reset()
+    assert client.toxics(proxy.name) == {}
+    assert client.proxy(proxy.name).enabled is True
+    assert get(tp.proxy_url(proxy) + "/hello").status_code == 200
+
+
+def test_control_errors_name_the_operation(toxi, proxy):
+    client = toxi.client
+    with pytest.raises(tp.ToxiproxyError, match=r"create proxy .*409"):
+        client.create_proxy(proxy.name, "127.0.0.1:1")
+    with pytest.raises(tp.ToxiproxyError, match=r"remove toxic 'nope'.*404"):
+        client.remove_toxic(proxy.name, "nope")
+    with pytest.raises(tp.ToxiproxyError, match=r"add toxic .*(400|toxic type)"):
+        client.add_toxic(proxy.name, tp.Toxic(type="no_such_toxic", stream="downstream"))
+    with pytest.raises(ValueError, match="stream must be"):
+        tp.latency(10, stream="sideways")
+
+
+def test_control_call_against_a_dead_toxiproxy_fails_fast():
+    client = tp.Toxiproxy(f"http://127.0.0.1:{free_port()}", timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(tp.ToxiproxyError, match="cannot reach Toxiproxy"):
+        client.create_proxy("d1", "127.0.0.1:1")
+    assert time.monotonic() - started < 1.5
+
+
+def test_control_call_against_a_hung_toxiproxy_fails_within_its_timeout(tmp_path):
+    with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=0.5) as server:
+        os.kill(server.process.pid, signal.SIGSTOP)  # accepts TCP (kernel backlog), never answers
+        try:
+            started = time.monotonic()
+            with pytest.raises(tp.ToxiproxyError, match=r"did not answer within 0.5s"):
+                server.client.reset()
+            assert time.monotonic() - started < 2.0
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+    assert server.process.pid not in processes.leftovers()
+
+
+def test_missing_binary_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.delenv("TOXIPROXY_SERVER", raising=False)
+    monkeypatch.setenv("CRM_TOOLS_DIR", str(tmp_path / "tools"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tp, "REPO", tmp_path)
+    with pytest.raises(tp.ToxiproxyError, match="scripts/install-toxiproxy.sh"):
+        tp.find_server_binary()
+    monkeypatch.setenv("TOXIPROXY_SERVER", str(tmp_path / "nothing-here"))
+    with pytest.raises(tp.ToxiproxyError, match="TOXIPROXY_SERVER=.*install-toxiproxy"):
+        tp.find_server_binary()
+
+
+def test_binary_lookup_order(monkeypatch, tmp_path):
+    tools = tmp_path / "tools" / "bin"
+    tools.mkdir(parents=True)
+    fake = tools / "toxiproxy-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("TOXIPROXY_SERVER", raising=False)
+    monkeypatch.setenv("CRM_TOOLS_DIR", str(tmp_path / "tools"))
+    assert tp.find_server_binary() == fake
+    monkeypatch.setenv("TOXIPROXY_SERVER", str(tp.REPO / ".tools" / "bin" / "toxiproxy-server"))
+    assert tp.find_server_binary() != fake

@@ -1,0 +1,396 @@
+"""The six consistency checks, each a pure function from a History to the anomalies it finds.
+
+They judge only what the history recorded: the outcome each action reported, the faults, and the
+final exports taken after quiescence. Each anomaly names its evidence (action seqs, record ids and
+the relevant part of the exports), so a failed certification says exactly what went wrong where.
+
+Outcomes follow the contract: an ``ok`` write must be in every final export exactly once; a
+``fail`` (definitely not saved) may not be duplicated; an ``unknown`` one (killed, timed out) may
+be present zero times or once, never twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .history import CREATES, History, Operation
+
+ENTITY_ORDER = ("account", "contact", "visit", "order", "note", "product")
+# The reference fields that must point at a record present in the same export.
+REFS = {"contact": {"account": "account"}, "visit": {"account": "account"},
+        "order": {"account": "account"}, "note": {"account": "account", "visit": "visit", "order": "order"}}
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    check: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _records(export: dict[str, Any], entity: str) -> list[dict[str, Any]]:
+    records = export.get(entity)
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def _by_id(export: dict[str, Any], entity: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for rec in _records(export, entity):
+        out.setdefault(str(rec.get("id")), rec)
+    return out
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value).strip()
+
+
+def _number(value: Any) -> Decimal | str | None:
+    """Quantities and prices compared as numbers, so "2.5" and "2.50" are the same price."""
+    try:
+        return Decimal(str(value).strip()).normalize()
+    except (InvalidOperation, ValueError):
+        return _text(value)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether a value the harness sent and a value an export shows are the same field value.
+
+    SUTs normalise what they store (trim text, write prices with two decimals), so text is
+    compared trimmed and numbers by value.
+    """
+    if a == b:
+        return True
+    if a is None or b is None or isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return False
+    if _text(a) == _text(b):
+        return True
+    na, nb = _number(a), _number(b)
+    return isinstance(na, Decimal) and isinstance(nb, Decimal) and na == nb
+
+
+def _op_summary(op: Operation) -> dict[str, Any]:
+    return {"seq": op.seq, "device": op.device, "action": op.action, "outcome": op.outcome,
+            "id": op.record_id}
+
+
+# -- lost_write ------------------------------------------------------------------------------------
+def lost_write(history: History) -> list[Anomaly]:
+    """A create that reported ok must be in every final export under the id it printed."""
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    found = []
+    for op in history.ok_writes():
+        entity = CREATES[op.action]
+        evidence = {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "action": op.action,
+                    "entity": entity, "args": op.args}
+        rid = op.record_id
+        if rid is None:
+            found.append(Anomaly("lost_write", f"{op.action} #{op.seq} on {op.device} reported saved but "
+                                 "printed no record id, so the record cannot be found", evidence))
+            continue
+        for where, export in exports.items():
+            if rid not in _by_id(export, entity):
+                found.append(Anomaly(
+                    "lost_write",
+                    f"{op.action} #{op.seq} on {op.device} reported {entity} {rid} saved, "
+                    f"but the final export of {where} has no such record",
+                    {**evidence, "id": rid, "export": where, "export_seq": export_seqs[where]}))
+    return found
+
+
+# -- duplicate -------------------------------------------------------------------------------------
+class _Payloads:
+    """The distinctive payload of a create action and of an exported record, comparable.
+
+    A child record's account is compared by the account's own payload (name, city), not its id,
+    so an SUT that renames ids on sync is still matched to the action that created the record.
+    """
+
+    def __init__(self, history: History, export: dict[str, Any]) -> None:
+        self.export_accounts = _by_id(export, "account")
+        self.created_accounts = {op.record_id: op.args for op in history.writes()
+                                 if op.action == "create_account" and op.record_id}
+
+    def account(self, account_id: Any) -> tuple:
+        rec = self.export_accounts.get(str(account_id))
+        if rec is not None:
+            return (_text(rec.get("name")), _text(rec.get("city")))
+        args = self.created_accounts.get(account_id)
+        if args is not None:
+            return (_text(args.get("name")), _text(args.get("city")))
+        return ("id", account_id)
+
+    def of_action(self, op: Operation) -> tuple:
+        a = op.args
+        if op.action == "create_account":
+            return ("account", _text(a.get("name")), _text(a.get("city")))
+        account = self.account(a.get("account_id"))
+        if op.action == "log_visit":
+            return ("visit", account, _text(a.get("outcome")))
+        if op.action == "take_order":
+            return ("order", account, _text(a.get("sku")), _number(a.get("qty")), _number(a.get("price")))
+        return ("note", account, _text(a.get("text")))
+
+    def of_record(self, entity: str, rec: dict[str, Any]) -> set[tuple]:
+        if entity == "account":
+            return {("account", _text(rec.get("name")), _text(rec.get("city")))}
+        account = self.account(rec.get("account"))
+        if entity == "visit":
+            return {("visit", account, _text(rec.get("outcome")))}
+        if entity == "order":
+            lines = rec.get("lines") if isinstance(rec.get("lines"), list) else []
+            return {("order", account, _text(line.get("sku")), _number(line.get("quantity")),
+                     _number(line.get("unit_price"))) for line in lines if isinstance(line, dict)}
+        return {("note", account, _text(rec.get("text")))}
+
+
+def duplicate(history: History) -> list[Anomaly]:
+    """No id twice in an export, and no action's effect present more often than it could be.
+
+    Actions with the same payload are counted together: n such actions that did not fail may
+    leave at most n records (and at least one record is always allowed, for a write that said
+    "not saved" but was saved, which is not a duplicate).
+    """
+    found = []
+    export_seqs = history.export_seqs()
+    writes = history.writes()
+    for where, export in history.final_exports().items():
+        for entity in ENTITY_ORDER:
+            counts = Counter(str(r.get("id")) for r in _records(export, entity))
+            for rid, n in sorted(counts.items()):
+                if n > 1:
+                    found.append(Anomaly("duplicate", f"{entity} {rid} appears {n} times in the final "
+                                         f"export of {where}",
+                                         {"export": where, "export_seq": export_seqs[where], "entity": entity,
+                                          "id": rid, "count": n}))
+        payloads = _Payloads(history, export)
+        actions: dict[tuple, list[Operation]] = defaultdict(list)
+        for op in writes:
+            actions[payloads.of_action(op)].append(op)
+        records: dict[tuple, list[str]] = defaultdict(list)
+        for entity in set(CREATES.values()):
+            for rec in _records(export, entity):
+                if rec.get("deleted") is True:
+                    continue
+                for key in payloads.of_record(entity, rec):
+                    records[key].append(str(rec.get("id")))
+        for key, ops in actions.items():
+            allowed = max(1, sum(op.outcome != "fail" for op in ops))
+            ids = sorted(records.get(key, ()))
+            if len(ids) > allowed:
+                entity = key[0]
+                found.append(Anomaly(
+                    "duplicate",
+                    f"{len(ids)} {entity} records in the final export of {where} carry the payload of "
+                    f"{len(ops)} {ops[0].action} action(s) (#{', #'.join(str(op.seq) for op in ops)}), "
+                    f"which allow at most {allowed}",
+                    {"export": where, "export_seq": export_seqs[where], "entity": entity,
+                     "payload": ops[0].args, "ids": ids, "count": len(ids), "allowed": allowed,
+                     "actions": [_op_summary(op) for op in ops]}))
+    return found
+
+
+# -- lost_edit -------------------------------------------------------------------------------------
+def _superseded(history: History, op: Operation, edits: list[Operation]) -> Operation | None:
+    """The later edit of the same record and field that replaced ``op`` knowingly, if any.
+
+    A later edit supersedes when it was invoked after ``op`` completed and either on the same
+    replica, or after ``op``'s device finished an ok sync that started after ``op`` completed
+    (a back-office edit on the server is already where everyone syncs to).
+    """
+    key = (op.args.get("entity"), op.args.get("record_id"), op.args.get("field"))
+    syncs = [s for s in history.syncs(op.device) if s.outcome == "ok" and s.seq > op.done_seq]
+    for later in edits:
+        if (later.args.get("entity"), later.args.get("record_id"), later.args.get("field")) != key:
+            continue
+        if later.seq <= op.done_seq or later.outcome == "fail":
+            continue
+        if later.device == op.device or op.device == "server" or any(s.done_seq < later.seq for s in syncs):
+            return later
+    return None
+
+
+def lost_edit(history: History) -> list[Anomaly]:
+    """An ok edit must be its field's final value, or in the conflict log, unless superseded."""
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    edits = history.edits()
+    found = []
+    for op in edits:
+        if op.outcome != "ok" or _superseded(history, op, edits):
+            continue
+        entity, rid = op.args.get("entity"), op.args.get("record_id")
+        name, value = op.args.get("field"), op.args.get("value")
+        base = {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "entity": entity, "id": rid,
+                "field": name, "value": value}
+        for where, export in exports.items():
+            evidence = {**base, "export": where, "export_seq": export_seqs[where]}
+            rec = _by_id(export, str(entity)).get(str(rid))
+            if rec is None:
+                found.append(Anomaly("lost_edit", f"edit #{op.seq} on {op.device} set {entity} {rid} "
+                                     f"{name}={value!r}, but {where}'s final export has no such record",
+                                     evidence))
+                continue
+            conflicts = [c for c in export.get("conflicts") or []
+                         if isinstance(c, dict) and c.get("record") == rid and c.get("field") == name]
+            seen = [rec.get(name)] + [(c.get(side) or {}).get("value") for c in conflicts
+                                      for side in ("winner", "loser")]
+            if not any(same_value(value, v) for v in seen):
+                found.append(Anomaly(
+                    "lost_edit",
+                    f"edit #{op.seq} on {op.device} set {entity} {rid} {name}={value!r}; {where}'s final "
+                    f"export shows {rec.get(name)!r} and no conflict keeps the edited value",
+                    {**evidence, "final_value": rec.get(name), "conflicts": conflicts}))
+    return found
+
+
+# -- divergence ------------------------------------------------------------------------------------
+def _sections(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = set(a) | set(b)
+    return [k for k in ENTITY_ORDER if k in keys] + sorted(keys - set(ENTITY_ORDER))
+
+
+def _keyed(items: Any) -> dict[str, Any]:
+    if not isinstance(items, list):
+        return {"": items}
+    return {str(item.get("id")) if isinstance(item, dict) and "id" in item else f"#{i}": item
+            for i, item in enumerate(items)}
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where two canonical exports differ, record by record: [{section, id, field, a, b}], in order."""
+    out = []
+    for section in _sections(a, b):
+        left, right = _keyed(a.get(section)), _keyed(b.get(section))
+        for rid in sorted(set(left) | set(right)):
+            if rid not in right or rid not in left:
+                out.append({"section": section, "id": rid, "field": None,
+                            "a": left.get(rid), "b": right.get(rid)})
+                continue
+            x, y = left[rid], right[rid]
+            if x == y:
+                continue
+            if isinstance(x, dict) and isinstance(y, dict):
+                name = next(n for n in sorted(set(x) | set(y)) if x.get(n) != y.get(n) or (n in x) != (n in y))
+                out.append({"section": section, "id": rid, "field": name, "a": x.get(name), "b": y.get(name)})
+            else:
+                out.append({"section": section, "id": rid, "field": None, "a": x, "b": y})
+    return out
+
+
+def divergence(history: History) -> list[Anomaly]:
+    """After quiescence every device's export must equal the server's."""
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    server = exports.get("server")
+    if server is None:
+        return []
+    found = []
+    for device in sorted(d for d in exports if d != "server"):
+        diffs = differences(exports[device], server)
+        if diffs:
+            first = diffs[0]
+            where = f"{first['section']} {first['id']}" + (f" field {first['field']}" if first["field"] else "")
+            found.append(Anomaly(
+                "divergence",
+                f"{device} and the server disagree after quiescence at {where}: {device} has "
+                f"{first['a']!r}, the server has {first['b']!r} ({len(diffs)} difference(s) in all)",
+                {"device": device, "export_seq": export_seqs[device], "server_export_seq": export_seqs["server"],
+                 "section": first["section"], "id": first["id"], "field": first["field"],
+                 "device_value": first["a"], "server_value": first["b"], "differences": len(diffs)}))
+    return found
+
+
+# -- orphan ----------------------------------------------------------------------------------------
+def orphan(history: History) -> list[Anomaly]:
+    """A visit, order, note or contact must point at records present in the same export."""
+    export_seqs = history.export_seqs()
+    found = []
+    for where, export in history.final_exports().items():
+        present = {entity: set(_by_id(export, entity)) for entity in ENTITY_ORDER}
+        for entity, refs in REFS.items():
+            for rec in _records(export, entity):
+                for name, target in refs.items():
+                    ref = rec.get(name)
+                    if ref is not None and str(ref) not in present[target]:
+                        found.append(Anomaly(
+                            "orphan",
+                            f"{entity} {rec.get('id')} in {where}'s final export points at {target} {ref}, "
+                            "which that export does not have",
+                            {"export": where, "export_seq": export_seqs[where], "entity": entity,
+                             "id": rec.get("id"), "field": name, "missing": ref}))
+    return found
+
+
+# -- queue_lost ------------------------------------------------------------------------------------
+def queue_lost(history: History) -> list[Anomaly]:
+    """A force-quit must not shrink the outbox: every ok offline write is still pending after it.
+
+    Counted: ok creates on the killed device since its last ok sync, made in airplane mode that
+    lasted until the outbox was read (while offline nothing can have been pushed). Edits are not
+    counted, because an outbox may legitimately fold an edit into a pending create.
+    """
+    found = []
+    for kill in history.kills():
+        device = kill.device
+        outbox = next((op for op in history.operations("outbox", device=device)
+                       if op.seq > kill.seq and op.outcome == "ok"), None)
+        if outbox is None:
+            continue
+        syncs = [s for s in history.syncs(device) if s.outcome == "ok"]
+        if any(kill.seq < s.seq < outbox.seq for s in syncs):
+            continue  # synced after the kill: a shorter outbox proves nothing
+        last_sync = max((s.done_seq for s in syncs if s.done_seq < kill.seq), default=0)
+        expected = [op for op in history.ok_writes(device)
+                    if last_sync < op.seq and op.done_seq < kill.seq
+                    and history.offline_throughout(device, op.seq, outbox.done_seq)]
+        result = outbox.result if isinstance(outbox.result, dict) else {}
+        pending = result.get("pending")
+        evidence = {"device": device, "kill_seq": kill.seq, "outbox_seq": outbox.seq,
+                    "last_sync_seq": last_sync or None, "pending": pending, "expected": len(expected),
+                    "writes": [op.seq for op in expected], "ids": [op.record_id for op in expected]}
+        if not isinstance(pending, int) or isinstance(pending, bool):
+            found.append(Anomaly("queue_lost", f"outbox #{outbox.seq} on {device} printed no pending count",
+                                 {**evidence, "result": outbox.result}))
+        elif pending < len(expected):
+            found.append(Anomaly(
+                "queue_lost",
+                f"after the force-quit #{kill.seq} of {device}, outbox #{outbox.seq} shows {pending} pending, "
+                f"but {len(expected)} ok offline write(s) since the last sync were still to be pushed",
+                evidence))
+    return found
+
+
+# -- all of them -----------------------------------------------------------------------------------
+CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
+    "lost_write": lost_write,
+    "duplicate": duplicate,
+    "lost_edit": lost_edit,
+    "divergence": divergence,
+    "orphan": orphan,
+    "queue_lost": queue_lost,
+}
+
+
+def missing_exports(history: History) -> list[Anomaly]:
+    """The checks are only as good as the final exports: name every replica that has none."""
+    exports = history.final_exports()
+    devices = sorted({e.device for e in history if e.type == "invoke" and e.device not in ("server", "harness")})
+    missing = [d for d in devices if d not in exports]
+    if devices and "server" not in exports:
+        missing.append("server")
+    return [Anomaly("history", f"no final export of {where} was recorded, so it could not be checked",
+                    {"export": where}) for where in missing]
+
+
+def run_all(history: History) -> list[Anomaly]:
+    """Every check over one history, in a fixed order; an empty list means a clean run."""
+    found = missing_exports(history)
+    for check in CHECKS.values():
+        found.extend(check(history))
+    return found

@@ -1,0 +1,243 @@
+"""What happened during a conformance run, as an append-only list of events.
+
+The checkers judge a run only from its history, so the history has to say everything they need:
+each action's invocation and its outcome (ok / fail / unknown), every fault injected and healed,
+and the final exports taken after quiescence. It is JSON-lines serialisable, so a failing run can
+be saved, read by a person, and re-checked later without re-running anything.
+
+Event shape (one JSON object per line)::
+
+    {"seq": n, "t": monotonic_s, "device": "d1" | "server" | "harness",
+     "type": "invoke" | "ok" | "fail" | "unknown" | "fault" | "heal" | "export",
+     "action": "create_account" | ..., "args": {...}, "result": {...} | null,
+     "exit": code | null, "ref": seq of the invoke this completes | null, "detail": "..."}
+
+Faults use ``action`` for their kind: ``"kill"`` is a force-quit of the device (SIGKILL of its
+client and background sync), ``"offline"`` is airplane mode (its proxy disabled); other kinds
+(``"latency"``, ``"timeout"``, ``"reset_peer"``, ``"server_kill"`` ...) are recorded as given.
+A ``heal`` event with the same device and action ends that fault; a heal without an action ends
+every fault of that device.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The contract actions that create a record, and the entity each one creates.
+CREATES = {"create_account": "account", "log_visit": "visit", "take_order": "order", "write_note": "note"}
+EDITS = ("edit_field", "backoffice_edit")
+OUTCOMES = ("ok", "fail", "unknown")
+EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export")
+OFFLINE_FAULTS = ("offline", "airplane")
+
+
+@dataclass
+class Event:
+    seq: int
+    t: float
+    device: str
+    type: str
+    action: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    exit: int | None = None
+    ref: int | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One action as a pair: its invoke event and the event that completed it (None while pending)."""
+
+    invoke: Event
+    completion: Event | None
+
+    @property
+    def seq(self) -> int:
+        return self.invoke.seq
+
+    @property
+    def device(self) -> str:
+        return self.invoke.device
+
+    @property
+    def action(self) -> str:
+        return self.invoke.action or ""
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.invoke.args
+
+    @property
+    def outcome(self) -> str:
+        """ok, fail or unknown; an action that never completed has an unknown outcome."""
+        return self.completion.type if self.completion else "unknown"
+
+    @property
+    def result(self) -> Any:
+        return self.completion.result if self.completion else None
+
+    @property
+    def done_seq(self) -> int | None:
+        return self.completion.seq if self.completion else None
+
+    @property
+    def record_id(self) -> str | None:
+        """The id an ok create reported, if it printed one."""
+        result = self.result
+        if isinstance(result, dict) and isinstance(result.get("id"), str):
+            return result["id"]
+        return None
+
+
+class History:
+    """An append-only event list. Appending assigns ``seq`` and ``t``; events are never changed."""
+
+    def __init__(self, events: Iterable[Event] = ()) -> None:
+        self.events: list[Event] = list(events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    # -- recording -----------------------------------------------------------------------------
+    def append(self, device: str, type: str, action: str | None = None, *, args: dict | None = None,
+               result: Any = None, exit: int | None = None, ref: int | None = None,
+               detail: str = "", t: float | None = None) -> Event:
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r} (expected one of {', '.join(EVENT_TYPES)})")
+        if type in OUTCOMES and ref is None:
+            ref = self._open_invoke(device, action)
+        event = Event(seq=(self.events[-1].seq + 1) if self.events else 1, t=time.monotonic() if t is None else t, device=device,
+                      type=type, action=action, args=dict(args or {}), result=result, exit=exit,
+                      ref=ref, detail=detail)
+        self.events.append(event)
+        return event
+
+    def record(self, event: dict[str, Any] | Event) -> Event:
+        """Append an event given as a dict (the driver's callback); ``seq`` and ``t`` are assigned."""
+        data = event.to_json() if isinstance(event, Event) else dict(event)
+        data.pop("seq", None)
+        unknown = set(data) - set(Event.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown event keys: {', '.join(sorted(unknown))}")
+        return self.append(data.pop("device"), data.pop("type"), data.pop("action", None), **data)
+
+    __call__ = record
+
+    def invoke(self, device: str, action: str, args: dict | None = None) -> Event:
+        return self.append(device, "invoke", action, args=args)
+
+    def complete(self, invoke: Event, outcome: str, *, result: Any = None, exit: int | None = None,
+                 detail: str = "") -> Event:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"an outcome is one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        return self.append(invoke.device, outcome, invoke.action, args=invoke.args, result=result,
+                           exit=exit, ref=invoke.seq, detail=detail)
+
+    def _open_invoke(self, device: str, action: str | None) -> int | None:
+        """The latest invoke of this device and action that nothing has completed yet."""
+        done = {e.ref for e in self.events if e.type in OUTCOMES}
+        for e in reversed(self.events):
+            if e.type == "invoke" and e.device == device and e.action == action and e.seq not in done:
+                return e.seq
+        return None
+
+    # -- reading -------------------------------------------------------------------------------
+    def event(self, seq: int) -> Event:
+        for e in self.events:
+            if e.seq == seq:
+                return e
+        raise KeyError(f"no event with seq {seq}")
+
+    def operations(self, *actions: str, device: str | None = None) -> list[Operation]:
+        """Every invoked action (optionally only these actions / this device), in invoke order."""
+        completions = {e.ref: e for e in self.events if e.type in OUTCOMES and e.ref is not None}
+        return [Operation(e, completions.get(e.seq)) for e in self.events
+                if e.type == "invoke" and (not actions or e.action in actions)
+                and (device is None or e.device == device)]
+
+    def writes(self, device: str | None = None) -> list[Operation]:
+        """Every create action (create_account, log_visit, take_order, write_note), any outcome."""
+        return self.operations(*CREATES, device=device)
+
+    def ok_writes(self, device: str | None = None) -> list[Operation]:
+        return [op for op in self.writes(device) if op.outcome == "ok"]
+
+    def edits(self, device: str | None = None) -> list[Operation]:
+        """Device edits and back-office edits on the server, any outcome."""
+        return self.operations(*EDITS, device=device)
+
+    def syncs(self, device: str | None = None) -> list[Operation]:
+        return self.operations("sync", device=device)
+
+    def faults(self, action: str | None = None, device: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.type == "fault" and (action is None or e.action == action)
+                and (device is None or e.device == device)]
+
+    def kills(self, device: str | None = None) -> list[Event]:
+        return self.faults("kill", device)
+
+    def offline_at(self, device: str, seq: int) -> bool:
+        """Whether ``device`` was in airplane mode just before event ``seq``."""
+        offline = False
+        for e in self.events:
+            if e.seq >= seq or e.device != device:
+                continue
+            if e.type == "fault" and e.action in OFFLINE_FAULTS:
+                offline = True
+            elif e.type == "heal" and (e.action is None or e.action in OFFLINE_FAULTS):
+                offline = False
+        return offline
+
+    def offline_throughout(self, device: str, first: int, last: int) -> bool:
+        """Whether ``device`` was in airplane mode from before event ``first`` until event ``last``."""
+        if not self.offline_at(device, first):
+            return False
+        return not any(e.type == "heal" and e.device == device and first < e.seq < last
+                       and (e.action is None or e.action in OFFLINE_FAULTS) for e in self.events)
+
+    def final_exports(self) -> dict[str, dict[str, Any]]:
+        """The last export of each device and of the server: ``{"d1": {...}, "server": {...}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for e in self.events:
+            if e.type == "export" and isinstance(e.result, dict):
+                out[e.device] = e.result
+        return out
+
+    def export_seqs(self) -> dict[str, int]:
+        return {e.device: e.seq for e in self.events if e.type == "export" and isinstance(e.result, dict)}
+
+    # -- persistence ---------------------------------------------------------------------------
+    def dumps(self) -> str:
+        return "".join(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n"
+                       for e in self.events)
+
+    @classmethod
+    def loads(cls, text: str) -> History:
+        events = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(Event(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"history line {number} is not an event: {exc}") from None
+        return cls(events)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> History:
+        return cls.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,372 @@
+"""The checkers against hand-made histories: each one silent on a clean run, loud on a broken one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import checkers
+from harness.history import History
+
+
+def export(*, account=(), visit=(), order=(), note=(), conflicts=()):
+    return {"format": "crm-export/1", "account": sorted(account, key=lambda r: r["id"]), "contact": [],
+            "visit": sorted(visit, key=lambda r: r["id"]), "order": sorted(order, key=lambda r: r["id"]),
+            "note": sorted(note, key=lambda r: r["id"]), "product": [], "conflicts": list(conflicts)}
+
+
+def acct(rid, name="Acme", city="Leeds", **fields):
+    return {"id": rid, "name": name, "city": city, **fields}
+
+
+def act(h: History, device, action, args, outcome="ok", result=None, exit=None) -> int:
+    """Invoke and complete one action; returns the invoke's seq."""
+    inv = h.invoke(device, action, args)
+    h.complete(inv, outcome, result=result, exit={"ok": 0, "fail": 3}.get(outcome, exit))
+    return inv.seq
+
+
+def create(h, device, rid, name="Acme", city="Leeds", outcome="ok"):
+    return act(h, device, "create_account", {"name": name, "city": city}, outcome,
+               result={"id": rid, "name": name, "city": city} if outcome == "ok" else None)
+
+
+def finish(h, *, server, **devices):
+    for device, state in devices.items():
+        h.append(device, "export", "export", result=state)
+    h.append("server", "export", "export", result=server)
+
+
+def checks(h):
+    return sorted({a.check for a in checkers.run_all(h)})
+
+
+# -- history ---------------------------------------------------------------------------------------
+def test_history_pairs_invokes_with_completions_and_round_trips(tmp_path):
+    h = History()
+    first = h.record({"device": "d1", "type": "invoke", "action": "create_account", "args": {"name": "A"}})
+    h.record({"device": "d1", "type": "invoke", "action": "sync"})
+    h.record({"device": "d1", "type": "ok", "action": "create_account", "result": {"id": "a1"}, "exit": 0})
+    h.append("d1", "fault", "kill")
+    ops = h.operations()
+    assert [(op.action, op.outcome, op.record_id) for op in ops] == [
+        ("create_account", "ok", "a1"), ("sync", "unknown", None)]
+    assert ops[0].completion.ref == first.seq
+    assert [e.seq for e in h.kills("d1")] == [4]
+    path = tmp_path / "history.jsonl"
+    h.save(path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and json.loads(lines[2])["ref"] == first.seq
+    again = History.load(path)
+    assert again.dumps() == h.dumps()
+    with pytest.raises(ValueError, match="line 1"):
+        History.loads("{not json\n")
+
+
+def test_history_tracks_airplane_mode():
+    h = History()
+    h.append("d1", "fault", "offline")
+    inside = h.invoke("d1", "create_account", {}).seq
+    h.append("d1", "heal", "offline")
+    after = h.invoke("d1", "create_account", {}).seq
+    assert h.offline_at("d1", inside) and not h.offline_at("d1", after)
+    assert not h.offline_at("d2", inside)
+    assert not h.offline_throughout("d1", inside, after)
+
+
+# -- lost_write ------------------------------------------------------------------------------------
+def test_lost_write_clean():
+    h = History()
+    create(h, "d1", "a1")
+    finish(h, d1=export(account=[acct("a1")]), server=export(account=[acct("a1")]))
+    assert checkers.lost_write(h) == []
+    assert checkers.run_all(h) == []
+
+
+def test_lost_write_reports_the_action_and_the_export_missing_it():
+    h = History()
+    seq = create(h, "d1", "a1")
+    finish(h, d1=export(account=[acct("a1")]), server=export())
+    [anomaly] = checkers.lost_write(h)
+    assert anomaly.check == "lost_write"
+    assert anomaly.evidence["seq"] == seq and anomaly.evidence["id"] == "a1"
+    assert anomaly.evidence["export"] == "server"
+    assert "a1" in anomaly.message
+
+
+def test_lost_write_ignores_unknown_and_failed_writes_but_not_an_ok_without_id():
+    h = History()
+    create(h, "d1", "a1", outcome="unknown")
+    create(h, "d1", "a2", outcome="fail")
+    seq = act(h, "d1", "write_note", {"account_id": "a1", "text": "hi"}, result={"saved": True})
+    finish(h, d1=export(), server=export())
+    [anomaly] = checkers.lost_write(h)
+    assert anomaly.evidence["seq"] == seq and "no record id" in anomaly.message
+
+
+# -- duplicate -------------------------------------------------------------------------------------
+def test_duplicate_clean_with_two_actions_of_the_same_payload():
+    h = History()
+    create(h, "d1", "a1")
+    create(h, "d1", "a2")
+    state = export(account=[acct("a1"), acct("a2")])
+    finish(h, d1=state, server=state)
+    assert checkers.duplicate(h) == []
+
+
+def test_duplicate_same_id_twice_in_an_export():
+    h = History()
+    create(h, "d1", "a1")
+    finish(h, d1=export(account=[acct("a1")]), server=export(account=[acct("a1"), acct("a1")]))
+    found = checkers.duplicate(h)
+    by_id = [a for a in found if a.evidence.get("id") == "a1"]
+    assert by_id and by_id[0].evidence["export"] == "server" and by_id[0].evidence["count"] == 2
+
+
+def test_duplicate_a_retried_push_that_created_a_second_record():
+    h = History()
+    seq = create(h, "d1", "a1")
+    state = export(account=[acct("a1"), acct("srv-9")])
+    finish(h, d1=state, server=state)
+    found = checkers.duplicate(h)
+    assert {a.evidence["export"] for a in found} == {"d1", "server"}
+    assert all(a.evidence["ids"] == ["a1", "srv-9"] for a in found)
+    assert all(a.evidence["actions"][0]["seq"] == seq for a in found)
+
+
+@pytest.mark.parametrize("copies, expected", [(0, 0), (1, 0), (2, 1)])
+def test_duplicate_unknown_outcome_may_be_present_zero_or_one_times_never_twice(copies, expected):
+    h = History()
+    create(h, "d1", None, name="Killed Ltd", outcome="unknown")  # force-quit mid-way
+    records = [acct(f"k{i}", name="Killed Ltd") for i in range(copies)]
+    finish(h, d1=export(account=records), server=export(account=records))
+    found = [a for a in checkers.duplicate(h) if a.evidence["export"] == "server"]
+    assert len(found) == expected
+    if expected:
+        assert found[0].evidence["ids"] == ["k0", "k1"] and found[0].evidence["allowed"] == 1
+        assert found[0].evidence["actions"][0]["outcome"] == "unknown"
+
+
+def test_duplicate_matches_children_by_their_account_payload_when_ids_were_renamed():
+    h = History()
+    create(h, "d1", "tmp-1")
+    visit = act(h, "d1", "log_visit", {"account_id": "tmp-1", "outcome": "met buyer"}, result={"id": "tmp-2"})
+    order = act(h, "d1", "take_order", {"account_id": "tmp-1", "sku": "TEA-1", "qty": "2", "price": "2.5"},
+                result={"id": "tmp-3"})
+    state = export(account=[acct("srv-1")],
+                   visit=[{"id": "srv-2", "account": "srv-1", "outcome": "met buyer"},
+                          {"id": "srv-4", "account": "srv-1", "outcome": "met buyer"}],
+                   order=[{"id": "srv-3", "account": "srv-1",
+                           "lines": [{"sku": "TEA-1", "quantity": 2, "unit_price": "2.50"}]},
+                          {"id": "srv-5", "account": "srv-1",
+                           "lines": [{"sku": "TEA-1", "quantity": 2, "unit_price": "2.50"}]}])
+    finish(h, d1=state, server=state)
+    found = [a for a in checkers.duplicate(h) if a.evidence["export"] == "server"]
+    assert {a.evidence["entity"]: a.evidence["actions"][0]["seq"] for a in found} == {
+        "visit": visit, "order": order}
+    assert {a.evidence["entity"]: a.evidence["ids"] for a in found} == {
+        "visit": ["srv-2", "srv-4"], "order": ["srv-3", "srv-5"]}
+
+
+# -- lost_edit -------------------------------------------------------------------------------------
+def edit(h, device, value, outcome="ok", rid="a1", name="phone"):
+    return act(h, device, "edit_field", {"entity": "account", "record_id": rid, "field": name, "value": value},
+               outcome, result={"id": rid, name: value} if outcome == "ok" else None)
+
+
+def sync(h, device, outcome="ok"):
+    return act(h, device, "sync", {}, outcome, result={"pushed": 1} if outcome == "ok" else None,
+               exit=20 if outcome != "ok" else None)
+
+
+def test_lost_edit_clean_when_the_value_is_final_or_kept_as_a_conflict():
+    h = History()
+    create(h, "d1", "a1")
+    edit(h, "d1", "0113 496 0000")
+    edit(h, "d2", "0113 496 0999")
+    conflict = {"id": "op9:phone", "entity": "account", "record": "a1", "field": "phone",
+                "kind": "concurrent_edit", "winner": {"value": "0113 496 0999", "stamp": "2"},
+                "loser": {"value": "0113 496 0000", "stamp": "1"}}
+    state = export(account=[acct("a1", phone="0113 496 0999")], conflicts=[conflict])
+    finish(h, d1=state, d2=state, server=state)
+    assert checkers.lost_edit(h) == []
+
+
+def test_lost_edit_whole_record_overwrite_of_another_field_is_reported():
+    h = History()
+    create(h, "d1", "a1")
+    seq = edit(h, "d1", "0113 496 0000")
+    edit(h, "d2", "Bradford", name="city")
+    state = export(account=[acct("a1", city="Bradford", phone=None)])
+    finish(h, d1=state, d2=state, server=state)
+    found = checkers.lost_edit(h)
+    assert {a.evidence["export"] for a in found} == {"d1", "d2", "server"}
+    assert all(a.evidence["seq"] == seq and a.evidence["field"] == "phone" for a in found)
+    assert all(a.evidence["final_value"] is None and a.evidence["value"] == "0113 496 0000" for a in found)
+
+
+def test_lost_edit_superseded_only_after_the_editing_device_synced():
+    h = History()
+    create(h, "d1", "a1")
+    first = edit(h, "d1", "111")
+    sync(h, "d1", outcome="fail")  # an unsuccessful sync shows nothing to anyone
+    edit(h, "d2", "222")
+    state = export(account=[acct("a1", phone="222")])
+    finish(h, d1=state, d2=state, server=state)
+    assert [a.evidence["seq"] for a in checkers.lost_edit(h)] == [first] * 3
+
+    h = History()
+    create(h, "d1", "a1")
+    edit(h, "d1", "111")
+    sync(h, "d1")
+    edit(h, "d2", "222")
+    finish(h, d1=state, d2=state, server=state)
+    assert checkers.lost_edit(h) == []
+
+
+def test_lost_edit_superseded_by_a_later_edit_on_the_same_device_and_failed_edits_ignored():
+    h = History()
+    create(h, "d1", "a1")
+    edit(h, "d1", "111")
+    edit(h, "d1", "222")
+    edit(h, "d1", "333", outcome="fail")
+    state = export(account=[acct("a1", phone="222")])
+    finish(h, d1=state, server=state)
+    assert checkers.lost_edit(h) == []
+
+
+def test_lost_edit_compares_normalised_values_and_reports_a_missing_record():
+    h = History()
+    edit(h, "d1", " 2.5 ", rid="o1", name="price")
+    seq = edit(h, "d1", "x", rid="gone")
+    state = export(account=[acct("o1", price="2.50")])
+    finish(h, d1=state, server=state)
+    found = checkers.lost_edit(h)
+    assert [(a.evidence["seq"], a.evidence["id"]) for a in found] == [(seq, "gone"), (seq, "gone")]
+
+
+# -- divergence ------------------------------------------------------------------------------------
+def test_divergence_clean():
+    h = History()
+    create(h, "d1", "a1")
+    finish(h, d1=export(account=[acct("a1")]), d2=export(account=[acct("a1")]),
+           server=export(account=[acct("a1")]))
+    assert checkers.divergence(h) == []
+
+
+def test_divergence_names_the_first_differing_record_and_field():
+    h = History()
+    create(h, "d1", "a1")
+    create(h, "d1", "a2", name="Bolt")
+    server = export(account=[acct("a1", phone="1"), acct("a2", name="Bolt")])
+    finish(h, d1=export(account=[acct("a1", phone="2")]), d2=server, server=server)
+    [anomaly] = checkers.divergence(h)
+    ev = anomaly.evidence
+    assert (ev["device"], ev["section"], ev["id"], ev["field"]) == ("d1", "account", "a1", "phone")
+    assert (ev["device_value"], ev["server_value"], ev["differences"]) == ("2", "1", 2)
+
+
+def test_divergence_in_the_conflict_log():
+    h = History()
+    conflict = {"id": "op1:phone", "entity": "account", "record": "a1", "field": "phone",
+                "kind": "concurrent_edit", "winner": {"value": "2", "stamp": "b"}, "loser": {"value": "1", "stamp": "a"}}
+    finish(h, d1=export(account=[acct("a1")]), server=export(account=[acct("a1")], conflicts=[conflict]))
+    [anomaly] = checkers.divergence(h)
+    assert (anomaly.evidence["section"], anomaly.evidence["id"]) == ("conflicts", "op1:phone")
+    assert anomaly.evidence["device_value"] is None
+
+
+# -- orphan ----------------------------------------------------------------------------------------
+def test_orphan_clean():
+    h = History()
+    state = export(account=[acct("a1")], visit=[{"id": "v1", "account": "a1", "outcome": "ok"}],
+                   note=[{"id": "n1", "account": "a1", "visit": "v1", "text": "t"}])
+    finish(h, d1=state, server=state)
+    assert checkers.orphan(h) == []
+
+
+def test_orphan_reports_children_pointing_at_missing_records():
+    h = History()
+    state = export(account=[acct("a1")],
+                   visit=[{"id": "v1", "account": "tmp-1", "outcome": "ok"}],
+                   order=[{"id": "o1", "account": "a1", "lines": []}],
+                   note=[{"id": "n1", "account": "a1", "visit": "v9", "text": "t"}])
+    finish(h, server=state)
+    found = {(a.evidence["id"], a.evidence["field"], a.evidence["missing"]) for a in checkers.orphan(h)}
+    assert found == {("v1", "account", "tmp-1"), ("n1", "visit", "v9")}
+
+
+# -- queue_lost ------------------------------------------------------------------------------------
+def offline_then_kill(h, writes, *, pending, outcomes=None):
+    """d1 goes offline, makes writes, is force-quit, restarts and reads its outbox."""
+    h.append("d1", "fault", "offline")
+    seqs = [create(h, "d1", f"a{i}", name=f"Shop {i}", outcome=(outcomes or {}).get(i, "ok"))
+            for i in range(writes)]
+    h.append("d1", "fault", "kill", detail="SIGKILL client and background sync")
+    act(h, "d1", "outbox", {}, result={"pending": pending})
+    return seqs
+
+
+def test_queue_lost_clean_when_every_offline_write_is_still_pending():
+    h = History()
+    offline_then_kill(h, 2, pending=2)
+    assert checkers.queue_lost(h) == []
+
+
+def test_queue_lost_reports_a_memory_only_queue():
+    h = History()
+    seqs = offline_then_kill(h, 2, pending=0)
+    [anomaly] = checkers.queue_lost(h)
+    ev = anomaly.evidence
+    assert (ev["pending"], ev["expected"], ev["writes"], ev["ids"]) == (0, 2, seqs, ["a0", "a1"])
+    assert ev["kill_seq"] == h.kills("d1")[0].seq
+
+
+def test_queue_lost_counts_only_ok_writes_since_the_last_ok_sync():
+    h = History()
+    create(h, "d1", "early")
+    sync(h, "d1")
+    # write 1 was killed mid-way: its outcome is unknown, so it need not be pending
+    offline_then_kill(h, 2, pending=1, outcomes={1: "unknown"})
+    assert checkers.queue_lost(h) == []
+
+
+def test_queue_lost_says_nothing_once_the_device_was_back_online():
+    h = History()
+    h.append("d1", "fault", "offline")
+    create(h, "d1", "a0")
+    h.append("d1", "heal", "offline")  # an agent may legitimately have pushed it
+    h.append("d1", "fault", "kill")
+    act(h, "d1", "outbox", {}, result={"pending": 0})
+    assert checkers.queue_lost(h) == []
+
+
+def test_queue_lost_requires_a_pending_count():
+    h = History()
+    h.append("d1", "fault", "offline")
+    create(h, "d1", "a0")
+    h.append("d1", "fault", "kill")
+    act(h, "d1", "outbox", {}, result={"entries": []})
+    [anomaly] = checkers.queue_lost(h)
+    assert "no pending count" in anomaly.message
+
+
+# -- run_all ---------------------------------------------------------------------------------------
+def test_run_all_flags_a_history_without_exports():
+    h = History()
+    create(h, "d1", "a1")
+    assert [(a.check, a.evidence["export"]) for a in checkers.run_all(h)] == [
+        ("history", "d1"), ("history", "server")]
+
+
+def test_run_all_on_a_broken_run_names_each_failing_check():
+    h = History()
+    create(h, "d1", "a1")
+    act(h, "d1", "log_visit", {"account_id": "a1", "outcome": "met"}, result={"id": "v1"})
+    device = export(account=[acct("a1")], visit=[{"id": "v1", "account": "a1", "outcome": "met"}])
+    server = export(visit=[{"id": "v1", "account": "a1", "outcome": "met"},
+                           {"id": "v2", "account": "a1", "outcome": "met"}])
+    finish(h, d1=device, server=server)
+    assert checks(h) == ["divergence", "duplicate", "lost_write", "orphan"]
+    assert all(a.to_json()["evidence"] for a in checkers.run_all(h))

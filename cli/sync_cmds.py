@@ -17,7 +17,7 @@ agent_app = typer.Typer(help="The background sync agent.", add_completion=False,
                         invoke_without_command=True)
 
 
-@login_app.callback(invoke_without_command=True)
+@login_app.command("login")
 def login(
     ctx: typer.Context,
     server: Annotated[str, typer.Option("--server", help="Sync server URL, e.g. http://127.0.0.1:8765")],
@@ -40,7 +40,7 @@ def login(
                     text=f"device {device.device_id} now syncs with {server}")
 
 
-@sync_app.callback(invoke_without_command=True)
+@sync_app.command("sync")
 def sync(ctx: typer.Context, as_json: Json = False) -> None:
     """Sync once: push every queued change in batches, then pull until up to date.
 
@@ -61,7 +61,7 @@ def sync(ctx: typer.Context, as_json: Json = False) -> None:
                     text=f"synced: pushed {r['pushed']}, rejected {r['rejected']}, pulled {r['pulled']}")
 
 
-@status_app.callback(invoke_without_command=True)
+@status_app.command("status")
 def status(ctx: typer.Context, as_json: Json = False) -> None:
     """Show pending and rejected changes, open conflicts, the last sync and the agent.
 

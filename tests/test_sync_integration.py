@@ -1,0 +1,189 @@
+"""Sync against a real `crm server serve` process, with real `crm` device processes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+
+from tests.support import crm, device, export, ok, running_server, wait_for
+
+ORG = "acme"
+
+
+@pytest.fixture
+def server(tmp_path):
+    with running_server(tmp_path / "server") as srv:
+        yield srv
+
+
+def _account(home, name="Corner Store 42", city="Leeds"):
+    return ok("account", "add", "--name", name, "--city", city, "--json", home=home)["id"]
+
+
+@pytest.mark.parametrize("order", [("d1", "d2"), ("d2", "d1")])
+def test_two_offline_devices_and_the_back_office_converge(tmp_path, server, order):
+    homes = {name: device(tmp_path, name, server, server.add_rep(ORG, name)) for name in ("d1", "d2")}
+    d1, d2 = homes["d1"], homes["d2"]
+    acc = _account(d1)
+    ok("sync", "--json", home=d1)
+    ok("sync", "--json", home=d2)
+    # Offline: both edit the same record, on the same field and on different fields.
+    ok("account", "edit", acc, "--set", "city=York", "--set", "phone=0113 555 0100", "--json", home=d1)
+    ok("account", "edit", acc, "--set", "city=Hull", "--set", "email=buyer@corner.example", "--json", home=d2)
+    other = _account(d1, name="Farm Shop", city="Ripon")
+    visit = ok("visit", "log", "--account", acc, "--outcome", "met the buyer", "--json", home=d2)["id"]
+    order_id = ok("order", "add", "--account", acc, "--line", "SKU-1:3:2.50", "--json", home=d1)["id"]
+    ok("order", "add-line", order_id, "--line", "SKU-2:1:9.99", "--json", home=d1)
+    ok("server", "edit", "--data", str(server.data), "account", acc, "--set", "name=Corner Store Ltd", "--json")
+    first, second = homes[order[0]], homes[order[1]]
+    for home in (first, second, first):
+        ok("sync", "--json", home=home)
+
+    e1, e2, es = export(d1), export(d2), server.export(ORG)
+    assert e1 == e2 == es, "devices and server must export byte-identical state"
+    state = json.loads(es)
+    ids = [r["id"] for r in state["account"]]
+    assert sorted(ids) == sorted({acc, other}), "no duplicate and no lost account"
+    account = next(r for r in state["account"] if r["id"] == acc)
+    assert account["name"] == "Corner Store Ltd"
+    assert account["phone"] == "0113 555 0100" and account["email"] == "buyer@corner.example"
+    (conflict,) = state["conflicts"]
+    assert conflict["field"] == "city" and conflict["record"] == acc
+    assert {account["city"], conflict["loser"]["value"]} == {"York", "Hull"}, "the losing edit is kept"
+    assert [v["id"] for v in state["visit"]] == [visit]
+    (the_order,) = state["order"]
+    assert len(the_order["lines"]) == 2
+
+
+def test_conflict_resolution_syncs_to_every_replica(tmp_path, server):
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    d2 = device(tmp_path, "d2", server, server.add_rep(ORG, "d2"))
+    acc = _account(d1)
+    for home in (d1, d2):
+        ok("sync", home=home)
+    ok("account", "edit", acc, "--set", "city=York", home=d1)
+    ok("account", "edit", acc, "--set", "city=Hull", home=d2)
+    for home in (d1, d2, d1):
+        ok("sync", home=home)
+    (conflict,) = ok("conflicts", "ls", "--json", home=d2)
+    ok("conflicts", "resolve", conflict["id"], "--keep", "loser", "--json", home=d2)
+    for home in (d2, d1):
+        ok("sync", home=home)
+    state = json.loads(server.export(ORG))
+    assert state["conflicts"] == []
+    assert state["account"][0]["city"] == conflict["loser"]["value"]
+    assert export(d1) == export(d2) == server.export(ORG)
+
+
+def test_a_batch_sent_twice_and_out_of_order_is_applied_once(tmp_path, server):
+    token = server.add_rep(ORG, "d1")
+    d1 = device(tmp_path, "d1", server, token)
+    acc = _account(d1)
+    ok("account", "edit", acc, "--set", "city=York", home=d1)
+    ok("account", "edit", acc, "--set", "city=Selby", home=d1)
+    ops = [json.loads(body) for (body,) in sqlite3.connect(d1 / "crm.sqlite3").execute(
+        "SELECT body FROM outbox ORDER BY seq")]
+    headers = {"authorization": f"Bearer {token}"}
+    for batch in (ops[::-1], ops, ops[1:]):  # reversed, again in order, a partial retry
+        answer = httpx.post(server.url + "/v1/push", json={"protocol": 1, "ops": batch}, headers=headers)
+        assert answer.status_code == 200 and sorted(answer.json()["acked"]) == sorted(o["op"] for o in batch)
+    stats = ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
+    assert stats == {"ops": 3, "records": 1}
+    ok("sync", home=d1)  # the device's own resend is acknowledged, not applied again
+    assert ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")["ops"] == 3
+    assert ok("outbox", "--json", home=d1)["pending"] == 0
+    assert export(d1) == server.export(ORG)
+    assert json.loads(server.export(ORG))["account"][0]["city"] == "Selby"
+
+
+def test_sync_exit_codes(tmp_path, server):
+    lonely = tmp_path / "lonely"
+    ok("init", "--rep", "x", home=lonely)
+    assert crm("sync", home=lonely).code == 23
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    _account(d1)
+    assert crm("sync", home=d1).code == 0
+    _account(d1, name="Second")
+    ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "d1")
+    refused = crm("sync", "--json", home=d1)
+    assert refused.code == 21 and "token" in refused.stderr
+    assert ok("outbox", "--json", home=d1)["pending"] == 1, "a refused device keeps its work"
+    server.kill()
+    down = crm("sync", home=d1)
+    assert down.code == 20 and "queued" in down.stderr
+    assert ok("outbox", "--json", home=d1)["pending"] == 1
+
+
+def test_an_op_the_server_refuses_does_not_block_the_queue(tmp_path, server):
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    acc = _account(d1)
+    db = sqlite3.connect(d1 / "crm.sqlite3")
+    body = json.loads(db.execute("SELECT body FROM outbox").fetchone()[0])
+    bad = {**body, "op": body["op"][:-4] + "ffff", "entity": "product", "kind": "create",
+           "fields": {"sku": "X", "name": "forged", "price": "1.00", "currency": "GBP"}}
+    with db:
+        db.execute("INSERT INTO outbox (op_id, entity, record_id, hlc, body) VALUES (?, ?, ?, ?, ?)",
+                   (bad["op"], "product", bad["id"], bad["hlc"], json.dumps(bad)))
+    db.close()
+    _account(d1, name="After the bad one")
+    assert ok("sync", "--json", home=d1)["rejected"] == 1
+    assert ok("outbox", "--json", home=d1)["pending"] == 0
+    rejected = ok("outbox", "--rejected", "--json", home=d1)
+    assert rejected["rejected"] == 1 and "server" in rejected["entries"][0]["reason"]
+    names = sorted(a["name"] for a in json.loads(server.export(ORG))["account"])
+    assert names == ["After the bad one", "Corner Store 42"]
+    assert acc
+
+
+def test_a_device_hours_behind_still_wins_with_a_later_edit(tmp_path, server):
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    d2 = device(tmp_path, "d2", server, server.add_rep(ORG, "d2"))
+    behind = {"CRM_CLOCK_SKEW_MS": str(-5 * 3600 * 1000)}
+    acc = _account(d1)
+    ok("account", "edit", acc, "--set", "city=York", home=d1)
+    ok("sync", home=d1)
+    ok("sync", home=d2, env=behind)
+    ok("account", "edit", acc, "--set", "city=Hull", home=d2, env=behind)  # made after seeing York
+    ok("sync", home=d2, env=behind)
+    ok("sync", home=d1)
+    state = json.loads(server.export(ORG))
+    assert state["account"][0]["city"] == "Hull" and state["conflicts"] == []
+    assert export(d1) == export(d2) == server.export(ORG)
+
+
+def test_products_reach_devices_and_price_order_lines(tmp_path, server):
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    catalogue = tmp_path / "products.csv"
+    catalogue.write_text("sku,name,price\nSKU-1,Crisps 24x,12.5\nSKU-2,Cola 12x,7\n")
+    ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
+    ok("sync", home=d1)
+    assert sorted(p["sku"] for p in ok("product", "ls", "--json", home=d1)) == ["SKU-1", "SKU-2"]
+    acc = _account(d1)
+    order = ok("order", "add", "--account", acc, "--line", "SKU-1:2", "--json", home=d1)
+    assert order["lines"][0]["unit_price"] == "12.50" or ok(
+        "order", "show", order["id"], "--json", home=d1)["lines"][0]["unit_price"] == "12.50"
+    ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
+    assert len(json.loads(server.export(ORG))["product"]) == 2, "re-import upserts by SKU"
+
+
+def test_background_agent_pushes_soon_and_catches_up_after_an_outage(tmp_path, server):
+    env = {"CRM_AGENT_MAX_BACKOFF_S": "1"}
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    ok("agent", "start", "--json", home=d1, env=env)
+    try:
+        _account(d1, name="First")
+        took = wait_for(lambda: "First" in server.export(ORG), timeout=5, interval=0.1)
+        assert took < 2.5, f"pushed {took:.2f} s after the write"
+        server.kill()
+        _account(d1, name="Written offline")
+        wait_for(lambda: ok("agent", "status", "--json", home=d1)["state"] == "offline", timeout=10)
+        server.start()
+        wait_for(lambda: "Written offline" in server.export(ORG), timeout=10)
+        assert ok("outbox", "--json", home=d1)["pending"] == 0
+        assert export(d1) == server.export(ORG)
+    finally:
+        ok("agent", "stop", "--json", home=d1)
+    assert ok("agent", "status", "--json", home=d1)["running"] is False

@@ -1,0 +1,85 @@
+"""The certification rule: from scenario results to a level 1, 2 or 3 and the reasons for it.
+
+* Level 1 (online-only): an offline create was refused, i.e. the create_account scenario in
+  airplane mode did not save. Also level 1 when no scenario showed an offline create saved:
+  a level is a claim, and without that evidence the harness does not make it.
+* Level 2 (offline writes): offline creates are saved, but some scenario failed or some
+  check found an anomaly.
+* Level 3 (offline-first): every scenario passed with no anomaly.
+
+Pure: no I/O, so the rule table in docs/levels.md is tested directly (tests/test_levels.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+LEVEL_NAMES = {1: "online-only", 2: "offline writes", 3: "offline-first"}
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """One scenario's verdict.
+
+    ``offline_create_refused`` is True when the scenario tried a create in airplane mode and it
+    was not saved, False when it tried and the create was saved, None when it did not try.
+    """
+
+    name: str
+    passed: bool
+    offline_create_refused: bool | None = None
+    anomalies: list[Any] = field(default_factory=list)
+    reason: str = ""
+
+    @classmethod
+    def coerce(cls, value: ScenarioResult | Mapping[str, Any]) -> ScenarioResult:
+        if isinstance(value, ScenarioResult):
+            return value
+        if isinstance(value, Mapping):
+            return cls(name=str(value["name"]), passed=bool(value["passed"]),
+                       offline_create_refused=value.get("offline_create_refused"),
+                       anomalies=list(value.get("anomalies") or ()), reason=str(value.get("reason") or ""))
+        raise TypeError(f"a scenario result is a ScenarioResult or a mapping, not {type(value).__name__}")
+
+    @property
+    def ok(self) -> bool:
+        """Passed and clean: a scenario that says it passed while carrying anomalies did not."""
+        return self.passed and not self.anomalies
+
+
+def _check_name(anomaly: Any) -> str:
+    if isinstance(anomaly, Mapping):
+        return str(anomaly.get("check", "anomaly"))
+    return str(getattr(anomaly, "check", "anomaly"))
+
+
+def _why_failed(result: ScenarioResult) -> str:
+    parts = []
+    if result.reason:
+        parts.append(result.reason)
+    if result.anomalies:
+        counts: dict[str, int] = {}
+        for anomaly in result.anomalies:
+            counts[_check_name(anomaly)] = counts.get(_check_name(anomaly), 0) + 1
+        parts.append(", ".join(f"{n} {check}" for check, n in sorted(counts.items())))
+    return f"scenario {result.name!r} failed" + (f": {'; '.join(parts)}" if parts else "")
+
+
+def certify_level(scenario_results: Iterable[ScenarioResult | Mapping[str, Any]]) -> tuple[int, list[str]]:
+    """The level the results earn and the reasons, most important first."""
+    results = [ScenarioResult.coerce(r) for r in scenario_results]
+    if not results:
+        raise ValueError("no scenario results: nothing to certify")
+    refused = [r for r in results if r.offline_create_refused is True]
+    if refused:
+        return 1, ([f"offline create refused in scenario {r.name!r}" + (f": {r.reason}" if r.reason else "")
+                    for r in refused]
+                   + [_why_failed(r) for r in results if not r.ok and r not in refused])
+    failures = [_why_failed(r) for r in results if not r.ok]
+    if not any(r.offline_create_refused is False for r in results):
+        return 1, ["no scenario showed an offline create being saved", *failures]
+    if failures:
+        return 2, failures
+    return 3, [f"all {len(results)} scenarios passed with no anomaly"]

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -172,10 +173,23 @@ def test_control_call_against_a_dead_toxiproxy_fails_fast():
     assert time.monotonic() - started < 1.5
 
 
+def wait_until_stopped(pid: int) -> None:
+    """SIGSTOP lands asynchronously; wait until every thread of the process is stopped."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = {(task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for task in Path(f"/proc/{pid}/task").iterdir()}
+        if states <= {"T", "t"}:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not stop")
+
+
 def test_control_call_against_a_hung_toxiproxy_fails_within_its_timeout(tmp_path):
     with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=0.5) as server:
         os.kill(server.process.pid, signal.SIGSTOP)  # accepts TCP (kernel backlog), never answers
         try:
+            wait_until_stopped(server.process.pid)
             started = time.monotonic()
             with pytest.raises(tp.ToxiproxyError, match=r"did not answer within 0.5s"):
                 server.client.reset()

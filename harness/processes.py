@@ -112,7 +112,12 @@ def signal_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
 
 
 def kill_tree(pid: int) -> bool:
-    """SIGKILL ``pid`` and, when it leads a process group, everything in that group."""
+    """SIGKILL ``pid`` and, when it leads a process group, everything in that group.
+
+    False when ``pid`` is already gone (a zombie counts as gone).
+    """
+    if not alive(pid):
+        return False
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:

@@ -179,31 +179,45 @@ class Device:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'hlc'",
                      (f"{clock.state[0]}.{clock.state[1]}",))
 
-    def _save_record(self, conn: sqlite3.Connection, rec: Record, ikey: str | None = None) -> None:
+    _UPSERT_RECORD = (
+        "INSERT INTO records (entity, id, data, meta, parent, deleted, conflicts, ikey) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity, id) DO UPDATE SET "
+        "data = excluded.data, meta = excluded.meta, parent = excluded.parent, "
+        "deleted = excluded.deleted, conflicts = excluded.conflicts, "
+        "ikey = coalesce(excluded.ikey, records.ikey)")
+
+    @staticmethod
+    def _record_row(rec: Record, ikey: str | None = None) -> tuple[Any, ...]:
         parent_field = PARENT_FIELD.get(rec.entity)
-        conn.execute(
-            "INSERT INTO records (entity, id, data, meta, parent, deleted, conflicts, ikey) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity, id) DO UPDATE SET "
-            "data = excluded.data, meta = excluded.meta, parent = excluded.parent, "
-            "deleted = excluded.deleted, conflicts = excluded.conflicts, "
-            "ikey = coalesce(excluded.ikey, records.ikey)",
-            (rec.entity, rec.id, dumps(rec.values), dumps(rec.meta),
-             rec.values.get(parent_field) if parent_field else None,
-             1 if rec.deleted else 0, len(merge.conflicts(rec)), ikey))
+        return (rec.entity, rec.id, dumps(rec.values), dumps(rec.meta),
+                rec.values.get(parent_field) if parent_field else None,
+                1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
+
+    def _save_record(self, conn: sqlite3.Connection, rec: Record, ikey: str | None = None) -> None:
+        conn.execute(self._UPSERT_RECORD, self._record_row(rec, ikey))
 
     def _write_changes(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> list[Op]:
         """Turn changes into ops, apply them and queue them, inside the caller's transaction."""
         clock = self._clock(conn)
         ops: list[Op] = []
         outbox_rows = []
+        # every record this call touches, written once at the end with one executemany (bulk import)
+        touched: dict[tuple[str, str], tuple[Record, str | None]] = {}
         for change in changes:
             op = Op(op_id=new_id(), device=self.device_id, hlc=clock.tick(), entity=change.entity,
                     record_id=change.record_id, fields=change.fields, base=change.base,
                     kind=change.kind)
-            rec = merge.apply_op(self._load(conn, op.entity, op.record_id), op)
-            self._save_record(conn, rec, change.ikey)
+            key = (op.entity, op.record_id)
+            if key in touched:
+                before, ikey = touched[key]
+            else:  # a create names a fresh id: there is nothing to load
+                before = None if change.kind == "create" else self._load(conn, *key)
+                ikey = None
+            touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
+        conn.executemany(self._UPSERT_RECORD, [self._record_row(rec, ikey)
+                                               for rec, ikey in touched.values()])
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
         self._save_clock(conn, clock)

@@ -23,8 +23,17 @@ from .errors import (
 
 SCHEMA_VERSION = 1
 STORE_FILENAME = "crm.sqlite3"
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock; CRM_BUSY_TIMEOUT_MS overrides
+
 APPLICATION_ID = 0x43524D31  # "CRM1": tells our stores from any other SQLite file
+
+
+def busy_timeout_ms() -> int:
+    try:
+        return max(0, int(os.environ.get("CRM_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)))
+    except ValueError:
+        return BUSY_TIMEOUT_MS
+
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -68,7 +77,7 @@ def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return StoreLockedError(
-            f"the store {path} is locked by another process (waited {BUSY_TIMEOUT_MS // 1000} s); "
+            f"the store {path} is locked by another process (waited {busy_timeout_ms() / 1000:g} s); "
             "try again when it has finished")
     if "not a database" in text or "malformed" in text or "corrupt" in text:
         return StoreCorruptError(
@@ -88,9 +97,10 @@ def sqlite_errors(path: Path) -> Iterator[None]:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+    timeout_ms = busy_timeout_ms()
+    conn = sqlite3.connect(path, timeout=timeout_ms / 1000, isolation_level=None,
                            check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
     return conn
 
 

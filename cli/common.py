@@ -1,0 +1,82 @@
+"""What every command module shares: the --json option, the sub-app factory, opening the store.
+
+The engine (``crm``) is imported inside these helpers, not at module level, so building the
+command line costs nothing beyond typer itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from crm import Device
+
+Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (errors as JSON on stderr).")]
+
+
+def sub_app(help: str, *, example: str | None = None) -> typer.Typer:
+    """A command group configured like the root: plain help, no completion, no pretty tracebacks."""
+    return typer.Typer(help=help, epilog=f"Example: {example}" if example else None, no_args_is_help=True,
+                       add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+
+@dataclass
+class Home:
+    """Where the store lives: --home, else CRM_HOME, else the platform's user data directory."""
+
+    given: Path | None
+
+    @property
+    def path(self) -> Path:
+        if self.given is not None:
+            return self.given
+        import platformdirs
+
+        return Path(platformdirs.user_data_dir("crm"))
+
+
+def home(ctx: typer.Context) -> Path:
+    obj = ctx.obj
+    return obj.path if isinstance(obj, Home) else Home(None).path
+
+
+@contextlib.contextmanager
+def open_device(ctx: typer.Context) -> Iterator[Device]:
+    """The device replica at the chosen home, closed when the command is done with it."""
+    from crm import Device
+
+    device = Device.open(home(ctx))
+    try:
+        yield device
+    finally:
+        device.close()
+
+
+def invalid(message: str, **details: Any) -> Exception:
+    """A ValidationError (exit 3) for bad input caught by the CLI before it reaches the engine."""
+    from crm.errors import ValidationError
+
+    return ValidationError(message, details=details or None)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str | None]:
+    """``--set field=value`` pairs as a field dict; ``field=`` (no value) clears the field."""
+    out: dict[str, str | None] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise invalid(f"--set {pair!r}: expected FIELD=VALUE (FIELD= clears the field)", value=pair)
+        out[name] = value if value != "" else None
+    return out
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """Only the options the user actually gave, so an edit changes nothing else."""
+    return {name: value for name, value in values.items() if value is not None}

@@ -1,0 +1,165 @@
+"""The ``crm`` command: global options, lazily loaded command modules, and the one place where
+failures become exit codes (docs/exit-codes.md).
+
+Startup speed matters (a rep logs a visit in a doorway), so a command module is imported only
+when its command runs, and the engine only inside the command function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cli import coercion, output
+from cli.common import Home
+
+# ---------------------------------------------------------------------------------------------
+# Command registry: top-level command name -> "module:attribute" of a typer.Typer.
+# Modules load lazily, only for the command being run (or all of them for `crm --help`).
+# Register further command modules here.
+# ---------------------------------------------------------------------------------------------
+COMMANDS: dict[str, str] = {
+    "init": "cli.device_cmds:init_app",
+    "account": "cli.record_cmds:account_app",
+    "contact": "cli.record_cmds:contact_app",
+    "visit": "cli.record_cmds:visit_app",
+    "order": "cli.order_cmds:order_app",
+    "note": "cli.record_cmds:note_app",
+    "product": "cli.record_cmds:product_app",
+    "outbox": "cli.device_cmds:outbox_app",
+    "export": "cli.device_cmds:export_app",
+    "conflicts": "cli.device_cmds:conflicts_app",
+    "import": "cli.import_cmds:import_app",
+    "login": "cli.sync_cmds:login_app",
+    "sync": "cli.sync_cmds:sync_app",
+    "status": "cli.sync_cmds:status_app",
+    "agent": "cli.sync_cmds:agent_app",
+    "server": "cli.server_cmds:server_app",
+}
+
+
+class CrmGroup(TyperGroup):
+    """The root group: loads command modules on demand and maps every failure to an exit code."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(dict.fromkeys([*COMMANDS, *self.commands]))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, _, attribute = COMMANDS[cmd_name].partition(":")
+            command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            command.name = cmd_name
+            self.commands[cmd_name] = command
+        return self.commands.get(cmd_name)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from crm.errors import InterruptedError_
+
+            raise InterruptedError_("interrupted; finished writes are kept, the unfinished one "
+                                    "was rolled back") from None
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        coercion.install()
+        try:
+            result = super().main(args=argv, prog_name=prog_name or "crm", complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0  # an int here is an Exit's code (--help)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - this is the one place failures are mapped
+            code = report(exc, as_json=wants_json(argv))
+        sys.stdout.flush()
+        sys.exit(code)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether --json was given; read from argv so errors found while parsing honour it too."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def report(exc: BaseException, *, as_json: bool) -> int:
+    """Print a failure on stderr and return its exit code; a traceback only with CRM_DEBUG=1."""
+    from typer._click import exceptions as click_exceptions
+
+    from crm.errors import CrmError
+
+    if isinstance(exc, CrmError):
+        output.error(exc.to_json(), as_json=as_json)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        output.error({"error": "interrupted", "message": "interrupted"}, as_json=as_json)
+        return 130
+    if isinstance(exc, click_exceptions.ClickException):
+        if as_json:
+            output.error({"error": "usage", "message": exc.format_message()}, as_json=True)
+        else:
+            exc.show()
+        return exc.exit_code
+    if isinstance(exc, click_exceptions.Abort):
+        output.error({"error": "interrupted", "message": "aborted"}, as_json=as_json)
+        return 130
+    if os.environ.get("CRM_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(exc)
+    output.error({"error": "internal", "message": f"internal error: {type(exc).__name__}: {exc} "
+                  "(set CRM_DEBUG=1 for a traceback)"}, as_json=as_json)
+    return 1
+
+
+app = typer.Typer(
+    cls=CrmGroup,
+    name="crm",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from crm import __version__
+
+        sys.stdout.write(f"crm {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(
+        "--home", envvar="CRM_HOME", metavar="DIR", show_default=False,
+        help="Directory holding the store [default: the platform's user data dir for crm]")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Offline-first CRM for field sales: every change is stored locally and queued for sync.
+
+    \b
+    Example:
+      crm --home ~/crm init --rep rep-1
+      crm account add --name "Corner Store 42" --city Leeds
+    """
+    ctx.obj = Home(home)
+
+
+def run() -> None:
+    """Console-script entry point (``crm``)."""
+    typer.main.get_command(app).main(prog_name="crm")
+
+
+if __name__ == "__main__":
+    run()

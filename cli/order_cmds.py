@@ -1,0 +1,145 @@
+"""Order commands: a draft order with lines, then submit or cancel it.
+
+A line is written ``SKU:QTY[:UNIT_PRICE]``; without a price the catalogue price is used.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import Json, fields, invalid, open_device, sub_app
+from cli.output import emit
+
+LINE_HELP = "An order line SKU:QTY[:UNIT_PRICE]; the catalogue price when no price is given."
+OrderId = Annotated[str, typer.Argument(metavar="ID", help="The order's id.")]
+
+order_app = sub_app("Take orders: add a draft with lines, then submit or cancel it.",
+                    example="crm order add --account ID --line SKU-1:3:2.50")
+
+
+def parse_line(text: str) -> dict[str, Any]:
+    """``SKU:QTY[:UNIT_PRICE]`` as a line dict; the error names the part that is wrong."""
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) not in (2, 3):
+        raise invalid(f"--line {text!r}: expected SKU:QTY or SKU:QTY:UNIT_PRICE", line=text)
+    sku, quantity = parts[0], parts[1]
+    if not sku:
+        raise invalid(f"--line {text!r}: the SKU is empty", line=text, part="sku")
+    if not (quantity.isascii() and quantity.isdigit()):
+        raise invalid(f"--line {text!r}: quantity {quantity!r} is not a whole number",
+                      line=text, part="quantity")
+    line: dict[str, Any] = {"sku": sku, "quantity": int(quantity), "unit_price": None}
+    if len(parts) == 3:
+        try:
+            Decimal(parts[2])
+        except InvalidOperation:
+            raise invalid(f"--line {text!r}: unit price {parts[2]!r} is not a number "
+                          "(leave out :UNIT_PRICE to use the catalogue price)",
+                          line=text, part="unit_price") from None
+        line["unit_price"] = parts[2]
+    return line
+
+
+@order_app.command("add")
+def order_add(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Option(metavar="ID", help="The account ordering.")],
+    lines: Annotated[list[str] | None, typer.Option("--line", metavar="SKU:QTY[:PRICE]", help=LINE_HELP)] = None,
+    currency: Annotated[str | None, typer.Option(help="Three-letter currency code [default: GBP].")] = None,
+    as_json: Json = False,
+) -> None:
+    """Add a draft order with its lines; prints its id.
+
+    \b
+    Example:
+      crm order add --account 0190c3e2-... --line SKU-1:3:2.50 --line SKU-2:1
+    """
+    parsed = [parse_line(text) for text in lines or []]
+    with open_device(ctx) as device:
+        order = device.add_order(fields(account=account, currency=currency), parsed)
+    emit(order, as_json=as_json, text=order["id"])
+
+
+@order_app.command("add-line")
+def order_add_line(
+    ctx: typer.Context,
+    order_id: OrderId,
+    line: Annotated[str, typer.Option("--line", metavar="SKU:QTY[:PRICE]", help=LINE_HELP)],
+    as_json: Json = False,
+) -> None:
+    """Add a line to a draft order; prints the line's id.
+
+    \b
+    Example:
+      crm order add-line 0190c3e5-... --line SKU-9:12:0.99
+    """
+    parsed = parse_line(line)
+    with open_device(ctx) as device:
+        added = device.add_order_line(order_id, parsed)
+    emit(added, as_json=as_json, text=added["id"])
+
+
+def _set_status(ctx: typer.Context, order_id: str, status: str, as_json: bool) -> None:
+    with open_device(ctx) as device:
+        order = device.set_order_status(order_id, status)
+    emit(order, as_json=as_json, text=f"order {order['id']} {order['status']}")
+
+
+@order_app.command("submit")
+def order_submit(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -> None:
+    """Submit a draft order; its lines can no longer change.
+
+    \b
+    Example:
+      crm order submit 0190c3e5-...
+    """
+    _set_status(ctx, order_id, "submitted", as_json)
+
+
+@order_app.command("cancel")
+def order_cancel(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -> None:
+    """Cancel an order (draft or submitted).
+
+    \b
+    Example:
+      crm order cancel 0190c3e5-...
+    """
+    _set_status(ctx, order_id, "cancelled", as_json)
+
+
+@order_app.command("ls")
+def order_ls(
+    ctx: typer.Context,
+    account: Annotated[str | None, typer.Option(metavar="ID", help="Only this account's orders.")] = None,
+    as_json: Json = False,
+) -> None:
+    """List orders with their status and total.
+
+    \b
+    Example:
+      crm order ls --account 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        orders = device.list("order", parent=account)
+    if as_json:
+        emit(orders, as_json=True)
+    else:
+        rows = [{**order, "lines": len(order["lines"])} for order in orders]
+        emit(rows, as_json=False,
+             columns=("id", "account", "status", "lines", "total", "currency", "placed_at"))
+
+
+@order_app.command("show")
+def order_show(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -> None:
+    """Show one order with its lines and total.
+
+    \b
+    Example:
+      crm order show 0190c3e5-...
+    """
+    with open_device(ctx) as device:
+        order = device.get("order", order_id)
+    emit(order, as_json=as_json)

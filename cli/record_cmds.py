@@ -1,0 +1,271 @@
+"""Commands for the everyday records: accounts, contacts, visits, notes, and the product list.
+
+Each command parses its options, calls one engine method and prints the result with ``emit``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import Json, fields, open_device, parse_assignments, sub_app
+from cli.output import emit
+
+AccountOpt = Annotated[str, typer.Option("--account", metavar="ID", help="The account's id.")]
+AccountFilter = Annotated[str | None, typer.Option("--account", metavar="ID", help="Only this account's records.")]
+Text = Annotated[str | None, typer.Option()]
+
+
+# -- accounts ---------------------------------------------------------------------------------
+account_app = sub_app("Add, change, list and remove accounts (the shops a rep visits).",
+                      example='crm account add --name "Corner Store 42" --city Leeds')
+ACCOUNT_COLUMNS = ("id", "name", "city", "postcode", "owner")
+
+
+@account_app.command("add")
+def account_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="The account's name.")],
+    address: Text = None,
+    city: Text = None,
+    postcode: Text = None,
+    phone: Text = None,
+    email: Text = None,
+    external_ref: Annotated[str | None, typer.Option(help="Its id in another system.")] = None,
+    owner: Annotated[str | None, typer.Option(help="Owning rep [default: this device's rep].")] = None,
+    as_json: Json = False,
+) -> None:
+    """Add an account; prints its id.
+
+    \b
+    Example:
+      crm account add --name "Corner Store 42" --city Leeds --json
+    """
+    with open_device(ctx) as device:
+        account = device.create("account", fields(
+            name=name, address=address, city=city, postcode=postcode, phone=phone, email=email,
+            external_ref=external_ref, owner=owner))
+    emit(account, as_json=as_json, text=account["id"])
+
+
+@account_app.command("edit")
+def account_edit(
+    ctx: typer.Context,
+    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    name: Text = None,
+    address: Text = None,
+    city: Text = None,
+    postcode: Text = None,
+    phone: Text = None,
+    email: Text = None,
+    external_ref: Text = None,
+    owner: Text = None,
+    assignments: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="FIELD=VALUE", help="Set any field; FIELD= clears it. Repeatable.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Change an account's fields; only the fields given change.
+
+    An empty value (--city "" or --set city=) clears an optional field.
+
+    \b
+    Example:
+      crm account edit 0190c3e2-... --city York --set phone=
+    """
+    changes = {**fields(name=name, address=address, city=city, postcode=postcode, phone=phone,
+                        email=email, external_ref=external_ref, owner=owner),
+               **parse_assignments(assignments or [])}
+    with open_device(ctx) as device:
+        account = device.edit("account", account_id, changes)
+    emit(account, as_json=as_json, text=account["id"])
+
+
+@account_app.command("ls")
+def account_ls(
+    ctx: typer.Context,
+    city: Annotated[str | None, typer.Option(help="Only accounts in this city.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+    deleted: Annotated[bool, typer.Option("--deleted", help="Include deleted accounts.")] = False,
+    as_json: Json = False,
+) -> None:
+    """List accounts.
+
+    \b
+    Example:
+      crm account ls --city Leeds --limit 20
+    """
+    with open_device(ctx) as device:
+        accounts = device.list("account", where=fields(city=city), limit=limit, include_deleted=deleted)
+    emit(accounts, as_json=as_json, columns=ACCOUNT_COLUMNS + (("deleted",) if deleted else ()))
+
+
+@account_app.command("show")
+def account_show(ctx: typer.Context, account_id: Annotated[str, typer.Argument(metavar="ID")],
+                 as_json: Json = False) -> None:
+    """Show one account with how many contacts, visits, orders and notes it has.
+
+    \b
+    Example:
+      crm account show 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        account = device.get("account", account_id)
+    emit(account, as_json=as_json)
+
+
+@account_app.command("rm")
+def account_rm(ctx: typer.Context, account_id: Annotated[str, typer.Argument(metavar="ID")],
+               as_json: Json = False) -> None:
+    """Delete an account (a tombstone that syncs like any other change).
+
+    \b
+    Example:
+      crm account rm 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        result = device.delete("account", account_id)
+    emit(result, as_json=as_json, text=f"deleted account {result['id']}")
+
+
+# -- contacts ---------------------------------------------------------------------------------
+contact_app = sub_app("Add and list the people at an account.",
+                      example='crm contact add --account ID --name "Sam Patel"')
+
+
+@contact_app.command("add")
+def contact_add(
+    ctx: typer.Context,
+    account: AccountOpt,
+    name: Annotated[str, typer.Option(help="The contact's name.")],
+    role: Text = None,
+    email: Text = None,
+    phone: Text = None,
+    as_json: Json = False,
+) -> None:
+    """Add a contact to an account; prints its id.
+
+    \b
+    Example:
+      crm contact add --account 0190c3e2-... --name "Sam Patel" --role buyer
+    """
+    with open_device(ctx) as device:
+        contact = device.create("contact", fields(account=account, name=name, role=role, email=email,
+                                                  phone=phone))
+    emit(contact, as_json=as_json, text=contact["id"])
+
+
+@contact_app.command("ls")
+def contact_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+    """List contacts.
+
+    \b
+    Example:
+      crm contact ls --account 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        contacts = device.list("contact", parent=account)
+    emit(contacts, as_json=as_json, columns=("id", "account", "name", "role", "email", "phone"))
+
+
+# -- visits -----------------------------------------------------------------------------------
+visit_app = sub_app("Log and list visits to accounts.",
+                    example='crm visit log --account ID --outcome "met the buyer"')
+
+
+@visit_app.command("log")
+def visit_log(
+    ctx: typer.Context,
+    account: AccountOpt,
+    outcome: Annotated[str, typer.Option(help="What came of the visit.")],
+    at: Annotated[str | None, typer.Option(metavar="ISO", help="When, ISO 8601 [default: now].")] = None,
+    duration: Annotated[str | None, typer.Option(metavar="MIN", help="Minutes spent.")] = None,
+    notes: Text = None,
+    lat: Annotated[str | None, typer.Option(metavar="DEG", help="Latitude.")] = None,
+    lon: Annotated[str | None, typer.Option(metavar="DEG", help="Longitude.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Log a visit to an account; prints its id.
+
+    \b
+    Example:
+      crm visit log --account 0190c3e2-... --outcome "met the buyer" --duration 20
+    """
+    with open_device(ctx) as device:
+        visit = device.create("visit", fields(account=account, outcome=outcome, at=at, duration_min=duration,
+                                              notes=notes, lat=lat, lon=lon))
+    emit(visit, as_json=as_json, text=visit["id"])
+
+
+@visit_app.command("ls")
+def visit_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+    """List visits.
+
+    \b
+    Example:
+      crm visit ls --account 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        visits = device.list("visit", parent=account)
+    emit(visits, as_json=as_json, columns=("id", "account", "at", "outcome", "duration_min", "rep"))
+
+
+# -- notes ------------------------------------------------------------------------------------
+note_app = sub_app("Add and list notes on accounts, visits and orders.",
+                   example='crm note add --account ID --text "Wants a callback Tuesday"')
+
+
+@note_app.command("add")
+def note_add(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Option(help="The note.")],
+    account: Annotated[str | None, typer.Option(metavar="ID", help="Attach to this account.")] = None,
+    visit: Annotated[str | None, typer.Option(metavar="ID", help="Attach to this visit.")] = None,
+    order: Annotated[str | None, typer.Option(metavar="ID", help="Attach to this order.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Add a note to exactly one of an account, a visit or an order; prints its id.
+
+    \b
+    Example:
+      crm note add --account 0190c3e2-... --text "Wants a callback Tuesday"
+    """
+    with open_device(ctx) as device:
+        note = device.add_note(text, account=account, visit=visit, order=order)
+    emit(note, as_json=as_json, text=note["id"])
+
+
+@note_app.command("ls")
+def note_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+    """List notes.
+
+    \b
+    Example:
+      crm note ls --account 0190c3e2-...
+    """
+    with open_device(ctx) as device:
+        notes = device.list("note", parent=account)
+    emit(notes, as_json=as_json, columns=("id", "account", "at", "text", "visit", "order"))
+
+
+# -- products ---------------------------------------------------------------------------------
+product_app = sub_app("The product catalogue (it arrives from the server by sync).",
+                      example="crm product ls --json")
+
+
+@product_app.callback()
+def product() -> None:
+    """The product catalogue (it arrives from the server by sync)."""
+
+
+@product_app.command("ls")
+def product_ls(ctx: typer.Context, as_json: Json = False) -> None:
+    """List the products this device has.
+
+    \b
+    Example:
+      crm product ls --json
+    """
+    with open_device(ctx) as device:
+        products = device.list("product")
+    emit(products, as_json=as_json, columns=("id", "sku", "name", "price", "currency"))

@@ -1,0 +1,350 @@
+"""Bulk import: every row validated first, atomic batches, idempotent re-runs, honest reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from crm.device import Device
+from crm.errors import ImportFileError, InterruptedError_
+from crm.importer import import_file
+
+ROOT = Path(__file__).resolve().parent.parent
+CSV_DIR = ROOT / "fixtures" / "csv"
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("make_dataset", ROOT / "fixtures" / "make_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_dataset", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_dataset = _load_generator().make_dataset
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Device:
+    dev = Device.init(tmp_path / "home", rep="Ann")
+    yield dev
+    dev.close()
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def counts(device: Device) -> tuple[int, int]:
+    conn = device.store.conn
+    return (conn.execute("SELECT count(*) FROM records").fetchone()[0],
+            conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def ops_for(device: Device, rid: str) -> list[dict]:
+    rows = device.store.conn.execute("SELECT body FROM outbox WHERE record_id = ? ORDER BY seq", (rid,))
+    return [json.loads(body) for (body,) in rows]
+
+
+def by_ref(device: Device, entity: str = "account") -> dict[str, dict]:
+    return {r["external_ref"]: r for r in device.list(entity) if r.get("external_ref")}
+
+
+# -- the happy path --------------------------------------------------------------------------
+def test_csv_import_writes_each_record_with_its_create_op(device: Device) -> None:
+    report = import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    assert (report.created, report.updated, report.unchanged, report.invalid, report.total_rows) == \
+        (5, 0, 0, [], 5)
+    accounts = device.list("account")
+    assert len(accounts) == 5
+    for account in accounts:
+        ops = ops_for(device, account["id"])
+        assert len(ops) == 1 and ops[0]["kind"] == "create"
+        assert ops[0]["fields"] == {k: v for k, v in account.items() if k != "id"}
+    refs = by_ref(device)
+    assert refs["ACC-1002"]["owner"] == "Priya"
+    assert refs["ACC-1001"]["owner"] == "Ann"  # an empty owner is the device's rep, as in `account add`
+    assert refs["ACC-1005"]["address"] == "Old Mill\nMill Lane"  # a quoted multi-line value
+    assert refs["ACC-1003"]["name"] == "Café Lumière" and "phone" not in refs["ACC-1003"]
+    assert report.to_json() == {"entity": "accounts", "created": 5, "updated": 0, "unchanged": 0,
+                                "invalid": [], "total_rows": 5}
+
+
+def test_imported_records_behave_like_created_ones(device: Device) -> None:
+    import_file(device, "account", CSV_DIR / "accounts.csv")
+    rid = by_ref(device)["ACC-1001"]["id"]
+    edited = device.edit("account", rid, {"phone": "0117 000 0000"})
+    assert edited["phone"] == "0117 000 0000" and edited["name"] == "Harbour Deli"
+    assert device.conflicts() == []
+    assert [op["kind"] for op in ops_for(device, rid)] == ["create", "update"]
+
+
+@pytest.mark.parametrize("header", ["external_ref", "External Ref", "EXTERNAL-REF", " external ref "])
+def test_external_ref_header_spellings(device: Device, tmp_path: Path, header: str) -> None:
+    path = write(tmp_path, "a.csv", f"Name,{header}\nAcme,R-1\n")
+    assert import_file(device, "accounts", path).created == 1
+    assert by_ref(device)["R-1"]["name"] == "Acme"
+
+
+def test_jsonl_import_skips_blank_lines(device: Device) -> None:
+    report = import_file(device, "accounts", CSV_DIR / "accounts.jsonl")
+    assert (report.created, report.total_rows) == (3, 3)
+    assert by_ref(device)["ACC-3002"]["phone"] == "01684 496 000"
+
+
+def test_format_overrides_the_extension(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "export.txt", '{"name": "Acme"}\n')
+    with pytest.raises(ImportFileError, match="cannot tell the format"):
+        import_file(device, "accounts", path)
+    assert import_file(device, "accounts", path, fmt="jsonl").created == 1
+
+
+# -- bad rows: nothing, or only the good ones ------------------------------------------------
+def test_one_bad_row_imports_nothing_and_names_every_bad_line(device: Device) -> None:
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "accounts", CSV_DIR / "accounts_invalid.csv")
+    assert info.value.exit_code == 9
+    assert [d["line"] for d in info.value.details] == [3, 4]
+    assert "name" in info.value.details[0]["reason"] and "required" in info.value.details[0]["reason"]
+    assert "not-an-email" in info.value.details[1]["reason"]
+    assert "2 of 4 rows are invalid" in info.value.message
+    assert counts(device) == (0, 0)
+
+
+def test_skip_invalid_imports_the_good_rows_and_reports_the_bad(device: Device) -> None:
+    report = import_file(device, "accounts", CSV_DIR / "accounts_invalid.csv", skip_invalid=True)
+    assert (report.created, report.total_rows) == (2, 4)
+    assert [(e.line, "email" in e.reason) for e in report.invalid] == [(3, False), (4, True)]
+    assert set(by_ref(device)) == {"ACC-2001", "ACC-2004"}
+    assert counts(device) == (2, 2)
+
+
+def test_line_numbers_are_physical_lines(device: Device, tmp_path: Path) -> None:
+    text = ('name,address,email\n'
+            '"Two\nLines",x,a@b.example\n'  # lines 2-3
+            '\n'  # line 4, blank
+            'Bad,y,nope\n'  # line 5
+            'Short,z\n')  # line 6: too few values
+    path = write(tmp_path, "a.csv", text)
+    report = import_file(device, "accounts", path, skip_invalid=True)
+    assert [e.line for e in report.invalid] == [5, 6]
+    assert "has 2 values but the header has 3 columns" in report.invalid[1].reason
+    assert (report.created, report.total_rows) == (1, 3)
+
+
+def test_jsonl_syntax_errors_are_bad_rows_with_their_line(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.jsonl", '{"name": "Good"}\n{"name": "Broken",\n[1, 2]\n'
+                                      '{"name": "X", "colour": "red"}\n{"name": "Fine"}\n')
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "accounts", path)
+    lines = {d["line"]: d["reason"] for d in info.value.details}
+    assert set(lines) == {2, 3, 4}
+    assert "not valid JSON" in lines[2] and "JSON object" in lines[3] and "colour" in lines[4]
+    assert counts(device) == (0, 0)
+    assert import_file(device, "accounts", path, skip_invalid=True).created == 2
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("empty.csv", b"", "is empty"),
+    ("blank.csv", b"\n  \n\n", "is empty"),
+    ("header_only.csv", b"name,city\n", "no rows"),
+    ("nul.csv", b"name\nAcme\nBad\x00Row\n", "line 3: contains NUL bytes"),
+    ("latin1.csv", b"name\nAcme\nCaf\xe9\n", "line 3: not valid UTF-8"),
+    ("utf16.csv", "name\nAcme\n".encode("utf-16"), "UTF-16"),
+    ("noheader.csv", b"Acme,Bristol\nBeta,Leeds\n", "unknown column(s) 'Acme', 'Bristol'"),
+    ("unknown.csv", b"name,colour,size\nAcme,red,9\n", "unknown column(s) 'colour', 'size'"),
+    ("twice.csv", b"name,Name\nA,B\n", "appear more than once"),
+    ("noname.csv", b"city\nBristol\n", "lacks the required column(s) name"),
+    ("quote.csv", b'name,city\n"Acme,Bristol\n', "malformed CSV"),
+    ("stray.csv", b'name,city\nAc"me",x\n"A"b,c\n', "line 3: malformed CSV"),
+])
+def test_malformed_files_are_refused_and_change_nothing(device: Device, tmp_path: Path, name: str,
+                                                        content: bytes, message: str) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "accounts", path, skip_invalid=True)
+    assert message in info.value.message
+    assert counts(device) == (0, 0)
+
+
+def test_missing_file_and_directory(device: Device, tmp_path: Path) -> None:
+    with pytest.raises(ImportFileError, match="no such file"):
+        import_file(device, "accounts", tmp_path / "nope.csv")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(ImportFileError, match="is a directory"):
+        import_file(device, "accounts", tmp_path / "dir.csv")
+    with pytest.raises(ImportFileError, match="choose accounts or contacts"):
+        import_file(device, "visits", CSV_DIR / "accounts.csv")
+
+
+def test_a_bom_is_not_part_of_the_first_column(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "excel.csv", "\ufeffname,city\nAcme,Bath\n".encode())
+    assert import_file(device, "accounts", path).created == 1
+
+
+# -- idempotence -----------------------------------------------------------------------------
+def test_rerun_changes_nothing(device: Device) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    before = device.export()
+    report = import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    assert (report.created, report.updated, report.unchanged) == (0, 0, 5)
+    assert device.export() == before
+    assert counts(device) == (5, 5)
+
+
+def test_rerun_with_a_changed_ref_row_edits_only_the_changed_fields(device: Device, tmp_path: Path) -> None:
+    first = write(tmp_path, "a.csv", "name,city,phone,external_ref\nAcme,Bath,111,R1\nBeta,Leeds,222,R2\n")
+    import_file(device, "accounts", first)
+    second = write(tmp_path, "b.csv", "name,city,phone,external_ref\nAcme,Bath,999,R1\nBeta,Leeds,,R2\n")
+    report = import_file(device, "accounts", second)
+    assert (report.created, report.updated, report.unchanged) == (0, 2, 0)
+    refs = by_ref(device)
+    assert refs["R1"]["phone"] == "999" and refs["R2"].get("phone") is None  # an empty cell clears it
+    update = ops_for(device, refs["R1"]["id"])[-1]
+    assert update["kind"] == "update" and update["fields"] == {"phone": "999"}
+    assert update["base"]["phone"] == [ops_for(device, refs["R1"]["id"])[0]["hlc"]]
+    assert counts(device) == (2, 4)
+
+
+def test_a_ref_row_wins_over_a_local_edit_without_a_conflict(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "name,phone,external_ref\nAcme,111,R1\n")
+    import_file(device, "accounts", path)
+    rid = by_ref(device)["R1"]["id"]
+    device.edit("account", rid, {"phone": "555"})
+    report = import_file(device, "accounts", path)
+    assert report.updated == 1
+    assert device.get("account", rid)["phone"] == "111"
+    assert device.conflicts() == []
+
+
+def test_a_changed_hash_row_is_a_new_record(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", write(tmp_path, "a.csv", "name,city\nAcme,Bath\n"))
+    report = import_file(device, "accounts", write(tmp_path, "b.csv", "name,city\nAcme,Bath\nAcme,Wells\n"))
+    assert (report.created, report.unchanged) == (1, 1)
+    assert sorted(a["city"] for a in device.list("account")) == ["Bath", "Wells"]
+
+
+def test_duplicates_in_one_file_never_make_two_records(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "name,phone,external_ref\n"
+                                    "Acme,111,R1\nPlain,,\nAcme,222,R1\nPlain,,\nAcme,333,R1\n")
+    report = import_file(device, "accounts", path, batch_size=2)
+    assert (report.created, report.updated, report.unchanged, report.total_rows) == (2, 0, 3, 5)
+    assert by_ref(device)["R1"]["phone"] == "333"  # the later row wins
+    assert counts(device) == (2, 2)
+    again = import_file(device, "accounts", path, batch_size=2)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 5)
+
+
+def test_a_deleted_record_stays_deleted(device: Device) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    rid = by_ref(device)["ACC-1001"]["id"]
+    device.delete("account", rid)
+    report = import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    assert (report.created, report.unchanged) == (0, 5)
+    assert len(device.list("account")) == 4
+
+
+# -- batches and interruption ----------------------------------------------------------------
+def test_batches_commit_one_by_one_and_a_rerun_finishes_an_interrupted_import(
+        device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "name,external_ref\n" + "".join(f"A{i},R{i}\n" for i in range(10)))
+    seen: list[tuple[int, int | None]] = []
+
+    def stop_after_two(done: int, total: int | None) -> None:
+        seen.append((done, total))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedError_) as info:
+        import_file(device, "accounts", path, batch_size=3, progress=stop_after_two)
+    assert info.value.exit_code == 130 and info.value.details["created"] == 6
+    assert seen == [(3, 10), (6, 10)]
+    assert counts(device) == (6, 6)
+    seen.clear()
+    report = import_file(device, "accounts", path, batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    assert (report.created, report.unchanged) == (4, 6)
+    assert seen == [(3, 10), (6, 10), (9, 10), (10, 10)]
+    assert counts(device) == (10, 10)
+
+
+def test_a_failing_batch_is_rolled_back_whole(device: Device, tmp_path: Path, monkeypatch) -> None:
+    path = write(tmp_path, "a.csv", "name\n" + "".join(f"A{i}\n" for i in range(5)))
+    calls = 0
+    original = Device._write_changes
+
+    def fail_second(self, conn, changes):
+        nonlocal calls
+        calls += 1
+        ops = original(self, conn, changes)  # written, then the transaction fails after it
+        if calls == 2:
+            raise KeyboardInterrupt
+        return ops
+
+    monkeypatch.setattr(Device, "_write_changes", fail_second)
+    with pytest.raises(InterruptedError_):
+        import_file(device, "accounts", path, batch_size=2)
+    assert counts(device) == (2, 2)
+
+
+# -- contacts --------------------------------------------------------------------------------
+def test_contacts_name_their_account_by_id_or_external_ref(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    report = import_file(device, "contacts", CSV_DIR / "contacts.csv")
+    assert report.created == 4
+    accounts = by_ref(device)
+    contacts = by_ref(device, "contact")
+    assert contacts["CON-1"]["account"] == accounts["ACC-1001"]["id"]
+    assert device.get("account", accounts["ACC-1001"]["id"])["counts"]["contact"] == 2
+    by_id = write(tmp_path, "c.csv", f"account,name\n{accounts['ACC-1002']['id'].upper()},Jo\n")
+    assert import_file(device, "contact", by_id).created == 1
+    assert import_file(device, "contacts", CSV_DIR / "contacts.csv").unchanged == 4
+
+
+def test_contacts_of_unknown_or_deleted_accounts_are_bad_rows(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    device.delete("account", by_ref(device)["ACC-1002"]["id"])
+    gone = device.list("account", include_deleted=True)
+    deleted_id = next(a["id"] for a in gone if a.get("deleted"))
+    path = write(tmp_path, "c.csv", f"account,name\nACC-9999,Nobody\n{deleted_id},Ghost\nACC-1001,Real\n,Orphan\n")
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "contacts", path)
+    reasons = {d["line"]: d["reason"] for d in info.value.details}
+    assert set(reasons) == {2, 3, 5}
+    assert "no account 'ACC-9999'" in reasons[2] and "deleted" in reasons[3] and "required" in reasons[5]
+
+
+def test_a_contact_cannot_move_to_another_account(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    import_file(device, "contacts", CSV_DIR / "contacts.csv")
+    moved = write(tmp_path, "c.csv", "account,name,external_ref\nACC-1003,Maria Lopez,CON-1\n")
+    with pytest.raises(ImportFileError, match="cannot move to another account"):
+        import_file(device, "contacts", moved)
+    twice = write(tmp_path, "d.csv", "account,name,external_ref\nACC-1001,A,CON-9\nACC-1002,A,CON-9\n")
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "contacts", twice)
+    assert [d["line"] for d in info.value.details] == [3]
+
+
+# -- the generated data set ------------------------------------------------------------------
+def test_generated_dataset_is_deterministic_and_imports_to_its_distinct_count(
+        device: Device, tmp_path: Path) -> None:
+    a = make_dataset(tmp_path / "a.csv", rows=3000, seed=11, duplicate_ratio=0.05)
+    b = make_dataset(tmp_path / "b.csv", rows=3000, seed=11, duplicate_ratio=0.05)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert make_dataset(tmp_path / "c.csv", rows=3000, seed=12).path.read_bytes() != a.path.read_bytes()
+    assert 2700 < a.distinct < 3000
+    report = import_file(device, "accounts", a.path, batch_size=500)
+    assert report.created == a.distinct and report.invalid == []
+    assert counts(device) == (a.distinct, a.distinct)
+    contacts = make_dataset(tmp_path / "c.jsonl", entity="contacts", rows=500, seed=3, fmt="jsonl",
+                            accounts=a.refs[:50], duplicate_ratio=0.1)
+    assert import_file(device, "contacts", contacts.path).created == contacts.distinct

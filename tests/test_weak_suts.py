@@ -229,32 +229,87 @@ def test_fragile_sync_force_quit_loses_its_memory_queue_and_certifies_level_2(ma
     assert level == 2 and "queue_lost" in reasons[0]
 
 
-def test_fragile_sync_retries_a_push_whose_answer_was_lost_into_a_duplicate(make_sut):
+@pytest.fixture
+def toxiproxy_server(tmp_path):
     toxiproxy = pytest.importorskip("harness.toxiproxy")
     try:
         toxiproxy.find_server_binary()
     except toxiproxy.ToxiproxyError as exc:
         pytest.skip(str(exc))
+    with toxiproxy.ToxiproxyServer(log_dir=tmp_path / "toxiproxy") as server:
+        yield server
+
+
+def cut_answers(toxi, sut: Sut, device: str) -> Device:
+    """A device behind its own proxy whose answers are cut after 10 bytes: requests still arrive."""
+    from harness import toxiproxy
+
+    proxy = toxi.client.create_proxy(device, f"127.0.0.1:{sut.port}")
+    dev = sut.device(device, server_url=toxiproxy.proxy_url(proxy))
+    dev.init()
+    toxi.client.add_toxic(device, toxiproxy.limit_data(10, stream="downstream"))
+    sut.history.append(device, "fault", "limit_data", detail="answers cut after 10 bytes")
+    return dev
+
+
+def test_readonly_cache_reports_a_lost_answer_as_unknown_not_as_not_saved(make_sut, toxiproxy_server):
+    sut = make_sut("readonly-cache")
+    d1 = cut_answers(toxiproxy_server, sut, "d1")
+    attempt = d1.do("create_account", name="Acme Tea", city="Leeds")
+    assert (attempt.type, attempt.exit) == ("unknown", 21)
+    toxiproxy_server.client.reset()
+    sut.history.append("d1", "heal", "limit_data")
+    assert d1.do("sync").type == "ok"
+    d1.export()
+    assert [a["name"] for a in sut.export_server()["account"]] == ["Acme Tea"]  # it was saved after all
+    assert checkers.run_all(sut.history) == []  # unknown: present once is allowed
+
+
+def test_fragile_sync_retries_a_push_whose_answer_was_lost_into_a_duplicate(make_sut, toxiproxy_server):
     sut = make_sut("fragile-sync")
-    with toxiproxy.ToxiproxyServer(log_dir=sut.tmp / "toxiproxy") as toxi:
-        proxy = toxi.client.create_proxy("d1", f"127.0.0.1:{sut.port}")
-        d1 = sut.device("d1", server_url=toxiproxy.proxy_url(proxy))
-        d1.init()
-        # the server gets every request, but each answer is cut after 10 bytes
-        toxi.client.add_toxic("d1", toxiproxy.limit_data(10, stream="downstream"))
-        sut.history.append("d1", "fault", "limit_data", detail="answers cut after 10 bytes")
-        assert d1.do("create_account", name="Acme Tea", city="Leeds").type == "ok"
-        deadline = time.monotonic() + 10
-        while len(json.loads(processes.run(sut.argv(sut.profile["server"]["export"])).stdout)["account"]) < 2:
-            assert time.monotonic() < deadline, "the daemon never retried the push"
-            time.sleep(0.1)
-        toxi.client.reset()
-        sut.history.append("d1", "heal", "limit_data")
-        assert d1.do("sync").type == "ok"
-        d1.export()
-        server = sut.export_server()
-    names = {a["name"] for a in server["account"]}
-    assert names == {"Acme Tea"} and len(server["account"]) >= 2
+    d1 = cut_answers(toxiproxy_server, sut, "d1")
+    assert d1.do("create_account", name="Acme Tea", city="Leeds").type == "ok"
+    deadline = time.monotonic() + 10
+    while len(json.loads(processes.run(sut.argv(sut.profile["server"]["export"])).stdout)["account"]) < 2:
+        assert time.monotonic() < deadline, "the daemon never retried the push"
+        time.sleep(0.1)
+    toxiproxy_server.client.reset()
+    sut.history.append("d1", "heal", "limit_data")
+    assert d1.do("sync").type == "ok"
+    d1.export()
+    server = sut.export_server()
+    assert {a["name"] for a in server["account"]} == {"Acme Tea"} and len(server["account"]) >= 2
     dupes = [a for a in checkers.duplicate(sut.history) if a.evidence["export"] == "server"]
     assert len(dupes) == 1 and dupes[0].evidence["count"] == len(server["account"])
     assert dupes[0].evidence["allowed"] == 1
+
+
+def test_fragile_sync_whole_record_edits_lose_a_concurrent_edit_of_another_field(make_sut):
+    sut = make_sut("fragile-sync")
+    d1, d2 = sut.device("d1"), sut.device("d2")
+    for dev in (d1, d2):
+        dev.init()
+        assert dev.do("start_background_sync").type == "ok"
+    d1.do("create_account", name="Acme Tea", city="Leeds")
+    assert d1.do("sync").type == "ok" and d2.do("sync").type == "ok"
+    [account] = d2.do("export").result["account"]
+    sut.stop()
+    for dev in (d1, d2):
+        sut.history.append(dev.name, "fault", "offline")
+    phone = d1.do("edit_field", entity="account", record_id=account["id"], field="phone", value="0113 496 0000")
+    city = d2.do("edit_field", entity="account", record_id=account["id"], field="city", value="Bradford")
+    assert (phone.type, city.type) == ("ok", "ok")
+    sut.start()
+    for dev in (d1, d2):
+        sut.history.append(dev.name, "heal", "offline")
+    for dev in (d1, d2, d1):
+        assert dev.do("sync").type == "ok"
+    d1.export(), d2.export()
+    [final] = sut.export_server()["account"]
+    # both daemons push as soon as the server is back: whichever PUT arrives last wins whole
+    kept_phone = final.get("phone") == "0113 496 0000"
+    assert kept_phone != (final["city"] == "Bradford")
+    overwritten = city if kept_phone else phone
+    lost = [a for a in checkers.run_all(sut.history) if a.check == "lost_edit"]
+    assert {a.evidence["export"] for a in lost} == {"d1", "d2", "server"}
+    assert {a.evidence["seq"] for a in lost} == {overwritten.ref}

@@ -191,6 +191,14 @@ class Child:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def finished_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the leader to exit, without killing it."""
+        try:
+            self.popen.wait(max(0.0, seconds))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def kill(self) -> None:
         """Force-quit: SIGKILL the whole process group, then reap the leader."""
         if self.running:
@@ -256,11 +264,9 @@ def run_and_kill(argv: Sequence[str], delay: float, *, env: Mapping[str, str] | 
     ``killed`` tells which happened; the caller picks the (seeded random) delay.
     """
     child = Child(argv, env=env, cwd=cwd)
-    try:
-        child.popen.wait(delay)
-    except subprocess.TimeoutExpired:
+    if not child.finished_within(delay):
         child.kill()
-    return child._finish()
+    return child.wait()
 
 
 class ManagedProcess:

@@ -14,8 +14,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from uuid6 import uuid7
-
 from . import merge
 from .domain import (
     DELETED,
@@ -28,6 +26,7 @@ from .domain import (
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock
+from .ids import uuid7
 from .merge import Record
 from .ops import Op, dumps, op_to_json
 from .store import Store, sqlite_errors

@@ -78,7 +78,11 @@ class CrmGroup(TyperGroup):
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - this is the one place failures are mapped
-            code = report(exc, as_json=wants_json(argv))
+            try:
+                code = report(exc, as_json=wants_json(argv))
+            except Exception:  # reporting must never be what shows a traceback
+                sys.stderr.write(f"crm: internal error: {type(exc).__name__}\n")
+                code = 1
         sys.stdout.flush()
         sys.exit(code)
 
@@ -90,25 +94,20 @@ def wants_json(argv: list[str]) -> bool:
 
 def report(exc: BaseException, *, as_json: bool) -> int:
     """Print a failure on stderr and return its exit code; a traceback only with CRM_DEBUG=1."""
-    from typer._click import exceptions as click_exceptions
-
     from crm.errors import CrmError
 
     if isinstance(exc, CrmError):
         output.error(exc.to_json(), as_json=as_json)
         return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, (KeyboardInterrupt, typer.Abort)):
         output.error({"error": "interrupted", "message": "interrupted"}, as_json=as_json)
         return 130
-    if isinstance(exc, click_exceptions.ClickException):
+    if isinstance(exc, _click_exception()):  # usage errors (2) and click's own failures
         if as_json:
             output.error({"error": "usage", "message": exc.format_message()}, as_json=True)
         else:
             exc.show()
         return exc.exit_code
-    if isinstance(exc, click_exceptions.Abort):
-        output.error({"error": "interrupted", "message": "aborted"}, as_json=as_json)
-        return 130
     if os.environ.get("CRM_DEBUG") == "1":
         import traceback
 
@@ -116,6 +115,14 @@ def report(exc: BaseException, *, as_json: bool) -> int:
     output.error({"error": "internal", "message": f"internal error: {type(exc).__name__}: {exc} "
                   "(set CRM_DEBUG=1 for a traceback)"}, as_json=as_json)
     return 1
+
+
+def _click_exception() -> type:
+    try:  # typer >= 0.2x vendors click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover
+        from click.exceptions import ClickException
+    return ClickException
 
 
 app = typer.Typer(

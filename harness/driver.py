@@ -143,7 +143,7 @@ class Driver:
     """
 
     def __init__(self, profile: Profile, *, device: str, home: str | Path, server_url: str, rep: str,
-                 token: str, org: str = "", record: Record | None = None) -> None:
+                 token: str, org: str | None = None, record: Record | None = None) -> None:
         self.profile = profile
         self.device = device
         self.home = Path(home)

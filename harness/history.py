@@ -16,7 +16,8 @@ Faults use ``action`` for their kind: ``"kill"`` is a force-quit of the device (
 client and background sync), ``"offline"`` is airplane mode (its proxy disabled); other kinds
 (``"latency"``, ``"timeout"``, ``"reset_peer"``, ``"server_kill"`` ...) are recorded as given.
 A ``heal`` event with the same device and action ends that fault; a heal without an action ends
-every fault of that device.
+every fault of that device. A device counts as cut off from the server while it is offline or
+the server is down (a ``server_kill`` fault of device ``"server"``, until its heal).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ EDITS = ("edit_field", "backoffice_edit")
 OUTCOMES = ("ok", "fail", "unknown")
 EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export")
 OFFLINE_FAULTS = ("offline", "airplane")
+SERVER_DOWN_FAULTS = ("server_kill", "server_down")
 
 
 @dataclass
@@ -188,24 +190,36 @@ class History:
     def kills(self, device: str | None = None) -> list[Event]:
         return self.faults("kill", device)
 
-    def offline_at(self, device: str, seq: int) -> bool:
-        """Whether ``device`` was in airplane mode just before event ``seq``."""
-        offline = False
+    def _cut_off(self, device: str) -> Iterator[tuple[int, bool]]:
+        """(seq, cut off after it) for every event that changes whether ``device`` can reach the server.
+
+        A device is cut off while it is in airplane mode or while the server is down.
+        """
+        offline = server_down = False
         for e in self.events:
-            if e.seq >= seq or e.device != device:
+            if e.type not in ("fault", "heal"):
                 continue
-            if e.type == "fault" and e.action in OFFLINE_FAULTS:
-                offline = True
-            elif e.type == "heal" and (e.action is None or e.action in OFFLINE_FAULTS):
-                offline = False
-        return offline
+            if e.device == device and (e.action in OFFLINE_FAULTS or (e.type == "heal" and e.action is None)):
+                offline = e.type == "fault"
+            elif e.device == "server" and (e.action in SERVER_DOWN_FAULTS or (e.type == "heal" and e.action is None)):
+                server_down = e.type == "fault"
+            else:
+                continue
+            yield e.seq, offline or server_down
+
+    def offline_at(self, device: str, seq: int) -> bool:
+        """Whether ``device`` was cut off from the server (airplane mode, server down) before event ``seq``."""
+        state = False
+        for at, cut_off in self._cut_off(device):
+            if at >= seq:
+                break
+            state = cut_off
+        return state
 
     def offline_throughout(self, device: str, first: int, last: int) -> bool:
-        """Whether ``device`` was in airplane mode from before event ``first`` until event ``last``."""
-        if not self.offline_at(device, first):
-            return False
-        return not any(e.type == "heal" and e.device == device and first < e.seq < last
-                       and (e.action is None or e.action in OFFLINE_FAULTS) for e in self.events)
+        """Whether ``device`` stayed cut off from the server from before event ``first`` until ``last``."""
+        return self.offline_at(device, first) and all(
+            cut_off for at, cut_off in self._cut_off(device) if first < at < last)
 
     def final_exports(self) -> dict[str, dict[str, Any]]:
         """The last export of each device and of the server: ``{"d1": {...}, "server": {...}}``."""

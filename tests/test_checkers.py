@@ -75,6 +75,20 @@ def test_history_tracks_airplane_mode():
     assert not h.offline_throughout("d1", inside, after)
 
 
+def test_history_counts_a_dead_server_as_cut_off_for_every_device():
+    h = History()
+    h.append("server", "fault", "server_kill")
+    during = h.invoke("d2", "create_account", {}).seq
+    h.append("d2", "fault", "offline")
+    h.append("server", "heal", "server_kill")
+    still = h.invoke("d2", "outbox", {}).seq
+    h.append("d2", "heal", "offline")
+    back = h.invoke("d2", "outbox", {}).seq
+    assert h.offline_at("d1", during) and h.offline_at("d2", during)
+    assert not h.offline_at("d1", still) and h.offline_at("d2", still)
+    assert h.offline_throughout("d2", during, still) and not h.offline_throughout("d2", during, back)
+
+
 # -- lost_write ------------------------------------------------------------------------------------
 def test_lost_write_clean():
     h = History()
@@ -340,6 +354,16 @@ def test_queue_lost_says_nothing_once_the_device_was_back_online():
     h.append("d1", "fault", "kill")
     act(h, "d1", "outbox", {}, result={"pending": 0})
     assert checkers.queue_lost(h) == []
+
+
+def test_queue_lost_counts_writes_made_while_the_server_was_down():
+    h = History()
+    h.append("server", "fault", "server_kill")
+    seqs = [create(h, "d1", f"a{i}", name=f"Shop {i}") for i in range(3)]
+    h.append("d1", "fault", "kill")
+    act(h, "d1", "outbox", {}, result={"pending": 1})
+    [anomaly] = checkers.queue_lost(h)
+    assert (anomaly.evidence["expected"], anomaly.evidence["writes"]) == (3, seqs)
 
 
 def test_queue_lost_requires_a_pending_count():

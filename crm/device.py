@@ -425,21 +425,17 @@ class Device:
         The clock observes every pulled stamp, so a device whose wall clock is behind still
         stamps its next edit after everything it has seen.
         """
-        applied = 0
         with self.store.write() as conn:
             clock = self._clock(conn)
             for op in ops:
                 clock.observe(op.hlc)
-                if op.device == self.device_id:
-                    continue
-                before = self._load(conn, op.entity, op.record_id)
-                after = merge.apply_op(before, op)
-                if before is None or after.values != before.values or after.meta != before.meta:
-                    self._save_record(conn, after)
-                    applied += 1
+            changed = merge.apply_all(lambda entity, rid: self._load(conn, entity, rid),
+                                      (op for op in ops if op.device != self.device_id))
+            for rec in changed.values():
+                self._save_record(conn, rec)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, "pull_cursor", cursor)
-        return applied
+        return len(changed)
 
     def status(self) -> dict[str, Any]:
         with self.store.read() as conn:

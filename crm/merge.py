@@ -21,7 +21,7 @@ Per-field metadata (``Record.meta[field]``), keys present only when non-empty:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from .domain import DELETED, STATUS_RANK
 from .ops import Op
@@ -215,3 +215,25 @@ def edit_base(rec: Record, name: str) -> list[str]:
     if "s" not in rec.meta.get(name, {}):
         return []
     return _leaves_valued(rec, name, [rec.values.get(name)])
+
+
+def apply_all(load: Callable[[str, str], Record | None], ops: Iterable[Op]) -> dict[tuple[str, str], Record]:
+    """Apply ``ops`` in order, loading each record once; returns the records that changed."""
+    cache: dict[tuple[str, str], Record | None] = {}
+    changed: dict[tuple[str, str], Record] = {}
+    for op in ops:
+        key = (op.entity, op.record_id)
+        if key not in cache:
+            cache[key] = load(op.entity, op.record_id)
+        before = cache[key]
+        after = apply_op(before, op)
+        if before is None or after.values != before.values or after.meta != before.meta:
+            cache[key] = changed[key] = after
+    return changed
+
+
+def conflict_count(rec: Record) -> int:
+    """How many open conflicts ``rec`` has; cheap when it has none (the common case)."""
+    if not rec.deleted and not any("c" in fm for fm in rec.meta.values()):
+        return 0
+    return len(conflicts(rec))

@@ -81,9 +81,10 @@ class SyncClient:
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/v1/health")
 
-    def push(self, device_id: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        body = json.dumps({"protocol": PROTOCOL, "device": device_id, "ops": ops},
-                          separators=(",", ":")).encode()
+    def push(self, device_id: str, ops: list[str]) -> dict[str, Any]:
+        """Push ops given as their stored wire JSON, spliced in without a decode/encode round trip."""
+        body = (f'{{"protocol":{PROTOCOL},"device":{json.dumps(device_id)},"ops":['
+                + ",".join(ops) + "]}").encode()
         return self._call("POST", "/v1/push", content=body, headers={"content-type": "application/json"})
 
     def pull(self, *, cursor: int, limit: int, device_id: str) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
         if not rows:
             return pushed, rejected_count
         sent = {op_id for op_id, _ in rows}
-        answer = client.push(device.device_id, [json.loads(body) for _, body in rows])
+        answer = client.push(device.device_id, [body for _, body in rows])
         acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
         rejected = [(r.get("op"), str(r.get("reason", "refused"))) for r in answer.get("rejected", [])
                     if isinstance(r, dict) and r.get("op") in sent]

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
@@ -103,7 +103,8 @@ def create_app(store: ServerStore) -> Starlette:
         device = params.get("device")
         ops, new_cursor, more = await run_in_threadpool(store.pull, identity, cursor=cursor,
                                                         limit=limit, device=device)
-        return JSONResponse({"ops": ops, "cursor": new_cursor, "more": more})
+        body = '{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}}}'
+        return Response(body, media_type="application/json")
 
     async def admin_edit(request: Request) -> JSONResponse:
         try:

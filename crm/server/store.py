@@ -187,45 +187,53 @@ class ServerStore:
                            (org, entity, rid)).fetchone()
         return record_from_row(entity, rid, row[0], row[1]) if row else None
 
-    def _save(self, conn: sqlite3.Connection, org: str, rec: Record) -> None:
-        conn.execute(
+    def _apply(self, conn: sqlite3.Connection, org: str, ops: list[Op]) -> None:
+        """Log and merge admitted ops, skipping any this organisation already has (at most once)."""
+        known: set[str] = set()
+        ids = [op.op_id for op in ops]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            known.update(row[0] for row in conn.execute(
+                f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({','.join('?' * len(chunk))})",
+                (org, *chunk)))
+        fresh: list[Op] = []
+        for op in ops:
+            if op.op_id not in known:
+                known.add(op.op_id)
+                fresh.append(op)
+        conn.executemany("INSERT INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?)",
+                         [(org, op.op_id, op.device, op_to_json(op)) for op in fresh])
+        changed = merge.apply_all(lambda entity, rid: self._load(conn, org, entity, rid), fresh)
+        conn.executemany(
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
             "deleted = excluded.deleted, conflicts = excluded.conflicts",
-            (org, rec.entity, rec.id, dumps(rec.values), dumps(rec.meta), 1 if rec.deleted else 0,
-             len(merge.conflicts(rec))))
-
-    def _apply(self, conn: sqlite3.Connection, org: str, op: Op) -> bool:
-        """Log and apply one admitted op unless this organisation already has it."""
-        cur = conn.execute("INSERT OR IGNORE INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?)",
-                           (org, op.op_id, op.device, op_to_json(op)))
-        if cur.rowcount == 0:
-            return False
-        self._save(conn, org, merge.apply_op(self._load(conn, org, op.entity, op.record_id), op))
-        return True
+            [(org, rec.entity, rec.id, dumps(rec.values), dumps(rec.meta), 1 if rec.deleted else 0,
+              merge.conflict_count(rec)) for rec in changed.values()])
 
     def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
         """Apply a batch in one transaction; each op at most once, refused ops reported, not applied."""
-        acked: list[str] = []
+        admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
+        for raw in raw_ops:
+            op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
+            try:
+                op = op_from_wire(raw)
+                admit(op, from_device=True)
+            except (OpFormatError, CrmError) as exc:
+                if op_id is None:
+                    raise ValidationError(f"unusable op in batch: {exc}") from None
+                rejected.append((op_id, str(exc)))
+                continue
+            admitted.append(op)
         with self.write() as conn:
-            for raw in raw_ops:
-                op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
-                try:
-                    op = op_from_wire(raw)
-                    admit(op, from_device=True)
-                except (OpFormatError, CrmError) as exc:
-                    if op_id is None:
-                        raise ValidationError(f"unusable op in batch: {exc}") from None
-                    rejected.append((op_id, str(exc)))
-                    continue
-                self._apply(conn, identity.org, op)
-                acked.append(op.op_id)
-        return PushResult(acked, rejected)
+            self._apply(conn, identity.org, admitted)
+        return PushResult([op.op_id for op in admitted], rejected)
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None
-             ) -> tuple[list[dict[str, Any]], int, bool]:
-        """Ops after ``cursor`` in log order (skipping the caller's own), the new cursor, and more?"""
+             ) -> tuple[list[str], int, bool]:
+        """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
+        cursor; and whether more follow."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
         with sqlite_errors(self.path):
             rows = self.conn.execute(
@@ -234,7 +242,7 @@ class ServerStore:
         more = len(rows) > limit
         rows = rows[:limit]
         new_cursor = rows[-1][0] if rows else cursor
-        ops = [json.loads(body) for _, dev, body in rows if dev != device]
+        ops = [body for _, dev, body in rows if dev != device]
         return ops, new_cursor, more
 
     # -- the back office -----------------------------------------------------------------------
@@ -276,7 +284,7 @@ class ServerStore:
                 raise NotFoundError(f"no {entity} with id {rid!r} in organisation {org!r}")
             base = {name: merge.edit_base(rec, name) for name in values}
             (op,) = self._backoffice_ops(conn, [(entity, rid, values, base, "update")])
-            self._apply(conn, org, op)
+            self._apply(conn, org, [op])
             rec = self._load(conn, org, entity, rid)
         from ..device import present
 
@@ -307,8 +315,7 @@ class ServerStore:
                     updated += 1
                 else:
                     unchanged += 1
-            for op in self._backoffice_ops(conn, changes):
-                self._apply(conn, org, op)
+            self._apply(conn, org, self._backoffice_ops(conn, changes))
         return {"created": created, "updated": updated, "unchanged": unchanged}
 
     def export(self, org: str) -> dict[str, Any]:

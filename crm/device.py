@@ -190,7 +190,7 @@ class Device:
         parent_field = PARENT_FIELD.get(rec.entity)
         return (rec.entity, rec.id, dumps(rec.values), dumps(rec.meta),
                 rec.values.get(parent_field) if parent_field else None,
-                1 if rec.deleted else 0, len(merge.conflicts(rec)), ikey)
+                1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
 
     def _save_record(self, conn: sqlite3.Connection, rec: Record, ikey: str | None = None) -> None:
         conn.execute(self._UPSERT_RECORD, self._record_row(rec, ikey))

@@ -47,11 +47,19 @@ def home(ctx: typer.Context) -> Path:
 
 
 @contextlib.contextmanager
-def open_device(ctx: typer.Context) -> Iterator[Device]:
-    """The device replica at the chosen home, closed when the command is done with it."""
+def open_device(ctx: typer.Context, *, reopen_agent: bool = True) -> Iterator[Device]:
+    """The device replica at the chosen home, closed when the command is done with it.
+
+    Reopening the app restarts background sync when the rep has it on (``crm agent start``),
+    so work queued before a force-quit goes out without anyone remembering to sync.
+    """
     from crm import Device
 
     device = Device.open(home(ctx))
+    if reopen_agent and device.autosync:
+        from crm.agent import ensure_running
+
+        ensure_running(home(ctx))
     try:
         yield device
     finally:

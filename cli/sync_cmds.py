@@ -107,7 +107,7 @@ def agent_start(ctx: typer.Context, as_json: Json = False) -> None:
     """
     from crm.agent import start_detached
 
-    with open_device(ctx) as device:
+    with open_device(ctx, reopen_agent=False) as device:
         device.set_settings({"autosync": "1"})
     pid = start_detached(home(ctx))
     output.emit({"running": True, "pid": pid}, as_json=as_json, text=f"sync agent running (pid {pid})")
@@ -118,7 +118,7 @@ def agent_stop(ctx: typer.Context, as_json: Json = False) -> None:
     """Stop the agent and switch background sync off."""
     from crm.agent import stop_detached
 
-    with open_device(ctx) as device:
+    with open_device(ctx, reopen_agent=False) as device:
         device.set_settings({"autosync": "0"})
     stopped = stop_detached(home(ctx))
     output.emit({"running": False, "stopped": stopped}, as_json=as_json,

@@ -191,8 +191,9 @@ def run(home: Path, *, stop: threading.Event | None = None,
     return 0
 
 
-def start_detached(home: Path) -> int:
-    """Start ``crm agent run`` in its own session; returns its pid once it holds the lock."""
+def start_detached(home: Path, *, wait: bool = True) -> int:
+    """Start ``crm agent run`` in its own session; returns its pid once it holds the lock
+    (or at once with ``wait=False``)."""
     home = Path(home)
     running = agent_pid(home)
     if running:
@@ -202,6 +203,8 @@ def start_detached(home: Path) -> int:
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                             close_fds=True)
     log.close()
+    if not wait:
+        return proc.pid
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         pid = agent_pid(home)
@@ -239,4 +242,4 @@ def ensure_running(home: Path) -> int | None:
     home = Path(home)
     if agent_pid(home):
         return None
-    return start_detached(home)
+    return start_detached(home, wait=False)

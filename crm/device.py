@@ -87,6 +87,8 @@ class Device:
         meta = dict(store.conn.execute("SELECT key, value FROM meta").fetchall())
         self.device_id: str = meta.get("device_id", "")
         self.rep: str = meta.get("rep", "")
+        # Background sync switched on (`crm agent start`): reopening the app restarts it.
+        self.autosync: bool = meta.get("autosync") == "1"
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod

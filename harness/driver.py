@@ -24,6 +24,9 @@ EXPORT_FORMAT = "crm-export/1"
 
 Record = Callable[[dict[str, Any]], Any]
 
+# Devices may run in threads; one lock keeps their events in one well-ordered sequence.
+_RECORD_LOCK = threading.Lock()
+
 
 class DriverError(RuntimeError):
     """A step the run cannot go on without (device init, provisioning, server start, export) failed."""
@@ -90,7 +93,8 @@ class _Runner:
     def _emit(self, **event: Any) -> Any:
         if self.record is None:
             return None
-        return self.record({"device": self.participant, **event})
+        with _RECORD_LOCK:
+            return self.record({"device": self.participant, **event})
 
     def execute(self, action: str, template: Template, args: dict[str, Any], *, timeout: float | None = None,
                 kill_after: float | None = None, on_kill: Callable[[], None] | None = None) -> ActionResult:

@@ -133,8 +133,10 @@ def scripted_profile(tmp_path: Path, agent: str = "agent"):
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
+    before = set(processes.leftovers())
     yield
-    assert processes.leftovers() == {}
+    left = {pgid: pids for pgid, pids in processes.leftovers().items() if pgid not in before}
+    assert left == {}, f"processes left behind: {left}"
 
 
 @pytest.fixture

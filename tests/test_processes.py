@@ -58,8 +58,10 @@ def gone(pid: int, within: float = 5.0) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
+    before = set(processes.leftovers())
     yield
-    assert processes.leftovers() == {}
+    left = {pgid: pids for pgid, pids in processes.leftovers().items() if pgid not in before}
+    assert left == {}, f"processes left behind: {left}"
 
 
 def test_run_captures_output_exit_code_env_and_cwd(tmp_path):
@@ -128,10 +130,10 @@ def test_a_daemon_holding_stdout_does_not_block_the_harness(tmp_path):
     done = processes.run([PY, "-c", code], timeout=10)
     assert time.monotonic() - started < 5
     assert done.returncode == 0 and done.stdout.strip() == '{"pid": 1}'
-    stragglers = processes.leftovers()
-    assert list(stragglers) == [done.pid]  # the daemon is still in its group, and tracked
-    processes.kill_all()
-    assert all(gone(pid) for pids in stragglers.values() for pid in pids)
+    stragglers = processes.leftovers().get(done.pid)
+    assert stragglers  # the daemon is still in its group, and tracked
+    assert processes.signal_group(done.pid)
+    assert all(gone(pid) for pid in stragglers)
 
 
 def test_managed_process_waits_for_readiness_and_stops_cleanly(tmp_path):
@@ -199,3 +201,18 @@ def test_kill_tree_on_an_adopted_pid(tmp_path):
     assert processes.alive(spawner.pid)
     spawner.kill()
     assert not processes.kill_tree(grandchild)
+
+
+def test_children_left_running_are_killed_when_the_harness_exits():
+    # A harness process that starts a server and a long command, then exits without cleaning up.
+    code = ("from harness import processes\n"
+            "import sys\n"
+            "server = processes.ManagedProcess([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+            "                                  name='srv').start()\n"
+            "child = processes.Child([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(server.pid, child.pid, flush=True)\n")
+    done = processes.run([PY, "-c", code], timeout=20)
+    assert done.returncode == 0, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 2
+    assert all(gone(pid) for pid in pids), "atexit cleanup left a child running"

@@ -15,6 +15,7 @@ from .hlc import ClockError, parse_stamp
 OP_FORMAT = 1
 MAX_FIELDS_PER_OP = 64
 MAX_BASE_STAMPS = 256
+MAX_FIELD_NAME = 100
 
 
 class OpFormatError(ValueError):
@@ -92,10 +93,15 @@ def op_from_wire(raw: Any) -> Op:
         raise OpFormatError(f"op.fields must be an object of at most {MAX_FIELDS_PER_OP} fields")
     if not isinstance(base, dict) or len(base) > MAX_FIELDS_PER_OP:
         raise OpFormatError("op.base must be an object mapping field names to lists of stamps")
+    for part, names in (("fields", fields), ("base", base)):
+        for name in names:
+            if not isinstance(name, str) or not name or len(name) > MAX_FIELD_NAME:
+                raise OpFormatError(f"op.{part} has a field name that is not text of 1 to "
+                                    f"{MAX_FIELD_NAME} characters: {name!r:.40}")
     clean_base: dict[str, list[str]] = {}
     for name, stamps in base.items():
         if not isinstance(stamps, list) or len(stamps) > MAX_BASE_STAMPS:
-            raise OpFormatError(f"op.base.{name} must be a list of stamps")
+            raise OpFormatError(f"op.base.{name} must be a list of at most {MAX_BASE_STAMPS} stamps")
         for s in stamps:
             try:
                 parse_stamp(s)
@@ -107,4 +113,8 @@ def op_from_wire(raw: Any) -> Op:
 
 
 def op_from_json(text: str) -> Op:
-    return op_from_wire(json.loads(text))
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes
+        raise OpFormatError(f"an op must be JSON: {exc}") from None
+    return op_from_wire(raw)

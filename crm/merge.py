@@ -20,8 +20,9 @@ Per-field metadata (``Record.meta[field]``), keys present only when non-empty:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .domain import DELETED, STATUS_RANK
 from .ops import Op

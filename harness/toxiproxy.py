@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,12 @@ class Toxiproxy:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # loopback control traffic never goes via HTTP_PROXY
+        self._lock = threading.Lock()  # a Session is not thread-safe; device threads share a client
 
     def _call(self, what: str, method: str, path: str, body: dict | None = None) -> requests.Response:
         try:
-            response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
+            with self._lock:
+                response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
         except requests.Timeout as exc:
             raise ToxiproxyError(f"{what}: Toxiproxy at {self.url} did not answer within "
                                  f"{self.timeout:g}s") from exc

@@ -82,8 +82,9 @@ class _Runner:
     """Runs profile templates for one participant (a device or the server) and records them."""
 
     def __init__(self, profile: Profile, participant: str, context: dict[str, Any],
-                 record: Record | None) -> None:
+                 record: Record | None, env: dict[str, str] | None = None) -> None:
         self.profile = profile
+        self.env = env if env is not None else {}  # per-participant additions, e.g. a clock offset
         self.participant = participant
         self.context = context
         self.record = record
@@ -102,7 +103,7 @@ class _Runner:
         timeout = self.profile.action_timeout_s if timeout is None else timeout
         ref = _seq(self._emit(type="invoke", action=action, args=args))
         try:
-            child = Child(argv, env=self.profile.environ())
+            child = Child(argv, env={**self.profile.environ(), **self.env})
         except ProcessError as exc:  # it never ran, so it saved nothing
             result = ActionResult(action, args, None, "", "", None, "fail", 0.0, str(exc))
             self._emit(type="fail", action=action, args=args, ref=ref, detail=result.detail)
@@ -147,12 +148,14 @@ class Driver:
     """
 
     def __init__(self, profile: Profile, *, device: str, home: str | Path, server_url: str, rep: str,
-                 token: str, org: str | None = None, record: Record | None = None) -> None:
+                 token: str, org: str | None = None, record: Record | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.profile = profile
         self.device = device
         self.home = Path(home)
         self._runner = _Runner(profile, device, {"home": str(self.home), "server_url": server_url, "rep": rep,
-                                                 "org": org, "token": token}, record)
+                                                 "org": org, "token": token}, record, env)
+        self.env = self._runner.env  # mutable: a scenario may set a clock offset later
         self._background: set[int] = set()  # pids the SUT reported for its background sync
         self._background_groups: set[int] = set()  # process groups of start_background_sync calls
 
@@ -236,7 +239,8 @@ class Driver:
 
 def _export(runner: _Runner, template: Template, args: dict[str, Any], who: str) -> dict[str, Any]:
     argv = template.render(**{**runner.profile.base_values, **runner.context, **args})
-    done = processes.run(argv, env=runner.profile.environ(), timeout=runner.profile.action_timeout_s)
+    done = processes.run(argv, env={**runner.profile.environ(), **runner.env},
+                         timeout=runner.profile.action_timeout_s)
     parsed, problem = parse_json(done.stdout)
     outcome = runner.profile.exit_codes.classify(done.returncode)
     fault = ""

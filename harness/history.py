@@ -23,6 +23,7 @@ the server is down (a ``server_kill`` fault of device ``"server"``, until its he
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -105,6 +106,7 @@ class History:
 
     def __init__(self, events: Iterable[Event] = ()) -> None:
         self.events: list[Event] = list(events)
+        self._lock = threading.Lock()  # steps and background actions append from several threads
 
     def __len__(self) -> int:
         return len(self.events)
@@ -118,12 +120,14 @@ class History:
                detail: str = "", t: float | None = None) -> Event:
         if type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {type!r} (expected one of {', '.join(EVENT_TYPES)})")
-        if type in OUTCOMES and ref is None:
-            ref = self._open_invoke(device, action)
-        event = Event(seq=(self.events[-1].seq + 1) if self.events else 1, t=time.monotonic() if t is None else t, device=device,
-                      type=type, action=action, args=dict(args or {}), result=result, exit=exit,
-                      ref=ref, detail=detail)
-        self.events.append(event)
+        with self._lock:
+            if type in OUTCOMES and ref is None:
+                ref = self._open_invoke(device, action)
+            event = Event(seq=(self.events[-1].seq + 1) if self.events else 1,
+                          t=time.monotonic() if t is None else t, device=device,
+                          type=type, action=action, args=dict(args or {}), result=result, exit=exit,
+                          ref=ref, detail=detail)
+            self.events.append(event)
         return event
 
     def record(self, event: dict[str, Any] | Event) -> Event:

@@ -368,3 +368,36 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# Every process a device starts carries this variable; children inherit it even when they
+# detach into a session of their own (a background sync daemon), so a force-quit can find them.
+MARKER_ENV = "CONFORMANCE_DEVICE_TAG"
+
+
+def marked(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds ``MARKER_ENV=marker``."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle in fh.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process carrying ``marker``: force-quit of everything a device started."""
+    killed = []
+    for pid in marked(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
+    return killed

@@ -152,6 +152,9 @@ class Profile:
     ready_timeout_s: float = 30.0
     env: dict[str, str] = field(default_factory=dict)
     fixtures_dir: Path = FIXTURES
+    # An environment variable the SUT reads as a clock offset in milliseconds (a device whose
+    # clock is wrong); without it the clock-skew scenario cannot run and fails saying so.
+    clock_skew_env: str | None = None
 
     @property
     def base_values(self) -> dict[str, str]:
@@ -221,7 +224,8 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         return Template(name, tuple(value))
 
     for section in ("server", "device", "actions"):
-        extra = sorted(set(data.get(section, {})) - {k for s, k in SLOTS if s == section} - {"ready"})
+        extra = sorted(set(data.get(section, {})) - {k for s, k in SLOTS if s == section}
+                       - {"ready", "clock_skew_env"})
         if extra:
             known = ", ".join(k for s, k in SLOTS if s == section)
             raise ProfileError(path, f"{section}.{extra[0]}", f"unknown key (known: {known})")
@@ -233,6 +237,9 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
                                                  'e.g. "http://127.0.0.1:{port}/health"')
     _check_placeholders(path, "server.ready", [ready], COMMON | {"port"})
 
+    skew_env = data.get("device", {}).get("clock_skew_env")
+    if skew_env is not None and (not isinstance(skew_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", skew_env)):
+        raise ProfileError(path, "device.clock_skew_env", "must be the name of an environment variable")
     actions = {name: t for name in ACTION_ARGS if (t := template("actions", name)) is not None}
     name = data.get("sut", {}).get("name", path.stem)
     if not isinstance(name, str):
@@ -245,7 +252,7 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         actions=actions, exit_codes=_exit_codes(path, data.get("exit_codes", {})),
         action_timeout_s=_seconds(path, data, "action_s", 30.0),
         ready_timeout_s=_seconds(path, data, "ready_s", 30.0),
-        env=env, fixtures_dir=Path(fixtures_dir or FIXTURES),
+        env=env, fixtures_dir=Path(fixtures_dir or FIXTURES), clock_skew_env=skew_env,
     )
 
 

@@ -1,0 +1,387 @@
+"""Step definitions for every feature, each defined once, over harness.session.Session.
+
+The SUT comes from ``--sut PROFILE`` (default: the reference CRM), the fault schedule from
+``--seed``. With ``--results DIR`` each scenario's verdict and history are written there for
+`crm certify` to turn into a certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pytest_bdd import given, parsers, then, when
+
+from harness.profile import load_profile
+from harness.session import ScenarioFailure, Session
+from harness.toxiproxy import ToxiproxyServer, latency, limit_data, reset_peer, timeout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def step(parser):
+    """Register a step for Given, When and Then alike: scenarios read naturally either way."""
+
+    def register(fn):
+        for kind in (given, when, then):
+            fn = kind(parser, stacklevel=2)(fn)
+        return fn
+
+    return register
+WHAT = {"account": "create_account", "visit": "log_visit", "order": "take_order", "note": "write_note"}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("conformance")
+    group.addoption("--sut", default=str(ROOT / "fixtures" / "sut" / "reference.toml"),
+                    help="SUT profile (TOML) to certify")
+    group.addoption("--seed", type=int, default=1, help="seed of every fault schedule and data set")
+    group.addoption("--results", default=None, help="folder for per-scenario verdicts and histories")
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def profile(request):
+    return load_profile(request.config.getoption("--sut"))
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory):
+    with ToxiproxyServer(log_dir=tmp_path_factory.mktemp("toxiproxy")) as server:
+        yield server.client
+
+
+@pytest.fixture
+def scenario_name(request):
+    return getattr(request.node, "_crm_scenario", request.node.name)
+
+
+# -- the world ---------------------------------------------------------------------------------
+@given(parsers.parse('a sync server for the organisation "{org}"'), target_fixture="world")
+def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
+    session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
+                      seed=request.config.getoption("--seed"), scenario=scenario_name)
+    request.node._crm_session = session
+    request.addfinalizer(session.close)
+    session.__enter__()
+    return session
+
+
+@step(parsers.re(r'an? (?P<device>phone|tablet|laptop) for the rep "(?P<rep>[^"]+)"'))
+def a_device(world: Session, device, rep):
+    world.add_device(device, rep)
+
+
+@step(parsers.parse('background sync is switched on for "{device}"'))
+def background_sync_on(world: Session, device):
+    result = world.act(device, "start_background_sync")
+    if not result.ok:
+        raise ScenarioFailure(f"start_background_sync failed on {device}: {result.detail}")
+
+
+@step(parsers.parse('"{device}" is in airplane mode'))
+def airplane_mode(world: Session, device):
+    world.airplane_mode(device)
+
+
+@step(parsers.parse('"{device}" is back online'))
+def back_online(world: Session, device):
+    world.back_online(device)
+
+
+# -- the rep's work ----------------------------------------------------------------------------
+@step(parsers.parse('the rep creates a new account on "{device}"'))
+def create_account(world: Session, device):
+    world.create_account(device)
+
+
+@step(parsers.parse('the rep has an account on "{device}" that reached the office'))
+def account_reached_office(world: Session, device):
+    result = world.create_account(device)
+    if not result.ok:
+        raise ScenarioFailure(f"creating the account on {device} failed: {result.detail}")
+    if world.profile.has("sync"):
+        world.sync(device)
+    world.wait_until_on_server(30, device)
+
+
+@step(parsers.parse('the rep logs a visit to the account on "{device}"'))
+def log_visit(world: Session, device):
+    world.log_visit(device)
+
+
+@step(parsers.parse('the rep takes an order for the account on "{device}"'))
+def take_order(world: Session, device):
+    world.take_order(device)
+
+
+@step(parsers.parse('the rep writes a note on the account on "{device}"'))
+def write_note(world: Session, device):
+    world.write_note(device)
+
+
+@step(parsers.parse('''the rep has done a visit's work on "{device}": an account, a visit, an order and a note'''))
+def visit_work(world: Session, device):
+    for step in (world.create_account, world.log_visit, world.take_order, world.write_note):
+        result = step(device)
+        if not result.ok:
+            raise ScenarioFailure(f"{result.action} on {device} was not saved: {result.detail}")
+
+
+@step(parsers.parse('the rep has saved {count:d} accounts on "{device}"'))
+def saved_accounts(world: Session, device, count):
+    for _ in range(count):
+        result = world.create_account(device)
+        if not result.ok:
+            raise ScenarioFailure(f"create_account on {device} was not saved: {result.detail}")
+
+
+@step(parsers.re(r'"(?P<device>[^"]+)" says the (?P<what>account|visit|order|note) was saved'))
+def says_saved(world: Session, device, what):
+    last = world.last
+    assert last is not None and last.action == WHAT[what], f"no {what} was attempted on {device}"
+    if not last.ok:
+        raise ScenarioFailure(f"the {what} was not saved on {device} (outcome {last.outcome}): {last.detail}")
+    if not (isinstance(last.json, dict) and last.json.get("id")):
+        raise ScenarioFailure(f"the {what} was saved but {device} printed no id: {last.stdout[:200]!r}")
+
+
+@step(parsers.re(r'"(?P<device>[^"]+)" shows (?P<count>\d+) changes? waiting to sync'))
+def waiting_to_sync(world: Session, device, count):
+    pending = world.device(device).driver.pending()
+    if pending != int(count):
+        raise ScenarioFailure(f"{device} shows {pending} change(s) waiting to sync, expected {count}")
+
+
+# -- force-quit --------------------------------------------------------------------------------
+@step(parsers.parse('the app on "{device}" is force-quit'))
+def force_quit(world: Session, device):
+    world.force_quit(device)
+
+
+@step(parsers.parse('the app on "{device}" is reopened'))
+def reopened(world: Session, device):
+    result = world.reopen(device)
+    if not result.ok:
+        raise ScenarioFailure(f"reopening {device} failed: {result.detail}")
+
+
+@step(parsers.parse('the rep creates {count:d} accounts on "{device}", each killed at a seeded moment'))
+def creates_killed(world: Session, device, count):
+    for _ in range(count):
+        world.create_account(device, kill_after=world.seeded_delay(0.05, 0.6))
+
+
+# -- syncing -----------------------------------------------------------------------------------
+@step(parsers.parse('"{device}" syncs'))
+def syncs(world: Session, device):
+    world.sync(device)
+
+
+@step("everyone syncs")
+def everyone_syncs(world: Session):
+    for _ in range(2):
+        for device in world.devices:
+            world.sync(device)
+
+
+@step(parsers.parse('the sync on "{device}" did not report success'))
+def sync_not_ok(world: Session, device):
+    last = world.last
+    assert last is not None and last.action == "sync"
+    if last.ok:
+        raise ScenarioFailure(f"sync on {device} reported success through a stalled connection")
+
+
+@step(parsers.re(r'(?P<no_cmd>without any sync command )?everything the rep saved reaches the office '
+                 r'within (?P<seconds>\d+) seconds'))
+def reaches_office(world: Session, no_cmd, seconds):
+    took = world.wait_until_on_server(float(seconds))
+    world.history.append("harness", "heal", None, detail=f"everything reached the server after {took:.1f} s")
+
+
+@step(parsers.parse('the server has every account "{device}" saved'))
+def server_has_accounts(world: Session, device):
+    missing = world.missing_on_server(device)
+    if missing:
+        raise ScenarioFailure(f"the server lacks {len(missing)} record(s) {device} reported saved: {missing}")
+
+
+@step(parsers.parse('every write on "{device}" finished within {seconds:d} seconds'))
+def writes_fast(world: Session, device, seconds):
+    slow = [(w.action, round(w.duration, 2)) for w in world.device(device).writes if w.duration > seconds]
+    if slow:
+        raise ScenarioFailure(f"writes on {device} waited on the network: {slow}")
+
+
+# -- network faults ----------------------------------------------------------------------------
+@step(parsers.parse('the answers to "{device}" are cut off by "{toxic}"'))
+def answers_cut(world: Session, device, toxic):
+    factory = {"reset_peer": lambda: reset_peer(0, stream="downstream", name="answers"),
+               "limit_data": lambda: limit_data(1, stream="downstream", name="answers")}[toxic]
+    world.add_toxic(device, factory())
+
+
+@step(parsers.parse('the answers to "{device}" flow again'))
+def answers_flow(world: Session, device):
+    world.remove_toxics(device, "answers")
+
+
+@step(parsers.parse('the connection of "{device}" crawls with {ms:d} ms of latency'))
+def crawls(world: Session, device, ms):
+    world.add_toxic(device, latency(ms, stream="downstream", name="latency-down"))
+    world.add_toxic(device, latency(ms // 4, stream="upstream", name="latency-up"))
+
+
+@step(parsers.parse('the connection of "{device}" is fast again'))
+def fast_again(world: Session, device):
+    world.remove_toxics(device, "latency")
+
+
+@step(parsers.parse('the connection of "{device}" stalls'))
+def stalls(world: Session, device):
+    world.add_toxic(device, timeout(0, stream="downstream", name="stall"))
+
+
+@step(parsers.parse('the connection of "{device}" is released'))
+def released(world: Session, device):
+    world.remove_toxics(device, "stall")
+
+
+@step(parsers.parse('"{device}" starts syncing and the network drops at a seeded moment'))
+def sync_then_partition(world: Session, device):
+    thread = world.in_background(lambda: world.sync(device))
+    time.sleep(world.seeded_delay(0.2, 1.2))
+    world.airplane_mode(device)
+    thread.join(world.profile.action_timeout_s + 5)
+
+
+@step(parsers.parse('"{device}" starts syncing and is killed at a seeded moment, {times:d} times'))
+def sync_killed(world: Session, device, times):
+    for _ in range(times):
+        world.sync(device, kill_after=world.seeded_delay(0.1, 1.5))
+
+
+@step(parsers.parse('"{device}" starts syncing and the server is killed at a seeded moment'))
+def sync_server_killed(world: Session, device):
+    thread = world.in_background(lambda: world.sync(device))
+    time.sleep(world.seeded_delay(0.2, 1.2))
+    world.server.kill()
+    thread.join(world.profile.action_timeout_s + 5)
+
+
+@step("the server is restarted")
+def server_restarted(world: Session):
+    world.server.start()
+
+
+@step(parsers.parse("{seconds:d} seconds pass"))
+def seconds_pass(world: Session, seconds):
+    time.sleep(seconds)
+
+
+# -- concurrent edits --------------------------------------------------------------------------
+@step(parsers.parse('an account on "{device}" that "{other}" has too'))
+def shared_account(world: Session, device, other):
+    account_reached_office(world, device)
+    if world.profile.has("sync"):
+        world.sync(other)
+    state = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = world.device(other).driver.export()
+        if any(a.get("id") == world.account_id for a in state.get("account", [])):
+            return
+        time.sleep(0.5)
+    raise ScenarioFailure(f"{other} never received account {world.account_id}")
+
+
+@step(parsers.parse('the rep edits the account\'s "{field}" to "{value}" on "{device}"'))
+def edit_on_device(world: Session, field, value, device):
+    result = world.edit_account(device, field, value)
+    if not result.ok:
+        raise ScenarioFailure(f"editing {field} on {device} was not saved: {result.detail}")
+
+
+@step(parsers.parse('the back office edits the account\'s "{field}" to "{value}"'))
+def backoffice_edit(world: Session, field, value):
+    result = world.backoffice_edit(field, value)
+    if not result.ok:
+        raise ScenarioFailure(f"the back-office edit of {field} failed: {result.detail}")
+
+
+@step(parsers.parse('the clock of "{device}" is {hours:d} hours behind'))
+def clock_behind(world: Session, device, hours):
+    world.skew_clock(device, -hours)
+
+
+_PAIR = re.compile(r'"([^"]+)" "([^"]*)"')
+
+
+@step(parsers.re(r'the account shows (?P<pairs>.+) everywhere'))
+def account_shows(world: Session, pairs):
+    expected = dict(_PAIR.findall(pairs))
+    states = {name: d.driver.export() for name, d in world.devices.items()}
+    states["server"] = world.server_state()
+    for where, state in states.items():
+        account = next((a for a in state.get("account", []) if a.get("id") == world.account_id), None)
+        if account is None:
+            raise ScenarioFailure(f"{where} has no account {world.account_id}")
+        wrong = {k: account.get(k) for k, v in expected.items() if account.get(k) != v}
+        if wrong:
+            raise ScenarioFailure(f"on {where} the account has {wrong}, expected {expected}")
+
+
+# -- the verdict -------------------------------------------------------------------------------
+@step("the run passes every check")
+def passes_every_check(world: Session):
+    anomalies = world.final_check()
+    if anomalies:
+        lines = [f"{a.check}: {a.message} evidence={json.dumps(a.evidence, default=str)[:600]}" for a in anomalies]
+        raise ScenarioFailure(f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}:\n" + "\n".join(lines))
+
+
+# -- reporting hooks: each scenario's verdict for `crm certify` ----------------------------------
+def pytest_bdd_before_scenario(request, feature, scenario):
+    request.node._crm_scenario = scenario.name
+    request.node._crm_feature = feature.name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    folder = item.config.getoption("--results")
+    session = getattr(item, "_crm_session", None)
+    scenario = getattr(item, "_crm_scenario", item.name)
+    verdict = {
+        "name": scenario,
+        "feature": getattr(item, "_crm_feature", ""),
+        "test": item.nodeid,
+        "passed": report.passed,
+        "duration_s": round(report.duration, 2),
+        "offline_create_refused": session.offline_create_refused if session else None,
+        "anomalies": [a.to_json() for a in session.anomalies] if session else [],
+        "reason": "" if report.passed else _reason(report),
+        "seed": session.seed if session else None,
+    }
+    item._crm_verdict = verdict
+    if folder and session is not None:
+        out = Path(folder)
+        (out / "histories").mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", scenario.lower()).strip("-")[:80]
+        session.history.save(out / "histories" / f"{slug}.jsonl")
+        verdict["history"] = f"histories/{slug}.jsonl"
+        with open(out / "results.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(verdict) + "\n")
+
+
+def _reason(report) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    return text.replace("harness.session.ScenarioFailure: ", "")[:2000]

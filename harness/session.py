@@ -1,0 +1,298 @@
+"""One conformance run of one scenario: the SUT's server behind Toxiproxy, its devices, the
+faults, and the history every step is recorded in.
+
+Steps in features/ stay one-liners over this class: the harness library does the work. Faults
+are recorded as history events (``offline`` for airplane mode, ``kill`` for a force-quit,
+``server_kill``, and the toxic's type for a degraded connection) so the checkers can reason
+about what each device could and could not have done.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faker import Faker
+
+from . import checkers, processes
+from .checkers import Anomaly
+from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
+from .history import CREATES, History
+from .profile import MissingAction, Profile
+from .toxiproxy import Toxic, Toxiproxy, proxy_url
+
+SKUS = ("SKU-1", "SKU-2", "SKU-3", "CRISPS-24", "COLA-12")
+
+
+class ScenarioFailure(AssertionError):
+    """A step's expectation did not hold; the message names the evidence."""
+
+
+@dataclass
+class Device:
+    name: str
+    rep: str
+    driver: Driver
+    proxy: str
+    offline: bool = False
+    toxics: list[str] = field(default_factory=list)
+    writes: list[ActionResult] = field(default_factory=list)
+
+
+class Session:
+    """The world of one scenario. Use as a context manager: everything it starts, it stops."""
+
+    def __init__(self, *, profile: Profile, toxiproxy: Toxiproxy, workdir: Path, seed: int,
+                 scenario: str = "", org: str = "acme") -> None:
+        self.profile = profile
+        self.toxiproxy = toxiproxy
+        self.workdir = Path(workdir)
+        self.org = org
+        # One seed for the run; each scenario derives its own, so reordering scenarios changes nothing.
+        self.seed = (seed * 1_000_003 + zlib.crc32(scenario.encode())) % 2**32
+        self.rng = random.Random(self.seed)
+        self.faker = Faker()
+        self.faker.seed_instance(self.seed)
+        self.history = History()
+        self.tag = uuid.uuid4().hex[:8]
+        self.server = ServerHandle(profile, server_dir=self.workdir / "server", log_dir=self.workdir / "logs",
+                                   record=self.history.record)
+        self.devices: dict[str, Device] = {}
+        self.account_id: str | None = None  # the account the scenario's steps talk about
+        self.last: ActionResult | None = None
+        self.offline_create_refused: bool | None = None
+        self.anomalies: list[Anomaly] = []
+        self._background: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> Session:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for thread in self._background:
+            thread.join(timeout=self.profile.action_timeout_s + 5)
+        for device in self.devices.values():
+            device.driver.close()
+            processes.kill_marked(self._marker(device.name))
+            try:
+                self.toxiproxy.delete_proxy(device.proxy)
+            except Exception:  # noqa: BLE001 - cleanup must go on; the proxy dies with Toxiproxy anyway
+                pass
+        self.server.stop()
+
+    def _marker(self, device: str) -> str:
+        return f"{self.tag}-{device}"
+
+    # -- devices and the network ---------------------------------------------------------------
+    def add_device(self, name: str, rep: str) -> Device:
+        token = self.server.provision(self.org, rep)
+        proxy = self.toxiproxy.create_proxy(f"{name}-{self.tag}", self.server.address)
+        driver = Driver(self.profile, device=name, home=self.workdir / name, server_url=proxy_url(proxy),
+                        rep=rep, token=token, org=self.org, record=self.history.record,
+                        env={processes.MARKER_ENV: self._marker(name)})
+        driver.init()
+        device = Device(name, rep, driver, proxy.name)
+        self.devices[name] = device
+        return device
+
+    def device(self, name: str) -> Device:
+        try:
+            return self.devices[name]
+        except KeyError:
+            raise ScenarioFailure(f"no device {name!r} in this scenario") from None
+
+    def airplane_mode(self, name: str) -> None:
+        device = self.device(name)
+        self.history.append(name, "fault", "offline", detail=f"proxy {device.proxy} disabled")
+        self.toxiproxy.disable(device.proxy)
+        device.offline = True
+
+    def back_online(self, name: str) -> None:
+        device = self.device(name)
+        self.toxiproxy.enable(device.proxy)
+        self.history.append(name, "heal", "offline", detail=f"proxy {device.proxy} enabled")
+        device.offline = False
+
+    def add_toxic(self, name: str, toxic: Toxic) -> None:
+        device = self.device(name)
+        self.history.append(name, "fault", toxic.type, detail=f"{toxic.stream} {toxic.attributes}")
+        self.toxiproxy.add_toxic(device.proxy, toxic)
+        device.toxics.append(toxic.name)
+
+    def remove_toxics(self, name: str, kind: str | None = None) -> None:
+        device = self.device(name)
+        for toxic_name in list(device.toxics):
+            if kind is None or toxic_name.startswith(kind):
+                self.toxiproxy.remove_toxic(device.proxy, toxic_name)
+                device.toxics.remove(toxic_name)
+                self.history.append(name, "heal", toxic_name.split("-")[0], detail=f"toxic {toxic_name} removed")
+
+    def skew_clock(self, name: str, hours: float) -> None:
+        device = self.device(name)
+        if not self.profile.clock_skew_env:
+            raise ScenarioFailure("the SUT profile has no [device] clock_skew_env, so a device clock cannot be set")
+        device.driver.env[self.profile.clock_skew_env] = str(int(hours * 3600 * 1000))
+        self.history.append(name, "fault", "clock_skew", detail=f"{hours:+g} h")
+
+    def force_quit(self, name: str) -> None:
+        device = self.device(name)
+        device.driver.force_quit("force-quit by the harness")
+        processes.kill_marked(self._marker(name))
+
+    def reopen(self, name: str) -> ActionResult:
+        """A new process on the same home; the outbox read is what a reopened app shows first."""
+        return self.act(name, "outbox")
+
+    # -- actions -------------------------------------------------------------------------------
+    def act(self, name: str, action: str, /, *, kill_after: float | None = None, **args: Any) -> ActionResult:
+        device = self.device(name)
+        try:
+            result = device.driver.invoke(action, kill_after=kill_after, **args)
+        except MissingAction as exc:
+            raise ScenarioFailure(str(exc)) from None
+        if kill_after is not None:
+            processes.kill_marked(self._marker(name)) if result.outcome == "unknown" else None
+        if action in CREATES or action == "edit_field":
+            device.writes.append(result)
+        self.last = result
+        return result
+
+    def create_account(self, name: str, *, kill_after: float | None = None) -> ActionResult:
+        result = self.act(name, "create_account", kill_after=kill_after, name=self.faker.company(),
+                          city=self.faker.city())
+        if self.device(name).offline:
+            self.offline_create_refused = result.outcome != "ok"
+        if result.ok and isinstance(result.json, dict) and result.json.get("id"):
+            self.account_id = str(result.json["id"])
+        return result
+
+    def _account(self) -> str:
+        if not self.account_id:
+            raise ScenarioFailure("no account was saved earlier in this scenario")
+        return self.account_id
+
+    def log_visit(self, name: str) -> ActionResult:
+        return self.act(name, "log_visit", account_id=self._account(),
+                        outcome=self.rng.choice(["met the buyer", "left a brochure", "no one in", "reordered"]))
+
+    def take_order(self, name: str) -> ActionResult:
+        return self.act(name, "take_order", account_id=self._account(), sku=self.rng.choice(SKUS),
+                        qty=self.rng.randint(1, 24), price=f"{self.rng.randint(50, 5000) / 100:.2f}")
+
+    def write_note(self, name: str) -> ActionResult:
+        return self.act(name, "write_note", account_id=self._account(), text=self.faker.sentence(nb_words=8))
+
+    def edit_account(self, name: str, field_name: str, value: str) -> ActionResult:
+        return self.act(name, "edit_field", entity="account", record_id=self._account(), field=field_name,
+                        value=value)
+
+    def backoffice_edit(self, field_name: str, value: str) -> ActionResult:
+        try:
+            return self.server.backoffice_edit("account", self._account(), field_name, value, org=self.org)
+        except MissingAction as exc:
+            raise ScenarioFailure(str(exc)) from None
+
+    def sync(self, name: str, *, kill_after: float | None = None) -> ActionResult:
+        return self.act(name, "sync", kill_after=kill_after)
+
+    def in_background(self, work: Callable[[], Any]) -> threading.Thread:
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        self._background.append(thread)
+        return thread
+
+    def seeded_delay(self, low: float, high: float) -> float:
+        return self.rng.uniform(low, high)
+
+    # -- what the office sees ------------------------------------------------------------------
+    def server_state(self) -> dict[str, Any]:
+        """The server's export without recording it: polling must not flood the history."""
+        values = {**self.profile.base_values, "server_dir": str(self.server.server_dir), "port": self.server.port,
+                  "org": self.org}
+        done = processes.run(self.profile.server_export.render(**values), env=self.profile.environ(),
+                             timeout=self.profile.action_timeout_s)
+        parsed, _ = parse_json(done.stdout)
+        return parsed if isinstance(parsed, dict) else {}
+
+    def saved_ids(self, name: str | None = None) -> dict[str, str]:
+        """id -> entity of every create a device reported saved."""
+        out = {}
+        for device in self.devices.values():
+            if name is None or device.name == name:
+                for result in device.writes:
+                    if result.ok and result.action in CREATES and isinstance(result.json, dict):
+                        out[str(result.json.get("id"))] = CREATES[result.action]
+        return out
+
+    def missing_on_server(self, name: str | None = None) -> dict[str, str]:
+        state = self.server_state()
+        present = {str(r.get("id")) for entity in CREATES.values() for r in state.get(entity, []) or []
+                   if isinstance(r, dict)}
+        return {rid: entity for rid, entity in self.saved_ids(name).items() if rid not in present}
+
+    def wait_until_on_server(self, timeout: float, name: str | None = None) -> float:
+        start = time.monotonic()
+        while True:
+            missing = self.missing_on_server(name)
+            if not missing:
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise ScenarioFailure(f"after {timeout:g} s the server still lacks {len(missing)} saved "
+                                      f"record(s): {missing}")
+            time.sleep(0.5)
+
+    # -- the verdict ---------------------------------------------------------------------------
+    def heal_everything(self) -> None:
+        if not self.server.running:
+            self.server.start()
+        for device in self.devices.values():
+            self.remove_toxics(device.name)
+            if device.offline:
+                self.back_online(device.name)
+
+    def quiesce(self, *, timeout: float = 90.0) -> None:
+        """Heal every fault and let every device sync until nothing is pending anywhere."""
+        self.heal_everything()
+        manual = self.profile.has("sync")
+        deadline = time.monotonic() + timeout
+        rounds = 0
+        while True:
+            if manual:
+                for device in self.devices.values():
+                    self.sync(device.name)
+            rounds += 1
+            pending = {d.name: d.driver.pending() for d in self.devices.values()}
+            if rounds >= 2 and not any(pending.values()):
+                return
+            if time.monotonic() > deadline:
+                raise ScenarioFailure(f"no quiescence within {timeout:g} s: still pending {pending}")
+            if not manual:
+                time.sleep(1.0)
+
+    def final_check(self) -> list[Anomaly]:
+        """Quiesce, record the final exports, and run every checker over the history."""
+        try:
+            self.quiesce()
+        finally:
+            for device in self.devices.values():
+                try:
+                    device.driver.export()
+                except DriverError:
+                    pass  # recorded; the checkers report the missing export
+            try:
+                self.server.export(self.org)
+            except DriverError:
+                pass
+        self.anomalies = checkers.run_all(self.history)
+        return self.anomalies

@@ -5,6 +5,8 @@ Every row is validated before anything is written, so a bad file changes nothing
 device's ordinary write path, so each record arrives with its outbox op. Each row carries an
 import key (its external ref, else a hash of its fields) kept in ``records.ikey``: re-running an
 import, even one killed halfway, updates or skips what is already there instead of duplicating it.
+A row with an external ref also finds a record that carries that ref but no key yet (added by
+hand, or pulled from another device: keys are device-local) and takes it over.
 """
 
 from __future__ import annotations
@@ -219,9 +221,12 @@ class _Refs:
             (self.deleted_ids if deleted else self.account_ids).add(rid)
             if ikey and ikey.startswith("ref:") and not deleted:
                 self.account_by_ref[ikey[4:]] = rid
-        self.contact_account: dict[str, str] = dict(conn.execute(
-            "SELECT ikey, json_extract(data, '$.account') FROM records "
-            "WHERE entity = 'contact' AND ikey LIKE 'ref:%'").fetchall())
+        self.contact_account: dict[str, str] = {}  # contact ref key -> its account
+        for key, account in conn.execute(
+                "SELECT coalesce(ikey, 'ref:' || json_extract(data, '$.external_ref')) AS key, "
+                "json_extract(data, '$.account') FROM records WHERE entity = 'contact' "
+                "AND key LIKE 'ref:%' ORDER BY ikey IS NULL, deleted, id"):
+            self.contact_account.setdefault(key, account)  # the record an import would match
 
     def account(self, value: Any) -> Any:
         """An account id, or the external ref of an imported account, as the account's id."""
@@ -286,11 +291,12 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
 def _write(device: Device, entity: str, rows: list[_Row], batch_size: int, report: ImportReport,
            progress: Callable[[int, int | None], None] | None) -> None:
     done = 0
+    unkeyed = _unkeyed_refs(device.store.conn, entity)
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
             with device.store.write() as conn:
-                created, updated, unchanged = _write_batch(device, conn, entity, batch)
+                created, updated, unchanged = _write_batch(device, conn, entity, batch, unkeyed)
             report.created += created
             report.updated += updated
             report.unchanged += unchanged
@@ -314,10 +320,41 @@ def _existing(conn: sqlite3.Connection, entity: str, keys: list[str]) -> dict[st
     return {ikey: record_from_row(entity, rid, data, meta) for ikey, rid, data, meta in found}
 
 
-def _write_batch(device: Device, conn: sqlite3.Connection, entity: str,
-                 batch: list[_Row]) -> tuple[int, int, int]:
+def _unkeyed_refs(conn: sqlite3.Connection, entity: str) -> dict[str, str]:
+    """external_ref -> id of records that have one but no import key: added by hand
+    (``--external-ref``) or pulled from another device, whose import keys stay there."""
+    found: dict[str, str] = {}
+    for ref, rid in conn.execute(
+            "SELECT json_extract(data, '$.external_ref') AS ref, id FROM records "
+            "WHERE entity = ? AND ikey IS NULL AND ref IS NOT NULL ORDER BY deleted, id", (entity,)):
+        found.setdefault("ref:" + ref, rid)  # a live record before a deleted one, then the oldest
+    return found
+
+
+def _adopt(conn: sqlite3.Connection, entity: str, unkeyed: dict[str, str],
+           keys: list[str]) -> dict[str, Record]:
+    """Records an import key should have matched but that carry none yet (see _unkeyed_refs)."""
+    wanted = {unkeyed[key]: key for key in keys if key in unkeyed}
+    if not wanted:
+        return {}
+    found = conn.execute(
+        "SELECT id, data, meta FROM records WHERE entity = ? AND ikey IS NULL "
+        "AND id IN (SELECT value FROM json_each(?))", (entity, json.dumps(list(wanted)))).fetchall()
+    adopted = {}
+    for rid, data, meta in found:
+        rec = record_from_row(entity, rid, data, meta)
+        if "ref:" + str(rec.values.get("external_ref")) == wanted[rid]:  # still the same ref
+            adopted[wanted[rid]] = rec
+    return adopted
+
+
+def _write_batch(device: Device, conn: sqlite3.Connection, entity: str, batch: list[_Row],
+                 unkeyed: dict[str, str]) -> tuple[int, int, int]:
     spec = entity_spec(entity)
-    existing = _existing(conn, entity, [row.ikey for row in batch])
+    keys = [row.ikey for row in batch]
+    existing = _existing(conn, entity, keys)
+    adopted = _adopt(conn, entity, unkeyed, [key for key in keys if key not in existing])
+    existing.update(adopted)
     pending: list[Change] = []
     seen: set[str] = set()
     created = updated = unchanged = 0
@@ -334,10 +371,15 @@ def _write_batch(device: Device, conn: sqlite3.Connection, entity: str,
                       if spec.field(name).editable and rec.values.get(name) != row.values.get(name)}
             if fields:
                 base = {name: merge.edit_base(rec, name) for name in fields}
-                pending.append(Change(entity, rec.id, fields, base, "update"))
+                pending.append(Change(entity, rec.id, fields, base, "update",
+                                      ikey=row.ikey if row.ikey in adopted else None))
                 updated += 1
+                adopted.pop(row.ikey, None)
             else:
                 unchanged += 1
     if pending:
         device._write_changes(conn, pending)
+    # an adopted record that needed no change still takes its key: device-local, so no op
+    conn.executemany("UPDATE records SET ikey = ? WHERE entity = ? AND id = ?",
+                     [(key, entity, rec.id) for key, rec in adopted.items()])
     return created, updated, unchanged

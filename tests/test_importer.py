@@ -348,3 +348,30 @@ def test_generated_dataset_is_deterministic_and_imports_to_its_distinct_count(
     contacts = make_dataset(tmp_path / "c.jsonl", entity="contacts", rows=500, seed=3, fmt="jsonl",
                             accounts=a.refs[:50], duplicate_ratio=0.1)
     assert import_file(device, "contacts", contacts.path).created == contacts.distinct
+
+
+def test_a_ref_row_takes_over_a_record_added_by_hand(device: Device, tmp_path: Path) -> None:
+    by_hand = device.create("account", {"name": "Acme", "city": "Bath", "external_ref": "R1"})
+    other = device.create("account", {"name": "Beta", "external_ref": "R2"})
+    path = write(tmp_path, "a.csv", "name,city,external_ref\nAcme,Bath,R1\nBeta,Leeds,R2\nGamma,York,R3\n")
+    report = import_file(device, "accounts", path)
+    assert (report.created, report.updated, report.unchanged) == (1, 1, 1)
+    assert device.get("account", other["id"])["city"] == "Leeds"
+    assert len(device.list("account")) == 3
+    keys = dict(device.store.conn.execute("SELECT id, ikey FROM records"))
+    assert keys[by_hand["id"]] == "ref:R1" and keys[other["id"]] == "ref:R2"
+    assert ops_for(device, by_hand["id"])[-1]["kind"] == "create"  # taking it over wrote no op
+    again = import_file(device, "accounts", path)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 3)
+
+
+def test_a_contact_added_by_hand_cannot_be_moved_by_an_import(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    account = by_ref(device)["ACC-1001"]["id"]
+    device.create("contact", {"account": account, "name": "Maria", "external_ref": "CON-7"})
+    moved = write(tmp_path, "c.csv", "account,name,external_ref\nACC-1002,Maria,CON-7\n")
+    with pytest.raises(ImportFileError, match="cannot move to another account"):
+        import_file(device, "contacts", moved)
+    stays = write(tmp_path, "d.csv", "account,name,role,external_ref\nACC-1001,Maria,Buyer,CON-7\n")
+    assert import_file(device, "contacts", stays).updated == 1
+    assert len(device.list("contact")) == 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from crm.domain import DELETED, STATUS_RANK
@@ -160,7 +160,7 @@ def do_clock(data, world: World, r: Replica) -> None:
 
 WRITES = {"create": do_create, "edit": do_edit, "delete": do_delete, "resolve": do_resolve,
           "status": do_status, "line": do_line, "clock": do_clock}
-ACTIONS = ["create", "edit", "edit", "edit", "delete", "resolve", "resolve", "status", "line",
+ACTIONS = ["create", "edit", "edit", "edit", "edit", "delete", "resolve", "resolve", "status", "line",
            "clock", "sync", "sync", "sync"]
 
 
@@ -238,9 +238,14 @@ def test_replicas_converge_and_discard_nothing(data) -> None:
     skews = data.draw(st.lists(st.integers(-3 * HOUR_MS, 3 * HOUR_MS) | st.just(0),
                                min_size=len(DEVICES), max_size=len(DEVICES)))
     replicas = [Replica(world, device, skew) for device, skew in zip(DEVICES, skews, strict=True)]
+    # Everyone starts from one shared account and order, so concurrent work begins at once.
     replicas[0].write("account", "acct1", {"name": "x", "city": "y"}, {}, "create")
-    world.records = 1
-    for _ in range(data.draw(st.integers(1, 40))):
+    replicas[0].write("order", "order2", {"account": "acct1", "currency": "GBP", "status": "draft"}, {}, "create")
+    world.records = 2
+    for replica in replicas[1:]:
+        for op in world.ops:
+            replica.receive(op)
+    for _ in range(data.draw(st.integers(10, 50))):
         world.now += data.draw(st.sampled_from([0, 0, 1, 5, 1000]))  # 0: the wall clock stood still
         action = data.draw(st.sampled_from(ACTIONS))
         if action == "sync":
@@ -250,6 +255,8 @@ def test_replicas_converge_and_discard_nothing(data) -> None:
 
     deliver_everything(data, world, replicas)
     assert_converged(world, replicas)
+    kinds = sorted({c.kind for _, c in replicas[0].open_conflicts()})
+    event(f"ops: {len(world.ops) // 10 * 10}+; open conflicts at the end: {', '.join(kinds) or 'none'}")
     assert_nothing_silently_discarded(world, replicas[0])
     resolve_everything(data, world, replicas)
     assert_nothing_silently_discarded(world, replicas[0])

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from crm import Device
 
 Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (errors as JSON on stderr).")]
+Assignments = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="FIELD=VALUE", help="Set a field; FIELD= clears it. Repeatable.")]
 
 
 def sub_app(help: str, *, example: str | None = None) -> typer.Typer:
@@ -88,3 +90,12 @@ def parse_assignments(pairs: list[str]) -> dict[str, str | None]:
 def fields(**values: Any) -> dict[str, Any]:
     """Only the options the user actually gave, so an edit changes nothing else."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def edit_record(ctx: typer.Context, entity: str, record_id: str, changes: dict[str, Any], as_json: bool) -> None:
+    """The one edit path: only the given fields change; prints the record (JSON) or its id."""
+    from cli.output import emit
+
+    with open_device(ctx) as device:
+        record = device.edit(entity, record_id, changes)
+    emit(record, as_json=as_json, text=record["id"])

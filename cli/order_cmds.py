@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import Json, fields, invalid, open_device, sub_app
+from cli.common import (
+    Assignments,
+    Json,
+    edit_record,
+    fields,
+    invalid,
+    open_device,
+    parse_assignments,
+    sub_app,
+)
 from cli.output import emit
 
 LINE_HELP = "An order line SKU:QTY[:UNIT_PRICE]; the catalogue price when no price is given."
@@ -80,6 +89,18 @@ def order_add_line(
     with open_device(ctx) as device:
         added = device.add_order_line(order_id, parsed)
     emit(added, as_json=as_json, text=added["id"])
+
+
+@order_app.command("edit")
+def order_edit(ctx: typer.Context, order_id: OrderId, assignments: Assignments = None,
+               as_json: Json = False) -> None:
+    """Change an order's currency or placed_at (status changes with submit and cancel).
+
+    \b
+    Example:
+      crm order edit 0190c3e5-... --set currency=EUR
+    """
+    edit_record(ctx, "order", order_id, parse_assignments(assignments or []), as_json)
 
 
 def _set_status(ctx: typer.Context, order_id: str, status: str, as_json: bool) -> None:

@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Json, fields, open_device, parse_assignments, sub_app
+from cli.common import Assignments, Json, edit_record, fields, open_device, parse_assignments, sub_app
 from cli.output import emit
 
 AccountOpt = Annotated[str, typer.Option("--account", metavar="ID", help="The account's id.")]
 AccountFilter = Annotated[str | None, typer.Option("--account", metavar="ID", help="Only this account's records.")]
 Text = Annotated[str | None, typer.Option()]
+RecordId = Annotated[str, typer.Argument(metavar="ID")]
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def account_add(
 @account_app.command("edit")
 def account_edit(
     ctx: typer.Context,
-    account_id: Annotated[str, typer.Argument(metavar="ID")],
+    account_id: RecordId,
     name: Text = None,
     address: Text = None,
     city: Text = None,
@@ -61,8 +62,7 @@ def account_edit(
     email: Text = None,
     external_ref: Text = None,
     owner: Text = None,
-    assignments: Annotated[list[str] | None, typer.Option(
-        "--set", metavar="FIELD=VALUE", help="Set any field; FIELD= clears it. Repeatable.")] = None,
+    assignments: Assignments = None,
     as_json: Json = False,
 ) -> None:
     """Change an account's fields; only the fields given change.
@@ -76,9 +76,7 @@ def account_edit(
     changes = {**fields(name=name, address=address, city=city, postcode=postcode, phone=phone,
                         email=email, external_ref=external_ref, owner=owner),
                **parse_assignments(assignments or [])}
-    with open_device(ctx) as device:
-        account = device.edit("account", account_id, changes)
-    emit(account, as_json=as_json, text=account["id"])
+    edit_record(ctx, "account", account_id, changes, as_json)
 
 
 @account_app.command("ls")
@@ -101,7 +99,7 @@ def account_ls(
 
 
 @account_app.command("show")
-def account_show(ctx: typer.Context, account_id: Annotated[str, typer.Argument(metavar="ID")],
+def account_show(ctx: typer.Context, account_id: RecordId,
                  as_json: Json = False) -> None:
     """Show one account with how many contacts, visits, orders and notes it has.
 
@@ -115,7 +113,7 @@ def account_show(ctx: typer.Context, account_id: Annotated[str, typer.Argument(m
 
 
 @account_app.command("rm")
-def account_rm(ctx: typer.Context, account_id: Annotated[str, typer.Argument(metavar="ID")],
+def account_rm(ctx: typer.Context, account_id: RecordId,
                as_json: Json = False) -> None:
     """Delete an account (a tombstone that syncs like any other change).
 
@@ -153,6 +151,18 @@ def contact_add(
         contact = device.create("contact", fields(account=account, name=name, role=role, email=email,
                                                   phone=phone))
     emit(contact, as_json=as_json, text=contact["id"])
+
+
+@contact_app.command("edit")
+def contact_edit(ctx: typer.Context, contact_id: RecordId, assignments: Assignments = None,
+                 as_json: Json = False) -> None:
+    """Change a contact's fields (name, role, email, phone, external_ref).
+
+    \b
+    Example:
+      crm contact edit 0190c3e4-... --set role=owner --set phone=
+    """
+    edit_record(ctx, "contact", contact_id, parse_assignments(assignments or []), as_json)
 
 
 @contact_app.command("ls")
@@ -195,6 +205,18 @@ def visit_log(
         visit = device.create("visit", fields(account=account, outcome=outcome, at=at, duration_min=duration,
                                               notes=notes, lat=lat, lon=lon))
     emit(visit, as_json=as_json, text=visit["id"])
+
+
+@visit_app.command("edit")
+def visit_edit(ctx: typer.Context, visit_id: RecordId, assignments: Assignments = None,
+               as_json: Json = False) -> None:
+    """Change a visit's fields (at, outcome, duration_min, notes, lat, lon).
+
+    \b
+    Example:
+      crm visit edit 0190c3e3-... --set outcome="order next week"
+    """
+    edit_record(ctx, "visit", visit_id, parse_assignments(assignments or []), as_json)
 
 
 @visit_app.command("ls")

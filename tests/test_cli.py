@@ -116,6 +116,21 @@ def test_account_edit_by_option_and_by_set(home: Path, account: str) -> None:
     assert pending(home) == 3
 
 
+def test_every_editable_entity_has_edit_with_set(home: Path, account: str) -> None:
+    """`crm {entity} edit ID --set field=value` is the harness's edit_field action."""
+    contact = ok_json(home, "contact", "add", "--account", account, "--name", "Sam", "--phone", "1")["id"]
+    visit = ok_json(home, "visit", "log", "--account", account, "--outcome", "first look")["id"]
+    order = ok_json(home, "order", "add", "--account", account, "--line", "SKU-1:1:1")["id"]
+    assert ok_json(home, "contact", "edit", contact, "--set", "role=owner", "--set", "phone=")["role"] == "owner"
+    assert ok_json(home, "export")["contact"][0]["phone"] is None
+    assert ok_json(home, "visit", "edit", visit, "--set", "outcome=order next week")["outcome"] == "order next week"
+    assert ok_json(home, "order", "edit", order, "--set", "currency=eur")["currency"] == "EUR"
+    before = pending(home)
+    assert_refused(crm(home, "visit", "edit", visit, "--set", "account=" + account), 3, "cannot be changed")
+    assert_refused(crm(home, "order", "edit", order, "--set", "status=submitted"), 3, "submit")
+    assert pending(home) == before
+
+
 def test_account_ls_filters_limits_and_shows_deleted(home: Path, account: str) -> None:
     other = ok_json(home, "account", "add", "--name", "Hull Mart", "--city", "Hull")["id"]
     assert [a["id"] for a in ok_json(home, "account", "ls", "--city", "Hull")] == [other]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -435,6 +436,19 @@ def test_every_registered_command_loads() -> None:
     for name in COMMANDS:
         result = crm(None, name, "--help")
         assert result.exit_code == 0 and f"Usage: crm {name}" in result.stdout, (name, result.stderr)
+
+
+def test_exit_code_table_matches_the_errors() -> None:
+    import crm.errors as errors
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "exit-codes.md").read_text()
+    documented = {int(code): kind.strip("` ") for code, kind in
+                  re.findall(r"^\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|", table, re.MULTILINE)}
+    raised = {cls.exit_code: cls.kind for cls in vars(errors).values()
+              if isinstance(cls, type) and issubclass(cls, errors.CrmError) and cls is not errors.CrmError}
+    assert {code: documented.get(code) for code in raised} == raised
+    assert documented.keys() == raised.keys() | {0, 1, 2}
+    assert (documented[1], documented[2]) == ("internal", "usage")
 
 
 def test_version() -> None:

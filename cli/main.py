@@ -74,7 +74,8 @@ class CrmGroup(TyperGroup):
         try:
             result = super().main(args=argv, prog_name=prog_name or "crm", complete_var=complete_var,
                                   standalone_mode=False, **extra)
-            code = result if isinstance(result, int) else 0  # an int here is an Exit's code (--help)
+            # typer returns an Exit's code (--help, --version) here; commands themselves return None
+            code = result if isinstance(result, int) and not isinstance(result, bool) else 0
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - this is the one place failures are mapped
@@ -83,7 +84,10 @@ class CrmGroup(TyperGroup):
             except Exception:  # reporting must never be what shows a traceback
                 sys.stderr.write(f"crm: internal error: {type(exc).__name__}\n")
                 code = 1
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (| head): nothing left to tell it
+            code = code or 1
         sys.exit(code)
 
 

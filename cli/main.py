@@ -87,6 +87,7 @@ class CrmGroup(TyperGroup):
         try:
             sys.stdout.flush()
         except BrokenPipeError:  # the reader went away (| head): nothing left to tell it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             code = code or 1
         sys.exit(code)
 

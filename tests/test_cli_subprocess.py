@@ -237,18 +237,21 @@ def test_visit_log_starts_within_one_and_a_half_typer_imports(bin_dir: Path, hom
     """The hard target: `crm visit log` as a whole process costs at most 1.5x `import typer`.
 
     Both run with bytecode compiled, as an installed crm has, interleaved; the minimum of each
-    is compared. The assertion uses CPU time (user + sys), which measures the code's own cost:
-    wall time on a shared CI machine swings with other jobs' load and fsync latency. Wall time
-    is printed alongside (-s) for the record.
+    is compared, which is what the code costs when other jobs leave the machine alone. CPU time
+    (user + sys) is held to the same bound: unlike wall time it does not swing with load and
+    fsync latency, so a regression cannot hide in the noise. bench/bench_startup.py reports the
+    medians.
     """
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "crm"), str(ROOT / "cli")],
                    check=True, capture_output=True, timeout=120)
-    env = env_with(bin_dir)
+    env = env_with(bin_dir, CRM_BUSY_TIMEOUT_MS="5000")  # bounds the run: no subprocess timeout
 
     def timed(argv: list[str]) -> tuple[float, float]:
+        # No timeout=: with one, subprocess polls for the exit with sleeps of up to 50 ms,
+        # which would be measured as start-up time.
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, timeout=60)
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -264,4 +267,4 @@ def test_visit_log_starts_within_one_and_a_half_typer_imports(bin_dir: Path, hom
           f"({min(w for w, _ in crm_runs) * 1000:.0f} vs {min(w for w, _ in typer_runs) * 1000:.0f} ms, "
           f"medians {statistics.median(w for w, _ in crm_runs) * 1000:.0f} vs "
           f"{statistics.median(w for w, _ in typer_runs) * 1000:.0f} ms), cpu {cpu:.2f}x")
-    assert cpu <= 1.5
+    assert wall <= 1.5 and cpu <= 1.5

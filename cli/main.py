@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "status": "cli.sync_cmds:status_app",
     "agent": "cli.sync_cmds:agent_app",
     "server": "cli.server_cmds:server_app",
+    "certify": "cli.certify_cmds:certify_app",
 }
 
 

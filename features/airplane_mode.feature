@@ -6,7 +6,6 @@ Feature: The airplane-mode checklist
   Background:
     Given a sync server for the organisation "acme"
     And a phone for the rep "rep-1"
-    And background sync is switched on for "phone"
 
   Scenario: Create a new account in airplane mode
     Given "phone" is in airplane mode
@@ -43,7 +42,8 @@ Feature: The airplane-mode checklist
     Then "phone" shows 4 changes waiting to sync
 
   Scenario: Back online: everything syncs by itself with no duplicates
-    Given "phone" is in airplane mode
+    Given background sync is switched on for "phone"
+    And "phone" is in airplane mode
     And the rep has done a visit's work on "phone": an account, a visit, an order and a note
     And the app on "phone" is force-quit
     And the app on "phone" is reopened

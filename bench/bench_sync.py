@@ -1,0 +1,106 @@
+"""Sync throughput against a real `crm server serve` process over loopback, side by side with
+PouchDB replication (../shared/peers/pouchdb/run.sh) measured in the same run.
+
+Figures: push ops/s for 10k and 100k queued ops from one device, a fresh device pulling
+everything, and the cost of a second sync with nothing new at two database sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crm import Device  # noqa: E402
+from crm.device import Change, new_id  # noqa: E402
+from crm.sync import client_for, pull_changes, push_outbox, sync_once  # noqa: E402
+from tests.support import running_server  # noqa: E402
+
+CITIES = ["Lisbon", "Porto", "Berlin", "Austin", "Osaka", "Lagos", "Lima", "Oslo"]
+POUCH = ROOT.parent / "shared" / "peers" / "pouchdb" / "run.sh"
+
+
+def queue_accounts(device: Device, n: int) -> None:
+    """N account creates in the outbox (batched transactions; the write path itself is benched elsewhere)."""
+    done = 0
+    while done < n:
+        size = min(1000, n - done)
+        with device.store.write() as conn:
+            device._write_changes(conn, [
+                Change("account", new_id(), {"name": f"Account {i}", "city": CITIES[i % 8],
+                                             "phone": f"+1-555-{i:07d}", "email": f"contact{i}@example.com",
+                                             "owner": "bench"}, {}, "create")
+                for i in range(done, done + size)])
+        done += size
+
+
+def trial(n: int, workdir: Path) -> dict:
+    with running_server(workdir / f"server-{n}") as server:
+        token = server.add_rep("bench", "rep")
+        settings = {"server_url": server.url, "token": token}
+        source = Device.init(workdir / f"src-{n}", rep="rep", settings=settings)
+        queue_accounts(source, n)
+        with client_for(source) as client:
+            t0 = time.perf_counter()
+            pushed, _ = push_outbox(source, client)
+            push_s = time.perf_counter() - t0
+        assert pushed == n and source.outbox()["pending"] == 0
+        fresh = Device.init(workdir / f"fresh-{n}", rep="rep2", settings=settings)
+        with client_for(fresh) as client:
+            t0 = time.perf_counter()
+            pulled, applied = pull_changes(fresh, client)
+            pull_s = time.perf_counter() - t0
+            assert applied == n, (pulled, applied)
+            idle = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                sync_once(fresh, client=client)
+                idle.append(time.perf_counter() - t0)
+        with fresh.store.read() as conn:
+            assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == n
+        return {"n": n, "push_s": push_s, "push_ops_per_s": n / push_s, "pull_s": pull_s,
+                "pull_ops_per_s": n / pull_s, "idle_sync_ms_median": statistics.median(idle) * 1000}
+
+
+def pouch(n: int) -> dict | None:
+    if not POUCH.exists():
+        return None
+    out = subprocess.run(["bash", str(POUCH), str(n)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        print(f"pouchdb peer failed: {out.stderr[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--no-pouch", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            ours = trial(n, Path(tmp))
+            peer = None if args.no_pouch else pouch(n)
+            row = {**ours}
+            if peer:
+                row.update(pouch_push_docs_per_s=peer["push_docs_per_s"], pouch_pull_docs_per_s=peer["pull_docs_per_s"],
+                           push_ratio=ours["push_ops_per_s"] / peer["push_docs_per_s"],
+                           pull_ratio=ours["pull_ops_per_s"] / peer["pull_docs_per_s"])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sync.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""A certification run: the conformance features under pytest-bdd against one SUT profile,
+turned into a certificate (JSON, Markdown, HTML with a timeline, JUnit XML).
+
+The suite runs in its own pytest process so a misbehaving SUT cannot take the caller down; each
+scenario's verdict and history arrive through ``--results`` and are echoed live, one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import processes
+from .history import History
+from .levels import LEVEL_NAMES, certify_level
+from .profile import load_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ROOT / "features"
+SUITE_VERSION = "1.0"
+CHECKS = ("lost_write", "duplicate", "lost_edit", "divergence", "orphan", "queue_lost")
+
+
+@dataclass
+class Certificate:
+    data: dict[str, Any]
+
+    @property
+    def level(self) -> int:
+        return int(self.data["level"])
+
+
+def sut_version(profile) -> str:
+    if profile.version is None:
+        return "unknown"
+    try:
+        done = processes.run(profile.version.render(**profile.base_values), env=profile.environ(), timeout=30)
+    except Exception as exc:  # noqa: BLE001 - a version is a label; its absence must not stop a run
+        return f"unknown ({exc})"
+    return (done.stdout.strip().splitlines() or ["unknown"])[-1][:200]
+
+
+def _follow(path: Path, stop: threading.Event, live: Callable[[dict[str, Any]], None]) -> None:
+    """Echo each scenario verdict as pytest appends it to results.jsonl."""
+    seen = 0
+    while True:
+        finished = stop.is_set()
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for line in lines[seen:]:
+                if line.strip():
+                    live(json.loads(line))
+            seen = len(lines)
+        if finished:
+            return
+        stop.wait(0.2)
+
+
+def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | None = None,
+              live: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Run the features; returns the scenario verdicts and pytest's exit code."""
+    raw = report_dir / "raw"
+    if raw.exists():
+        for old in (raw / "results.jsonl",):
+            old.unlink(missing_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pytest", str(FEATURES), "-p", "no:cacheprovider", "-q", "--no-header",
+            f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/", "--sut", str(profile_path),
+            "--seed", str(seed), "--results", str(raw), f"--junitxml={report_dir / 'junit.xml'}"]
+    if select:
+        argv += ["-k", select]
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, live or (lambda _: None)),
+                                daemon=True)
+    follower.start()
+    with open(raw / "pytest.log", "w", encoding="utf-8") as log:
+        code = subprocess.call(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    stop.set()
+    follower.join()
+    results_file = raw / "results.jsonl"
+    verdicts = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()] \
+        if results_file.exists() else []
+    return verdicts, code
+
+
+def _check_table(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    table = {}
+    for check in CHECKS:
+        found = [(v["name"], a) for v in verdicts for a in v.get("anomalies", []) if a.get("check") == check]
+        table[check] = {"passed": not found, "anomalies": len(found),
+                        "scenarios": sorted({name for name, _ in found})}
+    return table
+
+
+def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path = "reports",
+            select: str | None = None, live: Callable[[dict[str, Any]], None] | None = None) -> Certificate:
+    """Run the suite against a profile and write the certificate files into ``report_dir``."""
+    profile_path = Path(profile_path).resolve()
+    profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
+    report_dir = Path(report_dir).resolve()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    verdicts, code = run_suite(profile_path, seed=seed, report_dir=report_dir, select=select, live=live)
+    if not verdicts:
+        log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the conformance suite ran no scenario (pytest exit {code}):\n{log}")
+    level, reasons = certify_level(verdicts)
+    for verdict in verdicts:
+        history_file = verdict.get("history")
+        if history_file:
+            verdict["timeline"] = _timeline_data(History.load(report_dir / "raw" / history_file))
+    data = {
+        "level": level,
+        "level_name": LEVEL_NAMES[level],
+        "reasons": reasons,
+        "sut": {"name": profile.name, "version": sut_version(profile), "profile": str(profile_path)},
+        "suite": {"name": "crm offline-first conformance", "version": SUITE_VERSION,
+                  "selection": select or "all"},
+        "seed": seed,
+        "started_at": started_at,
+        "duration_s": round(time.monotonic() - started, 1),
+        "summary": {"scenarios": len(verdicts), "passed": sum(1 for v in verdicts if v["passed"]),
+                    "failed": sum(1 for v in verdicts if not v["passed"]),
+                    "actions": sum(v.get("timeline", {}).get("actions", 0) for v in verdicts),
+                    "faults": sum(v.get("timeline", {}).get("faults", 0) for v in verdicts)},
+        "checks": _check_table(verdicts),
+        "scenarios": verdicts,
+    }
+    certificate = Certificate(data)
+    from .report import write_reports
+
+    write_reports(certificate.data, report_dir)
+    return certificate
+
+
+def _timeline_data(history: History) -> dict[str, Any]:
+    """Per participant: action spans (invoke to outcome) and fault spans (fault to heal)."""
+    if not history.events:
+        return {"lanes": {}, "actions": 0, "faults": 0, "span_s": 0}
+    t0 = history.events[0].t
+    lanes: dict[str, list[dict[str, Any]]] = {}
+    invokes = {e.seq: e for e in history.events if e.type == "invoke"}
+    open_faults: dict[tuple[str, str], float] = {}
+    actions = faults = 0
+    end = history.events[-1].t - t0
+    for e in history.events:
+        t = round(e.t - t0, 3)
+        if e.type in ("ok", "fail", "unknown") and e.ref in invokes:
+            start = round(invokes[e.ref].t - t0, 3)
+            lanes.setdefault(e.device, []).append({"kind": "action", "label": e.action, "start": start, "end": t,
+                                                   "outcome": e.type})
+            actions += 1
+        elif e.type == "fault":
+            faults += 1
+            open_faults[(e.device, e.action or "")] = t
+            if e.action in ("kill",):
+                lanes.setdefault(e.device, []).append({"kind": "fault", "label": "SIGKILL", "start": t, "end": t})
+        elif e.type == "heal":
+            key = (e.device, e.action or "")
+            if key in open_faults:
+                lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": open_faults.pop(key),
+                                                       "end": t})
+    for (device, action), start in open_faults.items():
+        if action != "kill":
+            lanes.setdefault(device, []).append({"kind": "fault", "label": action, "start": start, "end": end})
+    return {"lanes": lanes, "actions": actions, "faults": faults, "span_s": round(end, 3)}

@@ -58,8 +58,8 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
         raise ValidationError("an update changes at least one field")
     for name, value in fields.items():
         if name == DELETED:
-            if op.kind != "resolve" or value is not False:
-                raise ValidationError("_deleted changes only through delete or a resolution restoring it")
+            if op.kind != "resolve" or not isinstance(value, bool):
+                raise ValidationError("_deleted changes only through delete or a resolution")
             continue
         f = spec.field(name)
         if not f.editable and op.kind != "resolve":

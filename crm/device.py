@@ -31,6 +31,7 @@ from .merge import Record
 from .ops import Op, dumps, op_to_json
 from .store import Store, sqlite_errors
 
+MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 PARENT_FIELD = {name: entity_spec(name).parent for name in ENTITY_ORDER}
 
 
@@ -297,6 +298,9 @@ class Device:
         return name, value
 
     def add_order(self, fields: dict[str, Any], lines: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(lines) > MAX_LINES_PER_ORDER:
+            raise ValidationError(f"an order takes at most {MAX_LINES_PER_ORDER} lines at once; "
+                                  "add more with `crm order add-line`")
         values = validate_create("order", {**self._with_rep("order", fields), "status": "draft"})
         with self.store.write() as conn:
             self._check_refs(conn, "order", values)

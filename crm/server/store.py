@@ -203,6 +203,10 @@ class ServerStore:
                 fresh.append(op)
         conn.executemany("INSERT INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?)",
                          [(org, op.op_id, op.device, op_to_json(op)) for op in fresh])
+        if fresh:  # the newest stamp seen, so back-office edits are stamped after every version
+            newest = max(op.hlc[:19] for op in fresh)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('max_hlc', ?) ON CONFLICT(key) DO UPDATE "
+                         "SET value = max(value, excluded.value)", (newest,))
         changed = merge.apply_all(lambda entity, rid: self._load(conn, org, entity, rid), fresh)
         conn.executemany(
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -252,9 +256,10 @@ class ServerStore:
         wall, counter = (row[0] if row else "0.0").split(".")
         clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)))
         # Stamp after everything already logged, so a back-office edit is never "in the past".
-        last = conn.execute("SELECT body FROM ops ORDER BY seq DESC LIMIT 1").fetchone()
-        if last:
-            clock.observe(json.loads(last[0])["hlc"])
+        newest = conn.execute("SELECT value FROM meta WHERE key = 'max_hlc'").fetchone()
+        if newest:
+            wall_ms, counter = newest[0].split(".")
+            clock.state = max(clock.state, (int(wall_ms), int(counter)))
         ops = [Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
                   record_id=rid, fields=fields, base=base, kind=kind)
                for entity, rid, fields, base, kind in changes]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .domain import DELETED, entity as entity_spec, normalize_value
+from .domain import DELETED, normalize_value
+from .domain import entity as entity_spec
 from .errors import ValidationError
 from .hlc import MAX_DRIFT_MS, now_ms
 from .ops import Op

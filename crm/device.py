@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import merge
 from .domain import (
     DELETED,
-    LINE_PREFIX,
     ENTITY_ORDER,
+    LINE_PREFIX,
     STATUS_RANK,
-    entity as entity_spec,
     validate_create,
     validate_edit,
+)
+from .domain import (
+    entity as entity_spec,
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock
@@ -52,7 +55,13 @@ class Change:
 
 
 def record_from_row(entity: str, rid: str, data: str, meta: str) -> Record:
-    return Record(entity, rid, json.loads(data), json.loads(meta))
+    values = json.loads(data)
+    return Record(entity, rid, values, merge.unpack_meta(values, json.loads(meta)))
+
+
+def meta_column(rec: Record) -> str:
+    """The record's merge metadata as stored (compact; see merge.pack_meta)."""
+    return dumps(merge.pack_meta(rec.values, rec.meta))
 
 
 def present(rec: Record) -> dict[str, Any]:
@@ -94,7 +103,7 @@ class Device:
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
     def init(cls, home: Path, *, rep: str, device_id: str | None = None,
-             settings: dict[str, str] | None = None) -> "Device":
+             settings: dict[str, str] | None = None) -> Device:
         rep = (rep or "").strip()
         if not rep or len(rep) > 100:
             raise ValidationError("rep: give the rep's name (1 to 100 characters)")
@@ -108,7 +117,7 @@ class Device:
         return cls(store=store)
 
     @classmethod
-    def open(cls, home: Path) -> "Device":
+    def open(cls, home: Path) -> Device:
         return cls(store=Store.open(home))
 
     def close(self) -> None:
@@ -191,7 +200,7 @@ class Device:
     @staticmethod
     def _record_row(rec: Record, ikey: str | None = None) -> tuple[Any, ...]:
         parent_field = PARENT_FIELD.get(rec.entity)
-        return (rec.entity, rec.id, dumps(rec.values), dumps(rec.meta),
+        return (rec.entity, rec.id, dumps(rec.values), meta_column(rec),
                 rec.values.get(parent_field) if parent_field else None,
                 1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
 

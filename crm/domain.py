@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ValidationError
 
@@ -81,7 +82,7 @@ _LINE_PARTS = (
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 ENTITIES: dict[str, Entity] = {
@@ -304,10 +305,10 @@ def _normalize_datetime(f: Field, value: str) -> str:
     except ValueError:
         raise _bad(f, f"{value!r} is not an ISO 8601 date-time (e.g. 2026-11-26T14:30:00Z)", value) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     if not 1970 <= parsed.year <= 2200:
         raise _bad(f, "is out of range", value)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_create(entity_name: str, fields: dict[str, Any]) -> dict[str, Any]:

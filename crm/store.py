@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import (
     CrmError,
@@ -121,7 +121,7 @@ class Store:
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, home: Path) -> "Store":
+    def create(cls, home: Path) -> Store:
         """Create a new store file (mode 0600) at ``home``; refuse if one exists."""
         home = Path(home)
         path = store_path(home)
@@ -141,7 +141,7 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, home: Path) -> "Store":
+    def open(cls, home: Path) -> Store:
         path = store_path(Path(home))
         if not path.is_file():
             raise StoreMissingError(

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     report_dir = Path(report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     verdicts, code = run_suite(profile_path, seed=seed, report_dir=report_dir, select=select, live=live)
     if not verdicts:
         log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]

@@ -241,15 +241,32 @@ class Session:
                    if isinstance(r, dict)}
         return {rid: entity for rid, entity in self.saved_ids(name).items() if rid not in present}
 
+    def quiet_pending(self, name: str) -> int | None:
+        """The device's pending count without recording it (polling must not flood the history)."""
+        driver = self.device(name).driver
+        values = {**self.profile.base_values, **driver._runner.context}
+        done = processes.run(self.profile.action("outbox").render(**values),
+                             env={**self.profile.environ(), **driver.env}, timeout=self.profile.action_timeout_s)
+        parsed, _ = parse_json(done.stdout)
+        pending = parsed.get("pending") if isinstance(parsed, dict) else None
+        return pending if isinstance(pending, int) else None
+
     def wait_until_on_server(self, timeout: float, name: str | None = None) -> float:
+        """Seconds until every saved record is on the server. Gives up early when nothing is
+        pending anywhere yet records are missing: then they are lost, not late."""
         start = time.monotonic()
+        idle_polls = 0
         while True:
             missing = self.missing_on_server(name)
             if not missing:
                 return time.monotonic() - start
-            if time.monotonic() - start > timeout:
-                raise ScenarioFailure(f"after {timeout:g} s the server still lacks {len(missing)} saved "
-                                      f"record(s): {missing}")
+            elapsed = time.monotonic() - start
+            reachable = [d.name for d in self.devices.values() if not d.offline]
+            drained = bool(reachable) and all(self.quiet_pending(n) == 0 for n in reachable)
+            idle_polls = idle_polls + 1 if drained else 0
+            if elapsed > timeout or idle_polls >= 6:
+                why = "nothing is pending on any device, yet" if idle_polls >= 6 else f"after {timeout:g} s"
+                raise ScenarioFailure(f"{why} the server lacks {len(missing)} saved record(s): {missing}")
             time.sleep(0.5)
 
     # -- the verdict ---------------------------------------------------------------------------

@@ -15,13 +15,15 @@ import os
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import merge
 from ..admission import admit
-from ..device import export_state, new_id, record_from_row
+from ..device import export_state, meta_column, new_id, record_from_row
 from ..domain import ENTITIES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock
@@ -90,9 +92,9 @@ class PushResult:
 
 
 def _utc_now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ServerStore:
@@ -103,7 +105,7 @@ class ServerStore:
         self._local = threading.local()
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, create: bool = True) -> "ServerStore":
+    def open(cls, data_dir: str | Path, *, create: bool = True) -> ServerStore:
         data = Path(data_dir)
         path = data / SERVER_FILENAME
         if not path.exists():
@@ -212,7 +214,7 @@ class ServerStore:
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
             "deleted = excluded.deleted, conflicts = excluded.conflicts",
-            [(org, rec.entity, rec.id, dumps(rec.values), dumps(rec.meta), 1 if rec.deleted else 0,
+            [(org, rec.entity, rec.id, dumps(rec.values), meta_column(rec), 1 if rec.deleted else 0,
               merge.conflict_count(rec)) for rec in changed.values()])
 
     def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:

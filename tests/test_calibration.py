@@ -1,0 +1,65 @@
+"""Calibration: the harness must tell the three systems apart, end to end through `crm certify`.
+
+The read-only cache is level 1, the fragile sync level 2, the reference CRM level 3. Each run is
+the real thing: real servers, real Toxiproxy, real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SUTS = {"reference": 3, "readonly-cache": 1, "fragile-sync": 2}
+
+
+def certify(tmp_path: Path, sut: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / sut
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut",
+                           str(ROOT / "fixtures" / "sut" / f"{sut}.toml"), "--report", str(report), "--json",
+                           *extra], capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    certificate = json.loads((report / "certificate.json").read_text()) if (report / "certificate.json").exists() else {}
+    return proc, certificate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sut", list(SUTS))
+def test_each_sut_gets_its_level(tmp_path, sut):
+    proc, cert = certify(tmp_path, sut, "--seed", "7")
+    assert cert, f"no certificate written: {proc.stderr[-2000:]}"
+    assert cert["level"] == SUTS[sut], f"{sut}: level {cert['level']}: {cert['reasons']}\n{proc.stderr[-3000:]}"
+    summary = json.loads(proc.stdout)
+    assert summary["level"] == SUTS[sut]
+    assert proc.stderr.count("PASS") + proc.stderr.count("FAIL") == cert["summary"]["scenarios"], \
+        "one live line per scenario"
+    report = tmp_path / sut
+    for name in ("certificate.md", "certificate.html", "junit.xml"):
+        assert (report / name).stat().st_size > 500
+    html = (report / "certificate.html").read_text()
+    assert f"Level {SUTS[sut]}" in html and "<svg" in html
+    if SUTS[sut] < 3:
+        failing = [s for s in cert["scenarios"] if not s["passed"]]
+        assert failing and all(s["reason"] or s["anomalies"] for s in failing), "every failure names its evidence"
+    else:
+        assert all(s["passed"] for s in cert["scenarios"])
+        assert len(cert["scenarios"]) >= 19
+
+
+def test_require_level_sets_the_exit_code(tmp_path):
+    proc, cert = certify(tmp_path, "readonly-cache", "--require-level", "2", "-k", "create_a_new_account")
+    assert cert["level"] == 1 and proc.returncode == 30
+    assert "below the required level" in proc.stderr
+
+
+def test_a_broken_profile_is_refused_before_anything_starts(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nstart = ["no-such-program-xyz"]\n')
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut", str(bad), "--report",
+                           str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 3
+    assert "bad.toml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "certificate.json").exists()

@@ -8,7 +8,7 @@ scenario's verdict and history arrive through ``--results`` and are echoed live,
 from __future__ import annotations
 
 import json
-import os
+import signal
 import subprocess
 import sys
 import threading
@@ -83,10 +83,20 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
                                 daemon=True)
     follower.start()
     with open(raw / "pytest.log", "w", encoding="utf-8") as log:
-        code = subprocess.call(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    stop.set()
-    follower.join()
+        suite = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = suite.wait()
+        except BaseException:  # Ctrl-C: let the suite tear its SUT processes down, then make sure
+            processes.signal_group(suite.pid, signal.SIGINT)
+            try:
+                suite.wait(30)
+            except subprocess.TimeoutExpired:
+                processes.signal_group(suite.pid)
+                suite.wait()
+            raise
+        finally:
+            stop.set()
+            follower.join()
     results_file = raw / "results.jsonl"
     verdicts = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()] \
         if results_file.exists() else []

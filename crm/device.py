@@ -31,7 +31,7 @@ from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock
 from .ids import uuid7
 from .merge import Record
-from .ops import Op, dumps, op_to_json
+from .ops import Op, dumps, loads, op_to_json
 from .store import Store, sqlite_errors
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
@@ -55,8 +55,8 @@ class Change:
 
 
 def record_from_row(entity: str, rid: str, data: str, meta: str) -> Record:
-    values = json.loads(data)
-    return Record(entity, rid, values, merge.unpack_meta(values, json.loads(meta)))
+    values = loads(data)
+    return Record(entity, rid, values, merge.unpack_meta(values, loads(meta)))
 
 
 def meta_column(rec: Record) -> str:
@@ -214,25 +214,36 @@ class Device:
         outbox_rows = []
         # every record this call touches, written once at the end with one executemany (bulk import)
         touched: dict[tuple[str, str], tuple[Record, str | None]] = {}
+        fresh_rows = []  # brand-new records: their whole state is the create op itself
         for change in changes:
             op = Op(op_id=new_id(), device=self.device_id, hlc=clock.tick(), entity=change.entity,
                     record_id=change.record_id, fields=change.fields, base=change.base,
                     kind=change.kind)
             key = (op.entity, op.record_id)
-            if key in touched:
-                before, ikey = touched[key]
-            else:  # a create names a fresh id: there is nothing to load
-                before = None if change.kind == "create" else self._load(conn, *key)
-                ikey = None
-            touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
+            if change.kind == "create" and key not in touched:
+                fresh_rows.append(self._fresh_row(op, change.ikey))
+            else:
+                if key in touched:
+                    before, ikey = touched[key]
+                else:
+                    before, ikey = self._load(conn, *key), None
+                touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
-        conn.executemany(self._UPSERT_RECORD, [self._record_row(rec, ikey)
-                                               for rec, ikey in touched.values()])
+        conn.executemany(self._UPSERT_RECORD, fresh_rows + [self._record_row(rec, ikey)
+                                                            for rec, ikey in touched.values()])
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
         self._save_clock(conn, clock)
         return ops
+
+    @staticmethod
+    def _fresh_row(op: Op, ikey: str | None) -> tuple[Any, ...]:
+        """The row of a record that exists only through its create op (what merge.apply_op on
+        nothing, then merge.pack_meta, would give: every field won by this op, no conflicts)."""
+        parent_field = PARENT_FIELD.get(op.entity)
+        return (op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}),
+                op.fields.get(parent_field) if parent_field else None, 0, 0, ikey)
 
     def _check_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> None:
         for f in entity_spec(entity).fields:

@@ -16,7 +16,7 @@ import httpx
 
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
-from .ops import OpFormatError, op_from_wire
+from .ops import OpFormatError, loads, op_from_wire
 
 PROTOCOL = 1
 PUSH_BATCH = 1000
@@ -71,7 +71,7 @@ class SyncClient:
         if response.status_code >= 400:
             raise ServerError(f"the server answered {response.status_code} to {path}: {_message(response)}")
         try:
-            data = response.json()
+            data = loads(response.content)
         except ValueError:
             raise ServerError(f"the server's answer to {path} is not JSON") from None
         if not isinstance(data, dict):

@@ -42,3 +42,21 @@ def test_a_record_written_once_packs_to_one_entry():
     values = {"name": "Corner Store", "city": "Leeds", "owner": "rep-1"}
     meta = {name: {"s": "1795706783938.00000@d1", "o": "op-1"} for name in values}
     assert pack_meta(values, meta) == {"*": ["1795706783938.00000@d1", "op-1"]}
+
+
+def test_the_fresh_create_row_is_what_the_merge_would_store(tmp_path):
+    """The create fast path must store exactly what the general merge path would."""
+    from crm import Device
+    from crm.device import record_from_row
+
+    device = Device.init(tmp_path / "home", rep="rep-1")
+    account = device.create("account", {"name": "Corner Store", "city": "Leeds"})
+    with device.store.read() as conn:
+        data, meta = conn.execute("SELECT data, meta FROM records WHERE id = ?", (account["id"],)).fetchone()
+        body = conn.execute("SELECT body FROM outbox").fetchone()[0]
+    from crm.merge import apply_op
+    from crm.ops import op_from_json
+
+    expected = apply_op(None, op_from_json(body))
+    stored = record_from_row("account", account["id"], data, meta)
+    assert (stored.values, stored.meta) == (expected.values, expected.meta)

@@ -135,6 +135,9 @@ def test_fragile_sync_force_quit_loses_its_memory_queue_and_certifies_level_2(ma
     assert [r.outcome for r in shops] == ["ok", "ok"]  # offline creates are saved... in memory
     assert d1.pending() == 2
     assert daemon in d1.force_quit("while offline")
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+    while processes.alive(daemon) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert not processes.alive(daemon)
     assert d1.pending() == 0
     run.server.start()

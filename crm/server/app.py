@@ -6,7 +6,6 @@ thread so a slow disk never stalls the event loop.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.applications import Starlette
@@ -17,6 +16,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import CrmError, NotFoundError, ValidationError
+from ..ops import loads
 from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, ServerStore
 
 PROTOCOL = 1
@@ -55,7 +55,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY_BYTES:
             raise _Refusal(_error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes"))
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Refusal(_error(400, "bad_json", f"request body is not JSON: {exc}")) from None
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from .checkers import Anomaly
 from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
 from .history import CREATES, History
 from .profile import MissingAction, Profile
-from .toxiproxy import Toxic, Toxiproxy, proxy_url
+from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, proxy_url
 
 SKUS = ("SKU-1", "SKU-2", "SKU-3", "CRISPS-24", "COLA-12")
 
@@ -134,9 +134,27 @@ class Session:
         device = self.device(name)
         for toxic_name in list(device.toxics):
             if kind is None or toxic_name.startswith(kind):
-                self.toxiproxy.remove_toxic(device.proxy, toxic_name)
+                self._remove_toxic(device, toxic_name)
                 device.toxics.remove(toxic_name)
                 self.history.append(name, "heal", toxic_name.split("-")[0], detail=f"toxic {toxic_name} removed")
+
+    def _remove_toxic(self, device: Device, toxic_name: str) -> None:
+        """Toxiproxy removes a toxic only once each link has drained it; a client that stopped
+        reading blocks that. Then the links are cut (a recorded blip) to let the removal finish."""
+        try:
+            self.toxiproxy.remove_toxic(device.proxy, toxic_name)
+            return
+        except ToxiproxyError:
+            if device.offline:
+                raise
+        self.history.append(device.name, "fault", "offline", detail=f"links cut to release toxic {toxic_name}")
+        self.toxiproxy.disable(device.proxy)
+        try:
+            if toxic_name in self.toxiproxy.toxics(device.proxy):
+                self.toxiproxy.remove_toxic(device.proxy, toxic_name)
+        finally:
+            self.toxiproxy.enable(device.proxy)
+            self.history.append(device.name, "heal", "offline", detail="links restored")
 
     def skew_clock(self, name: str, hours: float) -> None:
         device = self.device(name)

@@ -187,3 +187,24 @@ def test_background_agent_pushes_soon_and_catches_up_after_an_outage(tmp_path, s
     finally:
         ok("agent", "stop", "--json", home=d1)
     assert ok("agent", "status", "--json", home=d1)["running"] is False
+
+
+def test_back_office_http_endpoint_edits_through_the_same_rules(tmp_path, server):
+    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    acc = _account(d1)
+    ok("sync", home=d1)
+    admin = ok("server", "add-admin", "--data", str(server.data), "--org", ORG, "--json")["token"]
+    device_token = ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "d9", "--json")["token"]
+    body = {"protocol": 1, "entity": "account", "id": acc, "set": {"phone": "0113 496 0000"}}
+    assert httpx.post(server.url + "/v1/admin/edit", json=body).status_code == 401
+    refused = httpx.post(server.url + "/v1/admin/edit", json=body, headers={"authorization": f"Bearer {device_token}"})
+    assert refused.status_code == 403
+    bad = httpx.post(server.url + "/v1/admin/edit", json={**body, "set": {"email": "not-an-email"}},
+                     headers={"authorization": f"Bearer {admin}"})
+    assert bad.status_code == 422 and "email" in bad.json()["message"]
+    edited = httpx.post(server.url + "/v1/admin/edit", json=body, headers={"authorization": f"Bearer {admin}"})
+    assert edited.status_code == 200 and edited.json()["phone"] == "0113 496 0000"
+    ok("sync", home=d1)
+    exported = httpx.get(server.url + "/v1/admin/export", headers={"authorization": f"Bearer {admin}"}).json()
+    assert exported == json.loads(server.export(ORG)) == json.loads(export(d1))
+    assert exported["account"][0]["phone"] == "0113 496 0000"

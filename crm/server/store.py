@@ -15,6 +15,7 @@ import os
 import secrets
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
@@ -209,13 +210,29 @@ class ServerStore:
             newest = max(op.hlc[:19] for op in fresh)
             conn.execute("INSERT INTO meta (key, value) VALUES ('max_hlc', ?) ON CONFLICT(key) DO UPDATE "
                          "SET value = max(value, excluded.value)", (newest,))
-        changed = merge.apply_all(lambda entity, rid: self._load(conn, org, entity, rid), fresh)
+        # A create of a record nobody has yet is its whole state: store it without a merge.
+        creates = [op for op in fresh if op.kind == "create"]
+        existing: set[tuple[str, str]] = set()
+        for start in range(0, len(creates), 500):
+            chunk = [op.record_id for op in creates[start:start + 500]]
+            existing.update(conn.execute(
+                f"SELECT entity, id FROM records WHERE org = ? AND id IN ({','.join('?' * len(chunk))})",
+                (org, *chunk)).fetchall())
+        per_record = Counter((op.entity, op.record_id) for op in fresh)
+        rows, merged = [], []
+        for op in fresh:
+            key = (op.entity, op.record_id)
+            if op.kind == "create" and key not in existing and per_record[key] == 1:
+                rows.append((org, op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}), 0, 0))
+            else:
+                merged.append(op)
+        changed = merge.apply_all(lambda entity, rid: self._load(conn, org, entity, rid), merged)
+        rows += [(org, rec.entity, rec.id, dumps(rec.values), meta_column(rec), 1 if rec.deleted else 0,
+                  merge.conflict_count(rec)) for rec in changed.values()]
         conn.executemany(
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
-            "deleted = excluded.deleted, conflicts = excluded.conflicts",
-            [(org, rec.entity, rec.id, dumps(rec.values), meta_column(rec), 1 if rec.deleted else 0,
-              merge.conflict_count(rec)) for rec in changed.values()])
+            "deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
 
     def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
         """Apply a batch in one transaction; each op at most once, refused ops reported, not applied."""

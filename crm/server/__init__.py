@@ -8,12 +8,13 @@ from .store import ServerStore
 __all__ = ["ServerStore", "serve"]
 
 
-def serve(data_dir: str, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
-    """Run the HTTP sync server in the foreground until interrupted."""
+def serve(target: str, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:
+    """Run the HTTP sync server in the foreground until interrupted; ``target`` is a data
+    directory (SQLite) or a ``postgresql://`` URL."""
     import uvicorn
 
     from .app import create_app
 
-    app = create_app(ServerStore.open(data_dir))
+    app = create_app(ServerStore.open(target))
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)

@@ -1,5 +1,9 @@
-"""The server's durable state in SQLite: organisations, reps, token hashes, the op log and the
-merged records of each organisation, all keyed by organisation so tenants never meet.
+"""The server's durable state: organisations, reps, token hashes, the op log and the merged
+records of each organisation, all keyed by organisation so tenants never meet.
+
+Kept in an embedded SQLite file (``--data DIR``, the default) or in PostgreSQL (``--db URL``),
+through crm/server/engine.py; nothing lives in the process between requests, so any number of
+server processes can serve one PostgreSQL database.
 
 Each push is one transaction: ops already in the log (same op id in the same organisation)
 are acknowledged without being applied again, so a retried batch ends exactly as one delivery.
@@ -7,16 +11,12 @@ are acknowledged without being applied again, so a retried batch ends exactly as
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -30,15 +30,18 @@ from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock
 from ..merge import Record
 from ..ops import Op, OpFormatError, dumps, op_from_wire, op_to_json
-from ..store import sqlite_errors
+from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
 
-SERVER_SCHEMA_VERSION = 1
-SERVER_FILENAME = "server.sqlite3"
+SERVER_FILENAME = SQLITE_FILENAME
 BACKOFFICE_DEVICE = "backoffice"
 MAX_PUSH_OPS = 5000
 MAX_PULL_LIMIT = 5000
 
-SCHEMA = """
+# Each version's statements, per engine, taking the schema from the previous version to this
+# one. Append a version to change the schema; never edit one that has shipped.
+MIGRATIONS: dict[int, dict[str, str]] = {
+    1: {
+        "sqlite": """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orgs (org TEXT PRIMARY KEY, created_at TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tokens (
@@ -68,7 +71,42 @@ CREATE TABLE IF NOT EXISTS records (
     conflicts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (org, entity, id)
 ) WITHOUT ROWID;
-"""
+""",
+        # Keys and stamps compare byte-wise (COLLATE "C"), as in SQLite, so exports sort alike.
+        "postgresql": """
+CREATE TABLE IF NOT EXISTS meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT COLLATE "C" NOT NULL);
+CREATE TABLE IF NOT EXISTS orgs (org TEXT COLLATE "C" PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT COLLATE "C" PRIMARY KEY,
+    org        TEXT COLLATE "C" NOT NULL REFERENCES orgs (org),
+    rep        TEXT NOT NULL,
+    role       TEXT NOT NULL CHECK (role IN ('device', 'admin')),
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS ops (
+    seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    org       TEXT COLLATE "C" NOT NULL,
+    op_id     TEXT COLLATE "C" NOT NULL,
+    device    TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    UNIQUE (org, op_id)
+);
+CREATE INDEX IF NOT EXISTS ops_org_seq ON ops (org, seq);
+CREATE TABLE IF NOT EXISTS records (
+    org       TEXT COLLATE "C" NOT NULL,
+    entity    TEXT COLLATE "C" NOT NULL,
+    id        TEXT COLLATE "C" NOT NULL,
+    data      TEXT NOT NULL,
+    meta      TEXT NOT NULL,
+    deleted   INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (org, entity, id)
+);
+""",
+    },
+}
+SERVER_SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def hash_token(token: str) -> str:
@@ -98,58 +136,75 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ServerStore:
-    """Thread-safe: one SQLite connection per thread, writes serialised by BEGIN IMMEDIATE."""
+def _in_chunks(values: list[str], size: int = 500):
+    """``values`` in slices with a ``?, ?, ...`` list for each (bounded statement size)."""
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
+
+class ServerStore:
+    """Thread-safe. Open with ``ServerStore.open(data_dir)`` (SQLite) or
+    ``ServerStore.open("postgresql://...")``; every method works alike on both."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, create: bool = True) -> ServerStore:
-        data = Path(data_dir)
-        path = data / SERVER_FILENAME
-        if not path.exists():
-            if not create:
-                raise StoreMissingError(f"no server data at {data} (start it with `crm server serve --data {data}`)")
-            try:
-                data.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
-            except OSError as exc:
-                raise StoreMissingError(f"cannot create server data at {data}: {exc.strerror}") from None
-        store = cls(path)
-        with sqlite_errors(path):
-            conn = store.conn
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SERVER_SCHEMA_VERSION:
-                raise StoreMissingError(f"server data at {data} has a newer schema ({version}); upgrade crm")
-            if version < SERVER_SCHEMA_VERSION:
-                conn.executescript(SCHEMA + f"PRAGMA user_version = {SERVER_SCHEMA_VERSION};")
+    def open(cls, target: str | Path, *, create: bool = True) -> ServerStore:
+        """The store at a data directory or a PostgreSQL URL; ``create`` makes (or migrates) its schema."""
+        if is_postgres_url(target):
+            store = cls(PostgresDatabase(str(target)))
+        else:
+            store = cls(SqliteDatabase(_sqlite_file(Path(target), create=create)))
+        store._migrate(create=create)
         return store
 
     @property
-    def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            self._local.conn = conn
-        return conn
+    def location(self) -> str:
+        return self.db.location
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
-        with sqlite_errors(self.path):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    @property
+    def conn(self):
+        """This thread's SQLite connection (tests and tools; SQLite stores only)."""
+        if not isinstance(self.db, SqliteDatabase):
+            raise AttributeError("conn: only a SQLite server store has one connection per thread")
+        return self.db._conn()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema --------------------------------------------------------------------------------
+    def _migrate(self, *, create: bool) -> None:
+        if isinstance(self.db, PostgresDatabase):
+            with self.db.schema_lock() as conn:  # two processes starting at once: one migrates
+                version = 0
+                if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    version = int(row[0]) if row else 0
+                self._check_version(version, create=create)
+                for step in range(version + 1, SERVER_SCHEMA_VERSION + 1):
+                    _run_script(conn, MIGRATIONS[step]["postgresql"])
+                if version < SERVER_SCHEMA_VERSION:
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                 (str(SERVER_SCHEMA_VERSION),))
+            return
+        with self.db.write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version, create=True)
+            for step in range(version + 1, SERVER_SCHEMA_VERSION + 1):
+                _run_script(conn, MIGRATIONS[step]["sqlite"])
+            if version < SERVER_SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {SERVER_SCHEMA_VERSION}")
+
+    def _check_version(self, version: int, *, create: bool) -> None:
+        if version > SERVER_SCHEMA_VERSION:
+            raise StoreMissingError(f"server data at {self.location} has a newer schema ({version}); "
+                                    "upgrade crm")
+        if version == 0 and not create:
+            raise StoreMissingError(f"no crm server data in {self.location} (start it with "
+                                    f"`crm server serve --db {self.location}`)")
 
     # -- tenants and tokens --------------------------------------------------------------------
     def add_token(self, org: str, rep: str, *, role: str = "device") -> str:
@@ -158,14 +213,15 @@ class ServerStore:
             if not value or len(value) > 100 or not value.isprintable():
                 raise ValidationError(f"{label}: give a name of 1 to 100 printable characters")
         token = "crm_" + secrets.token_urlsafe(32)
-        with self.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO orgs (org, created_at) VALUES (?, ?)", (org, _utc_now()))
+        with self.db.write() as conn:
+            conn.execute("INSERT INTO orgs (org, created_at) VALUES (?, ?) ON CONFLICT (org) DO NOTHING",
+                         (org, _utc_now()))
             conn.execute("INSERT INTO tokens (token_hash, org, rep, role, created_at) VALUES (?, ?, ?, ?, ?)",
                          (hash_token(token), org, rep, role, _utc_now()))
         return token
 
     def revoke(self, org: str, rep: str) -> int:
-        with self.write() as conn:
+        with self.db.write() as conn:
             cur = conn.execute("UPDATE tokens SET revoked_at = ? WHERE org = ? AND rep = ? "
                                "AND revoked_at IS NULL", (_utc_now(), org, rep))
             return cur.rowcount
@@ -174,50 +230,52 @@ class ServerStore:
         if not token or len(token) > 200:
             return None
         digest = hash_token(token)
-        with sqlite_errors(self.path):
-            row = self.conn.execute("SELECT token_hash, org, rep, role, revoked_at FROM tokens "
-                                    "WHERE token_hash = ?", (digest,)).fetchone()
+        with self.db.read() as conn:
+            row = conn.execute("SELECT token_hash, org, rep, role, revoked_at FROM tokens "
+                               "WHERE token_hash = ?", (digest,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], digest) or row[4] is not None:
             return None
         return Identity(org=row[1], rep=row[2], role=row[3])
 
     def orgs(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT org FROM orgs ORDER BY org")]
+        with self.db.read() as conn:
+            return [r[0] for r in conn.execute("SELECT org FROM orgs ORDER BY org").fetchall()]
 
     # -- the op log ----------------------------------------------------------------------------
-    def _load(self, conn: sqlite3.Connection, org: str, entity: str, rid: str) -> Record | None:
+    def _load(self, conn: Any, org: str, entity: str, rid: str) -> Record | None:
         row = conn.execute("SELECT data, meta FROM records WHERE org = ? AND entity = ? AND id = ?",
                            (org, entity, rid)).fetchone()
         return record_from_row(entity, rid, row[0], row[1]) if row else None
 
-    def _apply(self, conn: sqlite3.Connection, org: str, ops: list[Op]) -> None:
-        """Log and merge admitted ops, skipping any this organisation already has (at most once)."""
+    def _apply(self, conn: Any, org: str, ops: list[Op]) -> None:
+        """Log and merge admitted ops, skipping any this organisation already has (at most once).
+
+        Runs inside ``db.write(org)``: the organisation's lock makes the lookup of known op ids
+        exact; the unique (org, op_id) key with ON CONFLICT DO NOTHING keeps the log free of
+        duplicates even so.
+        """
         known: set[str] = set()
-        ids = [op.op_id for op in ops]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for chunk, marks in _in_chunks([op.op_id for op in ops]):
             known.update(row[0] for row in conn.execute(
-                f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({','.join('?' * len(chunk))})",
-                (org, *chunk)))
+                f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})", (org, *chunk)).fetchall())
         fresh: list[Op] = []
         for op in ops:
             if op.op_id not in known:
                 known.add(op.op_id)
                 fresh.append(op)
-        conn.executemany("INSERT INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?)",
+        conn.executemany("INSERT INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (org, op_id) DO NOTHING",
                          [(org, op.op_id, op.device, op_to_json(op)) for op in fresh])
         if fresh:  # the newest stamp seen, so back-office edits are stamped after every version
             newest = max(op.hlc[:19] for op in fresh)
-            conn.execute("INSERT INTO meta (key, value) VALUES ('max_hlc', ?) ON CONFLICT(key) DO UPDATE "
-                         "SET value = max(value, excluded.value)", (newest,))
+            conn.execute("INSERT INTO meta (key, value) VALUES ('max_hlc', ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value WHERE excluded.value > meta.value", (newest,))
         # A create of a record nobody has yet is its whole state: store it without a merge.
-        creates = [op for op in fresh if op.kind == "create"]
+        creates = [op.record_id for op in fresh if op.kind == "create"]
         existing: set[tuple[str, str]] = set()
-        for start in range(0, len(creates), 500):
-            chunk = [op.record_id for op in creates[start:start + 500]]
-            existing.update(conn.execute(
-                f"SELECT entity, id FROM records WHERE org = ? AND id IN ({','.join('?' * len(chunk))})",
-                (org, *chunk)).fetchall())
+        for chunk, marks in _in_chunks(creates):
+            existing.update(tuple(row) for row in conn.execute(
+                f"SELECT entity, id FROM records WHERE org = ? AND id IN ({marks})", (org, *chunk)).fetchall())
         per_record = Counter((op.entity, op.record_id) for op in fresh)
         rows, merged = [], []
         for op in fresh:
@@ -249,8 +307,9 @@ class ServerStore:
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
-        with self.write() as conn:
-            self._apply(conn, identity.org, admitted)
+        if admitted:
+            with self.db.write(identity.org) as conn:
+                self._apply(conn, identity.org, admitted)
         return PushResult([op.op_id for op in admitted], rejected)
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None
@@ -258,8 +317,8 @@ class ServerStore:
         """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
         cursor; and whether more follow."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
-        with sqlite_errors(self.path):
-            rows = self.conn.execute(
+        with self.db.read() as conn:
+            rows = conn.execute(
                 "SELECT seq, device, body FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (identity.org, cursor, limit + 1)).fetchall()
         more = len(rows) > limit
@@ -269,8 +328,7 @@ class ServerStore:
         return ops, new_cursor, more
 
     # -- the back office -----------------------------------------------------------------------
-    def _backoffice_ops(self, conn: sqlite3.Connection, changes: list[tuple[str, str, dict, dict, str]]
-                        ) -> list[Op]:
+    def _backoffice_ops(self, conn: Any, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
         row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
         wall, counter = (row[0] if row else "0.0").split(".")
         clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)))
@@ -282,13 +340,14 @@ class ServerStore:
         ops = [Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
                   record_id=rid, fields=fields, base=base, kind=kind)
                for entity, rid, fields, base, kind in changes]
-        conn.execute("INSERT INTO meta (key, value) VALUES ('hlc', ?) ON CONFLICT(key) DO UPDATE "
+        conn.execute("INSERT INTO meta (key, value) VALUES ('hlc', ?) ON CONFLICT (key) DO UPDATE "
                      "SET value = excluded.value", (f"{clock.state[0]}.{clock.state[1]}",))
         return ops
 
     def find_org(self, entity: str, rid: str) -> str:
-        orgs = [r[0] for r in self.conn.execute(
-            "SELECT org FROM records WHERE entity = ? AND id = ?", (entity, rid))]
+        with self.db.read() as conn:
+            orgs = [r[0] for r in conn.execute(
+                "SELECT org FROM records WHERE entity = ? AND id = ?", (entity, rid)).fetchall()]
         if not orgs:
             raise NotFoundError(f"no {entity} with id {rid!r} on this server")
         if len(orgs) > 1:
@@ -302,7 +361,7 @@ class ServerStore:
         rid = rid.strip().lower()
         org = org or self.find_org(entity, rid)
         values = validate_edit(entity, changes)
-        with self.write() as conn:
+        with self.db.write(org) as conn:
             rec = self._load(conn, org, entity, rid)
             if rec is None or rec.deleted:
                 raise NotFoundError(f"no {entity} with id {rid!r} in organisation {org!r}")
@@ -319,11 +378,11 @@ class ServerStore:
         if org not in self.orgs():
             raise NotFoundError(f"no organisation {org!r} (add a rep to create it)")
         created = updated = unchanged = 0
-        with self.write() as conn:
+        with self.db.write(org) as conn:
             existing = {json.loads(data)["sku"]: record_from_row("product", rid, data, meta)
                         for rid, data, meta in conn.execute(
                             "SELECT id, data, meta FROM records WHERE org = ? AND entity = 'product' "
-                            "AND deleted = 0", (org,))}
+                            "AND deleted = 0", (org,)).fetchall()}
             changes = []
             for row in rows:
                 values = validate_create("product", row)
@@ -345,20 +404,36 @@ class ServerStore:
     def export(self, org: str) -> dict[str, Any]:
         if org not in self.orgs():
             raise NotFoundError(f"no organisation {org!r} on this server")
-        conn = self.conn
-        with sqlite_errors(self.path):
-            conn.execute("BEGIN")
-            try:
-                return export_state(lambda entity: conn.execute(
-                    "SELECT id, data, meta FROM records WHERE org = ? AND entity = ? ORDER BY id",
-                    (org, entity)))
-            finally:
-                conn.execute("COMMIT")
+        with self.db.snapshot() as conn:
+            return export_state(lambda entity: conn.execute(
+                "SELECT id, data, meta FROM records WHERE org = ? AND entity = ? ORDER BY id",
+                (org, entity)).fetchall())
 
     def stats(self, org: str) -> dict[str, int]:
-        ops = self.conn.execute("SELECT count(*) FROM ops WHERE org = ?", (org,)).fetchone()[0]
-        records = self.conn.execute("SELECT count(*) FROM records WHERE org = ?", (org,)).fetchone()[0]
+        with self.db.snapshot() as conn:
+            ops = conn.execute("SELECT count(*) FROM ops WHERE org = ?", (org,)).fetchone()[0]
+            records = conn.execute("SELECT count(*) FROM records WHERE org = ?", (org,)).fetchone()[0]
         return {"ops": ops, "records": records}
+
+
+def _sqlite_file(data: Path, *, create: bool) -> Path:
+    path = data / SERVER_FILENAME
+    if not path.exists():
+        if not create:
+            raise StoreMissingError(f"no server data at {data} (start it with `crm server serve --data {data}`)")
+        try:
+            data.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreMissingError(f"cannot create server data at {data}: {exc.strerror}") from None
+    return path
+
+
+def _run_script(conn: Any, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 __all__ = ["Identity", "PushResult", "ServerStore", "hash_token"]

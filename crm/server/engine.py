@@ -1,0 +1,241 @@
+"""Where the sync server keeps its state: an embedded SQLite file or a PostgreSQL database.
+
+The server store writes one SQL dialect that both engines accept (``?`` placeholders,
+``INSERT ... ON CONFLICT``); this module hides the rest: how connections are held, how a write
+transaction starts, what a consistent read is, and what a driver error means to the user.
+
+Every write that appends to an organisation's op log holds that organisation's lock until it
+commits: SQLite's single database write lock, or a PostgreSQL advisory transaction lock keyed by
+the organisation. So log positions (``ops.seq``) of one organisation become visible in the
+order they were allocated, and a pull reading ``seq > cursor`` never skips a late commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import CrmError, StoreLockedError, StoreMissingError
+from ..store import sqlite_errors
+
+SQLITE_FILENAME = "server.sqlite3"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POOL_SIZE = 16  # PostgreSQL connections per server process; more requests wait for a free one
+LOCK_NAMESPACE = 0x43524D  # first key of our advisory locks, so they never meet another app's
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
+class Database:
+    """A connection source for one server database. ``read`` runs single statements,
+    ``write(org)`` one serialised transaction, ``snapshot`` several reads that see one state."""
+
+    dialect: str
+    location: str  # for messages: a path, or the URL without its password
+
+    def read(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def write(self, org: str | None = None) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def snapshot(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteDatabase(Database):
+    """One file under the data directory; a connection per thread; BEGIN IMMEDIATE serialises writes."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.location = str(path)
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with sqlite_errors(self.path):
+            yield self._conn()
+
+    @contextlib.contextmanager
+    def write(self, org: str | None = None) -> Iterator[sqlite3.Connection]:
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        with self._transaction("BEGIN") as conn:  # a WAL read transaction sees one state
+            yield conn
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        with sqlite_errors(self.path):
+            conn = self._conn()
+            conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_sql(sql: str) -> str:
+    """Our ``?`` placeholders as psycopg's ``%s`` (the store's SQL has no literal ``%`` or ``?``)."""
+    return sql.replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg connection that takes the store's SQL as written for SQLite."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.raw.execute(_pg_sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            with self.raw.cursor() as cur:
+                cur.executemany(_pg_sql(sql), rows)
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database shared by any number of server processes; a small connection pool
+    per process. Nothing is kept in the process between requests, so processes are interchangeable."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreMissingError("PostgreSQL support needs psycopg 3: pip install 'psycopg[binary]'") from None
+        self._psycopg = psycopg
+        self.url = url
+        self.location = _redacted(url)
+        self._idle: list[Any] = []
+        self._open = 0
+        self._size = pool_size
+        self._cond = threading.Condition()
+
+    # -- the pool ------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                                     application_name="crm-server")
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[PgConnection]:
+        with self._cond:
+            while not self._idle and self._open >= self._size:
+                self._cond.wait()
+            raw = self._idle.pop() if self._idle else None
+            if raw is None:
+                self._open += 1
+        try:
+            if raw is None or raw.closed or raw.broken:
+                raw = self._connect()
+            yield PgConnection(raw)
+        except BaseException:
+            if raw is not None and (raw.closed or raw.broken):
+                raw = None  # a dead connection is dropped; the next borrower opens a fresh one
+            raise
+        finally:
+            with self._cond:
+                if raw is not None and not raw.closed:
+                    self._idle.append(raw)
+                else:
+                    self._open -= 1
+                self._cond.notify()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        psycopg = self._psycopg
+        try:
+            yield
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StoreLockedError(f"the server database {self.location} is busy: {exc}") from None
+        except psycopg.OperationalError as exc:
+            raise StoreMissingError(f"cannot use the server database {self.location}: "
+                                    f"{str(exc).strip() or type(exc).__name__}") from None
+        except psycopg.Error as exc:
+            raise CrmError(f"the server database {self.location} refused a statement: "
+                           f"{str(exc).strip() or type(exc).__name__}") from None
+
+    # -- the interface -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def read(self) -> Iterator[PgConnection]:
+        with self._errors(), self._borrow() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self, org: str | None = None) -> Iterator[PgConnection]:
+        """One transaction; with ``org``, holding that organisation's advisory lock until commit,
+        taken before any log position is allocated (see the module docstring)."""
+        with self._errors(), self._borrow() as conn, conn.raw.transaction():
+            if org is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (LOCK_NAMESPACE, org))
+            yield conn
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[PgConnection]:
+        with self._errors(), self._borrow() as conn, conn.raw.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    @contextlib.contextmanager
+    def schema_lock(self) -> Iterator[PgConnection]:
+        """A transaction that one process at a time holds while creating or migrating the schema."""
+        with self.write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?, 0)", (LOCK_NAMESPACE,))
+            yield conn
+
+    def close(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for raw in idle:
+            raw.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL as safe to print: no password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+__all__ = ["Database", "PostgresDatabase", "SqliteDatabase", "is_postgres_url", "SQLITE_FILENAME"]

@@ -105,6 +105,11 @@ CREATE TABLE IF NOT EXISTS records (
 );
 """,
     },
+    # Token expiry (`crm server add-rep --expires-in-days N`, docs/security.md): NULL never expires.
+    2: {
+        "sqlite": "ALTER TABLE tokens ADD COLUMN expires_at TEXT",
+        "postgresql": "ALTER TABLE tokens ADD COLUMN IF NOT EXISTS expires_at TEXT",
+    },
 }
 SERVER_SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -130,10 +135,10 @@ class PushResult:
                 "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected]}
 
 
-def _utc_now() -> str:
-    from datetime import datetime
+def _utc_now(*, days_ahead: int = 0) -> str:
+    from datetime import datetime, timedelta
 
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (datetime.now(UTC) + timedelta(days=days_ahead)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _in_chunks(values: list[str], size: int = 500):
@@ -207,17 +212,21 @@ class ServerStore:
                                     f"`crm server serve --db {self.location}`)")
 
     # -- tenants and tokens --------------------------------------------------------------------
-    def add_token(self, org: str, rep: str, *, role: str = "device") -> str:
-        """Create (org and) a token for ``rep``; only its hash is stored, the token is returned once."""
+    def add_token(self, org: str, rep: str, *, role: str = "device", expires_in_days: int | None = None) -> str:
+        """Create (org and) a token for ``rep``; only its hash is stored, the token is returned once.
+        With ``expires_in_days`` the token is refused from that many days on."""
         for label, value in (("org", org), ("rep", rep)):
             if not value or len(value) > 100 or not value.isprintable():
                 raise ValidationError(f"{label}: give a name of 1 to 100 printable characters")
+        if expires_in_days is not None and not 1 <= expires_in_days <= 3660:
+            raise ValidationError("expires in days: give a whole number of days from 1 to 3660")
+        expires_at = None if expires_in_days is None else _utc_now(days_ahead=expires_in_days)
         token = "crm_" + secrets.token_urlsafe(32)
         with self.db.write() as conn:
             conn.execute("INSERT INTO orgs (org, created_at) VALUES (?, ?) ON CONFLICT (org) DO NOTHING",
                          (org, _utc_now()))
-            conn.execute("INSERT INTO tokens (token_hash, org, rep, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                         (hash_token(token), org, rep, role, _utc_now()))
+            conn.execute("INSERT INTO tokens (token_hash, org, rep, role, created_at, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (hash_token(token), org, rep, role, _utc_now(), expires_at))
         return token
 
     def revoke(self, org: str, rep: str) -> int:
@@ -227,15 +236,28 @@ class ServerStore:
             return cur.rowcount
 
     def authenticate(self, token: str | None) -> Identity | None:
+        """The identity of a live token; None for an unknown, revoked or expired one."""
+        state, identity = self._token(token)
+        return identity if state == "valid" else None
+
+    def token_state(self, token: str | None) -> str:
+        """Why ``authenticate`` refuses a token, for the 401 message: unknown, revoked or expired."""
+        return self._token(token)[0]
+
+    def _token(self, token: str | None) -> tuple[str, Identity | None]:
         if not token or len(token) > 200:
-            return None
+            return "unknown", None
         digest = hash_token(token)
         with self.db.read() as conn:
-            row = conn.execute("SELECT token_hash, org, rep, role, revoked_at FROM tokens "
+            row = conn.execute("SELECT token_hash, org, rep, role, revoked_at, expires_at FROM tokens "
                                "WHERE token_hash = ?", (digest,)).fetchone()
-        if row is None or not hmac.compare_digest(row[0], digest) or row[4] is not None:
-            return None
-        return Identity(org=row[1], rep=row[2], role=row[3])
+        if row is None or not hmac.compare_digest(row[0], digest):
+            return "unknown", None
+        if row[4] is not None:
+            return "revoked", None
+        if row[5] is not None and row[5] <= _utc_now():
+            return "expired", None
+        return "valid", Identity(org=row[1], rep=row[2], role=row[3])
 
     def orgs(self) -> list[str]:
         with self.db.read() as conn:

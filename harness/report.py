@@ -14,6 +14,8 @@ from typing import Any
 
 OUTCOME_COLOURS = {"ok": "#2e7d32", "fail": "#c62828", "unknown": "#ef6c00"}
 FAULT_COLOUR = "#b0bec5"
+LABELS = {"create_account": "account", "log_visit": "visit", "take_order": "order", "write_note": "note",
+          "edit_field": "edit", "backoffice_edit": "back office", "start_background_sync": "bg sync on"}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -23,9 +25,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_reports(cert: dict[str, Any], folder: Path) -> None:
+    chaos = cert.get("mode") in ("chaos", "replay")
     _atomic_write(folder / "certificate.json", json.dumps(cert, indent=2, sort_keys=False, default=str) + "\n")
-    _atomic_write(folder / "certificate.md", markdown(cert))
-    _atomic_write(folder / "certificate.html", page(cert))
+    _atomic_write(folder / "certificate.md", chaos_markdown(cert) if chaos else markdown(cert))
+    _atomic_write(folder / "certificate.html", chaos_page(cert) if chaos else page(cert))
 
 
 def _evidence(verdict: dict[str, Any]) -> str:
@@ -70,7 +73,7 @@ def timeline_svg(timeline: dict[str, Any], width: int = 900) -> str:
     if not lanes:
         return "<p><em>no events recorded</em></p>"
     span = max(timeline.get("span_s") or 0, 0.001)
-    lane_h, left = 26, 80
+    lane_h, left = 30, 80
     order = sorted(lanes, key=lambda n: (n in ("server", "harness"), n))
     height = lane_h * len(order) + 24
     scale = (width - left - 10) / span
@@ -91,7 +94,11 @@ def timeline_svg(timeline: dict[str, Any], width: int = 900) -> str:
             else:
                 colour = OUTCOME_COLOURS.get(item["outcome"], "#546e7a")
                 parts.append(f'<rect x="{x:.1f}" y="{y + 6}" width="{w:.1f}" height="{lane_h - 16}" '
-                             f'fill="{colour}"><title>{title}</title></rect>')
+                             f'fill="{colour}" stroke="white" stroke-width="0.5"><title>{title}</title></rect>')
+                label = LABELS.get(item["label"], item["label"])
+                if w > 7 * len(label):  # name the action where the bar has room for it
+                    parts.append(f'<text x="{x + 2:.1f}" y="{y + 4}" font-size="9" fill="#37474f">'
+                                 f'{html.escape(label)}</text>')
     parts.append(f'<text x="{left}" y="{height - 4}" font-size="10">0 s</text>'
                  f'<text x="{width - 60}" y="{height - 4}" font-size="10">{span:.1f} s</text></svg>')
     return "".join(parts)
@@ -143,5 +150,102 @@ pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8
 <span style="background:#ef6c00">unknown</span><span style="background:#90a4ae">fault (offline, toxic, server down)</span>
 <span style="background:#d32f2f">SIGKILL</span></p>
 {''.join(timelines)}
+</body></html>
+"""
+
+
+# -- chaos campaigns (harness/chaos.py): runs, figures, and each anomaly with its minimal schedule --
+def _step_text(step: dict[str, Any]) -> str:
+    rest = {k: v for k, v in step.items() if k not in ("do", "device")}
+    who = step.get("device", "server" if step["do"].startswith(("server", "backoffice")) else "")
+    return f"{who} {step['do']} " + " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in rest.items())
+
+
+def _chaos_title(cert: dict[str, Any]) -> str:
+    what = "Replay" if cert["mode"] == "replay" else "Chaos run"
+    return f"{what}: {'no anomaly' if cert['passed'] else 'anomalies found'} in {cert['sut']['name']}"
+
+
+def chaos_markdown(cert: dict[str, Any]) -> str:
+    s, st = cert["summary"], cert["settings"]
+    out = [f"# {_chaos_title(cert)}", "",
+           f"* SUT: **{cert['sut']['name']}** {cert['sut']['version']}",
+           f"* Seed {cert['seed']} · {st['runs']} run(s) of {st['devices']} device(s) and {st['steps']} step(s) · "
+           f"started {cert['started_at']} · {cert['duration_s']} s",
+           f"* Exercised: {s['steps']} scheduled steps ({s['fault_steps']} of them faults), {s['actions']} actions, "
+           f"{s['faults']} faults injected; {s['shrink_runs']} more runs while shrinking",
+           f"* Result: {s['failed_runs']} run(s) with an anomaly, {s['errored_runs']} run(s) the harness could "
+           f"not finish, {s['anomalies']} anomalies ({', '.join(f'{k}: {v}' for k, v in s['checks'].items()) or 'none'})",
+           "", "| actions | count |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in s["action_kinds"].items()]
+    out += ["", "| faults | count |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s["fault_kinds"].items()]
+    out += ["", "## Runs", "", "| | run | seed | steps | actions | faults | time | anomalies |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in cert["runs"]:
+        mark = "PASS" if r["passed"] else "ERROR" if r["error"] and not r["anomalies"] else "FAIL"
+        why = ", ".join(r["checks"]) or r["error"][:200].replace("|", "\\|")
+        out.append(f"| {mark} | {r['run']} | {r['seed']} | {r['steps']} | {r['actions']} | {r['faults']} | "
+                   f"{r['duration_s']} s | {why} |")
+    if cert["counterexamples"]:
+        out += ["", "## Anomalies and their minimal schedules", ""]
+    for c in cert["counterexamples"]:
+        out += [f"### {c['check']} (run {c['run']}, seed {c['seed']})", "", c["message"], "",
+                f"Shrunk from {c['original_steps']} to {c['minimal_steps']} step(s) in {c['shrink_runs']} re-runs"
+                f"{' (budget exhausted)' if c['shrink_exhausted'] else ''}; "
+                f"{'reproduced' if c['reproduced'] else 'not reproduced'} on a further replay. "
+                f"Replay: `crm certify --sut {cert['sut']['profile']} --replay {c['replay_file']}`", "",
+                f"Devices: {', '.join(c['schedule']['devices'])}", ""]
+        out += [f"{n}. `{_step_text(step)}`" for n, step in enumerate(c["schedule"]["steps"], 1)]
+        out.append("")
+    if cert["anomalies"]:
+        out += ["", "## Every anomaly", ""]
+        for a in cert["anomalies"]:
+            out.append(f"* run {a['run']} (seed {a['seed']}) **{a['check']}**: {a['message'][:600]}")
+    return "\n".join(out) + "\n"
+
+
+def chaos_page(cert: dict[str, Any]) -> str:
+    esc = html.escape
+    s = cert["summary"]
+    colour = "#2e7d32" if cert["passed"] else "#c62828"
+    rows = "".join(
+        f'<tr class="{"pass" if r["passed"] else "fail"}"><td>{"PASS" if r["passed"] else "FAIL"}</td>'
+        f'<td>{r["run"]}</td><td>{r["seed"]}</td><td>{r["steps"]}</td><td>{r["actions"]}</td><td>{r["faults"]}</td>'
+        f'<td>{r["duration_s"]} s</td><td>{esc(", ".join(r["checks"]) or r["error"][:300])}</td></tr>'
+        for r in cert["runs"])
+    kinds = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in
+                    [*s["action_kinds"].items(), *(("fault: " + k, v) for k, v in s["fault_kinds"].items())])
+    examples = []
+    for c in cert["counterexamples"]:
+        steps = "".join(f"<li><code>{esc(_step_text(step))}</code></li>" for step in c["schedule"]["steps"])
+        examples.append(
+            f'<section><h3>{esc(c["check"])} <small>run {c["run"]}, seed {c["seed"]}</small></h3>'
+            f'<p>{esc(c["message"])}</p><p>Shrunk from {c["original_steps"]} to {c["minimal_steps"]} step(s) in '
+            f'{c["shrink_runs"]} re-runs; {"reproduced" if c["reproduced"] else "not reproduced"} on replay. '
+            f'Replay: <code>crm certify --sut {esc(cert["sut"]["profile"])} --replay {esc(c["replay_file"])}</code>'
+            f'</p><ol>{steps}</ol></section>')
+    every = "".join(f'<li>run {a["run"]} (seed {a["seed"]}) <b>{esc(a["check"])}</b>: {esc(a["message"][:600])}</li>'
+                    for a in cert["anomalies"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(_chaos_title(cert))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #263238; }}
+.verdict {{ font-size: 3rem; font-weight: 800; color: {colour}; margin: 0; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border-bottom: 1px solid #eceff1; padding: .3rem .5rem; text-align: left; font-size: .9rem; }}
+tr.pass td:first-child {{ color: #2e7d32; font-weight: 700; }}
+tr.fail td:first-child {{ color: #c62828; font-weight: 700; }}
+code {{ font-size: .8rem; }}
+</style></head><body>
+<p class="verdict">{"No anomaly" if cert["passed"] else f"{s['anomalies']} anomalies"}</p>
+<h1>{esc(_chaos_title(cert))} <small>{esc(cert["sut"]["version"])}</small></h1>
+<p>Seed {cert["seed"]} · {s["runs"]} runs · {s["steps"]} steps · {s["actions"]} actions · {s["faults"]} faults ·
+{s["shrink_runs"]} shrinking runs · {esc(cert["started_at"])} · {cert["duration_s"]} s</p>
+<h2>Exercised</h2><table><tr><th>kind</th><th>count</th></tr>{kinds}</table>
+<h2>Runs</h2>
+<table><tr><th></th><th>run</th><th>seed</th><th>steps</th><th>actions</th><th>faults</th><th>time</th>
+<th>anomalies</th></tr>{rows}</table>
+<h2>Anomalies and their minimal schedules</h2>{"".join(examples) or "<p>none</p>"}
+<h2>Every anomaly</h2><ul>{every or "<li>none</li>"}</ul>
 </body></html>
 """

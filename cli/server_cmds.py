@@ -1,4 +1,4 @@
-"""`crm server ...`: run the sync server and administer its data directory."""
+"""`crm server ...`: run the sync server and administer its data (a SQLite directory or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,71 +14,91 @@ from cli.common import Json, invalid, parse_assignments, sub_app
 
 server_app = sub_app("Run the sync server and administer its organisations, reps and data.")
 
-DataDir = Annotated[Path, typer.Option("--data", metavar="DIR", help="The server's data directory")]
+DataDir = Annotated[Path | None, typer.Option("--data", metavar="DIR",
+                                               help="The server's data directory (embedded SQLite)")]
+DbUrl = Annotated[str | None, typer.Option("--db", metavar="URL",
+                                           help="Keep the server's data in PostgreSQL instead: postgresql://...")]
 Org = Annotated[str, typer.Option("--org", help="Organisation (tenant) name")]
 
 
-def _store(data: Path, *, create: bool = False):
+def _target(data: Path | None, db: str | None) -> str:
+    """Where the server's data is: exactly one of --data DIR and --db URL."""
+    if (data is None) == (db is None):
+        raise invalid("give the server's data with --data DIR (SQLite) or --db postgresql://... (not both)")
+    if db is not None:
+        from crm.server.engine import is_postgres_url
+
+        if not is_postgres_url(db):
+            raise invalid(f"--db {db!r}: give a PostgreSQL URL, e.g. postgresql://user@host:5432/crm")
+        return db
+    return str(data)
+
+
+def _store(data: Path | None, db: str | None, *, create: bool = False):
     from crm.server import ServerStore
 
-    return ServerStore.open(data, create=create)
+    return ServerStore.open(_target(data, db), create=create)
 
 
 @server_app.command("serve")
 def serve(
-    data: DataDir,
+    data: DataDir = None,
+    db: DbUrl = None,
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8765,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
-    """Start the sync server (SQLite under DIR; one command, no other service).
+    """Start the sync server: SQLite under DIR (one command, no other service), or PostgreSQL,
+    where any number of server processes can serve the same database at once.
 
     \b
     Example:
       crm server serve --data ./server --port 8765
+      crm server serve --db postgresql://crm@db.internal/crm --port 8765
     """
     from crm.server import serve as run_server
 
     if not 0 < port < 65536:
         raise invalid(f"--port {port}: give a TCP port between 1 and 65535")
-    _store(data, create=True)
-    output.message(f"crm sync server on http://{host}:{port} (data: {data})")
-    run_server(str(data), host=host, port=port, log_level=log_level)
+    store = _store(data, db, create=True)
+    location = store.location
+    store.close()
+    output.message(f"crm sync server on http://{host}:{port} (data: {location})")
+    run_server(_target(data, db), host=host, port=port, log_level=log_level)
 
 
 @server_app.command("add-rep")
-def add_rep(data: DataDir, org: Org,
-            rep: Annotated[str, typer.Option("--rep", help="The rep's name")], as_json: Json = False) -> None:
+def add_rep(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's name")],
+            data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Create a device token for a rep (and the organisation if new). The token is shown once.
 
     \b
     Example:
       crm server add-rep --data ./server --org acme --rep rep-1 --json
     """
-    token = _store(data, create=True).add_token(org, rep, role="device")
+    token = _store(data, db, create=True).add_token(org, rep, role="device")
     output.emit({"org": org, "rep": rep, "token": token}, as_json=as_json, text=token)
 
 
 @server_app.command("add-admin")
-def add_admin(data: DataDir, org: Org,
-              name: Annotated[str, typer.Option("--name", help="Who uses it")] = "backoffice",
-              as_json: Json = False) -> None:
+def add_admin(org: Org, name: Annotated[str, typer.Option("--name", help="Who uses it")] = "backoffice",
+              data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Create a back-office token (for /v1/admin/edit and /v1/admin/export)."""
-    token = _store(data, create=True).add_token(org, name, role="admin")
+    token = _store(data, db, create=True).add_token(org, name, role="admin")
     output.emit({"org": org, "name": name, "token": token}, as_json=as_json, text=token)
 
 
 @server_app.command("revoke")
-def revoke(data: DataDir, org: Org, rep: Annotated[str, typer.Option("--rep")], as_json: Json = False) -> None:
+def revoke(org: Org, rep: Annotated[str, typer.Option("--rep")], data: DataDir = None, db: DbUrl = None,
+           as_json: Json = False) -> None:
     """Revoke every token of a rep: the device's next request is refused; its outbox is kept."""
-    count = _store(data).revoke(org, rep)
+    count = _store(data, db).revoke(org, rep)
     output.emit({"org": org, "rep": rep, "revoked": count}, as_json=as_json, text=f"revoked {count} token(s)")
 
 
 @server_app.command("import-products")
-def import_products(data: DataDir, org: Org,
-                    file: Annotated[Path, typer.Argument(help="CSV with sku,name,price[,currency]")],
-                    as_json: Json = False) -> None:
+def import_products(org: Org, file: Annotated[Path, typer.Argument(help="CSV with sku,name,price[,currency]")],
+                    data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Load the product catalogue from a CSV (upsert by SKU); devices receive it by sync.
 
     \b
@@ -95,40 +115,40 @@ def import_products(data: DataDir, org: Org,
         raise ImportFileError(f"cannot read {file}: {exc}") from None
     if not rows:
         raise ImportFileError(f"{file} has no product rows")
-    result = _store(data).import_products(org, rows)
+    result = _store(data, db).import_products(org, rows)
     output.emit(result, as_json=as_json,
                 text=f"products: {result['created']} created, {result['updated']} updated, "
                      f"{result['unchanged']} unchanged")
 
 
 @server_app.command("edit")
-def edit(data: DataDir, entity: Annotated[str, typer.Argument(help="account, contact, visit, order")],
+def edit(entity: Annotated[str, typer.Argument(help="account, contact, visit, order")],
          record_id: Annotated[str, typer.Argument(metavar="ID")],
          set_: Annotated[list[str], typer.Option("--set", help="FIELD=VALUE (repeatable)")],
          org: Annotated[str | None, typer.Option("--org", help="Needed only if the id is ambiguous")] = None,
-         as_json: Json = False) -> None:
+         data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """A back-office edit on the server, merged by the same rules as a rep's edit.
 
     \b
     Example:
       crm server edit --data ./server account 0192... --set phone=0113-555-0100
     """
-    result = _store(data).edit(org, entity, record_id, parse_assignments(set_))
+    result = _store(data, db).edit(org, entity, record_id, parse_assignments(set_))
     output.emit(result, as_json=as_json)
 
 
 @server_app.command("export")
-def export(data: DataDir, org: Org, as_json: Json = False) -> None:
+def export(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Print the organisation's state in the canonical export JSON (same bytes as `crm export`)."""
     import sys
 
     from crm import canonical_json
 
-    sys.stdout.write(canonical_json(_store(data).export(org)))
+    sys.stdout.write(canonical_json(_store(data, db).export(org)))
 
 
 @server_app.command("stats")
-def stats(data: DataDir, org: Org, as_json: Json = False) -> None:
+def stats(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Counts of ops and records for an organisation."""
-    result = _store(data).stats(org)
+    result = _store(data, db).stats(org)
     output.emit(result, as_json=as_json, text=json.dumps(result))

@@ -110,6 +110,20 @@ CREATE TABLE IF NOT EXISTS records (
         "sqlite": "ALTER TABLE tokens ADD COLUMN expires_at TEXT",
         "postgresql": "ALTER TABLE tokens ADD COLUMN IF NOT EXISTS expires_at TEXT",
     },
+    # The back office's clock per organisation ('hlc:<org>', 'max_hlc:<org>'), so a far-ahead
+    # stamp pushed in one organisation never drags another's stamps forward (docs/security.md).
+    3: {
+        "sqlite": """
+INSERT INTO meta (key, value) SELECT 'max_hlc:' || org, max(substr(json_extract(body, '$.hlc'), 1, 19))
+    FROM ops GROUP BY org ON CONFLICT (key) DO NOTHING;
+DELETE FROM meta WHERE key IN ('hlc', 'max_hlc');
+""",
+        "postgresql": """
+INSERT INTO meta (key, value) SELECT 'max_hlc:' || org, max(substr((body::json) ->> 'hlc', 1, 19))
+    FROM ops GROUP BY org ON CONFLICT (key) DO NOTHING;
+DELETE FROM meta WHERE key IN ('hlc', 'max_hlc');
+""",
+    },
 }
 SERVER_SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -290,8 +304,8 @@ class ServerStore:
                          [(org, op.op_id, op.device, op_to_json(op)) for op in fresh])
         if fresh:  # the newest stamp seen, so back-office edits are stamped after every version
             newest = max(op.hlc[:19] for op in fresh)
-            conn.execute("INSERT INTO meta (key, value) VALUES ('max_hlc', ?) ON CONFLICT (key) DO UPDATE "
-                         "SET value = excluded.value WHERE excluded.value > meta.value", (newest,))
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                         "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
         # A create of a record nobody has yet is its whole state: store it without a merge.
         creates = [op.record_id for op in fresh if op.kind == "create"]
         existing: set[tuple[str, str]] = set()
@@ -350,20 +364,20 @@ class ServerStore:
         return ops, new_cursor, more
 
     # -- the back office -----------------------------------------------------------------------
-    def _backoffice_ops(self, conn: Any, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
+    def _backoffice_ops(self, conn: Any, org: str, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", ("hlc:" + org,)).fetchone()
         wall, counter = (row[0] if row else "0.0").split(".")
         clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)))
         # Stamp after everything already logged, so a back-office edit is never "in the past".
-        newest = conn.execute("SELECT value FROM meta WHERE key = 'max_hlc'").fetchone()
+        newest = conn.execute("SELECT value FROM meta WHERE key = ?", ("max_hlc:" + org,)).fetchone()
         if newest:
             wall_ms, counter = newest[0].split(".")
             clock.state = max(clock.state, (int(wall_ms), int(counter)))
         ops = [Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
                   record_id=rid, fields=fields, base=base, kind=kind)
                for entity, rid, fields, base, kind in changes]
-        conn.execute("INSERT INTO meta (key, value) VALUES ('hlc', ?) ON CONFLICT (key) DO UPDATE "
-                     "SET value = excluded.value", (f"{clock.state[0]}.{clock.state[1]}",))
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                     "SET value = excluded.value", ("hlc:" + org, f"{clock.state[0]}.{clock.state[1]}"))
         return ops
 
     def find_org(self, entity: str, rid: str) -> str:
@@ -388,7 +402,7 @@ class ServerStore:
             if rec is None or rec.deleted:
                 raise NotFoundError(f"no {entity} with id {rid!r} in organisation {org!r}")
             base = {name: merge.edit_base(rec, name) for name in values}
-            (op,) = self._backoffice_ops(conn, [(entity, rid, values, base, "update")])
+            (op,) = self._backoffice_ops(conn, org, [(entity, rid, values, base, "update")])
             self._apply(conn, org, [op])
             rec = self._load(conn, org, entity, rid)
         from ..device import present
@@ -420,7 +434,7 @@ class ServerStore:
                     updated += 1
                 else:
                     unchanged += 1
-            self._apply(conn, org, self._backoffice_ops(conn, changes))
+            self._apply(conn, org, self._backoffice_ops(conn, org, changes))
         return {"created": created, "updated": updated, "unchanged": unchanged}
 
     def export(self, org: str) -> dict[str, Any]:

@@ -69,15 +69,20 @@ def serve(
 
 @server_app.command("add-rep")
 def add_rep(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's name")],
-            data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
+            data: DataDir = None, db: DbUrl = None,
+            expires_in_days: Annotated[int | None, typer.Option(
+                "--expires-in-days", min=1, max=3660, metavar="N",
+                help="Refuse the token from N days on [default: it never expires]")] = None,
+            as_json: Json = False) -> None:
     """Create a device token for a rep (and the organisation if new). The token is shown once.
 
     \b
     Example:
-      crm server add-rep --data ./server --org acme --rep rep-1 --json
+      crm server add-rep --data ./server --org acme --rep rep-1 --expires-in-days 90 --json
     """
-    token = _store(data, db, create=True).add_token(org, rep, role="device")
-    output.emit({"org": org, "rep": rep, "token": token}, as_json=as_json, text=token)
+    token = _store(data, db, create=True).add_token(org, rep, role="device", expires_in_days=expires_in_days)
+    output.emit({"org": org, "rep": rep, "token": token, "expires_in_days": expires_in_days},
+                as_json=as_json, text=token)
 
 
 @server_app.command("add-admin")

@@ -202,19 +202,42 @@ def _superseded(history: History, op: Operation, edits: list[Operation]) -> Oper
     """The later edit of the same record and field that replaced ``op`` knowingly, if any.
 
     A later edit supersedes when it was invoked after ``op`` completed and either on the same
-    replica, or after ``op``'s device finished an ok sync that started after ``op`` completed
-    (a back-office edit on the server is already where everyone syncs to).
+    replica, or after ``op``'s device may have pushed ``op`` (a back-office edit on the server is
+    already where everyone syncs to): see ``_may_have_pushed``.
     """
     key = (op.args.get("entity"), op.args.get("record_id"), op.args.get("field"))
-    syncs = [s for s in history.syncs(op.device) if s.outcome == "ok" and s.seq > op.done_seq]
     for later in edits:
         if (later.args.get("entity"), later.args.get("record_id"), later.args.get("field")) != key:
             continue
         if later.seq <= op.done_seq or later.outcome == "fail":
             continue
-        if later.device == op.device or op.device == "server" or any(s.done_seq < later.seq for s in syncs):
+        if later.device == op.device or op.device == "server" or _may_have_pushed(history, op.device,
+                                                                                  op.done_seq, later.seq):
             return later
     return None
+
+
+def _may_have_pushed(history: History, device: str, after: int, before: int) -> bool:
+    """Whether ``device`` may have pushed its changes between events ``after`` and ``before``.
+
+    It may have when a sync started after ``after`` and ended before ``before`` without failing
+    (an unknown outcome, such as a sync killed or timed out, may have pushed before it died), or
+    when its background sync was running at some point in between: from a start_background_sync
+    that did not fail until the device's next force-quit or the end of an ok stop_background_sync.
+    """
+    for s in history.syncs(device):
+        if s.outcome != "fail" and s.seq > after and s.done_seq is not None and s.done_seq < before:
+            return True
+    stops = history.operations("stop_background_sync", device=device)
+    kills = [k.seq for k in history.kills(device)]
+    for start in history.operations("start_background_sync", device=device):
+        if start.outcome == "fail" or start.seq >= before:
+            continue
+        ends = [k for k in kills if k > start.seq]
+        ends += [s.done_seq for s in stops if s.seq > start.seq and s.outcome == "ok"]
+        if min(ends, default=before) > after:
+            return True
+    return False
 
 
 def lost_edit(history: History) -> list[Anomaly]:

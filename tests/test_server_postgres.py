@@ -312,3 +312,33 @@ def test_concurrent_pushes_to_two_processes_lose_and_duplicate_nothing(tmp_path,
 def _logged(db: str) -> list[str]:
     with psycopg.connect(db) as conn:
         return [r[0] for r in conn.execute("SELECT op_id FROM ops WHERE org = %s", (ORG,))]
+
+
+# -- the conformance suite with two server processes on one database ------------------------------
+
+@pytest.mark.slow
+def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp_path):
+    """`crm certify` against fixtures/sut/reference-postgres.toml (about 100 s)."""
+    admin_dsn = _admin_dsn()
+
+    def sut_databases() -> set[str]:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'crm_sut_%'")}
+
+    before = sut_databases()
+    root = Path(__file__).resolve().parent.parent
+    report = tmp_path / "report"
+    try:
+        proc = subprocess.run([*CRM, "certify", "--sut", str(root / "fixtures" / "sut" / "reference-postgres.toml"),
+                               "--report", str(report), "--json", "--seed", "7"],
+                              capture_output=True, text=True, cwd=root, timeout=600,
+                              env={**os.environ, "CRM_TEST_PG_DSN": admin_dsn})
+        cert = json.loads((report / "certificate.json").read_text()) if (report / "certificate.json").exists() else {}
+        assert cert, f"no certificate written: {proc.stderr[-2000:]}"
+        assert cert["level"] == 3, f"level {cert['level']}: {cert['reasons']}\n{proc.stderr[-3000:]}"
+        assert all(s["passed"] for s in cert["scenarios"]) and len(cert["scenarios"]) >= 19
+        assert sut_databases() - before, "the sessions ran on PostgreSQL databases of their own"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for name in sut_databases() - before:
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

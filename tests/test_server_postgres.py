@@ -323,7 +323,7 @@ def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp
 
     def sut_databases() -> set[str]:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'crm_sut_%'")}
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, 'crm_sut_')")}
 
     before = sut_databases()
     root = Path(__file__).resolve().parent.parent

@@ -307,11 +307,16 @@ class ServerStore:
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
         # A create of a record nobody has yet is its whole state: store it without a merge.
-        creates = [op.record_id for op in fresh if op.kind == "create"]
+        creates: dict[str, list[str]] = {}
+        for op in fresh:
+            if op.kind == "create":
+                creates.setdefault(op.entity, []).append(op.record_id)
         existing: set[tuple[str, str]] = set()
-        for chunk, marks in _in_chunks(creates):
-            existing.update(tuple(row) for row in conn.execute(
-                f"SELECT entity, id FROM records WHERE org = ? AND id IN ({marks})", (org, *chunk)).fetchall())
+        for entity, rids in creates.items():  # (org, entity, id) is the key: point lookups, not a scan
+            for chunk, marks in _in_chunks(rids):
+                existing.update(tuple(row) for row in conn.execute(
+                    f"SELECT entity, id FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
+                    (org, entity, *chunk)).fetchall())
         per_record = Counter((op.entity, op.record_id) for op in fresh)
         rows, merged = [], []
         for op in fresh:

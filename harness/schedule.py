@@ -30,8 +30,8 @@ TOXICS = ("latency", "timeout", "reset_peer", "limit_data", "slicer")
 EDITABLE = {"account": ("name", "city"), "visit": ("outcome",)}
 
 # Every step kind, and whether it is a fault (or its heal) rather than a contract action.
-ACTIONS = ("create_account", "log_visit", "take_order", "write_note", "edit_field", "backoffice_edit",
-           "sync", "start_agent", "stop_agent", "reopen")
+ACTIONS = ("create_account", "log_visit", "take_order", "write_note", "edit_field", "delete_record",
+           "backoffice_edit", "sync", "start_agent", "stop_agent", "reopen")
 FAULTS = ("offline", "online", "toxic", "clear_toxics", "kill", "server_kill", "server_start")
 KINDS = (*ACTIONS, *FAULTS, "pause")
 
@@ -47,12 +47,13 @@ class Capabilities:
     sync: bool = True
     agent: bool = True
     backoffice: bool = True
+    delete: bool = True
 
     @classmethod
     def of(cls, profile: Any) -> Capabilities:
         return cls(sync=profile.has("sync"),
                    agent=profile.has("start_background_sync") and profile.has("stop_background_sync"),
-                   backoffice=profile.backoffice_edit is not None)
+                   backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"))
 
 
 @dataclass
@@ -121,8 +122,12 @@ class Schedule:
         return cls.from_json(data, str(path))
 
 
+INJECTIONS = ("offline", "toxic", "kill", "server_kill")  # the faults; the other FAULTS heal them
+
+
 def is_fault(step: dict[str, Any]) -> bool:
-    return step["do"] in FAULTS or bool(step.get("kill_after"))
+    """Whether the step injects a fault (a heal does not): a network cut, a toxic, a SIGKILL."""
+    return step["do"] in INJECTIONS or bool(step.get("kill_after"))
 
 
 class _World:
@@ -213,13 +218,13 @@ class Generator:
         for device in w.agents:
             w.exchange(device)
         roll = self.rng.random()
-        if roll < 0.50:
+        if roll < 0.45:
             return self._work(self.rng.choice(self.names))
-        if roll < 0.66:
+        if roll < 0.60:
             return self._sync(self.rng.choice(self.names))
-        if roll < 0.86:
+        if roll < 0.85:
             return self._fault(self.rng.choice(self.names))
-        if roll < 0.97:
+        if roll < 0.96:
             healable = [d for d in self.names if d in w.offline or w.toxics[d]]
             if healable:
                 return self._heal(self.rng.choice(healable))
@@ -235,6 +240,9 @@ class Generator:
         if self.caps.backoffice and self.world.on_server:
             kinds.append("backoffice_edit")
             weights.append(10)
+        if self.caps.delete:
+            kinds.append("delete_record")
+            weights.append(4)
         kind = self.rng.choices(kinds, weights)[0]
         account = self.rng.choice(accounts)
         faker = self._faker()
@@ -255,6 +263,9 @@ class Generator:
                                        "text": self._unique(lambda: faker.sentence(nb_words=8))})
         if kind == "backoffice_edit":
             return self._edit("server", self.world.on_server)
+        if kind == "delete_record":  # the handle stays: devices that have not seen the delete still use it
+            return self._maybe_killed({"do": "delete_record", "device": device, "entity": "account",
+                                       "record": account})
         return self._edit(device, self.world.known[device])
 
     def _create_account(self, device: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Delta debugging: the smallest sub-list of steps that still fails.
 
-Zeller and Hildebrandt's ddmin over a list: try keeping only one of n chunks, then dropping one
-chunk, and refine n until single steps. Every test is a caller-supplied predicate; for chaos
+Zeller and Hildebrandt's ddmin over a list: try dropping one of n chunks, then keeping only one,
+and refine n until single steps. Dropping comes first because a chaos failure usually needs a
+few steps spread over the run (a write early, a kill later), which no single chunk holds. Every test is a caller-supplied predicate; for chaos
 runs it re-runs the real SUT, so the search is bounded by a budget of tests and remembers the
 answer for every sub-list it has already tried. The result is a sub-list the predicate said
 fails (the input itself when nothing smaller did), never one it was merely assumed to fail.
@@ -47,15 +48,15 @@ def ddmin(items: Sequence[T], fails: Callable[[list[T]], bool], *, budget: int =
     try:
         while len(current) >= 2:
             chunks = _split(current, n)
-            for chunk in chunks:  # reduce to a subset
-                if len(chunks) > 2 and test(chunk):
-                    current, n = chunk, 2
+            for chunk in chunks:  # drop one chunk
+                complement = [i for i in current if i not in chunk]
+                if test(complement):
+                    current, n = complement, max(n - 1, 2)
                     break
             else:
-                for chunk in chunks:  # reduce to a complement
-                    complement = [i for i in current if i not in chunk]
-                    if test(complement):
-                        current, n = complement, max(n - 1, 2)
+                for chunk in chunks:  # keep one chunk only
+                    if len(chunks) > 2 and test(chunk):
+                        current, n = chunk, 2
                         break
                 else:
                     if n >= len(current):

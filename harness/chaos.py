@@ -1,0 +1,399 @@
+"""Chaos mode: many seeded randomized histories against one SUT, shrunk counterexamples on failure.
+
+Each run plays one schedule (harness/schedule.py) in a fresh ``Session``: its devices do random
+contract actions while the schedule cuts their networks, adds Toxiproxy toxics, SIGKILLs clients,
+agents and the server. Then everything heals, every device syncs to quiescence and the checkers
+judge the history, exactly as in a conformance scenario. A run that shows an anomaly is shrunk by
+delta debugging (harness/shrink.py), re-running the real SUT for every candidate, and its smallest
+still-failing schedule is written to a JSON file that ``crm certify --replay FILE`` plays again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import checkers
+from .checkers import Anomaly
+from .driver import DriverError
+from .history import OUTCOMES, History
+from .profile import Profile, load_profile
+from .schedule import Capabilities, Schedule, generate, is_fault
+from .session import ScenarioFailure, Session
+from .shrink import ddmin
+from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, ToxiproxyServer
+
+DEFAULT_RUNS = 10
+DEFAULT_DEVICES = 3
+DEFAULT_STEPS = 20
+DEFAULT_SHRINK_BUDGET = 40
+# Anomalies only chaos runs report, besides those of harness/checkers.py: a server that did not
+# come back after a SIGKILL, no quiescence after everything healed, and a delete that did not win.
+CHAOS_CHECKS = ("server_restart", "quiescence", "lost_delete")
+
+Live = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    schedule: Schedule
+    anomalies: list[Anomaly]
+    history: History
+    duration_s: float
+    steps_run: int = 0
+    steps_skipped: int = 0
+    error: str = ""  # the harness could not finish the run (not the SUT's fault): no verdict
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.anomalies)
+
+    @property
+    def checks(self) -> list[str]:
+        return sorted({a.check for a in self.anomalies})
+
+    def actions(self) -> Counter:
+        """Completed contract actions by name: the schedule's and those of healing and quiescence."""
+        return Counter(e.action for e in self.history if e.type in OUTCOMES)
+
+    def faults(self) -> Counter:
+        return Counter(e.action for e in self.history if e.type == "fault")
+
+    def summary(self) -> dict[str, Any]:
+        return {"seed": self.schedule.seed, "passed": not self.failed and not self.error,
+                "steps": len(self.schedule.steps), "steps_skipped": self.steps_skipped,
+                "actions": sum(self.actions().values()), "faults": sum(self.faults().values()),
+                "duration_s": round(self.duration_s, 1), "checks": self.checks, "error": self.error,
+                "anomalies": [a.to_json() for a in self.anomalies]}
+
+
+class _Player:
+    """Plays one schedule's steps on a Session, resolving record handles to the ids the SUT printed."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.ids: dict[str, str] = {}
+        self.background: dict[str, threading.Thread] = {}
+        self.skipped = 0
+
+    def _id(self, handle: str | None) -> str | None:
+        rid = self.ids.get(handle or "")
+        if rid is None:
+            self.skipped += 1
+        return rid
+
+    def _keep_id(self, step: dict[str, Any], result) -> None:
+        if step.get("ref") and result.ok and isinstance(result.json, dict) and result.json.get("id"):
+            self.ids[step["ref"]] = str(result.json["id"])
+
+    def play(self, step: dict[str, Any]) -> None:
+        s, do = self.session, step["do"]
+        device = step.get("device")
+        if do in ("create_account", "log_visit", "take_order", "write_note"):
+            args = {k: step[k] for k in ("name", "city", "outcome", "sku", "qty", "price", "text") if k in step}
+            if do != "create_account":
+                account = self._id(step["account"])
+                if account is None:
+                    return
+                args["account_id"] = account
+            self._keep_id(step, s.act(device, do, kill_after=step.get("kill_after"), **args))
+        elif do == "edit_field":
+            rid = self._id(step["record"])
+            if rid is not None:
+                s.act(device, "edit_field", entity=step["entity"], record_id=rid, field=step["field"],
+                      value=step["value"])
+        elif do == "delete_record":
+            rid = self._id(step["record"])
+            if rid is not None:
+                s.act(device, "delete_record", kill_after=step.get("kill_after"), entity=step["entity"], record_id=rid)
+        elif do == "backoffice_edit":
+            rid = self._id(step["record"])
+            if rid is not None:
+                s.server.backoffice_edit(step["entity"], rid, step["field"], step["value"], org=s.org)
+        elif do == "sync":
+            if step.get("background"):
+                self.join(device)
+                self.background[device] = s.in_background(lambda: s.sync(device))
+            else:
+                s.sync(device, kill_after=step.get("kill_after"))
+        elif do == "start_agent":
+            s.act(device, "start_background_sync")
+        elif do == "stop_agent":
+            s.act(device, "stop_background_sync")
+        elif do == "reopen":
+            s.reopen(device)
+        elif do == "offline":
+            if not s.device(device).offline:
+                s.airplane_mode(device)
+        elif do == "online":
+            if s.device(device).offline:
+                s.back_online(device)
+        elif do == "toxic":
+            name = step["name"]
+            if name not in s.device(device).toxics:
+                s.add_toxic(device, Toxic(type=step["type"], stream=step["stream"], name=name, toxicity=1.0,
+                                          attributes=dict(step["attributes"])))
+        elif do == "clear_toxics":
+            s.remove_toxics(device)
+        elif do == "kill":
+            s.force_quit(device)
+        elif do == "server_kill":
+            if s.server.running:
+                s.server.kill()
+        elif do == "server_start":
+            if not s.server.running:
+                s.server.start()
+        elif do == "pause":
+            time.sleep(float(step["seconds"]))
+
+    def join(self, device: str | None = None) -> None:
+        for name in [device] if device else list(self.background):
+            thread = self.background.pop(name, None)
+            if thread is not None:
+                thread.join(self.session.profile.action_timeout_s + 5)
+
+
+def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, workdir: Path) -> RunResult:
+    """Play one schedule against the SUT, heal, quiesce and check: the run's anomalies."""
+    started = time.monotonic()
+    session = Session(profile=profile, toxiproxy=toxiproxy, workdir=workdir, seed=schedule.seed,
+                      scenario="chaos")
+    player = _Player(session)
+    anomalies: list[Anomaly] = []
+    error = ""
+    try:
+        session.__enter__()
+        for number, name in enumerate(schedule.devices, 1):
+            session.add_device(name, f"rep-{number}")
+        for number, step in enumerate(schedule.steps, 1):
+            try:
+                player.play(step)
+            except DriverError as exc:  # only the server's start can fail mid-run
+                anomalies.append(Anomaly("server_restart", f"step {number} ({step['do']}): {exc}",
+                                         {"step": number}))
+                break
+        player.join()
+        if not anomalies:
+            try:
+                anomalies = session.final_check()
+            except (ScenarioFailure, DriverError) as exc:
+                anomalies = [Anomaly("quiescence", str(exc), {"steps": len(schedule.steps)}),
+                             *checkers.run_all(session.history)]
+            anomalies += lost_delete(session.history)
+    except (ToxiproxyError, DriverError, ScenarioFailure) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        player.join()
+        session.close()
+    return RunResult(schedule, anomalies, session.history, time.monotonic() - started,
+                     steps_run=len(schedule.steps) - player.skipped, steps_skipped=player.skipped, error=error)
+
+
+def lost_delete(history: History) -> list[Anomaly]:
+    """A delete reported ok must win: every final export that has the record shows it deleted.
+
+    (A record missing altogether is lost_write's finding, not this one's.)
+    """
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    found = []
+    for op in history.operations("delete_record"):
+        if op.outcome != "ok":
+            continue
+        entity, rid = str(op.args.get("entity")), str(op.args.get("record_id"))
+        for where, export in exports.items():
+            records = export.get(entity) if isinstance(export.get(entity), list) else []
+            rec = next((r for r in records if isinstance(r, dict) and str(r.get("id")) == rid), None)
+            if rec is not None and rec.get("deleted") is not True:
+                found.append(Anomaly("lost_delete", f"delete #{op.seq} on {op.device} of {entity} {rid} reported "
+                                     f"ok, but {where}'s final export shows it not deleted",
+                                     {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "entity": entity,
+                                      "id": rid, "export": where, "export_seq": export_seqs[where], "record": rec}))
+    return found
+
+
+# -- shrinking -------------------------------------------------------------------------------------
+@dataclass
+class Counterexample:
+    """One anomaly kind found by a run, with the smallest schedule that still shows it."""
+
+    check: str
+    run: int
+    seed: int
+    message: str
+    original: Schedule
+    minimal: Schedule
+    tests: int = 0
+    exhausted: bool = False
+    reproduced: bool | None = None  # did the minimal schedule fail again when replayed once more
+    file: str = ""
+    anomalies: list[dict[str, Any]] = field(default_factory=list)  # what the minimal schedule showed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.check, "run": self.run, "seed": self.seed, "message": self.message,
+                "original_steps": len(self.original.steps), "minimal_steps": len(self.minimal.steps),
+                "shrink_runs": self.tests, "shrink_exhausted": self.exhausted, "reproduced": self.reproduced,
+                "replay_file": self.file, "schedule": self.minimal.to_json(), "anomalies": self.anomalies}
+
+
+class Chaos:
+    """A chaos campaign against one profile: runs, shrinks, and the figures for the certificate."""
+
+    def __init__(self, profile: Profile, toxiproxy: Toxiproxy, *, workdir: Path, live: Live | None = None) -> None:
+        self.profile = profile
+        self.toxiproxy = toxiproxy
+        self.workdir = Path(workdir)
+        self.live = live or (lambda _: None)
+        self.results: list[RunResult] = []  # every run, shrinking runs included
+        self._runs = 0
+
+    def run(self, schedule: Schedule) -> RunResult:
+        self._runs += 1
+        with tempfile.TemporaryDirectory(prefix=f"chaos-{self._runs}-", dir=self.workdir) as tmp:
+            result = run_schedule(schedule, profile=self.profile, toxiproxy=self.toxiproxy, workdir=Path(tmp))
+        self.results.append(result)
+        return result
+
+    def shrink(self, result: RunResult, check: str, *, budget: int = DEFAULT_SHRINK_BUDGET) -> Counterexample:
+        """The smallest sub-schedule (within ``budget`` re-runs) that still shows an anomaly of ``check``."""
+        last: dict[str, RunResult] = {}
+
+        def still_fails(steps: list[dict[str, Any]]) -> bool:
+            candidate = result.schedule.with_steps(steps)
+            outcome = self.run(candidate)
+            verdict = check in outcome.checks
+            self.live(f"  shrink {check}: {len(steps)} step(s) -> {'fails' if verdict else 'passes'}"
+                      f" [{outcome.duration_s:.1f} s]")
+            if verdict:
+                last["run"] = outcome
+            return verdict
+
+        shrunk = ddmin(result.schedule.steps, still_fails, budget=budget)
+        minimal = result.schedule.with_steps(shrunk.items)
+        shown = last.get("run", result)
+        first = next(a for a in shown.anomalies if a.check == check)
+        return Counterexample(check, int(result.schedule.meta.get("run", 0)), result.schedule.seed, first.message,
+                              result.schedule, minimal, shrunk.tests, shrunk.exhausted,
+                              anomalies=[a.to_json() for a in shown.anomalies if a.check == check])
+
+    # -- figures -------------------------------------------------------------------------------------
+    def totals(self, results: list[RunResult]) -> dict[str, Any]:
+        actions: Counter = Counter()
+        faults: Counter = Counter()
+        steps: Counter = Counter()
+        for r in results:
+            actions.update(r.actions())
+            faults.update(r.faults())
+            steps.update(r.schedule.counts())
+        fault_steps = sum(1 for r in results for s in r.schedule.steps if is_fault(s))
+        return {"runs": len(results), "failed_runs": sum(1 for r in results if r.failed),
+                "errored_runs": sum(1 for r in results if r.error),
+                "steps": sum(steps.values()), "fault_steps": fault_steps,
+                "actions": sum(actions.values()), "faults": sum(faults.values()),
+                "action_kinds": dict(sorted(actions.items())), "fault_kinds": dict(sorted(faults.items())),
+                "step_kinds": dict(sorted(steps.items())),
+                "anomalies": sum(len(r.anomalies) for r in results),
+                "run_s": round(sum(r.duration_s for r in results), 1)}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 1,
+             devices: int = DEFAULT_DEVICES, steps: int = DEFAULT_STEPS, report_dir: str | Path = "reports/chaos",
+             shrink_budget: int = DEFAULT_SHRINK_BUDGET, replay: Schedule | None = None,
+             live: Live | None = None) -> dict[str, Any]:
+    """Run ``runs`` seeded schedules (or one replayed schedule), shrink what fails, write the certificate.
+
+    Run ``i`` (from 1) plays the schedule of seed ``seed + i - 1``, so any run can be regenerated
+    alone with ``--seed`` and ``--runs 1``. Returns the certificate data.
+    """
+    from .certify import sut_version
+    from .report import write_reports
+
+    live = live or (lambda _: None)
+    profile_path = Path(profile_path).resolve()
+    profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
+    report_dir = Path(report_dir).resolve()
+    raw = report_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    caps = Capabilities.of(profile)
+    started, started_at = time.monotonic(), datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if replay is not None:
+        schedules = [replay]
+    else:
+        schedules = []
+        for number in range(1, runs + 1):
+            schedule = generate(seed + number - 1, devices=devices, steps=steps, capabilities=caps)
+            schedule.meta.update({"run": number, "campaign_seed": seed})
+            schedules.append(schedule)
+    for schedule in schedules:
+        schedule.meta["sut"] = str(profile_path)
+
+    results: list[RunResult] = []
+    found: list[Counterexample] = []
+    with tempfile.TemporaryDirectory(prefix="crm-chaos-") as tmp, \
+            ToxiproxyServer(log_dir=Path(tmp) / "toxiproxy") as toxiproxy:
+        chaos = Chaos(profile, toxiproxy.client, workdir=Path(tmp), live=live)
+        for schedule in schedules:
+            result = chaos.run(schedule)
+            results.append(result)
+            number = schedule.meta.get("run", len(results))
+            line = (f"{'FAIL' if result.failed else 'ERROR' if result.error else 'PASS'}  run {number} seed "
+                    f"{schedule.seed}: {len(schedule.devices)} devices, {len(schedule.steps)} steps, "
+                    f"{sum(result.actions().values())} actions, {sum(result.faults().values())} faults "
+                    f"[{result.duration_s:.1f} s]")
+            if result.failed:
+                line += f"  ({', '.join(result.checks)}: {result.anomalies[0].message[:160]})"
+            elif result.error:
+                line += f"  ({result.error[:200]})"
+            live(line)
+            if result.failed or result.error:
+                result.history.save(raw / f"run-{number}-seed-{schedule.seed}.history.jsonl")
+            if replay is not None:
+                continue
+            for check in result.checks:
+                if any(c.check == check for c in found) or shrink_budget <= 0:
+                    continue
+                live(f"  shrinking run {number} (seed {schedule.seed}) for {check}, up to {shrink_budget} re-runs")
+                example = chaos.shrink(result, check, budget=shrink_budget)
+                again = chaos.run(example.minimal)
+                example.reproduced = check in again.checks
+                name = f"chaos-{_slug(check)}-seed-{schedule.seed}.json"
+                example.minimal.meta.update({"check": check, "shrunk_from": len(schedule.steps)})
+                example.file = str(example.minimal.save(report_dir / name))
+                found.append(example)
+                live(f"  {check}: seed {schedule.seed}, {len(schedule.steps)} -> {len(example.minimal.steps)} "
+                     f"step(s) in {example.tests} re-runs, {'reproduced' if example.reproduced else 'NOT reproduced'}"
+                     f" on replay; replay with: crm certify --sut {profile_path} --replay {example.file}")
+        totals = chaos.totals(results)
+        shrink_runs = len(chaos.results) - len(results)
+
+    anomalies = [{"run": r.schedule.meta.get("run"), "seed": r.schedule.seed, **a.to_json()}
+                 for r in results for a in r.anomalies]
+    data = {
+        "mode": "replay" if replay is not None else "chaos",
+        "passed": not anomalies and not any(r.error for r in results),
+        "sut": {"name": profile.name, "version": sut_version(profile), "profile": str(profile_path)},
+        "seed": seed if replay is None else replay.seed,
+        "settings": {"runs": len(schedules), "devices": devices if replay is None else len(replay.devices),
+                     "steps": steps if replay is None else len(replay.steps), "shrink_budget": shrink_budget},
+        "started_at": started_at,
+        "duration_s": round(time.monotonic() - started, 1),
+        "summary": {**totals, "shrink_runs": shrink_runs,
+                    "checks": dict(sorted(Counter(a["check"] for a in anomalies).items()))},
+        "runs": [{"run": r.schedule.meta.get("run"), **r.summary()} for r in results],
+        "counterexamples": [c.to_json() for c in found],
+        "anomalies": anomalies,
+    }
+    if replay is not None:
+        data["replayed"] = replay.to_json()
+    write_reports(data, report_dir)
+    return data

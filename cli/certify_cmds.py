@@ -13,19 +13,37 @@ from cli.common import Json, sub_app
 
 certify_app = sub_app("Certify an offline-first client as level 1, 2 or 3.")
 BELOW_REQUIRED_LEVEL = 30
+CHAOS_ANOMALY = 31
 
 
 @certify_app.command("certify")
 def certify(
-    sut: Annotated[Path, typer.Option("--sut", metavar="PROFILE", help="SUT profile (TOML)")] = Path(
-        "fixtures/sut/reference.toml"),
+    sut: Annotated[Path | None, typer.Option(
+        "--sut", metavar="PROFILE",
+        help="SUT profile (TOML) [default: fixtures/sut/reference.toml, or the one a --replay file names]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault schedule and the data")] = 1,
-    report: Annotated[Path, typer.Option("--report", metavar="DIR", help="Where the certificate goes")] = Path(
-        "reports/certificate"),
+    report: Annotated[Path | None, typer.Option(
+        "--report", metavar="DIR",
+        help="Where the certificate goes [default: reports/certificate, with --chaos/--replay reports/chaos]")] = None,
     require_level: Annotated[int | None, typer.Option(
         "--require-level", min=1, max=3, help=f"Exit {BELOW_REQUIRED_LEVEL} if the level is below this")] = None,
     select: Annotated[str | None, typer.Option(
         "-k", "--select", help="Only scenarios matching this pytest -k expression")] = None,
+    chaos: Annotated[bool, typer.Option(
+        "--chaos", help=f"Run seeded randomized fault schedules instead of the scenarios; exit {CHAOS_ANOMALY} "
+                        "on an anomaly")] = False,
+    runs: Annotated[int | None, typer.Option(
+        "--runs", min=1, help="Chaos: how many randomized histories [default: 10]")] = None,
+    devices: Annotated[int | None, typer.Option(
+        "--devices", min=1, max=50, help="Chaos: devices per history [default: 3]")] = None,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", min=1, max=1000, help="Chaos: scheduled steps per history [default: 20]")] = None,
+    shrink_budget: Annotated[int | None, typer.Option(
+        "--shrink-budget", min=0, help="Chaos: at most this many re-runs to shrink each anomaly (0: do not "
+                                       "shrink) [default: 40]")] = None,
+    replay: Annotated[Path | None, typer.Option(
+        "--replay", metavar="FILE", help=f"Play the schedule in FILE (written by --chaos) again; exit "
+                                         f"{CHAOS_ANOMALY} if it shows an anomaly")] = None,
     as_json: Json = False,
 ) -> None:
     """Run the airplane-mode checklist and the fault scenarios against a SUT and certify it.
@@ -33,13 +51,34 @@ def certify(
     Prints one line per scenario as it finishes and writes certificate.json, certificate.md,
     certificate.html and junit.xml to the report folder.
 
+    With --chaos it runs --runs randomized histories instead (run i plays the schedule of seed
+    --seed + i - 1), shrinks every kind of anomaly to a minimal schedule and writes each to a JSON
+    file that --replay plays again. See docs/chaos.md.
+
     \b
     Example:
       crm certify --sut fixtures/sut/reference.toml --report reports/reference --require-level 3
+      crm certify --sut fixtures/sut/reference.toml --chaos --runs 100 --devices 5 --seed 1
+      crm certify --replay reports/chaos/chaos-lost-write-seed-3.json
     """
     from crm.errors import ValidationError
     from harness.certify import certify as run_certification
     from harness.profile import ProfileError
+
+    chaos_only = {"--runs": runs, "--devices": devices, "--steps": steps, "--shrink-budget": shrink_budget}
+    if chaos or replay is not None:
+        if select is not None or require_level is not None:
+            raise typer.BadParameter("-k/--select and --require-level apply to the scenarios, not to --chaos/--replay")
+        if replay is not None and (runs is not None or devices is not None or steps is not None):
+            raise typer.BadParameter("--replay plays the file's own schedule: drop --runs, --devices and --steps")
+        _chaos(sut, seed=seed, report=report or Path("reports/chaos"), runs=runs, devices=devices, steps=steps,
+               shrink_budget=shrink_budget, replay=replay, as_json=as_json)
+        return
+    given = [name for name, value in chaos_only.items() if value is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)} only apply with --chaos")
+    sut = sut or Path("fixtures/sut/reference.toml")
+    report = report or Path("reports/certificate")
 
     def live(verdict: dict) -> None:
         mark = "PASS" if verdict["passed"] else "FAIL"
@@ -61,3 +100,42 @@ def certify(
         output.message(f"crm: level {cert.level} is below the required level {require_level}")
         sys.stdout.flush()
         raise typer.Exit(BELOW_REQUIRED_LEVEL)
+
+
+def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devices: int | None,
+           steps: int | None, shrink_budget: int | None, replay: Path | None, as_json: bool) -> None:
+    """`crm certify --chaos` and `--replay`: the harness runs the histories, this prints the verdict."""
+    from crm.errors import ValidationError
+    from harness import chaos
+    from harness.profile import ProfileError
+    from harness.schedule import Schedule, ScheduleError
+
+    try:
+        schedule = Schedule.load(replay) if replay is not None else None
+        if sut is None:
+            sut = Path(schedule.meta["sut"]) if schedule and schedule.meta.get("sut") else Path(
+                "fixtures/sut/reference.toml")
+        data = chaos.campaign(
+            sut, runs=runs or chaos.DEFAULT_RUNS, seed=seed, devices=devices or chaos.DEFAULT_DEVICES,
+            steps=steps or chaos.DEFAULT_STEPS, report_dir=report, replay=schedule, live=output.message,
+            shrink_budget=chaos.DEFAULT_SHRINK_BUDGET if shrink_budget is None else shrink_budget)
+    except (ProfileError, ScheduleError) as exc:
+        raise ValidationError(str(exc)) from None
+    s = data["summary"]
+    summary = {"mode": data["mode"], "passed": data["passed"], "sut": data["sut"]["name"], "seed": data["seed"],
+               "runs": s["runs"], "failed_runs": s["failed_runs"], "errored_runs": s["errored_runs"],
+               "actions": s["actions"], "faults": s["faults"], "anomalies": s["anomalies"], "checks": s["checks"],
+               "replay_files": [c["replay_file"] for c in data["counterexamples"]],
+               "duration_s": data["duration_s"], "report": str(report.resolve() / "certificate.html")}
+    verdict = "no anomaly" if data["passed"] else (
+        f"{s['anomalies']} anomalies in {s['failed_runs']} run(s)" + (
+            f", {s['errored_runs']} run(s) not finished" if s["errored_runs"] else ""))
+    lines = [f"{data['mode']} of {summary['sut']}: {verdict}; {s['runs']} run(s), {s['actions']} actions, "
+             f"{s['faults']} faults in {data['duration_s']} s"]
+    lines += [f"minimal schedule ({c['check']}, seed {c['seed']}, {c['minimal_steps']} steps): {c['replay_file']}"
+              for c in data["counterexamples"]]
+    lines.append(f"certificate: {summary['report']}")
+    output.emit(summary, as_json=as_json, text="\n".join(lines))
+    if not data["passed"]:
+        sys.stdout.flush()
+        raise typer.Exit(CHAOS_ANOMALY)

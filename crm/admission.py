@@ -1,18 +1,97 @@
 """Which ops a replica admits from elsewhere: the server's gate before anything is applied.
 
-Pure. A pushed op is admitted only when its every field value is already in canonical form
-and its kind fits its entity, so every replica can apply it without further checks.
+Pure, and in two steps (docs/sync-protocol.md, "What the server refuses"):
+
+* ``parse``: does the op fit the protocol's schema? Known keys and entity, JSON types, ids and
+  clock stamps well formed, field names the entity has, values of the field's JSON type. An op
+  that does not comes from a broken or hostile client: the server refuses its whole batch.
+* ``admit``: do the domain rules accept this well-formed op? Its kind fits its entity, a device
+  may write it, and every value is already in canonical form, so every replica can apply it
+  without further checks. An op that fails is a rep's change the server rejects on its own.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from .domain import DELETED, normalize_value
+from .domain import DELETED, ENTITIES, LINE_FIELD, normalize_value
 from .domain import entity as entity_spec
 from .errors import ValidationError
 from .hlc import MAX_DRIFT_MS, now_ms
-from .ops import Op
+from .ops import Op, OpFormatError, op_from_wire
+
+# Op, device and record ids: what UUIDs and hand-made test ids look like; no spaces, no control
+# characters, nothing a log line or a terminal could misread. Record ids are lower case, as refs are.
+ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,63}")
+RECORD_ID = re.compile(r"[0-9a-z][0-9a-z-]{0,63}")
+_NUMBER = (int, float)
+_JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict}  # every other kind is text
+_LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}
+
+
+class InvalidOp(ValidationError):
+    """A pushed op that breaks the protocol's schema; ``op_id`` names it when it has a usable one."""
+
+    def __init__(self, op_id: str | None, message: str) -> None:
+        super().__init__(message)
+        self.op_id = op_id
+
+
+def _json_type_ok(kind: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):  # a JSON true is no number
+        return False
+    expected = _JSON_TYPE.get(kind, str)
+    if not isinstance(value, expected):
+        return False
+    if kind == "line":
+        return all(name in _LINE_TYPES and (part is None or (isinstance(part, _LINE_TYPES[name])
+                                                              and not isinstance(part, bool)))
+                   for name, part in value.items())
+    return True
+
+
+def _check_shape(op: Op, now: int | None) -> None:
+    for label, value, pattern in (("op", op.op_id, ID), ("dev", op.device, ID), ("id", op.record_id, RECORD_ID)):
+        if not pattern.fullmatch(value):
+            raise OpFormatError(f"op.{label} {value!r:.80} is not a valid id ({pattern.pattern})")
+    if op.entity not in ENTITIES:
+        raise OpFormatError(f"op.entity {op.entity!r:.80}: unknown entity (one of {', '.join(ENTITIES)})")
+    if op.wall_ms > (now if now is not None else now_ms()) + MAX_DRIFT_MS:
+        raise OpFormatError(f"op.hlc {op.hlc!r}: the clock stamp is more than a year in the future")
+    spec = entity_spec(op.entity)
+    for part, names in (("base", op.base), ("fields", op.fields)):
+        for name in names:
+            if name != DELETED:
+                try:
+                    spec.field(name)
+                except ValidationError as exc:
+                    raise OpFormatError(f"op.{part}: {exc.message}") from None
+    for name, value in op.fields.items():
+        if name == DELETED:
+            if not isinstance(value, bool):
+                raise OpFormatError("op.fields._deleted must be true or false")
+            continue
+        f = spec.field(name)
+        kind = "line" if f is LINE_FIELD else f.kind
+        if not _json_type_ok(kind, value):
+            expected = {"int": "a whole number", "float": "a number", "line": "an object with sku (text), "
+                        "quantity (whole number) and unit_price (text)"}.get(kind, "text")
+            raise OpFormatError(f"op.fields.{name} must be {expected} or null, not {value!r:.80}")
+
+
+def parse(raw: Any, *, now: int | None = None) -> Op:
+    """The op ``raw`` holds, if it fits the protocol's schema; else InvalidOp saying what is wrong."""
+    op_id = raw.get("op") if isinstance(raw, dict) else None
+    op_id = op_id if isinstance(op_id, str) and ID.fullmatch(op_id) else None
+    try:
+        op = op_from_wire(raw)
+        _check_shape(op, now)
+    except (OpFormatError, ValidationError) as exc:
+        raise InvalidOp(op_id, str(exc)) from None
+    return op
 
 
 def _canonical(entity: str, name: str, value: Any) -> None:

@@ -1,30 +1,53 @@
-"""The HTTP face of the sync server (Starlette). Protocol: docs/sync-protocol.md.
+"""The HTTP face of the sync server (Starlette). Protocol: docs/sync-protocol.md; what it refuses
+and why: docs/security.md; every request and response: ``GET /openapi.json``.
 
-Handlers only authenticate, parse and bound the request; ServerStore does the work in a worker
-thread so a slow disk never stalls the event loop.
+Handlers authenticate first, then parse and bound the request, and refuse anything malformed
+before the store sees it; ServerStore does the work in a worker thread so a slow disk never
+stalls the event loop. Every answer, refusals included, is a JSON object.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..admission import ID, RECORD_ID, InvalidOp, parse
+from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
-from ..ops import loads
-from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, ServerStore
+from ..hlc import now_ms
+from ..ops import MAX_FIELDS_PER_OP, loads
+from . import openapi
+from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
 
 PROTOCOL = 1
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
+DEFAULT_PULL_LIMIT = 1000
+PUSH_KEYS = frozenset({"protocol", "device", "ops"})
+EDIT_KEYS = frozenset({"protocol", "entity", "id", "set"})
+PULL_PARAMS = frozenset({"cursor", "limit", "device"})
+_WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢" and "1_000"
+
+TOKEN_REFUSED = {
+    "missing": "no token: send Authorization: Bearer <token>",
+    "unknown": "token refused: it is not a token of this server",
+    "revoked": "token refused: it was revoked; ask for a new token and run `crm login`",
+    "expired": "token refused: it has expired; ask for a new token and run `crm login`",
+    "valid": "token refused",  # it turned valid between two reads: cannot happen, say little
+}
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "message": message}, status_code=status)
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="crm"'} if status == 401 else None
+    return JSONResponse({"error": kind, "message": message, **extra}, status_code=status, headers=headers)
 
 
 class _Refusal(Exception):
@@ -33,74 +56,110 @@ class _Refusal(Exception):
 
 
 def _identity(store: ServerStore, request: Request, role: str) -> Identity:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise _Refusal(_error(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)"))
-    identity = store.authenticate(token.strip())
+        raise _Refusal(_error(401, "unauthorized", TOKEN_REFUSED["missing"], reason="missing"))
+    identity = store.authenticate(token)
     if identity is None:
-        raise _Refusal(_error(401, "unauthorized", "token refused: unknown or revoked"))
+        state = store.token_state(token)
+        raise _Refusal(_error(401, "unauthorized", TOKEN_REFUSED[state], reason=state))
     if role == "admin" and identity.role != "admin":
         raise _Refusal(_error(403, "forbidden", "this endpoint needs a back-office (admin) token"))
     return identity
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request, keys: frozenset[str]) -> dict[str, Any]:
+    """The body as a JSON object with only ``keys``, at most MAX_BODY_BYTES, of our protocol."""
+    too_large = _Refusal(_error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes"))
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        raise _Refusal(_error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes"))
-    body = b""
+    if length is not None and (not _WHOLE.fullmatch(length) or int(length) > MAX_BODY_BYTES):
+        raise too_large
+    chunks, size = [], 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _Refusal(_error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes"))
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
     try:
-        data = loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = loads(b"".join(chunks))
+    except ValueError as exc:  # orjson's JSONDecodeError, invalid UTF-8 included
         raise _Refusal(_error(400, "bad_json", f"request body is not JSON: {exc}")) from None
     if not isinstance(data, dict):
         raise _Refusal(_error(400, "bad_request", "request body must be a JSON object"))
-    if data.get("protocol", PROTOCOL) != PROTOCOL:
-        raise _Refusal(_error(400, "protocol", f"unsupported protocol {data.get('protocol')!r}; "
-                                                f"this server speaks {PROTOCOL}"))
+    unknown = sorted(str(key) for key in data if key not in keys)
+    if unknown:
+        raise _Refusal(_error(400, "bad_request", f"unknown key(s) in the request body: "
+                                                  f"{', '.join(unknown)[:200]}; expected {', '.join(sorted(keys))}"))
+    protocol = data.get("protocol", PROTOCOL)
+    if type(protocol) is not int or protocol != PROTOCOL:
+        raise _Refusal(_error(400, "protocol", f"unsupported protocol {protocol!r:.40}; "
+                                               f"this server speaks {PROTOCOL}"))
     return data
 
 
+def _push(store: ServerStore, identity: Identity, raw_ops: list[Any]) -> PushResult:
+    """Refuse the whole batch if any op breaks the schema (InvalidOp); else hand it to the store,
+    which rejects the ops the domain rules refuse one by one and applies the rest."""
+    now = now_ms()
+    for raw in raw_ops:
+        parse(raw, now=now)
+    return store.push(identity, raw_ops)
+
+
+def _pull_params(request: Request) -> tuple[int, int, str | None]:
+    params = request.query_params
+    unknown = sorted(set(params) - PULL_PARAMS)
+    if unknown:
+        raise _Refusal(_error(400, "bad_request", f"unknown query parameter(s): {', '.join(unknown)[:200]}; "
+                                                  "expected cursor, limit, device"))
+    cursor, limit = params.get("cursor", "0"), params.get("limit", str(DEFAULT_PULL_LIMIT))
+    if not _WHOLE.fullmatch(cursor) or int(cursor) > MAX_CURSOR:
+        raise _Refusal(_error(400, "bad_request", f"cursor must be a whole number from 0 to {MAX_CURSOR}"))
+    if not _WHOLE.fullmatch(limit) or not 1 <= int(limit) <= MAX_PULL_LIMIT:
+        raise _Refusal(_error(400, "bad_request", f"limit must be a whole number from 1 to {MAX_PULL_LIMIT}"))
+    device = params.get("device")
+    if device is not None and not ID.fullmatch(device):
+        raise _Refusal(_error(400, "bad_request", f"device must be a device id ({ID.pattern})"))
+    return int(cursor), int(limit), device
+
+
 def create_app(store: ServerStore) -> Starlette:
+    schema = openapi.document(version=__version__)
+
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "protocol": PROTOCOL, "version": __version__})
+
+    async def openapi_json(request: Request) -> JSONResponse:
+        return JSONResponse(schema)
 
     async def push(request: Request) -> JSONResponse:
         try:
             identity = await run_in_threadpool(_identity, store, request, "device")
-            data = await _json_body(request)
+            data = await _json_body(request, PUSH_KEYS)
         except _Refusal as refusal:
             return refusal.response
-        ops = data.get("ops")
+        ops, device = data.get("ops"), data.get("device")
         if not isinstance(ops, list):
             return _error(400, "bad_request", "push body needs an 'ops' list")
         if len(ops) > MAX_PUSH_OPS:
             return _error(413, "too_large", f"at most {MAX_PUSH_OPS} ops per push")
+        if "device" in data and not (isinstance(device, str) and ID.fullmatch(device)):
+            return _error(400, "bad_request", f"device must be a device id ({ID.pattern})")
         try:
-            result = await run_in_threadpool(store.push, identity, ops)
+            result = await run_in_threadpool(_push, store, identity, ops)
+        except InvalidOp as exc:  # nothing from this batch was applied
+            return _error(422, "invalid", exc.message, op=exc.op_id)
         except ValidationError as exc:
-            return _error(422, "invalid", exc.message)
+            return _error(422, "invalid", exc.message, op=None)
         return JSONResponse(result.to_json())
 
-    async def pull(request: Request) -> JSONResponse:
+    async def pull(request: Request) -> Response:
         try:
             identity = await run_in_threadpool(_identity, store, request, "device")
+            cursor, limit, device = _pull_params(request)
         except _Refusal as refusal:
             return refusal.response
-        params = request.query_params
-        try:
-            cursor = int(params.get("cursor", "0"))
-            limit = int(params.get("limit", "1000"))
-        except ValueError:
-            return _error(400, "bad_request", "cursor and limit must be whole numbers")
-        if cursor < 0 or not 1 <= limit <= MAX_PULL_LIMIT:
-            return _error(400, "bad_request", f"cursor must be >= 0 and limit 1..{MAX_PULL_LIMIT}")
-        device = params.get("device")
         ops, new_cursor, more = await run_in_threadpool(store.pull, identity, cursor=cursor,
                                                         limit=limit, device=device)
         body = '{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}}}'
@@ -109,17 +168,23 @@ def create_app(store: ServerStore) -> Starlette:
     async def admin_edit(request: Request) -> JSONResponse:
         try:
             identity = await run_in_threadpool(_identity, store, request, "admin")
-            data = await _json_body(request)
+            data = await _json_body(request, EDIT_KEYS)
         except _Refusal as refusal:
             return refusal.response
         entity, rid, changes = data.get("entity"), data.get("id"), data.get("set")
         if not isinstance(entity, str) or not isinstance(rid, str) or not isinstance(changes, dict):
-            return _error(400, "bad_request", "body needs entity, id and a 'set' object")
+            return _error(400, "bad_request", "body needs entity (text), id (text) and a 'set' object")
+        if entity not in ENTITIES:
+            return _error(422, "invalid", f"unknown entity {entity!r:.80} (one of {', '.join(ENTITIES)})")
+        if not RECORD_ID.fullmatch(rid.strip().lower()):
+            return _error(422, "invalid", f"id {rid!r:.80} is not a record id ({RECORD_ID.pattern})")
+        if len(changes) > MAX_FIELDS_PER_OP:
+            return _error(422, "invalid", f"an edit sets at most {MAX_FIELDS_PER_OP} fields")
         try:
             result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
         except NotFoundError as exc:
             return _error(404, "not_found", exc.message)
-        except CrmError as exc:
+        except ValidationError as exc:  # any other CrmError is the store's: 503 (_store_unavailable)
             return _error(422, "invalid", exc.message)
         return JSONResponse(result)
 
@@ -130,10 +195,32 @@ def create_app(store: ServerStore) -> Starlette:
             return refusal.response
         return JSONResponse(await run_in_threadpool(store.export, identity.org))
 
-    return Starlette(routes=[
-        Route("/v1/health", health, methods=["GET"]),
-        Route("/v1/push", push, methods=["POST"]),
-        Route("/v1/pull", pull, methods=["GET"]),
-        Route("/v1/admin/edit", admin_edit, methods=["POST"]),
-        Route("/v1/admin/export", admin_export, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/v1/health", health, methods=["GET"]),
+            Route("/v1/push", push, methods=["POST"]),
+            Route("/v1/pull", pull, methods=["GET"]),
+            Route("/v1/admin/edit", admin_edit, methods=["POST"]),
+            Route("/v1/admin/export", admin_export, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, CrmError: _store_unavailable, Exception: _internal},
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown paths and wrong methods answer JSON like every other refusal."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return JSONResponse({"error": kind, "message": str(exc.detail)}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The store is locked or unreadable: a device retries later with its work still queued."""
+    message = exc.message if isinstance(exc, CrmError) else str(exc)
+    return JSONResponse({"error": "unavailable", "message": message}, status_code=503)
+
+
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "internal", "message": "internal server error"}, status_code=500)

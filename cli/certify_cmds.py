@@ -105,10 +105,11 @@ def certify(
 def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devices: int | None,
            steps: int | None, shrink_budget: int | None, replay: Path | None, as_json: bool) -> None:
     """`crm certify --chaos` and `--replay`: the harness runs the histories, this prints the verdict."""
-    from crm.errors import ValidationError
+    from crm.errors import CrmError, ValidationError
     from harness import chaos
     from harness.profile import ProfileError
     from harness.schedule import Schedule, ScheduleError
+    from harness.toxiproxy import ToxiproxyError
 
     try:
         schedule = Schedule.load(replay) if replay is not None else None
@@ -121,6 +122,8 @@ def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devic
             shrink_budget=chaos.DEFAULT_SHRINK_BUDGET if shrink_budget is None else shrink_budget)
     except (ProfileError, ScheduleError) as exc:
         raise ValidationError(str(exc)) from None
+    except ToxiproxyError as exc:  # no Toxiproxy, no chaos: say how to get it
+        raise CrmError(str(exc)) from None
     s = data["summary"]
     summary = {"mode": data["mode"], "passed": data["passed"], "sut": data["sut"]["name"], "seed": data["seed"],
                "runs": s["runs"], "failed_runs": s["failed_runs"], "errored_runs": s["errored_runs"],

@@ -410,7 +410,11 @@ class Device:
             rows = conn.execute(sql, args).fetchall()
         entries = []
         for seq, op_id, entity, rid, hlc, body, reason, attempts in rows:
-            wire = json.loads(body)
+            try:  # a damaged entry is still listed (crm doctor says what to do about it)
+                wire = json.loads(body)
+            except ValueError:
+                wire = None
+            wire = wire if isinstance(wire, dict) else {"kind": "unreadable"}
             entry = {"seq": seq, "op": op_id, "kind": wire.get("kind"), "entity": entity,
                      "id": rid, "hlc": hlc, "fields": wire.get("fields", {}), "attempts": attempts}
             if reason:

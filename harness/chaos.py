@@ -94,64 +94,84 @@ class _Player:
             self.ids[step["ref"]] = str(result.json["id"])
 
     def play(self, step: dict[str, Any]) -> None:
-        s, do = self.session, step["do"]
-        device = step.get("device")
-        if do in ("create_account", "log_visit", "take_order", "write_note"):
-            args = {k: step[k] for k in ("name", "city", "outcome", "sku", "qty", "price", "text") if k in step}
-            if do != "create_account":
-                account = self._id(step["account"])
-                if account is None:
-                    return
-                args["account_id"] = account
-            self._keep_id(step, s.act(device, do, kill_after=step.get("kill_after"), **args))
-        elif do == "edit_field":
-            rid = self._id(step["record"])
-            if rid is not None:
-                s.act(device, "edit_field", entity=step["entity"], record_id=rid, field=step["field"],
-                      value=step["value"])
-        elif do == "delete_record":
-            rid = self._id(step["record"])
-            if rid is not None:
-                s.act(device, "delete_record", kill_after=step.get("kill_after"), entity=step["entity"], record_id=rid)
-        elif do == "backoffice_edit":
-            rid = self._id(step["record"])
-            if rid is not None:
-                s.server.backoffice_edit(step["entity"], rid, step["field"], step["value"], org=s.org)
-        elif do == "sync":
-            if step.get("background"):
-                self.join(device)
-                self.background[device] = s.in_background(lambda: s.sync(device))
-            else:
-                s.sync(device, kill_after=step.get("kill_after"))
-        elif do == "start_agent":
-            s.act(device, "start_background_sync")
-        elif do == "stop_agent":
-            s.act(device, "stop_background_sync")
-        elif do == "reopen":
-            s.reopen(device)
-        elif do == "offline":
-            if not s.device(device).offline:
-                s.airplane_mode(device)
-        elif do == "online":
-            if s.device(device).offline:
-                s.back_online(device)
-        elif do == "toxic":
-            name = step["name"]
-            if name not in s.device(device).toxics:
-                s.add_toxic(device, Toxic(type=step["type"], stream=step["stream"], name=name, toxicity=1.0,
-                                          attributes=dict(step["attributes"])))
-        elif do == "clear_toxics":
-            s.remove_toxics(device)
-        elif do == "kill":
-            s.force_quit(device)
-        elif do == "server_kill":
-            if s.server.running:
-                s.server.kill()
-        elif do == "server_start":
-            if not s.server.running:
-                s.server.start()
-        elif do == "pause":
-            time.sleep(float(step["seconds"]))
+        getattr(self, f"_{step['do']}")(step)
+
+    # -- the rep's work --------------------------------------------------------------------------
+    def _write(self, step: dict[str, Any]) -> None:
+        args = {k: step[k] for k in ("name", "city", "outcome", "sku", "qty", "price", "text") if k in step}
+        if step["do"] != "create_account":
+            args["account_id"] = self._id(step["account"])
+            if args["account_id"] is None:
+                return
+        self._keep_id(step, self.session.act(step["device"], step["do"], kill_after=step.get("kill_after"), **args))
+
+    _create_account = _log_visit = _take_order = _write_note = _write
+
+    def _edit_field(self, step: dict[str, Any]) -> None:
+        rid = self._id(step["record"])
+        if rid is not None:
+            self.session.act(step["device"], "edit_field", entity=step["entity"], record_id=rid,
+                             field=step["field"], value=step["value"])
+
+    def _delete_record(self, step: dict[str, Any]) -> None:
+        rid = self._id(step["record"])
+        if rid is not None:
+            self.session.act(step["device"], "delete_record", kill_after=step.get("kill_after"),
+                             entity=step["entity"], record_id=rid)
+
+    def _backoffice_edit(self, step: dict[str, Any]) -> None:
+        rid = self._id(step["record"])
+        if rid is not None:
+            s = self.session
+            s.server.backoffice_edit(step["entity"], rid, step["field"], step["value"], org=s.org)
+
+    def _sync(self, step: dict[str, Any]) -> None:
+        s, device = self.session, step["device"]
+        if step.get("background"):  # the next steps overlap it
+            self.join(device)
+            self.background[device] = s.in_background(lambda: s.sync(device))
+        else:
+            s.sync(device, kill_after=step.get("kill_after"))
+
+    def _start_agent(self, step: dict[str, Any]) -> None:
+        self.session.act(step["device"], "start_background_sync")
+
+    def _stop_agent(self, step: dict[str, Any]) -> None:
+        self.session.act(step["device"], "stop_background_sync")
+
+    def _reopen(self, step: dict[str, Any]) -> None:
+        self.session.reopen(step["device"])
+
+    # -- faults and heals: each does nothing when the world is already that way -----------------
+    def _offline(self, step: dict[str, Any]) -> None:
+        if not self.session.device(step["device"]).offline:
+            self.session.airplane_mode(step["device"])
+
+    def _online(self, step: dict[str, Any]) -> None:
+        if self.session.device(step["device"]).offline:
+            self.session.back_online(step["device"])
+
+    def _toxic(self, step: dict[str, Any]) -> None:
+        if step["name"] not in self.session.device(step["device"]).toxics:
+            self.session.add_toxic(step["device"], Toxic(type=step["type"], stream=step["stream"], name=step["name"],
+                                                         toxicity=1.0, attributes=dict(step["attributes"])))
+
+    def _clear_toxics(self, step: dict[str, Any]) -> None:
+        self.session.remove_toxics(step["device"])
+
+    def _kill(self, step: dict[str, Any]) -> None:
+        self.session.force_quit(step["device"])
+
+    def _server_kill(self, step: dict[str, Any]) -> None:
+        if self.session.server.running:
+            self.session.server.kill()
+
+    def _server_start(self, step: dict[str, Any]) -> None:
+        if not self.session.server.running:
+            self.session.server.start()
+
+    def _pause(self, step: dict[str, Any]) -> None:
+        time.sleep(float(step["seconds"]))
 
     def join(self, device: str | None = None) -> None:
         for name in [device] if device else list(self.background):

@@ -148,6 +148,13 @@ def test_ddmin_of_an_order_dependent_failure_keeps_the_order():
     assert ddmin(steps, fails).items == ["write", "kill"]
 
 
+def test_every_kind_of_step_can_be_played():
+    from harness.chaos import _Player
+    from harness.schedule import KINDS
+
+    assert [kind for kind in KINDS if not callable(getattr(_Player, f"_{kind}", None))] == []
+
+
 def test_fault_steps_are_injections_not_heals():
     assert is_fault({"do": "toxic"}) and is_fault({"do": "create_account", "kill_after": 0.1})
     assert not is_fault({"do": "online"}) and not is_fault({"do": "clear_toxics"}) and not is_fault({"do": "sync"})

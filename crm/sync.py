@@ -21,6 +21,17 @@ from .ops import OpFormatError, loads, op_from_wire
 PROTOCOL = 1
 PUSH_BATCH = 1000
 PULL_PAGE = 2000
+# The refusals of a whole push batch that halving it can get past (docs/sync-protocol.md).
+_BATCH_REFUSALS = {(422, "invalid"), (400, "bad_json"), (413, "too_large")}
+
+
+class BatchRefused(ServerError):
+    """The server refused a whole push batch; ``op`` names the op at fault when it could tell."""
+
+    def __init__(self, message: str, *, op: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.op = op
+        self.reason = reason
 
 
 @dataclass
@@ -69,7 +80,12 @@ class SyncClient:
             raise AuthRefusedError(f"the server refused this device's token ({response.status_code}): "
                                    f"{_message(response)}; run `crm login` with a new token")
         if response.status_code >= 400:
-            raise ServerError(f"the server answered {response.status_code} to {path}: {_message(response)}")
+            message = f"the server answered {response.status_code} to {path}: {_message(response)}"
+            body = _json_object(response)
+            if path == "/v1/push" and (response.status_code, body.get("error")) in _BATCH_REFUSALS:
+                op = body.get("op")
+                raise BatchRefused(message, op=op if isinstance(op, str) else None, reason=_message(response))
+            raise ServerError(message)
         try:
             data = loads(response.content)
         except ValueError:
@@ -91,11 +107,17 @@ class SyncClient:
         return self._call("GET", "/v1/pull", params={"cursor": cursor, "limit": limit, "device": device_id})
 
 
-def _message(response: httpx.Response) -> str:
+def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
-        return str(response.json().get("message", ""))[:300]
+        data = loads(response.content)
     except ValueError:
-        return response.text[:300]
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _message(response: httpx.Response) -> str:
+    body = _json_object(response)
+    return str(body["message"])[:300] if "message" in body else response.text[:300]
 
 
 def client_for(device: Device, *, timeout: float = 30.0,
@@ -107,21 +129,47 @@ def client_for(device: Device, *, timeout: float = 30.0,
 
 
 def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> tuple[int, int]:
+    """Push the outbox oldest first until it is empty; (acked, rejected) counts.
+
+    No op can block the queue: one the server rejects moves to the rejected list, and so does
+    one that makes the server refuse its whole batch, found by halving the batch when the
+    server cannot name it; the rest is sent again.
+    """
+    if device.setting("first_push_at") is None:  # from now on acked ops leave the outbox (crm doctor)
+        device.set_settings({"first_push_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     pushed = rejected_count = 0
     while True:
         rows = device.pending_ops(limit=batch)
         if not rows:
             return pushed, rejected_count
-        sent = {op_id for op_id, _ in rows}
+        acked, rejected = _push_rows(device, client, rows)
+        pushed += acked
+        rejected_count += rejected
+
+
+def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) -> tuple[int, int]:
+    """Push ``rows`` (op id, wire JSON); when one is parked, stop so the caller re-reads the queue."""
+    sent = {op_id for op_id, _ in rows}
+    try:
         answer = client.push(device.device_id, [body for _, body in rows])
-        acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
-        rejected = [(r.get("op"), str(r.get("reason", "refused"))) for r in answer.get("rejected", [])
-                    if isinstance(r, dict) and r.get("op") in sent]
-        if not acked and not rejected:
-            raise ServerError("the server acknowledged none of a pushed batch")
-        device.settle_pushed(acked, rejected)
-        pushed += len(acked)
-        rejected_count += len(rejected)
+    except BatchRefused as refusal:
+        culprit = refusal.op if refusal.op in sent else rows[0][0] if len(rows) == 1 else None
+        if culprit is not None:
+            device.settle_pushed([], [(culprit, f"refused by the server: {refusal.reason}")])
+            return 0, 1
+        half = len(rows) // 2
+        first = _push_rows(device, client, rows[:half])
+        if first[1]:  # keep the device's order: the rest goes after a fresh read of the queue
+            return first
+        second = _push_rows(device, client, rows[half:])
+        return first[0] + second[0], second[1]
+    acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
+    rejected = [(r.get("op"), str(r.get("reason", "refused"))) for r in answer.get("rejected", [])
+                if isinstance(r, dict) and r.get("op") in sent]
+    if not acked and not rejected:
+        raise ServerError("the server acknowledged none of a pushed batch")
+    device.settle_pushed(acked, rejected)
+    return len(acked), len(rejected)
 
 
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "agent": "cli.sync_cmds:agent_app",
     "server": "cli.server_cmds:server_app",
     "certify": "cli.certify_cmds:certify_app",
+    "doctor": "cli.doctor_cmds:doctor_app",
 }
 
 

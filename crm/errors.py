@@ -80,6 +80,13 @@ class StateError(CrmError):
     kind = "state"
 
 
+class StoreInconsistentError(CrmError):
+    """`crm doctor` found the store readable but inconsistent (outbox, clock); it was not changed."""
+
+    exit_code = 11
+    kind = "store_inconsistent"
+
+
 class ServerUnreachableError(CrmError):
     """The sync server could not be reached or did not answer in time; work stays queued."""
 

@@ -201,6 +201,16 @@ def _in_range(f: Field, number: float | Decimal | int, value: Any) -> None:
         raise _bad(f, f"must be at most {f.maximum:g}", value)
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored and sent: lone surrogates (undecodable argv bytes, JSON
+    ``\\ud800`` escapes) cannot be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_value(f: Field, value: Any) -> Any:
     """One field's value in its canonical replicated form, or a ValidationError saying why not."""
     if value is None or (isinstance(value, str) and value.strip() == "" and f.kind != "long_text"):
@@ -213,6 +223,8 @@ def normalize_value(f: Field, value: Any) -> Any:
             raise _bad(f, "must be text", value)
         if "\x00" in value:
             raise _bad(f, "must not contain NUL characters", value)
+        if not value.isascii() and not _utf8(value):
+            raise _bad(f, "is not valid text: it holds an unpaired surrogate (bytes that were not UTF-8)", value)
     if kind == "text":
         value = value.strip()
         if len(value) > MAX_TEXT:

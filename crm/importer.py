@@ -196,6 +196,9 @@ def _jsonl_rows(text: str, entity: str) -> Iterator[tuple[int, dict[str, Any] | 
         except json.JSONDecodeError as exc:
             yield line, f"not valid JSON: {exc.msg} at column {exc.colno}"
             continue
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting past the stack
+            yield line, f"not usable JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
+            continue
         if not isinstance(obj, dict):
             yield line, f"must be a JSON object with {entity} fields, not {type(obj).__name__}"
             continue

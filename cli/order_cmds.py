@@ -40,6 +40,8 @@ def parse_line(text: str) -> dict[str, Any]:
     if not (quantity.isascii() and quantity.isdigit()):
         raise invalid(f"--line {text!r}: quantity {quantity!r} is not a whole number",
                       line=text, part="quantity")
+    if len(quantity) > 18:  # int() refuses over 4,300 digits; the domain's limit is far below this
+        raise invalid(f"--line {text[:60]!r}...: quantity is far too large", line=text[:60], part="quantity")
     line: dict[str, Any] = {"sku": sku, "quantity": int(quantity), "unit_price": None}
     if len(parts) == 3:
         try:

@@ -109,7 +109,8 @@ class SqliteDatabase(Database):
 
 @functools.lru_cache(maxsize=256)
 def _pg_sql(sql: str) -> str:
-    """Our ``?`` placeholders as psycopg's ``%s`` (the store's SQL has no literal ``%`` or ``?``)."""
+    """Our ``?`` placeholders as psycopg's ``%s`` (a statement with parameters may hold no other
+    ``?`` or ``%``)."""
     return sql.replace("?", "%s")
 
 
@@ -120,6 +121,8 @@ class PgConnection:
         self.raw = raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if not params:  # no placeholders to translate: the statement goes as written
+            return self.raw.execute(sql)
         return self.raw.execute(_pg_sql(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:

@@ -306,26 +306,30 @@ class ServerStore:
             newest = max(op.hlc[:19] for op in fresh)
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                          "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
-        # A create of a record nobody has yet is its whole state: store it without a merge.
-        creates: dict[str, list[str]] = {}
+        # Every record the batch touches, read at once: a round trip per record would hold the
+        # organisation's lock through as many waits (PostgreSQL) for nothing.
+        touched: dict[str, set[str]] = {}
         for op in fresh:
-            if op.kind == "create":
-                creates.setdefault(op.entity, []).append(op.record_id)
-        existing: set[tuple[str, str]] = set()
-        for entity, rids in creates.items():  # (org, entity, id) is the key: point lookups, not a scan
-            for chunk, marks in _in_chunks(rids):
-                existing.update(tuple(row) for row in conn.execute(
-                    f"SELECT entity, id FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
-                    (org, entity, *chunk)).fetchall())
+            touched.setdefault(op.entity, set()).add(op.record_id)
+        stored: dict[tuple[str, str], tuple[str, str]] = {}
+        for entity, rids in touched.items():  # (org, entity, id) is the key: point lookups, not a scan
+            for chunk, marks in _in_chunks(sorted(rids)):
+                for rid, data, meta in conn.execute(
+                        f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
+                        (org, entity, *chunk)).fetchall():
+                    stored[(entity, rid)] = (data, meta)
+        # A create of a record nobody has yet is its whole state: store it without a merge.
         per_record = Counter((op.entity, op.record_id) for op in fresh)
         rows, merged = [], []
         for op in fresh:
             key = (op.entity, op.record_id)
-            if op.kind == "create" and key not in existing and per_record[key] == 1:
+            if op.kind == "create" and key not in stored and per_record[key] == 1:
                 rows.append((org, op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}), 0, 0))
             else:
                 merged.append(op)
-        changed = merge.apply_all(lambda entity, rid: self._load(conn, org, entity, rid), merged)
+        changed = merge.apply_all(
+            lambda entity, rid: record_from_row(entity, rid, *stored[(entity, rid)]) if (entity, rid) in stored
+            else None, merged)
         rows += [(org, rec.entity, rec.id, dumps(rec.values), meta_column(rec), 1 if rec.deleted else 0,
                   merge.conflict_count(rec)) for rec in changed.values()]
         conn.executemany(

@@ -62,11 +62,9 @@ def api(tmp_path_factory, request):
         method, path, status = key.split()
         documented = path in schema.raw_schema["paths"] and method.lower() in schema.raw_schema["paths"][path]
         by_operation[f"{method} {path}" if documented else "undeclared methods"] += count
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    terminal.write_line(f"\nschemathesis: {sum(SENT.values())} generated requests; "
-                        + "; ".join(f"{name}: {count}" for name, count in sorted(by_operation.items())))
-    terminal.write_line("  by status: " + ", ".join(f"{status} {count}"
-                                                    for status, count in sorted(_by_status().items())))
+    _say(request, f"\nschemathesis: {sum(SENT.values())} generated requests; "
+                  + "; ".join(f"{name}: {count}" for name, count in sorted(by_operation.items()))
+                  + "\n  by status: " + ", ".join(f"{status} {count}" for status, count in sorted(_by_status().items())))
 
 
 def _by_status() -> Counter[str]:
@@ -120,3 +118,10 @@ def test_the_run_reached_every_operation_and_the_store(api):
     assert SENT["POST /v1/push 200"] > 0 and SENT["POST /v1/push 422"] > 0
     assert not any(key.endswith(tuple(f" 5{d:02d}" for d in range(100))) for key in SENT)
     assert httpx.get(api.url + "/v1/health").json()["ok"] is True
+
+
+def _say(request, text: str) -> None:
+    """Print past pytest's capture, so the figures show in a plain run's output."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(text, flush=True)

@@ -243,6 +243,16 @@ def verify(server: Server, org: str, replicas: list[Device], clients: list[SyncC
             "replicas_converged": len(chosen)}
 
 
+def _pg_answers(dsn: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(dsn, connect_timeout=5).close()
+    except Exception:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=200)
@@ -255,9 +265,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="PostgreSQL server to create the benchmark's database on")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up: stop the server, drop its database
+    engines = args.engines.split(",")
+    if any(e.startswith("postgresql") for e in engines) and not _pg_answers(args.pg):
+        print(f"no PostgreSQL at {args.pg} (scripts/ensure-postgres.sh starts one): SQLite only", file=sys.stderr)
+        engines = [e for e in engines if not e.startswith("postgresql")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in args.engines.split(","):
+        for engine in engines:
             row = run(engine, args.devices, args.ops, args.orgs, Path(tmp), args.pg, args.sample)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -195,27 +195,36 @@ class ServerStore:
 
     # -- schema --------------------------------------------------------------------------------
     def _migrate(self, *, create: bool) -> None:
-        if isinstance(self.db, PostgresDatabase):
-            with self.db.schema_lock() as conn:  # two processes starting at once: one migrates
-                version = 0
-                if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is not None:
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                    version = int(row[0]) if row else 0
-                self._check_version(version, create=create)
-                for step in range(version + 1, SERVER_SCHEMA_VERSION + 1):
-                    _run_script(conn, MIGRATIONS[step]["postgresql"])
-                if version < SERVER_SCHEMA_VERSION:
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                                 (str(SERVER_SCHEMA_VERSION),))
+        """Bring the schema to this version; a store already there is only read, not locked."""
+        postgres = isinstance(self.db, PostgresDatabase)
+        create = create or not postgres  # a SQLite file exists only once something created it
+        with self.db.read() as conn:
+            version = self._schema_version(conn)
+        self._check_version(version, create=create)
+        if version == SERVER_SCHEMA_VERSION:
             return
-        with self.db.write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(version, create=True)
+        # Two processes starting at once: one migrates, the other then finds it done.
+        with self.db.schema_lock() if postgres else self.db.write() as conn:
+            version = self._schema_version(conn)
+            self._check_version(version, create=create)
             for step in range(version + 1, SERVER_SCHEMA_VERSION + 1):
-                _run_script(conn, MIGRATIONS[step]["sqlite"])
-            if version < SERVER_SCHEMA_VERSION:
+                _run_script(conn, MIGRATIONS[step][self.db.dialect])
+            if version == SERVER_SCHEMA_VERSION:
+                return
+            if postgres:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                             (str(SERVER_SCHEMA_VERSION),))
+            else:
                 conn.execute(f"PRAGMA user_version = {SERVER_SCHEMA_VERSION}")
+
+    def _schema_version(self, conn: Any) -> int:
+        if not isinstance(self.db, PostgresDatabase):
+            return conn.execute("PRAGMA user_version").fetchone()[0]
+        if conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+            return 0
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
 
     def _check_version(self, version: int, *, create: bool) -> None:
         if version > SERVER_SCHEMA_VERSION:

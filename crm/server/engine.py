@@ -16,6 +16,7 @@ import contextlib
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ..store import sqlite_errors
 SQLITE_FILENAME = "server.sqlite3"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POOL_SIZE = 16  # PostgreSQL connections per server process; more requests wait for a free one
+IDLE_CHECK_S = 2.0  # a pooled connection idle longer than this is checked before use
 LOCK_NAMESPACE = 0x43524D  # first key of our advisory locks, so they never meet another app's
 
 
@@ -146,7 +148,7 @@ class PostgresDatabase(Database):
         self._psycopg = psycopg
         self.url = url
         self.location = _redacted(url)
-        self._idle: list[Any] = []
+        self._idle: list[tuple[Any, float]] = []  # (connection, when it was returned)
         self._open = 0
         self._size = pool_size
         self._cond = threading.Condition()
@@ -161,10 +163,12 @@ class PostgresDatabase(Database):
         with self._cond:
             while not self._idle and self._open >= self._size:
                 self._cond.wait()
-            raw = self._idle.pop() if self._idle else None
+            raw, idle_since = self._idle.pop() if self._idle else (None, 0.0)
             if raw is None:
                 self._open += 1
         try:
+            if raw is not None and time.monotonic() - idle_since > IDLE_CHECK_S and not self._alive(raw):
+                raw.close()  # the database restarted or dropped it while it sat in the pool
             if raw is None or raw.closed or raw.broken:
                 raw = self._connect()
             yield PgConnection(raw)
@@ -175,10 +179,17 @@ class PostgresDatabase(Database):
         finally:
             with self._cond:
                 if raw is not None and not raw.closed:
-                    self._idle.append(raw)
+                    self._idle.append((raw, time.monotonic()))
                 else:
                     self._open -= 1
                 self._cond.notify()
+
+    def _alive(self, raw: Any) -> bool:
+        try:
+            raw.execute("SELECT 1")
+        except self._psycopg.Error:
+            return False
+        return True
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -226,7 +237,7 @@ class PostgresDatabase(Database):
         with self._cond:
             idle, self._idle = self._idle, []
             self._open -= len(idle)
-        for raw in idle:
+        for raw, _ in idle:
             raw.close()
 
 

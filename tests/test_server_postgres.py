@@ -208,6 +208,24 @@ def test_sync_exit_codes(tmp_path, dsn):
         assert ok("outbox", "--json", home=d1)["pending"] == 1
 
 
+def test_the_server_outlives_its_database_connections(tmp_path, dsn):
+    """Connections the database drops (a restart, a failover, an idle timeout) are replaced,
+    not handed to the next request."""
+    with servers(dsn, 1) as (server,):
+        d1 = _device(tmp_path, "d1", server.url, dsn)
+        _account(d1)
+        ok("sync", home=d1)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            dropped = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND application_name = 'crm-server'"
+                                   ).fetchone()[0]
+        assert dropped >= 1
+        time.sleep(2.5)  # past the pool's idle check
+        _account(d1, name="After the drop")
+        assert crm("sync", "--json", home=d1).code == 0
+        assert export(d1) == server_export(dsn)
+
+
 def test_admin_commands_refuse_a_database_without_our_schema_and_a_bad_url(dsn):
     missing = crm("server", "stats", "--org", ORG, "--db", dsn)
     assert missing.code == 5 and "crm server serve --db" in missing.stderr

@@ -265,7 +265,8 @@ class Counterexample:
 class Chaos:
     """A chaos campaign against one profile: runs, shrinks, and the figures for the certificate."""
 
-    def __init__(self, profile: Profile, toxiproxy: Toxiproxy, *, workdir: Path, live: Live | None = None) -> None:
+    def __init__(self, profile: Profile, toxiproxy: ToxiproxyServer, *, workdir: Path,
+                 live: Live | None = None) -> None:
         self.profile = profile
         self.toxiproxy = toxiproxy
         self.workdir = Path(workdir)
@@ -275,8 +276,12 @@ class Chaos:
 
     def run(self, schedule: Schedule) -> RunResult:
         self._runs += 1
+        if not self.toxiproxy.process.running:  # one crashed run must not take every later run with it
+            self.live(f"  toxiproxy-server had exited (log: {self.toxiproxy.process.stderr_path}); starting it again")
+            self.toxiproxy.start()
         with tempfile.TemporaryDirectory(prefix=f"chaos-{self._runs}-", dir=self.workdir) as tmp:
-            result = run_schedule(schedule, profile=self.profile, toxiproxy=self.toxiproxy, workdir=Path(tmp))
+            result = run_schedule(schedule, profile=self.profile, toxiproxy=self.toxiproxy.client,
+                                  workdir=Path(tmp))
         self.results.append(result)
         return result
 
@@ -359,9 +364,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
 
     results: list[RunResult] = []
     found: list[Counterexample] = []
-    with tempfile.TemporaryDirectory(prefix="crm-chaos-") as tmp, \
-            ToxiproxyServer(log_dir=Path(tmp) / "toxiproxy") as toxiproxy:
-        chaos = Chaos(profile, toxiproxy.client, workdir=Path(tmp), live=live)
+    with tempfile.TemporaryDirectory(prefix="crm-chaos-") as tmp, ToxiproxyServer(log_dir=raw) as toxiproxy:
+        chaos = Chaos(profile, toxiproxy, workdir=Path(tmp), live=live)
         for schedule in schedules:
             result = chaos.run(schedule)
             results.append(result)

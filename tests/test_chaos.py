@@ -69,6 +69,13 @@ def test_edits_hit_the_same_field_from_two_places_and_other_fields_of_the_same_r
     assert same >= 10 and other >= 10, (same, other)
 
 
+def test_toxic_attributes_stay_where_toxiproxy_does_not_crash():
+    slicers = [s["attributes"] for seed in range(200) for s in generate(seed, devices=3, steps=30).steps
+               if s["do"] == "toxic" and s["type"] == "slicer"]
+    assert len(slicers) > 20
+    assert all(0 <= a["size_variation"] < a["average_size"] for a in slicers), "2.12 panics otherwise"
+
+
 def test_values_never_repeat_so_payloads_cannot_collide():
     schedule = generate(5, devices=5, steps=200)
     values = [s[k] for s in schedule.steps for k in ("name", "city", "outcome", "text", "value") if k in s]
@@ -278,3 +285,20 @@ def _in_order(part: list, whole: list) -> bool:
     """Whether ``part`` is a subsequence of ``whole``."""
     rest = iter(whole)
     return all(any(item == other for other in rest) for item in part)
+
+
+def test_a_campaign_starts_toxiproxy_again_when_it_died(tmp_path):
+    from harness.chaos import Chaos
+    from harness.profile import load_profile
+    from harness.toxiproxy import ToxiproxyServer
+
+    schedule = Schedule(1, ["d1"], [{"do": "create_account", "device": "d1", "name": "Nord", "city": "Lille",
+                                     "ref": "a1"}, {"do": "sync", "device": "d1"}])
+    notes = []
+    with ToxiproxyServer(log_dir=tmp_path / "tp") as toxiproxy:
+        toxiproxy.process.kill()
+        result = Chaos(load_profile(SUT / "reference.toml"), toxiproxy, workdir=tmp_path, live=notes.append).run(
+            schedule)
+        assert toxiproxy.process.running
+    assert not result.error and not result.anomalies and result.actions()["sync"] >= 3
+    assert any("starting it again" in note for note in notes)

@@ -338,25 +338,26 @@ def _logged(db: str) -> list[str]:
 def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp_path):
     """`crm certify` against fixtures/sut/reference-postgres.toml (about 100 s)."""
     admin_dsn = _admin_dsn()
+    prefix = f"crm_sut_{uuid.uuid4().hex[:8]}_"  # this run's databases only: others may share the server
 
     def sut_databases() -> set[str]:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, 'crm_sut_')")}
+            return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                               (prefix,))}
 
-    before = sut_databases()
     root = Path(__file__).resolve().parent.parent
     report = tmp_path / "report"
     try:
         proc = subprocess.run([*CRM, "certify", "--sut", str(root / "fixtures" / "sut" / "reference-postgres.toml"),
                                "--report", str(report), "--json", "--seed", "7"],
                               capture_output=True, text=True, cwd=root, timeout=600,
-                              env={**os.environ, "CRM_TEST_PG_DSN": admin_dsn})
+                              env={**os.environ, "CRM_TEST_PG_DSN": admin_dsn, "CRM_SUT_DB_PREFIX": prefix})
         cert = json.loads((report / "certificate.json").read_text()) if (report / "certificate.json").exists() else {}
         assert cert, f"no certificate written: {proc.stderr[-2000:]}"
         assert cert["level"] == 3, f"level {cert['level']}: {cert['reasons']}\n{proc.stderr[-3000:]}"
         assert all(s["passed"] for s in cert["scenarios"]) and len(cert["scenarios"]) >= 19
-        assert sut_databases() - before, "the sessions ran on PostgreSQL databases of their own"
+        assert len(sut_databases()) >= 19, "every session ran on a PostgreSQL database of its own"
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            for name in sut_databases() - before:
+            for name in sut_databases():
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -39,9 +39,11 @@ def message(text: str) -> None:
 def error(payload: dict[str, Any], *, as_json: bool) -> None:
     """An error on stderr: one JSON object with --json, else ``crm: error: message``."""
     if as_json:
-        sys.stderr.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        text = json.dumps(payload, ensure_ascii=False) + "\n"
     else:
-        sys.stderr.write(f"crm: error: {payload['message']}\n")
+        text = f"crm: error: {payload['message']}\n"
+    # An error may quote what the user typed, undecodable bytes included: never fail printing it.
+    sys.stderr.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     sys.stderr.flush()
 
 

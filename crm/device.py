@@ -26,6 +26,7 @@ from .domain import (
 )
 from .domain import (
     entity as entity_spec,
+    normalize_value,
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock
@@ -305,7 +306,7 @@ class Device:
 
     def _line_field(self, conn: sqlite3.Connection, line: dict[str, Any]) -> tuple[str, dict]:
         """A new order line as its own field, priced from the catalogue when no price is given."""
-        sku = str(line.get("sku") or "").strip()
+        sku = normalize_value(entity_spec("product").field("sku"), str(line.get("sku") or ""))
         price = line.get("unit_price")
         if price in (None, ""):
             price = self._catalogue_price(conn, sku)

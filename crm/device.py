@@ -21,12 +21,12 @@ from .domain import (
     ENTITY_ORDER,
     LINE_PREFIX,
     STATUS_RANK,
+    normalize_value,
     validate_create,
     validate_edit,
 )
 from .domain import (
     entity as entity_spec,
-    normalize_value,
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock

@@ -53,18 +53,26 @@ def ok(*args: str, **kwargs: Any) -> Any:
 
 @dataclass
 class Server:
-    data: Path
+    """A real `crm server serve` process, on SQLite under ``data`` or on the PostgreSQL ``db``."""
+
+    data: Path | None
     port: int
     proc: subprocess.Popen | None = None
+    db: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def where(self) -> list[str]:
+        """The option every `crm server` command takes to name this server's store."""
+        return ["--db", self.db] if self.db else ["--data", str(self.data)]
+
     def start(self) -> None:
-        self.proc = subprocess.Popen([*CRM, "server", "serve", "--data", str(self.data), "--port",
-                                      str(self.port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen([*CRM, "server", "serve", *self.where, "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -73,7 +81,7 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()}")
             time.sleep(0.05)
         raise RuntimeError("server did not become ready in 20 s")
 
@@ -83,10 +91,10 @@ class Server:
             self.proc.wait(10)
 
     def add_rep(self, org: str, rep: str) -> str:
-        return ok("server", "add-rep", "--data", str(self.data), "--org", org, "--rep", rep, "--json")["token"]
+        return ok("server", "add-rep", *self.where, "--org", org, "--rep", rep, "--json")["token"]
 
     def export(self, org: str) -> str:
-        result = crm("server", "export", "--data", str(self.data), "--org", org)
+        result = crm("server", "export", *self.where, "--org", org)
         assert result.code == 0, result.stderr
         return result.stdout
 

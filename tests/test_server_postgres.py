@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +25,7 @@ import pytest
 
 from crm import Device
 from crm.sync import SyncClient, sync_once
-from tests.support import CRM, crm, export, free_port, ok
+from tests.support import CRM, Server, crm, export, free_port, ok
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]')")
 
@@ -60,40 +59,6 @@ def dsn():
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@dataclass
-class PgServer:
-    """A `crm server serve --db` process; several may share one database."""
-
-    db: str
-    port: int
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([*CRM, "server", "serve", "--db", self.db, "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.proc.stderr.read()}")
-            time.sleep(0.05)
-        raise RuntimeError("server did not become ready in 20 s")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
-
-
 def admin(*args: str, db: str) -> object:
     """A `crm server ...` admin command against the database."""
     return ok("server", *args, "--db", db)
@@ -101,7 +66,7 @@ def admin(*args: str, db: str) -> object:
 
 @contextlib.contextmanager
 def servers(db: str, count: int):
-    running = [PgServer(db, free_port()) for _ in range(count)]
+    running = [Server(None, free_port(), db=db) for _ in range(count)]
     try:
         for server in running:
             server.start()

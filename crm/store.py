@@ -89,6 +89,19 @@ def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
 
 
 @contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, path: Path, begin: str) -> Iterator[sqlite3.Connection]:
+    """``begin`` ... COMMIT, rolled back on any exception, SQLite failures mapped to CrmErrors."""
+    with sqlite_errors(path):
+        conn.execute(begin)
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
 def sqlite_errors(path: Path) -> Iterator[None]:
     try:
         yield
@@ -183,29 +196,13 @@ class Store:
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- transactions ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One atomic write transaction; BEGIN IMMEDIATE so concurrent writers queue, not deadlock."""
-        conn = self.conn
-        with sqlite_errors(self.path):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        return transaction(self.conn, self.path, "BEGIN IMMEDIATE")
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A consistent snapshot for multi-statement reads."""
-        conn = self.conn
-        with sqlite_errors(self.path):
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
+        return transaction(self.conn, self.path, "BEGIN")
 
     # -- meta --------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:

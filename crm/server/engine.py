@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CrmError, StoreLockedError, StoreMissingError
-from ..store import sqlite_errors
+from ..store import sqlite_errors, transaction
 
 SQLITE_FILENAME = "server.sqlite3"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -90,17 +90,8 @@ class SqliteDatabase(Database):
         with self._transaction("BEGIN") as conn:  # a WAL read transaction sees one state
             yield conn
 
-    @contextlib.contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        with sqlite_errors(self.path):
-            conn = self._conn()
-            conn.execute(begin)
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self, begin: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn(), self.path, begin)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

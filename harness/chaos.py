@@ -106,6 +106,12 @@ class _Player:
 
     _create_account = _log_visit = _take_order = _write_note = _write
 
+    def _add_order_line(self, step: dict[str, Any]) -> None:
+        order_id = self._id(step["order"])
+        if order_id is not None:
+            self.session.act(step["device"], "add_order_line", kill_after=step.get("kill_after"),
+                             order_id=order_id, sku=step["sku"], qty=step["qty"], price=step["price"])
+
     def _edit_field(self, step: dict[str, Any]) -> None:
         rid = self._id(step["record"])
         if rid is not None:

@@ -102,6 +102,42 @@ def lost_write(history: History) -> list[Anomaly]:
                     f"{op.action} #{op.seq} on {op.device} reported {entity} {rid} saved, "
                     f"but the final export of {where} has no such record",
                     {**evidence, "id": rid, "export": where, "export_seq": export_seqs[where]}))
+    for op in history.line_adds():
+        if op.outcome == "ok":
+            found.extend(_lost_line(op, exports, export_seqs))
+    return found
+
+
+def _line_payload(line: Any) -> tuple:
+    return ((_text(line.get("sku")), _number(line.get("quantity")), _number(line.get("unit_price")))
+            if isinstance(line, dict) else ())
+
+
+def _order_lines(order: dict[str, Any]) -> list[Any]:
+    lines = order.get("lines")
+    return lines if isinstance(lines, list) else []
+
+
+def _lost_line(op: Operation, exports: dict[str, dict[str, Any]],
+               export_seqs: dict[str, int]) -> list[Anomaly]:
+    """An add_order_line that reported ok must show its line in the order of every final export."""
+    a = op.args
+    order_id = str(a.get("order_id"))
+    wanted = (_text(a.get("sku")), _number(a.get("qty")), _number(a.get("price")))
+    evidence = {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "action": op.action,
+                "entity": "order", "id": order_id, "args": a}
+    found = []
+    for where, export in exports.items():
+        order = _by_id(export, "order").get(order_id)
+        lines = None if order is None else _order_lines(order)
+        if lines is not None and any(_line_payload(line) == wanted for line in lines):
+            continue
+        missing = "has no such order" if order is None else "shows the order without that line"
+        found.append(Anomaly(
+            "lost_write",
+            f"{op.action} #{op.seq} on {op.device} reported a line {a.get('sku')} x {a.get('qty')} at "
+            f"{a.get('price')} added to order {order_id}, but the final export of {where} {missing}",
+            {**evidence, "export": where, "export_seq": export_seqs[where], "lines": lines}))
     return found
 
 
@@ -136,6 +172,9 @@ class _Payloads:
             return ("visit", account, _text(a.get("outcome")))
         if op.action == "take_order":
             return ("order", account, _text(a.get("sku")), _number(a.get("qty")), _number(a.get("price")))
+        if op.action == "add_order_line":
+            return ("line", str(a.get("order_id")), _text(a.get("sku")), _number(a.get("qty")),
+                    _number(a.get("price")))
         return ("note", account, _text(a.get("text")))
 
     def of_record(self, entity: str, rec: dict[str, Any]) -> set[tuple]:
@@ -145,10 +184,15 @@ class _Payloads:
         if entity == "visit":
             return {("visit", account, _text(rec.get("outcome")))}
         if entity == "order":
-            lines = rec.get("lines") if isinstance(rec.get("lines"), list) else []
-            return {("order", account, _text(line.get("sku")), _number(line.get("quantity")),
-                     _number(line.get("unit_price"))) for line in lines if isinstance(line, dict)}
+            return {("order", account, *_line_payload(line)) for line in _order_lines(rec)
+                    if isinstance(line, dict)}
         return {("note", account, _text(rec.get("text")))}
+
+    @staticmethod
+    def lines_of(rec: dict[str, Any]) -> list[tuple[tuple, str]]:
+        """(payload, line id) of each line of an exported order, comparable with an add_order_line."""
+        return [(("line", str(rec.get("id")), *_line_payload(line)), str(line.get("id")))
+                for line in _order_lines(rec) if isinstance(line, dict)]
 
 
 def duplicate(history: History) -> list[Anomaly]:
@@ -160,7 +204,7 @@ def duplicate(history: History) -> list[Anomaly]:
     """
     found = []
     export_seqs = history.export_seqs()
-    writes = history.writes()
+    writes = history.writes() + history.line_adds()
     for where, export in history.final_exports().items():
         for entity in ENTITY_ORDER:
             counts = Counter(str(r.get("id")) for r in _records(export, entity))
@@ -181,6 +225,9 @@ def duplicate(history: History) -> list[Anomaly]:
                     continue
                 for key in payloads.of_record(entity, rec):
                     records[key].append(str(rec.get("id")))
+                if entity == "order":  # a line added twice is counted line by line
+                    for key, line_id in payloads.lines_of(rec):
+                        records[key].append(line_id)
         for key, ops in actions.items():
             allowed = max(1, sum(op.outcome != "fail" for op in ops))
             ids = sorted(records.get(key, ()))

@@ -32,6 +32,8 @@ from typing import Any
 
 # The contract actions that create a record, and the entity each one creates.
 CREATES = {"create_account": "account", "log_visit": "visit", "take_order": "order", "write_note": "note"}
+# The contract action that adds a line to an existing order (optional; chaos runs use it).
+LINE_ADDS = ("add_order_line",)
 EDITS = ("edit_field", "backoffice_edit")
 OUTCOMES = ("ok", "fail", "unknown")
 EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export")
@@ -179,6 +181,10 @@ class History:
 
     def ok_writes(self, device: str | None = None) -> list[Operation]:
         return [op for op in self.writes(device) if op.outcome == "ok"]
+
+    def line_adds(self, device: str | None = None) -> list[Operation]:
+        """Every add_order_line action, any outcome."""
+        return self.operations(*LINE_ADDS, device=device)
 
     def edits(self, device: str | None = None) -> list[Operation]:
         """Device edits and back-office edits on the server, any outcome."""

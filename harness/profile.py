@@ -29,6 +29,7 @@ ACTION_ARGS: dict[str, frozenset[str]] = {
     "create_account": frozenset({"name", "city"}),
     "log_visit": frozenset({"account_id", "outcome"}),
     "take_order": frozenset({"account_id", "sku", "qty", "price"}),
+    "add_order_line": frozenset({"order_id", "sku", "qty", "price"}),
     "write_note": frozenset({"account_id", "text"}),
     "edit_field": frozenset({"entity", "record_id", "field", "value"}),
     "delete_record": frozenset({"entity", "record_id"}),
@@ -39,7 +40,7 @@ ACTION_ARGS: dict[str, frozenset[str]] = {
     "export": frozenset(),
 }
 REQUIRED_ACTIONS = ("create_account", "log_visit", "take_order", "write_note", "edit_field", "outbox", "export")
-OPTIONAL_ACTIONS = ("sync", "start_background_sync", "stop_background_sync", "delete_record")
+OPTIONAL_ACTIONS = ("sync", "start_background_sync", "stop_background_sync", "delete_record", "add_order_line")
 
 # Every template slot of a profile: (section, key) -> (required, placeholders it may use).
 SLOTS: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {

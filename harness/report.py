@@ -15,7 +15,7 @@ from typing import Any
 OUTCOME_COLOURS = {"ok": "#2e7d32", "fail": "#c62828", "unknown": "#ef6c00"}
 FAULT_COLOUR = "#b0bec5"
 LABELS = {"create_account": "account", "log_visit": "visit", "take_order": "order", "write_note": "note",
-          "edit_field": "edit", "backoffice_edit": "back office", "start_background_sync": "bg sync on"}
+          "add_order_line": "line", "edit_field": "edit", "backoffice_edit": "back office", "start_background_sync": "bg sync on"}
 
 
 def _atomic_write(path: Path, text: str) -> None:

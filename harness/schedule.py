@@ -30,10 +30,15 @@ TOXICS = ("latency", "timeout", "reset_peer", "limit_data", "slicer")
 EDITABLE = {"account": ("name", "city"), "visit": ("outcome",)}
 
 # Every step kind, and whether it is a fault (or its heal) rather than a contract action.
-ACTIONS = ("create_account", "log_visit", "take_order", "write_note", "edit_field", "delete_record",
-           "backoffice_edit", "sync", "start_agent", "stop_agent", "reopen")
+ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
+           "delete_record", "backoffice_edit", "sync", "start_agent", "stop_agent", "reopen")
 FAULTS = ("offline", "online", "toxic", "clear_toxics", "kill", "server_kill", "server_start")
 KINDS = (*ACTIONS, *FAULTS, "pause")
+
+
+# How often a device's work is taking an order, and adding a line to an order some device holds.
+W_ORDER = 16
+W_ADD_LINE = 20
 
 
 class ScheduleError(ValueError):
@@ -48,12 +53,14 @@ class Capabilities:
     agent: bool = True
     backoffice: bool = True
     delete: bool = True
+    order_lines: bool = True
 
     @classmethod
     def of(cls, profile: Any) -> Capabilities:
         return cls(sync=profile.has("sync"),
                    agent=profile.has("start_background_sync") and profile.has("stop_background_sync"),
-                   backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"))
+                   backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"),
+                   order_lines=profile.has("add_order_line"))
 
 
 @dataclass
@@ -138,6 +145,7 @@ class _World:
         self.known: dict[str, list[str]] = {d: [] for d in devices}  # record handles each device holds
         self.on_server: list[str] = []
         self.entity: dict[str, str] = {}  # handle -> entity
+        self.creator: dict[str, str] = {}  # handle -> the device whose step created it
         self.offline: set[str] = set()
         self.toxics: dict[str, int] = {d: 0 for d in devices}
         self.agents: set[str] = set()
@@ -197,6 +205,7 @@ class Generator:
         self.handles += 1
         handle = f"{prefix}{self.handles}"
         self.world.entity[handle] = entity
+        self.world.creator[handle] = device
         self.world.known[device].append(handle)
         return handle
 
@@ -236,13 +245,17 @@ class Generator:
         if not accounts:
             return self._create_account(device)
         kinds = ["create_account", "log_visit", "take_order", "write_note", "edit_field"]
-        weights = [22, 16, 14, 10, 28]
+        weights = [22, 16, W_ORDER, 10, 28]
         if self.caps.backoffice and self.world.on_server:
             kinds.append("backoffice_edit")
             weights.append(10)
         if self.caps.delete:
             kinds.append("delete_record")
             weights.append(4)
+        holders = [d for d in self.names if self._held(d, "order")]
+        if self.caps.order_lines and holders:  # orders grow several lines, added on any device holding them
+            kinds.append("add_order_line")
+            weights.append(W_ADD_LINE)
         kind = self.rng.choices(kinds, weights)[0]
         account = self.rng.choice(accounts)
         faker = self._faker()
@@ -255,9 +268,10 @@ class Generator:
             return self._maybe_killed(step)
         if kind == "take_order":
             return self._maybe_killed({"do": "take_order", "device": device, "account": account,
-                                       "sku": self.rng.choice(SKUS), "qty": self.rng.randint(1, 48),
-                                       "price": f"{self.rng.randint(5, 9999) / 100:.2f}",
-                                       "ref": self._handle("o", "order", device)})
+                                       **self._line(), "ref": self._handle("o", "order", device)})
+        if kind == "add_order_line":
+            device, order = self._order_to_extend(device, holders)
+            return self._maybe_killed({"do": "add_order_line", "device": device, "order": order, **self._line()})
         if kind == "write_note":
             return self._maybe_killed({"do": "write_note", "device": device, "account": account,
                                        "text": self._unique(lambda: faker.sentence(nb_words=8))})
@@ -267,6 +281,26 @@ class Generator:
             return self._maybe_killed({"do": "delete_record", "device": device, "entity": "account",
                                        "record": account})
         return self._edit(device, self.world.known[device])
+
+    def _order_to_extend(self, device: str, holders: list[str]) -> tuple[str, str]:
+        """(device, order) for a new line: mostly an order taken on another device, when one has
+        reached a device, since lines added concurrently on two devices must all survive."""
+        pairs = [(d, o) for d in holders for o in self._held(d, "order")]
+        foreign = [(d, o) for d, o in pairs if d != self.world.creator[o]]
+        if foreign and self.rng.random() < 0.7:
+            return self.rng.choice(foreign)
+        own = [(d, o) for d, o in pairs if d == device]
+        return self.rng.choice(own or pairs)
+
+    def _line(self) -> dict[str, Any]:
+        """An order line no other step uses, so the checkers can tell every line's action apart."""
+        while True:
+            line = {"sku": self.rng.choice(SKUS), "qty": self.rng.randint(1, 48),
+                    "price": f"{self.rng.randint(5, 9999) / 100:.2f}"}
+            signature = "line {sku}:{qty}:{price}".format(**line)
+            if signature not in self.values:
+                self.values.add(signature)
+                return line
 
     def _create_account(self, device: str) -> dict[str, Any]:
         faker = self._faker()

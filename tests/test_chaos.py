@@ -44,13 +44,13 @@ def test_schedules_mix_actions_faults_and_heals_and_keep_the_server_down_briefly
             assert down <= 5, f"seed {seed}: the server stays down too long"
         handles = set()
         for step in schedule.steps:  # a record is named only after the step that creates it
-            for key in ("account", "record"):
+            for key in ("account", "record", "order"):
                 if key in step:
                     assert step[key] in handles, f"seed {seed}: {step} names a record not created before"
             if "ref" in step:
                 handles.add(step["ref"])
-    for kind in ("create_account", "log_visit", "take_order", "write_note", "edit_field", "backoffice_edit", "sync",
-                 "start_agent", "reopen", *FAULTS):
+    for kind in ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
+                 "backoffice_edit", "sync", "start_agent", "reopen", *FAULTS):
         assert kinds.get(kind, 0) >= 3, f"{kind} almost never scheduled: {kinds}"
     toxics = {s["type"] for seed in range(60) for s in generate(seed, devices=5, steps=25).steps if s["do"] == "toxic"}
     assert toxics == {"latency", "timeout", "reset_peer", "limit_data", "slicer"}
@@ -82,10 +82,23 @@ def test_values_never_repeat_so_payloads_cannot_collide():
     assert len(values) == len(set(values)) > 100
 
 
+def test_orders_get_several_lines_often_from_another_device_and_no_line_repeats():
+    several = elsewhere = 0
+    for seed in range(40):
+        steps = generate(seed, devices=3, steps=40).steps
+        taken = {s["ref"]: s["device"] for s in steps if s["do"] == "take_order"}
+        adds = [s for s in steps if s["do"] == "add_order_line"]
+        several += len({s["order"] for s in adds})
+        elsewhere += sum(s["device"] != taken[s["order"]] for s in adds)
+        lines = [(s["sku"], s["qty"], s["price"]) for s in steps if s["do"] in ("take_order", "add_order_line")]
+        assert len(lines) == len(set(lines)), f"seed {seed}: a line repeats, the checkers could not tell them apart"
+    assert several >= 20 and elsewhere >= 5, (several, elsewhere)
+
+
 def test_a_profile_without_sync_agent_or_back_office_gets_no_such_steps():
-    caps = Capabilities(sync=False, agent=False, backoffice=False)
+    caps = Capabilities(sync=False, agent=False, backoffice=False, order_lines=False)
     kinds = {s["do"] for seed in range(30) for s in generate(seed, devices=3, steps=30, capabilities=caps).steps}
-    assert not kinds & {"sync", "start_agent", "stop_agent", "backoffice_edit"}
+    assert not kinds & {"sync", "start_agent", "stop_agent", "backoffice_edit", "add_order_line"}
     assert "reopen" in kinds and "create_account" in kinds
 
 

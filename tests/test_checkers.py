@@ -183,6 +183,64 @@ def test_duplicate_matches_children_by_their_account_payload_when_ids_were_renam
         "visit": ["srv-2", "srv-4"], "order": ["srv-3", "srv-5"]}
 
 
+# -- order lines added by add_order_line -----------------------------------------------------------
+def order_with(*lines, rid="o1"):
+    return {"id": rid, "account": "a1", "status": "draft",
+            "lines": [{"id": lid, "sku": sku, "quantity": qty, "unit_price": price} for lid, sku, qty, price in lines]}
+
+
+def lines_history(outcome="ok"):
+    """d1 takes an order, d2 adds a second line to it."""
+    h = History()
+    create(h, "d1", "a1")
+    act(h, "d1", "take_order", {"account_id": "a1", "sku": "TEA-1", "qty": 2, "price": "2.50"}, result={"id": "o1"})
+    seq = act(h, "d2", "add_order_line", {"order_id": "o1", "sku": "COLA-12", "qty": 5, "price": "9.9"}, outcome,
+              result={"id": "l2"} if outcome == "ok" else None)
+    return h, seq
+
+
+def test_added_order_lines_clean_when_every_line_is_there_once():
+    h, _ = lines_history()
+    state = export(account=[acct("a1")], order=[order_with(("l1", "TEA-1", 2, "2.50"), ("l2", "COLA-12", 5, "9.90"))])
+    finish(h, d1=state, d2=state, server=state)
+    assert checks(h) == []
+
+
+def test_an_ok_added_line_missing_from_an_export_is_a_lost_write():
+    h, seq = lines_history()
+    both = export(account=[acct("a1")], order=[order_with(("l1", "TEA-1", 2, "2.50"), ("l2", "COLA-12", 5, "9.90"))])
+    first_only = export(account=[acct("a1")], order=[order_with(("l1", "TEA-1", 2, "2.50"))])
+    finish(h, d1=first_only, d2=both, server=first_only)  # whole-record overwrite of the lines
+    found = checkers.lost_write(h)
+    assert {(a.evidence["seq"], a.evidence["export"]) for a in found} == {(seq, "d1"), (seq, "server")}
+    assert "COLA-12" in found[0].message and found[0].evidence["lines"][0]["id"] == "l1"
+
+
+def test_a_line_added_to_an_order_missing_from_an_export_is_a_lost_write():
+    h, seq = lines_history()
+    state = export(account=[acct("a1")], order=[order_with(("l1", "TEA-1", 2, "2.50"), ("l2", "COLA-12", 5, "9.90"))])
+    finish(h, d1=state, d2=state, server=export(account=[acct("a1")]))
+    assert [a.evidence["export"] for a in checkers.lost_write(h) if a.evidence["seq"] == seq] == ["server"]
+
+
+@pytest.mark.parametrize("outcome", ["ok", "unknown"])
+def test_a_line_added_twice_is_a_duplicate(outcome):
+    h, seq = lines_history(outcome)
+    state = export(account=[acct("a1")], order=[order_with(
+        ("l1", "TEA-1", 2, "2.50"), ("l2", "COLA-12", 5, "9.90"), ("l3", "COLA-12", 5, "9.90"))])
+    finish(h, d1=state, d2=state, server=state)
+    found = [a for a in checkers.duplicate(h) if a.evidence["export"] == "server"]
+    assert len(found) == 1 and found[0].evidence["ids"] == ["l2", "l3"]
+    assert found[0].evidence["actions"][0]["seq"] == seq and found[0].evidence["allowed"] == 1
+
+
+def test_a_failed_line_add_may_be_absent():
+    h, _ = lines_history("fail")
+    state = export(account=[acct("a1")], order=[order_with(("l1", "TEA-1", 2, "2.50"))])
+    finish(h, d1=state, d2=state, server=state)
+    assert checks(h) == []
+
+
 # -- lost_edit -------------------------------------------------------------------------------------
 def edit(h, device, value, outcome="ok", rid="a1", name="phone"):
     return act(h, device, "edit_field", {"entity": "account", "record_id": rid, "field": name, "value": value},

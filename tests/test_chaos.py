@@ -316,6 +316,41 @@ def test_replay_plays_exactly_the_schedule_in_the_file(tmp_path):
     assert _in_order(injected, [e.action for e in result.history if e.type == "fault"])
 
 
+def test_lines_added_to_one_order_on_two_devices_all_survive_on_the_reference(tmp_path):
+    """An order taken on d1 grows a line on d2 while d1, offline, adds another: every replica
+    ends with all three lines, once each, and the checkers judge those lines (a lost one would be
+    a lost_write, a doubled one a duplicate)."""
+    from harness.chaos import run_schedule
+    from harness.profile import load_profile
+    from harness.toxiproxy import ToxiproxyServer
+
+    line = {"TEA-1": ("TEA-1", 2, "2.50"), "COLA-12": ("COLA-12", 5, "9.90"), "CRISPS-24": ("CRISPS-24", 1, "0.75")}
+    steps = [
+        {"do": "create_account", "device": "d1", "name": "Corner Store", "city": "Leeds", "ref": "a1"},
+        {"do": "take_order", "device": "d1", "account": "a1", "sku": "TEA-1", "qty": 2, "price": "2.50", "ref": "o1"},
+        {"do": "sync", "device": "d1"},
+        {"do": "sync", "device": "d2"},
+        {"do": "offline", "device": "d1"},
+        {"do": "add_order_line", "device": "d1", "order": "o1", "sku": "COLA-12", "qty": 5, "price": "9.90"},
+        {"do": "add_order_line", "device": "d2", "order": "o1", "sku": "CRISPS-24", "qty": 1, "price": "0.75"},
+        {"do": "sync", "device": "d2"},
+        {"do": "online", "device": "d1"},
+    ]
+    schedule = Schedule(1, ["d1", "d2"], steps)
+    with ToxiproxyServer(log_dir=tmp_path / "tp") as toxiproxy:
+        result = run_schedule(schedule, profile=load_profile(SUT / "reference.toml"), toxiproxy=toxiproxy.client,
+                              workdir=tmp_path / "run")
+    assert not result.error and not result.anomalies, (result.error, result.anomalies)
+    adds = result.history.line_adds()
+    assert [op.outcome for op in adds] == ["ok", "ok"]
+    exports = result.history.final_exports()
+    assert set(exports) == {"d1", "d2", "server"}
+    for where, export in exports.items():
+        (order,) = export["order"]
+        got = sorted((x["sku"], x["quantity"], x["unit_price"]) for x in order["lines"])
+        assert got == sorted(line.values()), where
+
+
 def _in_order(part: list, whole: list) -> bool:
     """Whether ``part`` is a subsequence of ``whole``."""
     rest = iter(whole)

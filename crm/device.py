@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -137,6 +138,19 @@ class Device:
         row = conn.execute("SELECT data, meta FROM records WHERE entity = ? AND id = ?",
                            (entity, rid)).fetchone()
         return record_from_row(entity, rid, row[0], row[1]) if row else None
+
+    def _load_many(self, conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        """The stored records among ``keys`` (entity, id), one query per entity rather than per record."""
+        by_entity: dict[str, list[str]] = {}
+        for entity, rid in keys:
+            by_entity.setdefault(entity, []).append(rid)
+        found: dict[tuple[str, str], Record] = {}
+        for entity, rids in by_entity.items():
+            for rid, data, meta in conn.execute(
+                    "SELECT id, data, meta FROM records WHERE entity = ? "
+                    "AND id IN (SELECT value FROM json_each(?))", (entity, json.dumps(rids))):
+                found[(entity, rid)] = record_from_row(entity, rid, data, meta)
+        return found
 
     def _require(self, conn: sqlite3.Connection, entity: str, rid: str, *,
                  allow_deleted: bool = False) -> Record:
@@ -460,13 +474,24 @@ class Device:
             clock = self._clock(conn)
             for op in ops:
                 clock.observe(op.hlc)
-            changed = merge.apply_all(lambda entity, rid: self._load(conn, entity, rid),
-                                      (op for op in ops if op.device != self.device_id))
-            for rec in changed.values():
-                self._save_record(conn, rec)
+            foreign = [op for op in ops if op.device != self.device_id]
+            stored = self._load_many(conn, {(op.entity, op.record_id) for op in foreign})
+            # A create of a record this device has never had, alone in the page, is the record's
+            # whole state (as on the server): stored without a merge. Everything else merges.
+            touches = Counter((op.entity, op.record_id) for op in foreign)
+            rows, merged = [], []
+            for op in foreign:
+                if op.kind == "create" and touches[(op.entity, op.record_id)] == 1 \
+                        and (op.entity, op.record_id) not in stored:
+                    rows.append(self._fresh_row(op, None))
+                else:
+                    merged.append(op)
+            changed = merge.apply_all(lambda entity, rid: stored.get((entity, rid)), merged)
+            rows += [self._record_row(rec) for rec in changed.values()]
+            conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, "pull_cursor", cursor)
-        return len(changed)
+        return len(rows)
 
     def status(self) -> dict[str, Any]:
         with self.store.read() as conn:

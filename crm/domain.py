@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from .errors import ValidationError
@@ -55,20 +56,24 @@ class Entity:
     # object: lines added on different devices are different fields, so all of them survive.
     has_lines: bool = False
 
+    @cached_property
+    def _by_name(self) -> dict[str, Field]:  # every op and row looks fields up by name
+        return {f.name: f for f in self.fields}
+
     def field(self, name: str) -> Field:
+        found = self._by_name.get(name)
+        if found is not None:
+            return found
         if self.has_lines and name.startswith(LINE_PREFIX):
             if not _LINE_ID.match(name[len(LINE_PREFIX):]):
                 raise ValidationError(f"{name!r} is not a valid order line field", details={"field": name})
             return LINE_FIELD
-        for f in self.fields:
-            if f.name == name:
-                return f
         raise ValidationError(
             f"{self.name} has no field {name!r}",
             details={"field": name, "known": [f.name for f in self.fields]},
         )
 
-    @property
+    @cached_property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 

@@ -128,9 +128,7 @@ def _push(store: ServerStore, identity: Identity, raw_ops: list[Any]) -> PushRes
     """Refuse the whole batch if any op breaks the schema (InvalidOp); else hand it to the store,
     which rejects the ops the domain rules refuse one by one and applies the rest."""
     now = now_ms()
-    for raw in raw_ops:
-        parse(raw, now=now)
-    return store.push(identity, raw_ops)
+    return store.push(identity, [parse(raw, now=now) for raw in raw_ops])  # parsed once, here
 
 
 def _pull_params(request: Request) -> tuple[int, int, str | None]:

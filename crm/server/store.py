@@ -27,7 +27,7 @@ from ..admission import admit
 from ..device import export_state, meta_column, new_id, record_from_row
 from ..domain import ENTITIES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
-from ..hlc import HybridClock
+from ..hlc import HybridClock, now_ms
 from ..merge import Record
 from ..ops import Op, OpFormatError, dumps, op_from_wire, op_to_json
 from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
@@ -347,14 +347,21 @@ class ServerStore:
             "deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
 
     def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
-        """Apply a batch in one transaction; each op at most once, refused ops reported, not applied."""
+        """Apply a batch in one transaction; each op at most once, refused ops reported, not applied.
+
+        ``raw_ops`` are wire dicts, or Ops the caller already parsed (the HTTP handler does, to
+        refuse a malformed batch before it gets here)."""
         admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
+        now = now_ms()
         for raw in raw_ops:
-            op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
+            if isinstance(raw, Op):
+                op_id = raw.op_id
+            else:
+                op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
             try:
-                op = op_from_wire(raw)
-                admit(op, from_device=True)
+                op = raw if isinstance(raw, Op) else op_from_wire(raw)
+                admit(op, from_device=True, now=now)
             except (OpFormatError, CrmError) as exc:
                 if op_id is None:
                     raise ValidationError(f"unusable op in batch: {exc}") from None

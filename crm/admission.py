@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .domain import DELETED, ENTITIES, LINE_FIELD, normalize_value
+from .domain import DELETED, ENTITIES, LINE_FIELD, Field, normalize_value
 from .domain import entity as entity_spec
 from .errors import ValidationError
 from .hlc import MAX_DRIFT_MS, now_ms
@@ -62,19 +62,21 @@ def _check_shape(op: Op, now: int | None) -> None:
     if op.wall_ms > (now if now is not None else now_ms()) + MAX_DRIFT_MS:
         raise OpFormatError(f"op.hlc {op.hlc!r}: the clock stamp is more than a year in the future")
     spec = entity_spec(op.entity)
-    for part, names in (("base", op.base), ("fields", op.fields)):
-        for name in names:
-            if name != DELETED:
-                try:
-                    spec.field(name)
-                except ValidationError as exc:
-                    raise OpFormatError(f"op.{part}: {exc.message}") from None
+    for name in op.base:
+        if name != DELETED:
+            try:
+                spec.field(name)
+            except ValidationError as exc:
+                raise OpFormatError(f"op.base: {exc.message}") from None
     for name, value in op.fields.items():
         if name == DELETED:
             if not isinstance(value, bool):
                 raise OpFormatError("op.fields._deleted must be true or false")
             continue
-        f = spec.field(name)
+        try:
+            f = spec.field(name)
+        except ValidationError as exc:
+            raise OpFormatError(f"op.fields: {exc.message}") from None
         kind = "line" if f is LINE_FIELD else f.kind
         if not _json_type_ok(kind, value):
             expected = {"int": "a whole number", "float": "a number", "line": "an object with sku (text), "
@@ -94,8 +96,8 @@ def parse(raw: Any, *, now: int | None = None) -> Op:
     return op
 
 
-def _canonical(entity: str, name: str, value: Any) -> None:
-    f = entity_spec(entity).field(name)
+def _canonical(entity: str, f: Field, value: Any) -> None:
+    name = f.name
     if value is None:
         if f.required:
             raise ValidationError(f"{entity}.{name} is required and cannot be cleared")
@@ -126,7 +128,7 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
         if missing:
             raise ValidationError(f"{op.entity} create is missing required fields: {', '.join(missing)}")
         for name, value in fields.items():
-            _canonical(op.entity, name, value)
+            _canonical(op.entity, spec.field(name), value)
         return
     if spec.append_only:
         raise ValidationError(f"{op.entity} records are append-only")
@@ -144,4 +146,4 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
         f = spec.field(name)
         if not f.editable and op.kind != "resolve":
             raise ValidationError(f"{op.entity}.{name} cannot be changed after creation")
-        _canonical(op.entity, name, value)
+        _canonical(op.entity, f, value)

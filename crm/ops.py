@@ -79,13 +79,15 @@ def _text(raw: dict, key: str, max_len: int = 64) -> str:
     return value
 
 
+_WIRE_KEYS = frozenset({"op", "dev", "hlc", "kind", "entity", "id", "fields", "base"})
+
+
 def op_from_wire(raw: Any) -> Op:
     """Rebuild an op from its wire form, refusing anything structurally wrong."""
     if not isinstance(raw, dict):
         raise OpFormatError("an op must be a JSON object")
-    unknown = set(raw) - {"op", "dev", "hlc", "kind", "entity", "id", "fields", "base"}
-    if unknown:
-        raise OpFormatError(f"unknown op keys: {', '.join(sorted(unknown))}")
+    if not _WIRE_KEYS.issuperset(raw):
+        raise OpFormatError(f"unknown op keys: {', '.join(sorted(map(str, set(raw) - _WIRE_KEYS)))}")
     op_id = _text(raw, "op")
     device = _text(raw, "dev")
     hlc = _text(raw, "hlc", 100)

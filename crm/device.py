@@ -219,9 +219,6 @@ class Device:
                 rec.values.get(parent_field) if parent_field else None,
                 1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
 
-    def _save_record(self, conn: sqlite3.Connection, rec: Record, ikey: str | None = None) -> None:
-        conn.execute(self._UPSERT_RECORD, self._record_row(rec, ikey))
-
     def _write_changes(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> list[Op]:
         """Turn changes into ops, apply them and queue them, inside the caller's transaction."""
         clock = self._clock(conn)

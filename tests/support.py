@@ -1,4 +1,9 @@
-"""Helpers for tests that run the real `crm` as processes: a server on a free port, a device CLI."""
+"""Helpers for tests that run the real `crm`: as processes (a server on a free port, a device CLI
+per command), or in-process (the same server app and the same CLI, without a socket or a process).
+
+Both kinds of rig answer the same methods, so one test body runs in the fast tier (in-process)
+and in the full run (real processes): see the ``server`` fixture in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.from_thread
 import httpx
+
+from harness.ports import free_port
 
 CRM = [sys.executable, "-m", "cli.main"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def examples(ci: int) -> int:
+    """A Hypothesis test's example budget: ``ci`` in the full run, a twentieth in the fast tier
+    (HYPOTHESIS_PROFILE=dev, set by `tox -e fast`)."""
+    return ci if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci" else max(10, ci // 20)
 
 
 @dataclass
@@ -45,8 +52,24 @@ def crm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def crm_inprocess(*args: str, home: Path | None = None, env: dict[str, str] | None = None) -> Result:
+    """`crm` run in this process by typer's CliRunner: the same commands, exit codes and output."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    argv = [*(["--home", str(home)] if home else []), *args]
+    result = CliRunner().invoke(app, argv, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
 def ok(*args: str, **kwargs: Any) -> Any:
-    result = crm(*args, **kwargs)
+    return _ok(crm(*args, **kwargs), args)
+
+
+def _ok(result: Result, args: tuple[str, ...]) -> Any:
     assert result.code == 0, f"crm {' '.join(args)} exited {result.code}: {result.stderr}"
     return result.json if result.stdout.strip().startswith(("{", "[")) else result.stdout
 
@@ -90,11 +113,40 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    # -- the rig: how a test reaches this server and runs `crm` against it --------------------
+    def http(self) -> httpx.Client:
+        """A plain HTTP client for this server, for requests no `crm` command would send."""
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        with self.http() as client:
+            return client.post(path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        with self.http() as client:
+            return client.get(path, **kwargs)
+
+    def crm(self, *args: str, **kwargs: Any) -> Result:
+        return crm(*args, **kwargs)
+
+    def ok(self, *args: str, **kwargs: Any) -> Any:
+        return _ok(self.crm(*args, **kwargs), args)
+
+    def device(self, tmp: Path, name: str, token: str) -> Path:
+        home = tmp / name
+        self.ok("init", "--rep", name, "--server", self.url, "--token", token, "--json", home=home)
+        return home
+
+    def export_home(self, home: Path) -> str:
+        result = self.crm("export", home=home)
+        assert result.code == 0, result.stderr
+        return result.stdout
+
     def add_rep(self, org: str, rep: str) -> str:
-        return ok("server", "add-rep", *self.where, "--org", org, "--rep", rep, "--json")["token"]
+        return self.ok("server", "add-rep", *self.where, "--org", org, "--rep", rep, "--json")["token"]
 
     def export(self, org: str) -> str:
-        result = crm("server", "export", *self.where, "--org", org)
+        result = self.crm("server", "export", *self.where, "--org", org)
         assert result.code == 0, result.stderr
         return result.stdout
 
@@ -129,3 +181,85 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1) -> float:
             return time.monotonic() - start
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+class AppTransport(httpx.BaseTransport):
+    """The real server app served to a synchronous httpx client in this process: requests take
+    the app's whole path (routing, auth, parsing, the store) with no socket and no process.
+    ``online = False`` answers like a server that is down."""
+
+    def __init__(self, app: Any) -> None:
+        self._asgi = httpx.ASGITransport(app=app)
+        self._portal_cm = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self.online = True
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.online:
+            raise httpx.ConnectError("connection refused (the in-process server is down)", request=request)
+        body = request.read()
+
+        async def call() -> httpx.Response:
+            inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+            response = await self._asgi.handle_async_request(inner)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=content,
+                                  request=request)
+
+        return self._portal.call(call)
+
+    def close(self) -> None:
+        """Each client closes its transport; this one outlives them (see `shutdown`)."""
+
+    def shutdown(self) -> None:
+        self._portal_cm.__exit__(None, None, None)
+
+
+class AppServer(Server):
+    """The in-process twin of `Server`: ``create_app`` over a real SQLite ServerStore in ``data``,
+    and `crm` run by typer's CliRunner, its `crm sync` reaching the app through `AppTransport`.
+    Install it with ``monkeypatch`` (see ``server`` in tests/conftest.py); ``kill``/``start`` take the
+    app offline and back."""
+
+    URL = "http://crm-server.test"
+
+    def __init__(self, data: Path) -> None:
+        super().__init__(data, 0)
+        from crm.server import ServerStore
+        from crm.server.app import create_app
+
+        self.store = ServerStore.open(data)
+        self.transport = AppTransport(create_app(self.store))
+
+    @property
+    def url(self) -> str:
+        return self.URL
+
+    def install(self, monkeypatch: Any) -> None:
+        import crm.sync
+
+        def client_for(device: Any, *, timeout: float = 30.0, transport: Any = None) -> Any:
+            url, token = device.setting("server_url"), device.setting("token")
+            if not url or not token:
+                return real_client_for(device)  # raises the usual NotConfiguredError
+            return crm.sync.SyncClient(base_url=url, token=token, timeout=timeout, transport=self.transport)
+
+        real_client_for = crm.sync.client_for
+        monkeypatch.setattr(crm.sync, "client_for", client_for)
+
+    def start(self) -> None:
+        self.transport.online = True
+
+    def kill(self) -> None:
+        self.transport.online = False
+
+    def close(self) -> None:
+        self.transport.shutdown()
+        self.store.close()
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, transport=self.transport, timeout=30)
+
+    def crm(self, *args: str, home: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> Result:
+        return crm_inprocess(*args, home=home, env=env)

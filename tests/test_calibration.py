@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.process, pytest.mark.conformance]  # `crm certify` end to end
+
 ROOT = Path(__file__).resolve().parent.parent
 SUTS = {"reference": 3, "readonly-cache": 1, "fragile-sync": 2}
 

@@ -22,6 +22,8 @@ from harness.shrink import ddmin
 ROOT = Path(__file__).resolve().parent.parent
 SUT = ROOT / "fixtures" / "sut"
 CHAOS_ANOMALY = 31
+# A campaign against real SUT processes, servers and Toxiproxy: not in the fast tier.
+REAL_RUN = pytest.mark.conformance
 
 
 # -- schedules -------------------------------------------------------------------------------------
@@ -254,6 +256,7 @@ def crm_certify(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
                           cwd=ROOT, timeout=timeout)
 
 
+@REAL_RUN
 def test_a_short_chaos_run_finds_no_anomaly_in_the_reference(tmp_path):
     proc = crm_certify("--sut", str(SUT / "reference.toml"), "--chaos", "--runs", "3", "--devices", "2",
                        "--steps", "14", "--seed", "21", "--report", str(tmp_path), "--json")
@@ -269,6 +272,7 @@ def test_a_short_chaos_run_finds_no_anomaly_in_the_reference(tmp_path):
     assert "| PASS | 3 | 23 |" in (tmp_path / "certificate.md").read_text()
 
 
+@REAL_RUN
 def test_chaos_catches_the_fragile_sut_shrinks_it_and_the_replay_fails_again(tmp_path):
     # Seed 5's first three steps: a toxic on d2, an account created on d1, d1 syncs. The fragile
     # server renames the id on sync, so the lost write shows every time, however loaded the
@@ -298,6 +302,7 @@ def test_chaos_catches_the_fragile_sut_shrinks_it_and_the_replay_fails_again(tmp
     assert example["check"] in json.loads(again.stdout)["checks"]
 
 
+@REAL_RUN
 def test_replay_plays_exactly_the_schedule_in_the_file(tmp_path):
     from harness.chaos import run_schedule
     from harness.profile import load_profile
@@ -321,6 +326,7 @@ def test_replay_plays_exactly_the_schedule_in_the_file(tmp_path):
     assert _in_order(injected, [e.action for e in result.history if e.type == "fault"])
 
 
+@REAL_RUN
 def test_lines_added_to_one_order_on_two_devices_all_survive_on_the_reference(tmp_path):
     """An order taken on d1 grows a line on d2 while d1, offline, adds another: every replica
     ends with all three lines, once each, and the checkers judge those lines (a lost one would be
@@ -362,6 +368,7 @@ def _in_order(part: list, whole: list) -> bool:
     return all(any(item == other for other in rest) for item in part)
 
 
+@REAL_RUN
 def test_a_campaign_starts_toxiproxy_again_when_it_died(tmp_path):
     from harness.chaos import Chaos
     from harness.profile import load_profile

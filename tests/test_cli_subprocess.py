@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process  # each command is a real `crm` process
+
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("pydantic", "rich", "httpx", "starlette", "uvicorn", "cli.sync_cmds", "cli.server_cmds",
          "crm.sync", "crm.server")

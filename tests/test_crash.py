@@ -29,7 +29,7 @@ WRITE_KILLS = 40  # kills of single-write commands
 IMPORT_KILLS = 12  # kills of a 20,000-row import
 IMPORT_ROWS = 20_000
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")]
+pytestmark = [pytest.mark.slow, pytest.mark.process, pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")]
 
 
 def _make_dataset():

@@ -12,7 +12,7 @@ import pytest
 
 from crm import Device
 from crm.errors import SchemaTooNewError, StoreCorruptError, StoreInconsistentError, StoreMissingError
-from tests.support import crm
+from tests.support import crm_inprocess as crm
 
 STORE = "crm.sqlite3"
 

@@ -18,6 +18,8 @@ from harness.history import History
 from harness.profile import MissingAction, load_profile
 from harness.toxiproxy import ToxiproxyServer, proxy_url
 
+pytestmark = pytest.mark.process  # the driver runs real commands and servers
+
 REFERENCE = Path(__file__).resolve().parent.parent / "fixtures" / "sut" / "reference.toml"
 
 CLIENT = textwrap.dedent('''

@@ -26,9 +26,10 @@ from cli.order_cmds import parse_line
 from crm import Device
 from crm.domain import ENTITIES, LINE_FIELD, normalize_value, validate_create, validate_edit
 from crm.errors import ValidationError
+from tests.support import examples
 
 TRIED: Counter[str] = Counter()
-FUZZ = settings(max_examples=1000, deadline=None,
+FUZZ = settings(max_examples=examples(1000), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 # argv as Python sees it: any text, including the lone surrogates undecodable bytes become
 argv_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40) | st.sampled_from([
@@ -150,7 +151,7 @@ def _pending(path) -> int:
         return conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=examples(300), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(["account add", "account edit", "order add", "visit log", "contact add"]),
        data=st.data())

@@ -25,9 +25,10 @@ from crm import Device
 from crm.domain import ENTITIES
 from crm.errors import CrmError
 from crm.importer import import_file
+from tests.support import examples
 
 TRIED: Counter[str] = Counter()  # outcome -> inputs
-FUZZ = settings(max_examples=500, deadline=None, derandomize=False,
+FUZZ = settings(max_examples=examples(500), deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 COLUMNS = [*ENTITIES["account"].field_names, *ENTITIES["contact"].field_names,

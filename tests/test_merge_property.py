@@ -24,6 +24,7 @@ from crm.domain import DELETED, STATUS_RANK
 from crm.hlc import HybridClock
 from crm.merge import Record, apply_op, conflict_count, conflicts, delete_base, edit_base, resolution
 from crm.ops import Op
+from tests.support import examples
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 FIELDS = ("name", "city", "phone")
@@ -230,7 +231,7 @@ def resolve_everything(data, world: World, replicas: list[Replica]) -> None:
     assert all(replica.open_conflicts() == [] for replica in replicas)
 
 
-@settings(max_examples=200, deadline=None, derandomize=bool(os.environ.get("CI")),
+@settings(max_examples=examples(200), deadline=None, derandomize=bool(os.environ.get("CI")),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_replicas_converge_and_discard_nothing(data) -> None:

@@ -11,6 +11,8 @@ import pytest
 from harness import processes
 from harness.ports import free_port
 
+pytestmark = pytest.mark.process  # real process groups and signals
+
 PY = sys.executable
 
 # A parent that starts a grandchild, prints the grandchild's pid, then sleeps.

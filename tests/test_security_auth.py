@@ -1,7 +1,8 @@
 """Authentication: random tokens kept only as hashes, refused when missing, wrong, revoked or
 expired (401 with a JSON body saying why, nothing applied), and a refused device keeps its work.
 
-Against a real `crm server serve` process and real `crm` device processes.
+In-process (the fast tier) and against a real `crm server serve` process with real `crm` device
+processes (the full run).
 """
 
 from __future__ import annotations
@@ -14,26 +15,18 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 
 from crm.hlc import format_stamp
 from crm.ids import uuid7
 from crm.ops import Op, op_to_wire
 from crm.server import ServerStore
-from tests.support import crm, device, export, ok, running_server
 
 ORG = "acme"
 SAYS = {"missing": "no token", "unknown": "not a token of this server", "revoked": "revoked", "expired": "expired"}
 
 
-@pytest.fixture
-def server(tmp_path):
-    with running_server(tmp_path / "server") as srv:
-        yield srv
-
-
 def _stats(server) -> dict:
-    return ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
+    return server.ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
 
 
 def _expire(server, rep: str) -> None:
@@ -48,19 +41,19 @@ def _requests(server, headers: dict[str, str]) -> dict[str, httpx.Response]:
     op = op_to_wire(Op(op_id=uuid7(), device="dev-x", hlc=format_stamp(time.time_ns() // 1_000_000, 0, "dev-x"),
                        entity="account", record_id=uuid7(), fields={"name": "Sneaked In"}, kind="create"))
     return {
-        "push": httpx.post(server.url + "/v1/push", json={"protocol": 1, "ops": [op]}, headers=headers),
-        "pull": httpx.get(server.url + "/v1/pull?cursor=0", headers=headers),
-        "admin edit": httpx.post(server.url + "/v1/admin/edit", headers=headers, json={
+        "push": server.post("/v1/push", json={"protocol": 1, "ops": [op]}, headers=headers),
+        "pull": server.get("/v1/pull?cursor=0", headers=headers),
+        "admin edit": server.post("/v1/admin/edit", headers=headers, json={
             "protocol": 1, "entity": "account", "id": uuid7(), "set": {"city": "York"}}),
-        "admin export": httpx.get(server.url + "/v1/admin/export", headers=headers),
+        "admin export": server.get("/v1/admin/export", headers=headers),
     }
 
 
 def test_missing_wrong_revoked_and_expired_tokens_get_401_saying_why(server):
     valid = server.add_rep(ORG, "rep-1")
     revoked = server.add_rep(ORG, "lost-phone")
-    ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "lost-phone", "--json")
-    expired = ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "temp",
+    server.ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "lost-phone", "--json")
+    expired = server.ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "temp",
                  "--expires-in-days", "30", "--json")["token"]
     _expire(server, "temp")
     before = _stats(server)
@@ -115,44 +108,44 @@ def test_a_token_is_compared_in_constant_time(tmp_path, monkeypatch):
 
 
 def test_a_revoked_device_is_refused_and_its_unsynced_work_waits_in_its_outbox(tmp_path, server):
-    home = device(tmp_path, "d1", server, server.add_rep(ORG, "rep-1"))
-    ok("account", "add", "--name", "Synced Before", "--json", home=home)
-    ok("sync", home=home)
-    offline = ok("account", "add", "--name", "Written After Theft", "--json", home=home)["id"]
-    ok("visit", "log", "--account", offline, "--outcome", "met the buyer", "--json", home=home)
-    ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "rep-1", "--json")
+    home = server.device(tmp_path, "d1", server.add_rep(ORG, "rep-1"))
+    server.ok("account", "add", "--name", "Synced Before", "--json", home=home)
+    server.ok("sync", home=home)
+    offline = server.ok("account", "add", "--name", "Written After Theft", "--json", home=home)["id"]
+    server.ok("visit", "log", "--account", offline, "--outcome", "met the buyer", "--json", home=home)
+    server.ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "rep-1", "--json")
 
-    refused = crm("sync", "--json", home=home)
+    refused = server.crm("sync", "--json", home=home)
     assert refused.code == 21
     assert json.loads(refused.stderr)["error"] == "auth_refused" and "revoked" in refused.stderr
-    queued = ok("outbox", "--json", home=home)
+    queued = server.ok("outbox", "--json", home=home)
     assert queued["pending"] == 2 and {e["entity"] for e in queued["entries"]} == {"account", "visit"}
     assert "Written After Theft" not in server.export(ORG)
 
-    ok("login", "--server", server.url, "--token", server.add_rep(ORG, "rep-1"), "--json", home=home)
-    assert ok("sync", "--json", home=home)["pushed"] == 2
+    server.ok("login", "--server", server.url, "--token", server.add_rep(ORG, "rep-1"), "--json", home=home)
+    assert server.ok("sync", "--json", home=home)["pushed"] == 2
     assert "Written After Theft" in server.export(ORG)
-    assert export(home) == server.export(ORG)
+    assert server.export_home(home) == server.export(ORG)
 
 
 def test_an_expired_token_is_refused_from_its_expiry_on(tmp_path, server):
-    token = ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "temp",
+    token = server.ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "temp",
                "--expires-in-days", "2", "--json")["token"]
     db = sqlite3.connect(server.data / "server.sqlite3")
     (expires_at,) = db.execute("SELECT expires_at FROM tokens WHERE rep = 'temp'").fetchone()
     db.close()
     due = datetime.strptime(expires_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert abs(due - (datetime.now(UTC) + timedelta(days=2))) < timedelta(minutes=5)
-    home = device(tmp_path, "d1", server, token)
-    ok("account", "add", "--name", "Before Expiry", "--json", home=home)
-    assert ok("sync", "--json", home=home)["pushed"] == 1
+    home = server.device(tmp_path, "d1", token)
+    server.ok("account", "add", "--name", "Before Expiry", "--json", home=home)
+    assert server.ok("sync", "--json", home=home)["pushed"] == 1
     _expire(server, "temp")
-    ok("account", "add", "--name", "After Expiry", "--json", home=home)
-    refused = crm("sync", "--json", home=home)
+    server.ok("account", "add", "--name", "After Expiry", "--json", home=home)
+    refused = server.crm("sync", "--json", home=home)
     assert refused.code == 21 and "expired" in refused.stderr
-    assert ok("outbox", "--json", home=home)["pending"] == 1
+    assert server.ok("outbox", "--json", home=home)["pending"] == 1
     assert "After Expiry" not in server.export(ORG)
-    assert crm("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "x",
+    assert server.crm("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "x",
                "--expires-in-days", "0").code == 2
 
 
@@ -160,22 +153,22 @@ def test_replayed_traffic_changes_nothing(tmp_path, server):
     """A captured push replayed later (after newer edits, and after revocation) cannot roll a
     record back or apply anything twice."""
     token = server.add_rep(ORG, "rep-1")
-    home = device(tmp_path, "d1", server, token)
-    acc = ok("account", "add", "--name", "Corner Store", "--city", "Leeds", "--json", home=home)["id"]
+    home = server.device(tmp_path, "d1", token)
+    acc = server.ok("account", "add", "--name", "Corner Store", "--city", "Leeds", "--json", home=home)["id"]
     db = sqlite3.connect(home / "crm.sqlite3")
     captured = {"protocol": 1, "ops": [json.loads(b) for (b,) in db.execute("SELECT body FROM outbox")]}
     db.close()
-    ok("sync", home=home)
-    ok("account", "edit", acc, "--set", "city=York", "--json", home=home)
-    ok("sync", home=home)
+    server.ok("sync", home=home)
+    server.ok("account", "edit", acc, "--set", "city=York", "--json", home=home)
+    server.ok("sync", home=home)
     before, stats = server.export(ORG), _stats(server)
 
-    replay = httpx.post(server.url + "/v1/push", json=captured, headers={"authorization": f"Bearer {token}"})
+    replay = server.post("/v1/push", json=captured, headers={"authorization": f"Bearer {token}"})
     assert replay.status_code == 200 and replay.json()["acked"] == [op["op"] for op in captured["ops"]]
     assert server.export(ORG) == before and _stats(server) == stats
     assert json.loads(before)["account"][0]["city"] == "York"
 
-    ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "rep-1", "--json")
-    replay = httpx.post(server.url + "/v1/push", json=captured, headers={"authorization": f"Bearer {token}"})
+    server.ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "rep-1", "--json")
+    replay = server.post("/v1/push", json=captured, headers={"authorization": f"Bearer {token}"})
     assert replay.status_code == 401 and replay.json()["reason"] == "revoked"
     assert server.export(ORG) == before

@@ -20,7 +20,6 @@ import pytest
 from crm.hlc import format_stamp
 from crm.ids import uuid7
 from crm.ops import Op, op_to_wire
-from tests.support import crm, device, export, ok, running_server
 
 A, B = "acme", "globex"
 ENDPOINTS = ("push", "pull", "admin edit", "admin export", "health")
@@ -47,27 +46,27 @@ def render(matrix: dict[str, dict[str, str]]) -> str:
 
 
 class Client:
-    def __init__(self, url: str, token: str | None) -> None:
-        self.url, self.token = url, token
+    def __init__(self, server, token: str | None) -> None:
+        self.server, self.token = server, token
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
     def push(self, ops: list[dict]) -> httpx.Response:
-        return httpx.post(self.url + "/v1/push", json={"protocol": 1, "ops": ops}, headers=self._headers())
+        return self.server.post("/v1/push", json={"protocol": 1, "ops": ops}, headers=self._headers())
 
     def pull(self, query: str = "cursor=0") -> httpx.Response:
-        return httpx.get(f"{self.url}/v1/pull?{query}", headers=self._headers())
+        return self.server.get(f"/v1/pull?{query}", headers=self._headers())
 
     def edit(self, entity: str, rid: str, changes: dict) -> httpx.Response:
-        return httpx.post(self.url + "/v1/admin/edit", headers=self._headers(),
+        return self.server.post("/v1/admin/edit", headers=self._headers(),
                           json={"protocol": 1, "entity": entity, "id": rid, "set": changes})
 
     def export(self) -> httpx.Response:
-        return httpx.get(self.url + "/v1/admin/export", headers=self._headers())
+        return self.server.get("/v1/admin/export", headers=self._headers())
 
     def health(self) -> httpx.Response:
-        return httpx.get(self.url + "/v1/health", headers=self._headers())
+        return self.server.get("/v1/health", headers=self._headers())
 
 
 def _op(entity: str, rid: str, fields: dict, *, kind: str = "create", base: dict | None = None,
@@ -77,16 +76,16 @@ def _op(entity: str, rid: str, fields: dict, *, kind: str = "create", base: dict
                          fields=fields, base=base or {}, kind=kind))
 
 
-def _fill_victim(home: Path) -> dict[str, str]:
-    acc = ok("account", "add", "--name", "Acme Secret Ltd", "--city", "Leeds", "--phone", "0113 496 0001",
+def _fill_victim(server, home: Path) -> dict[str, str]:
+    acc = server.ok("account", "add", "--name", "Acme Secret Ltd", "--city", "Leeds", "--phone", "0113 496 0001",
              "--json", home=home)["id"]
     ids = {"account": acc}
-    ids["contact"] = ok("contact", "add", "--account", acc, "--name", "Alice Acme", "--email",
+    ids["contact"] = server.ok("contact", "add", "--account", acc, "--name", "Alice Acme", "--email",
                         "alice@acme.example", "--json", home=home)["id"]
-    ids["visit"] = ok("visit", "log", "--account", acc, "--outcome", "acme confidential visit", "--json",
+    ids["visit"] = server.ok("visit", "log", "--account", acc, "--outcome", "acme confidential visit", "--json",
                       home=home)["id"]
-    ids["order"] = ok("order", "add", "--account", acc, "--line", "ACME-1:2:9.99", "--json", home=home)["id"]
-    ids["note"] = ok("note", "add", "--account", acc, "--text", "acme private note", "--json", home=home)["id"]
+    ids["order"] = server.ok("order", "add", "--account", acc, "--line", "ACME-1:2:9.99", "--json", home=home)["id"]
+    ids["note"] = server.ok("note", "add", "--account", acc, "--text", "acme private note", "--json", home=home)["id"]
     return ids
 
 
@@ -106,33 +105,31 @@ def _leaks(text: str, ids) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("isolation")
-    with running_server(tmp / "server") as server:
-        a_home = device(tmp, "a-device", server, server.add_rep(A, "a-rep"))
-        b_home = device(tmp, "b-device", server, server.add_rep(B, "b-rep"))
-        a_ids = _fill_victim(a_home)
-        a_ops = _outbox_ops(a_home)
-        ok("sync", home=a_home)
-        ok("account", "add", "--name", "Globex Own Account", "--json", home=b_home)
-        ok("sync", home=b_home)
-        admin = {org: ok("server", "add-admin", "--data", str(server.data), "--org", org, "--json")["token"]
-                 for org in (A, B)}
-        yield {"server": server, "a_home": a_home, "b_home": b_home, "a_ids": a_ids, "a_ops": a_ops,
-               "a_admin": admin[A], "b_admin": admin[B], "b_device": server.add_rep(B, "b-attacker"),
-               "a_device": server.add_rep(A, "a-second")}
+def world(tmp_path_factory, module_server):
+    tmp, server = tmp_path_factory.mktemp("isolation"), module_server
+    a_home = server.device(tmp, "a-device", server.add_rep(A, "a-rep"))
+    b_home = server.device(tmp, "b-device", server.add_rep(B, "b-rep"))
+    a_ids = _fill_victim(server, a_home)
+    a_ops = _outbox_ops(a_home)
+    server.ok("sync", home=a_home)
+    server.ok("account", "add", "--name", "Globex Own Account", "--json", home=b_home)
+    server.ok("sync", home=b_home)
+    admin = {org: server.ok("server", "add-admin", "--data", str(server.data), "--org", org, "--json")["token"]
+             for org in (A, B)}
+    yield {"server": server, "a_home": a_home, "b_home": b_home, "a_ids": a_ids, "a_ops": a_ops,
+           "a_admin": admin[A], "b_admin": admin[B], "b_device": server.add_rep(B, "b-attacker"),
+           "a_device": server.add_rep(A, "a-second")}
 
 
 def test_isolation_matrix(world, request):
     server, a_ids, a_ops = world["server"], world["a_ids"], world["a_ops"]
-    url = server.url
     a_id_list = list(a_ids.values())
     a_op_ids = [op["op"] for op in a_ops]
-    b_dev, b_admin = Client(url, world["b_device"]), Client(url, world["b_admin"])
-    a_dev, a_admin = Client(url, world["a_device"]), Client(url, world["a_admin"])
+    b_dev, b_admin = Client(server, world["b_device"]), Client(server, world["b_admin"])
+    a_dev, a_admin = Client(server, world["a_device"]), Client(server, world["a_admin"])
     matrix = {endpoint: dict.fromkeys(ATTACKS, NOT_APPLICABLE) for endpoint in ENDPOINTS}
     a_before = server.export(A)
-    a_stats = ok("server", "stats", "--data", str(server.data), "--org", A, "--json")
+    a_stats = server.ok("server", "stats", "--data", str(server.data), "--org", A, "--json")
 
     b_named: set[str] = set()  # A's record and op ids B itself put in its ops: B may see those again
 
@@ -239,8 +236,8 @@ def test_isolation_matrix(world, request):
     # -- no token, a wrong one, a revoked one, an expired one -----------------------------------
     attack = "bad token"
     revoked = server.add_rep(A, "lost-phone")
-    ok("server", "revoke", "--data", str(server.data), "--org", A, "--rep", "lost-phone", "--json")
-    expired = ok("server", "add-rep", "--data", str(server.data), "--org", A, "--rep", "temp",
+    server.ok("server", "revoke", "--data", str(server.data), "--org", A, "--rep", "lost-phone", "--json")
+    expired = server.ok("server", "add-rep", "--data", str(server.data), "--org", A, "--rep", "temp",
                  "--expires-in-days", "1", "--json")["token"]
     db = sqlite3.connect(server.data / "server.sqlite3")
     with db:
@@ -248,7 +245,7 @@ def test_isolation_matrix(world, request):
     db.close()
     for token, reason in ((None, "missing"), ("crm_" + "x" * 43, "unknown"), (revoked, "revoked"),
                           (expired, "expired")):
-        bad = Client(url, token)
+        bad = Client(server, token)
         for endpoint, answer in (("push", bad.push([_op("account", uuid7(), {"name": "Sneaky"})])),
                                  ("pull", bad.pull()), ("admin edit", bad.edit("account", a_ids["account"], {"city": "X"})),
                                  ("admin export", bad.export())):
@@ -277,12 +274,12 @@ def test_isolation_matrix(world, request):
     a_before = server.export(A)
 
     # -- B's real device: it syncs fine and holds nothing of A ----------------------------------
-    ok("sync", home=world["b_home"])
-    b_state = export(world["b_home"])
+    server.ok("sync", home=world["b_home"])
+    b_state = server.export_home(world["b_home"])
     assert b_state == server.export(B)
     assert not _leaks(b_state, a_op_ids)
     assert server.export(A) == a_before
-    assert ok("server", "stats", "--data", str(server.data), "--org", A, "--json")["ops"] == a_stats["ops"] + 2
+    assert server.ok("server", "stats", "--data", str(server.data), "--org", A, "--json")["ops"] == a_stats["ops"] + 2
 
     table = render(matrix)
     _say(request, "\nisolation matrix (endpoint x attack; every cell observed):\n" + table)
@@ -293,7 +290,7 @@ def test_isolation_matrix(world, request):
 def test_the_server_cli_never_guesses_the_organisation_of_a_shared_id(world):
     """`crm server edit` without --org refuses an id two organisations hold, rather than pick one."""
     server, rid = world["server"], world["a_ids"]["account"]
-    result = crm("server", "edit", "--data", str(server.data), "account", rid, "--set", "city=Guess", "--json")
+    result = server.crm("server", "edit", "--data", str(server.data), "account", rid, "--set", "city=Guess", "--json")
     assert result.code == 3 and "several organisations" in result.stderr
     assert "Guess" not in server.export(A) and "Guess" not in server.export(B)
 

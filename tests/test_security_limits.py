@@ -1,7 +1,7 @@
 """Limits and validation: hostile or broken input gets a 4xx saying what is wrong, nothing from
 the batch is applied, and no op can block a device's queue (docs/security.md, "Malformed client").
 
-Against a real `crm server serve` process; the client's batch-halving is also checked against a
+In-process (fast tier) and against a real `crm server serve` process (full run); the client's batch-halving is also checked against a
 scripted server (respx) where exact refusals are needed.
 """
 
@@ -20,15 +20,13 @@ from crm.hlc import format_stamp
 from crm.ids import uuid7
 from crm.ops import Op, op_to_wire
 from crm.sync import SyncClient, push_outbox
-from tests.support import device, ok, running_server
 
 ORG = "acme"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("limits") / "server") as srv:
-        yield srv
+def server(module_server):
+    return module_server
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,12 @@ def _op(**change) -> dict:
 def _push(server, token, body, **kwargs) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
     if isinstance(body, (bytes, str)):
-        return httpx.post(server.url + "/v1/push", content=body, headers=headers, timeout=30)
-    return httpx.post(server.url + "/v1/push", json=body, headers=headers, timeout=30)
+        return server.post("/v1/push", content=body, headers=headers, timeout=30)
+    return server.post("/v1/push", json=body, headers=headers, timeout=30)
 
 
 def _stats(server) -> dict:
-    return ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
+    return server.ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
 
 
 BAD_OPS = {
@@ -110,7 +108,7 @@ def test_a_malformed_body_is_refused_with_what_is_wrong(server, token, name):
     assert answer.status_code == status and answer.json()["error"] == kind, answer.text
     assert words in answer.json()["message"]
     assert _stats(server) == before
-    assert httpx.get(server.url + "/v1/health").status_code == 200, "the server is still up"
+    assert server.get("/v1/health").status_code == 200, "the server is still up"
 
 
 def test_size_limits(server, token):
@@ -132,7 +130,7 @@ def test_size_limits(server, token):
     ("device=a%20b", "device"), ("org=other", "unknown query parameter"),
 ])
 def test_pull_parameters_are_bounded(server, token, query, words):
-    answer = httpx.get(f"{server.url}/v1/pull?{query}", headers={"authorization": f"Bearer {token}"})
+    answer = server.get(f"/v1/pull?{query}", headers={"authorization": f"Bearer {token}"})
     assert answer.status_code == 400 and words in answer.json()["message"], answer.text
 
 
@@ -167,22 +165,22 @@ def test_poison_ops_are_parked_and_the_rest_of_the_queue_syncs(tmp_path, server)
     """Three ways an op can make the server refuse its batch, among good ops: one the server
     names (unknown field), one it cannot name (an op id it refuses), one that is not even JSON.
     A real device syncs past all three; they wait in the rejected list with the server's reason."""
-    home = device(tmp_path, "poisoned", server, server.add_rep(ORG, "poisoned"))
-    ok("account", "add", "--name", "Before", "--json", home=home)
+    home = server.device(tmp_path, "poisoned", server.add_rep(ORG, "poisoned"))
+    server.ok("account", "add", "--name", "Before", "--json", home=home)
     named = _own_op(home, fields={"name": "Shop", "discount": "50%"})
     _outbox_insert(home, named)
-    ok("account", "add", "--name", "Between", "--json", home=home)
+    server.ok("account", "add", "--name", "Between", "--json", home=home)
     bad_id = _own_op(home, op="op id with spaces")
     _outbox_insert(home, bad_id)
-    ok("account", "add", "--name", "Between again", "--json", home=home)
+    server.ok("account", "add", "--name", "Between again", "--json", home=home)
     garbled = _own_op(home)
     _outbox_insert(home, garbled, body='{"op": "' + garbled["op"] + '", "fields": {')
-    ok("account", "add", "--name", "After", "--json", home=home)
+    server.ok("account", "add", "--name", "After", "--json", home=home)
 
-    result = ok("sync", "--json", home=home)
+    result = server.ok("sync", "--json", home=home)
     assert (result["pushed"], result["rejected"]) == (4, 3)
-    assert ok("outbox", "--json", home=home)["pending"] == 0
-    parked = ok("outbox", "--rejected", "--json", home=home)
+    assert server.ok("outbox", "--json", home=home)["pending"] == 0
+    parked = server.ok("outbox", "--rejected", "--json", home=home)
     reasons = {e["op"]: e["reason"] for e in parked["entries"]}
     assert set(reasons) == {named["op"], bad_id["op"], garbled["op"]}
     assert "discount" in reasons[named["op"]]
@@ -191,7 +189,7 @@ def test_poison_ops_are_parked_and_the_rest_of_the_queue_syncs(tmp_path, server)
     names = {a["name"] for a in json.loads(server.export(ORG))["account"]}
     assert {"Before", "Between", "Between again", "After"} <= names
     assert "Shop" not in names
-    assert ok("sync", "--json", home=home)["rejected"] == 0, "a parked op is not sent again"
+    assert server.ok("sync", "--json", home=home)["rejected"] == 0, "a parked op is not sent again"
 
 
 def _scripted_device(tmp_path, count: int) -> Device:

@@ -30,7 +30,7 @@ from crm import __version__
 from crm.server.openapi import document
 from tests.support import ok, running_server
 
-pytestmark = pytest.mark.slow  # about 1,100 requests to a real server: 15 to 40 s
+pytestmark = [pytest.mark.slow, pytest.mark.process]  # about 1,100 requests to a real server: 15 to 40 s
 MAX_EXAMPLES = 200
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, negative_data_rejection, ignored_auth]

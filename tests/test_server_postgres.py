@@ -27,6 +27,8 @@ from crm import Device
 from crm.sync import SyncClient, sync_once
 from tests.support import CRM, Server, crm, export, free_port, ok
 
+pytestmark = pytest.mark.process  # real server processes on a real PostgreSQL
+
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (pip install 'psycopg[binary]')")
 
 DEFAULT_DSN = "postgresql://postgres@/crm_test?host=/tmp/crm-postgres"  # scripts/ensure-postgres.sh

@@ -1,22 +1,17 @@
-"""Sync against a real `crm server serve` process, with real `crm` device processes."""
+"""Sync between devices, the server and the back office: in-process (the fast tier) and against a
+real `crm server serve` process with real `crm` device processes (the full run)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 
-import httpx
 import pytest
 
-from tests.support import crm, device, export, ok, running_server, wait_for
+from tests.conftest import process_only
+from tests.support import wait_for
 
 ORG = "acme"
-
-
-@pytest.fixture
-def server(tmp_path):
-    with running_server(tmp_path / "server") as srv:
-        yield srv
 
 
 def _pending_in_store(home) -> int:
@@ -24,30 +19,30 @@ def _pending_in_store(home) -> int:
         return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
 
 
-def _account(home, name="Corner Store 42", city="Leeds"):
-    return ok("account", "add", "--name", name, "--city", city, "--json", home=home)["id"]
+def _account(server, home, name="Corner Store 42", city="Leeds"):
+    return server.ok("account", "add", "--name", name, "--city", city, "--json", home=home)["id"]
 
 
 @pytest.mark.parametrize("order", [("d1", "d2"), ("d2", "d1")])
 def test_two_offline_devices_and_the_back_office_converge(tmp_path, server, order):
-    homes = {name: device(tmp_path, name, server, server.add_rep(ORG, name)) for name in ("d1", "d2")}
+    homes = {name: server.device(tmp_path, name, server.add_rep(ORG, name)) for name in ("d1", "d2")}
     d1, d2 = homes["d1"], homes["d2"]
-    acc = _account(d1)
-    ok("sync", "--json", home=d1)
-    ok("sync", "--json", home=d2)
+    acc = _account(server, d1)
+    server.ok("sync", "--json", home=d1)
+    server.ok("sync", "--json", home=d2)
     # Offline: both edit the same record, on the same field and on different fields.
-    ok("account", "edit", acc, "--set", "city=York", "--set", "phone=0113 555 0100", "--json", home=d1)
-    ok("account", "edit", acc, "--set", "city=Hull", "--set", "email=buyer@corner.example", "--json", home=d2)
-    other = _account(d1, name="Farm Shop", city="Ripon")
-    visit = ok("visit", "log", "--account", acc, "--outcome", "met the buyer", "--json", home=d2)["id"]
-    order_id = ok("order", "add", "--account", acc, "--line", "SKU-1:3:2.50", "--json", home=d1)["id"]
-    ok("order", "add-line", order_id, "--line", "SKU-2:1:9.99", "--json", home=d1)
-    ok("server", "edit", "--data", str(server.data), "account", acc, "--set", "name=Corner Store Ltd", "--json")
+    server.ok("account", "edit", acc, "--set", "city=York", "--set", "phone=0113 555 0100", "--json", home=d1)
+    server.ok("account", "edit", acc, "--set", "city=Hull", "--set", "email=buyer@corner.example", "--json", home=d2)
+    other = _account(server, d1, name="Farm Shop", city="Ripon")
+    visit = server.ok("visit", "log", "--account", acc, "--outcome", "met the buyer", "--json", home=d2)["id"]
+    order_id = server.ok("order", "add", "--account", acc, "--line", "SKU-1:3:2.50", "--json", home=d1)["id"]
+    server.ok("order", "add-line", order_id, "--line", "SKU-2:1:9.99", "--json", home=d1)
+    server.ok("server", "edit", "--data", str(server.data), "account", acc, "--set", "name=Corner Store Ltd", "--json")
     first, second = homes[order[0]], homes[order[1]]
     for home in (first, second, first):
-        ok("sync", "--json", home=home)
+        server.ok("sync", "--json", home=home)
 
-    e1, e2, es = export(d1), export(d2), server.export(ORG)
+    e1, e2, es = server.export_home(d1), server.export_home(d2), server.export(ORG)
     assert e1 == e2 == es, "devices and server must export byte-identical state"
     state = json.loads(es)
     ids = [r["id"] for r in state["account"]]
@@ -64,67 +59,67 @@ def test_two_offline_devices_and_the_back_office_converge(tmp_path, server, orde
 
 
 def test_conflict_resolution_syncs_to_every_replica(tmp_path, server):
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    d2 = device(tmp_path, "d2", server, server.add_rep(ORG, "d2"))
-    acc = _account(d1)
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    d2 = server.device(tmp_path, "d2", server.add_rep(ORG, "d2"))
+    acc = _account(server, d1)
     for home in (d1, d2):
-        ok("sync", home=home)
-    ok("account", "edit", acc, "--set", "city=York", home=d1)
-    ok("account", "edit", acc, "--set", "city=Hull", home=d2)
+        server.ok("sync", home=home)
+    server.ok("account", "edit", acc, "--set", "city=York", home=d1)
+    server.ok("account", "edit", acc, "--set", "city=Hull", home=d2)
     for home in (d1, d2, d1):
-        ok("sync", home=home)
-    (conflict,) = ok("conflicts", "ls", "--json", home=d2)
-    ok("conflicts", "resolve", conflict["id"], "--keep", "loser", "--json", home=d2)
+        server.ok("sync", home=home)
+    (conflict,) = server.ok("conflicts", "ls", "--json", home=d2)
+    server.ok("conflicts", "resolve", conflict["id"], "--keep", "loser", "--json", home=d2)
     for home in (d2, d1):
-        ok("sync", home=home)
+        server.ok("sync", home=home)
     state = json.loads(server.export(ORG))
     assert state["conflicts"] == []
     assert state["account"][0]["city"] == conflict["loser"]["value"]
-    assert export(d1) == export(d2) == server.export(ORG)
+    assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
 
 
 def test_a_batch_sent_twice_and_out_of_order_is_applied_once(tmp_path, server):
     token = server.add_rep(ORG, "d1")
-    d1 = device(tmp_path, "d1", server, token)
-    acc = _account(d1)
-    ok("account", "edit", acc, "--set", "city=York", home=d1)
-    ok("account", "edit", acc, "--set", "city=Selby", home=d1)
+    d1 = server.device(tmp_path, "d1", token)
+    acc = _account(server, d1)
+    server.ok("account", "edit", acc, "--set", "city=York", home=d1)
+    server.ok("account", "edit", acc, "--set", "city=Selby", home=d1)
     ops = [json.loads(body) for (body,) in sqlite3.connect(d1 / "crm.sqlite3").execute(
         "SELECT body FROM outbox ORDER BY seq")]
     headers = {"authorization": f"Bearer {token}"}
     for batch in (ops[::-1], ops, ops[1:]):  # reversed, again in order, a partial retry
-        answer = httpx.post(server.url + "/v1/push", json={"protocol": 1, "ops": batch}, headers=headers)
+        answer = server.post("/v1/push", json={"protocol": 1, "ops": batch}, headers=headers)
         assert answer.status_code == 200 and sorted(answer.json()["acked"]) == sorted(o["op"] for o in batch)
-    stats = ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
+    stats = server.ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")
     assert stats == {"ops": 3, "records": 1}
-    ok("sync", home=d1)  # the device's own resend is acknowledged, not applied again
-    assert ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")["ops"] == 3
-    assert ok("outbox", "--json", home=d1)["pending"] == 0
-    assert export(d1) == server.export(ORG)
+    server.ok("sync", home=d1)  # the device's own resend is acknowledged, not applied again
+    assert server.ok("server", "stats", "--data", str(server.data), "--org", ORG, "--json")["ops"] == 3
+    assert server.ok("outbox", "--json", home=d1)["pending"] == 0
+    assert server.export_home(d1) == server.export(ORG)
     assert json.loads(server.export(ORG))["account"][0]["city"] == "Selby"
 
 
 def test_sync_exit_codes(tmp_path, server):
     lonely = tmp_path / "lonely"
-    ok("init", "--rep", "x", home=lonely)
-    assert crm("sync", home=lonely).code == 23
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    _account(d1)
-    assert crm("sync", home=d1).code == 0
-    _account(d1, name="Second")
-    ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "d1")
-    refused = crm("sync", "--json", home=d1)
+    server.ok("init", "--rep", "x", home=lonely)
+    assert server.crm("sync", home=lonely).code == 23
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    _account(server, d1)
+    assert server.crm("sync", home=d1).code == 0
+    _account(server, d1, name="Second")
+    server.ok("server", "revoke", "--data", str(server.data), "--org", ORG, "--rep", "d1")
+    refused = server.crm("sync", "--json", home=d1)
     assert refused.code == 21 and "token" in refused.stderr
-    assert ok("outbox", "--json", home=d1)["pending"] == 1, "a refused device keeps its work"
+    assert server.ok("outbox", "--json", home=d1)["pending"] == 1, "a refused device keeps its work"
     server.kill()
-    down = crm("sync", home=d1)
+    down = server.crm("sync", home=d1)
     assert down.code == 20 and "queued" in down.stderr
-    assert ok("outbox", "--json", home=d1)["pending"] == 1
+    assert server.ok("outbox", "--json", home=d1)["pending"] == 1
 
 
 def test_an_op_the_server_refuses_does_not_block_the_queue(tmp_path, server):
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    acc = _account(d1)
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    acc = _account(server, d1)
     db = sqlite3.connect(d1 / "crm.sqlite3")
     body = json.loads(db.execute("SELECT body FROM outbox").fetchone()[0])
     bad = {**body, "op": body["op"][:-4] + "ffff", "entity": "product", "kind": "create",
@@ -133,10 +128,10 @@ def test_an_op_the_server_refuses_does_not_block_the_queue(tmp_path, server):
         db.execute("INSERT INTO outbox (op_id, entity, record_id, hlc, body) VALUES (?, ?, ?, ?, ?)",
                    (bad["op"], "product", bad["id"], bad["hlc"], json.dumps(bad)))
     db.close()
-    _account(d1, name="After the bad one")
-    assert ok("sync", "--json", home=d1)["rejected"] == 1
-    assert ok("outbox", "--json", home=d1)["pending"] == 0
-    rejected = ok("outbox", "--rejected", "--json", home=d1)
+    _account(server, d1, name="After the bad one")
+    assert server.ok("sync", "--json", home=d1)["rejected"] == 1
+    assert server.ok("outbox", "--json", home=d1)["pending"] == 0
+    rejected = server.ok("outbox", "--rejected", "--json", home=d1)
     assert rejected["rejected"] == 1 and "server" in rejected["entries"][0]["reason"]
     names = sorted(a["name"] for a in json.loads(server.export(ORG))["account"])
     assert names == ["After the bad one", "Corner Store 42"]
@@ -144,74 +139,75 @@ def test_an_op_the_server_refuses_does_not_block_the_queue(tmp_path, server):
 
 
 def test_a_device_hours_behind_still_wins_with_a_later_edit(tmp_path, server):
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    d2 = device(tmp_path, "d2", server, server.add_rep(ORG, "d2"))
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    d2 = server.device(tmp_path, "d2", server.add_rep(ORG, "d2"))
     behind = {"CRM_CLOCK_SKEW_MS": str(-5 * 3600 * 1000)}
-    acc = _account(d1)
-    ok("account", "edit", acc, "--set", "city=York", home=d1)
-    ok("sync", home=d1)
-    ok("sync", home=d2, env=behind)
-    ok("account", "edit", acc, "--set", "city=Hull", home=d2, env=behind)  # made after seeing York
-    ok("sync", home=d2, env=behind)
-    ok("sync", home=d1)
+    acc = _account(server, d1)
+    server.ok("account", "edit", acc, "--set", "city=York", home=d1)
+    server.ok("sync", home=d1)
+    server.ok("sync", home=d2, env=behind)
+    server.ok("account", "edit", acc, "--set", "city=Hull", home=d2, env=behind)  # made after seeing York
+    server.ok("sync", home=d2, env=behind)
+    server.ok("sync", home=d1)
     state = json.loads(server.export(ORG))
     assert state["account"][0]["city"] == "Hull" and state["conflicts"] == []
-    assert export(d1) == export(d2) == server.export(ORG)
+    assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
 
 
 def test_products_reach_devices_and_price_order_lines(tmp_path, server):
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
     catalogue = tmp_path / "products.csv"
     catalogue.write_text("sku,name,price\nSKU-1,Crisps 24x,12.5\nSKU-2,Cola 12x,7\n")
-    ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
-    ok("sync", home=d1)
-    assert sorted(p["sku"] for p in ok("product", "ls", "--json", home=d1)) == ["SKU-1", "SKU-2"]
-    acc = _account(d1)
-    order = ok("order", "add", "--account", acc, "--line", "SKU-1:2", "--json", home=d1)
-    assert order["lines"][0]["unit_price"] == "12.50" or ok(
+    server.ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
+    server.ok("sync", home=d1)
+    assert sorted(p["sku"] for p in server.ok("product", "ls", "--json", home=d1)) == ["SKU-1", "SKU-2"]
+    acc = _account(server, d1)
+    order = server.ok("order", "add", "--account", acc, "--line", "SKU-1:2", "--json", home=d1)
+    assert order["lines"][0]["unit_price"] == "12.50" or server.ok(
         "order", "show", order["id"], "--json", home=d1)["lines"][0]["unit_price"] == "12.50"
-    ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
+    server.ok("server", "import-products", "--data", str(server.data), "--org", ORG, str(catalogue), "--json")
     assert len(json.loads(server.export(ORG))["product"]) == 2, "re-import upserts by SKU"
 
 
-def test_background_agent_pushes_soon_and_catches_up_after_an_outage(tmp_path, server):
+@process_only  # the agent is a detached process
+def test_background_agent_pushes_alone_and_catches_up_after_an_outage(tmp_path, server):
     env = {"CRM_AGENT_MAX_BACKOFF_S": "1"}
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    ok("agent", "start", "--json", home=d1, env=env)
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    server.ok("agent", "start", "--json", home=d1, env=env)
     try:
-        _account(d1, name="First")
-        # Acknowledged by the server = gone from the outbox; read in-process so the probe costs ~1 ms.
-        took = wait_for(lambda: _pending_in_store(d1) == 0, timeout=5, interval=0.05)
-        assert took < 2.0, f"pushed {took:.2f} s after the write"
+        _account(server, d1, name="First")
+        # Acknowledged by the server = gone from the outbox, with no `crm sync`. How soon is a figure
+        # for bench/ (a loaded CI machine must not fail a deadline); that it happens is the test.
+        wait_for(lambda: _pending_in_store(d1) == 0, timeout=30, interval=0.05)
         assert "First" in server.export(ORG)
         server.kill()
-        _account(d1, name="Written offline")
-        wait_for(lambda: ok("agent", "status", "--json", home=d1)["state"] == "offline", timeout=10)
+        _account(server, d1, name="Written offline")
+        wait_for(lambda: server.ok("agent", "status", "--json", home=d1)["state"] == "offline", timeout=30)
         server.start()
-        wait_for(lambda: "Written offline" in server.export(ORG), timeout=10)
-        assert ok("outbox", "--json", home=d1)["pending"] == 0
-        assert export(d1) == server.export(ORG)
+        wait_for(lambda: "Written offline" in server.export(ORG), timeout=30)
+        assert server.ok("outbox", "--json", home=d1)["pending"] == 0
+        assert server.export_home(d1) == server.export(ORG)
     finally:
-        ok("agent", "stop", "--json", home=d1)
-    assert ok("agent", "status", "--json", home=d1)["running"] is False
+        server.ok("agent", "stop", "--json", home=d1)
+    assert server.ok("agent", "status", "--json", home=d1)["running"] is False
 
 
 def test_back_office_http_endpoint_edits_through_the_same_rules(tmp_path, server):
-    d1 = device(tmp_path, "d1", server, server.add_rep(ORG, "d1"))
-    acc = _account(d1)
-    ok("sync", home=d1)
-    admin = ok("server", "add-admin", "--data", str(server.data), "--org", ORG, "--json")["token"]
-    device_token = ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "d9", "--json")["token"]
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    acc = _account(server, d1)
+    server.ok("sync", home=d1)
+    admin = server.ok("server", "add-admin", "--data", str(server.data), "--org", ORG, "--json")["token"]
+    device_token = server.ok("server", "add-rep", "--data", str(server.data), "--org", ORG, "--rep", "d9", "--json")["token"]
     body = {"protocol": 1, "entity": "account", "id": acc, "set": {"phone": "0113 496 0000"}}
-    assert httpx.post(server.url + "/v1/admin/edit", json=body).status_code == 401
-    refused = httpx.post(server.url + "/v1/admin/edit", json=body, headers={"authorization": f"Bearer {device_token}"})
+    assert server.post("/v1/admin/edit", json=body).status_code == 401
+    refused = server.post("/v1/admin/edit", json=body, headers={"authorization": f"Bearer {device_token}"})
     assert refused.status_code == 403
-    bad = httpx.post(server.url + "/v1/admin/edit", json={**body, "set": {"email": "not-an-email"}},
+    bad = server.post("/v1/admin/edit", json={**body, "set": {"email": "not-an-email"}},
                      headers={"authorization": f"Bearer {admin}"})
     assert bad.status_code == 422 and "email" in bad.json()["message"]
-    edited = httpx.post(server.url + "/v1/admin/edit", json=body, headers={"authorization": f"Bearer {admin}"})
+    edited = server.post("/v1/admin/edit", json=body, headers={"authorization": f"Bearer {admin}"})
     assert edited.status_code == 200 and edited.json()["phone"] == "0113 496 0000"
-    ok("sync", home=d1)
-    exported = httpx.get(server.url + "/v1/admin/export", headers={"authorization": f"Bearer {admin}"}).json()
-    assert exported == json.loads(server.export(ORG)) == json.loads(export(d1))
+    server.ok("sync", home=d1)
+    exported = server.get("/v1/admin/export", headers={"authorization": f"Bearer {admin}"}).json()
+    assert exported == json.loads(server.export(ORG)) == json.loads(server.export_home(d1))
     assert exported["account"][0]["phone"] == "0113 496 0000"

@@ -17,6 +17,8 @@ from harness import processes
 from harness import toxiproxy as tp
 from harness.ports import free_port
 
+pytestmark = [pytest.mark.process, pytest.mark.conformance]  # the real toxiproxy-server
+
 BIG = b"x" * 30_000
 
 

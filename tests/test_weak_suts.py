@@ -19,6 +19,8 @@ from harness.history import History
 from harness.levels import ScenarioResult, certify_level
 from harness.profile import load_profile
 
+pytestmark = [pytest.mark.process, pytest.mark.conformance]  # the weak SUTs, run for real
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ORG = "acme-org"
 

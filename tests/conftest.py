@@ -1,0 +1,75 @@
+"""Test tiers and the shared server rig.
+
+Tiers (markers registered in pyproject.toml, `--strict-markers`):
+  process      starts real OS processes (crm subprocesses, `crm server serve`, agents)
+  conformance  runs the harness against a SUT (real Toxiproxy, SIGKILL, certifications)
+  slow         long even among those (crash loops, calibration, thousands of requests)
+The fast tier (`tox -e fast`) deselects all three; the full run (`tox`) runs everything.
+
+A fast-tier test may not start a process: the guard below fails it, so the tier stays fast by
+construction rather than by review.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.support import AppServer, Server, running_server
+
+# Hypothesis: `ci` keeps each test's own example budget; `dev` (the fast tier) caps it.
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+PROCESS_MARKERS = ("process", "conformance", "slow")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request, monkeypatch):
+    """An unmarked test that starts a process fails here: mark it `process` (or fix it)."""
+    if any(request.node.get_closest_marker(m) for m in PROCESS_MARKERS):
+        return
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}) but is not marked "
+                             "`process`: the fast tier runs in-process only")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def _rig(kind: str, data, monkeypatch) -> Iterator[Server]:
+    if kind == "process":
+        with running_server(data) as server:
+            yield server
+        return
+    server = AppServer(data)
+    server.install(monkeypatch)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+RIGS = ["app", pytest.param("process", marks=pytest.mark.process)]
+# For a test that needs real processes whatever the tier (an agent, a SIGKILL): only the process rig.
+process_only = pytest.mark.parametrize("server", RIGS[1:], indirect=True)
+
+
+@pytest.fixture(params=RIGS)
+def server(request, tmp_path, monkeypatch) -> Iterator[Server]:
+    """A sync server and the `crm` that talks to it: in-process (``app``) or real processes
+    (``process``). The same test body runs on both."""
+    yield from _rig(request.param, tmp_path / "server", monkeypatch)
+
+
+@pytest.fixture(scope="module", params=RIGS)
+def module_server(request, tmp_path_factory) -> Iterator[Server]:
+    """One rig for a whole module (each test uses its own organisation or records)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _rig(request.param, tmp_path_factory.mktemp("rig") / "server", monkeypatch)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,10 +36,16 @@ def _target(data: Path | None, db: str | None) -> str:
     return str(data)
 
 
-def _store(data: Path | None, db: str | None, *, create: bool = False):
+@contextlib.contextmanager
+def _store(data: Path | None, db: str | None, *, create: bool = False) -> Iterator[Any]:
+    """The server store for one command, closed after it (a server may be serving the same file)."""
     from crm.server import ServerStore
 
-    return ServerStore.open(_target(data, db), create=create)
+    store = ServerStore.open(_target(data, db), create=create)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @server_app.command("serve")
@@ -60,9 +68,8 @@ def serve(
 
     if not 0 < port < 65536:
         raise invalid(f"--port {port}: give a TCP port between 1 and 65535")
-    store = _store(data, db, create=True)
-    location = store.location
-    store.close()
+    with _store(data, db, create=True) as store:
+        location = store.location
     output.message(f"crm sync server on http://{host}:{port} (data: {location})")
     run_server(_target(data, db), host=host, port=port, log_level=log_level)
 
@@ -80,7 +87,8 @@ def add_rep(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's 
     Example:
       crm server add-rep --data ./server --org acme --rep rep-1 --expires-in-days 90 --json
     """
-    token = _store(data, db, create=True).add_token(org, rep, role="device", expires_in_days=expires_in_days)
+    with _store(data, db, create=True) as store:
+        token = store.add_token(org, rep, role="device", expires_in_days=expires_in_days)
     output.emit({"org": org, "rep": rep, "token": token, "expires_in_days": expires_in_days},
                 as_json=as_json, text=token)
 
@@ -89,7 +97,8 @@ def add_rep(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's 
 def add_admin(org: Org, name: Annotated[str, typer.Option("--name", help="Who uses it")] = "backoffice",
               data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Create a back-office token (for /v1/admin/edit and /v1/admin/export)."""
-    token = _store(data, db, create=True).add_token(org, name, role="admin")
+    with _store(data, db, create=True) as store:
+        token = store.add_token(org, name, role="admin")
     output.emit({"org": org, "name": name, "token": token}, as_json=as_json, text=token)
 
 
@@ -97,7 +106,8 @@ def add_admin(org: Org, name: Annotated[str, typer.Option("--name", help="Who us
 def revoke(org: Org, rep: Annotated[str, typer.Option("--rep")], data: DataDir = None, db: DbUrl = None,
            as_json: Json = False) -> None:
     """Revoke every token of a rep: the device's next request is refused; its outbox is kept."""
-    count = _store(data, db).revoke(org, rep)
+    with _store(data, db) as store:
+        count = store.revoke(org, rep)
     output.emit({"org": org, "rep": rep, "revoked": count}, as_json=as_json, text=f"revoked {count} token(s)")
 
 
@@ -120,7 +130,8 @@ def import_products(org: Org, file: Annotated[Path, typer.Argument(help="CSV wit
         raise ImportFileError(f"cannot read {file}: {exc}") from None
     if not rows:
         raise ImportFileError(f"{file} has no product rows")
-    result = _store(data, db).import_products(org, rows)
+    with _store(data, db) as store:
+        result = store.import_products(org, rows)
     output.emit(result, as_json=as_json,
                 text=f"products: {result['created']} created, {result['updated']} updated, "
                      f"{result['unchanged']} unchanged")
@@ -138,7 +149,8 @@ def edit(entity: Annotated[str, typer.Argument(help="account, contact, visit, or
     Example:
       crm server edit --data ./server account 0192... --set phone=0113-555-0100
     """
-    result = _store(data, db).edit(org, entity, record_id, parse_assignments(set_))
+    with _store(data, db) as store:
+        result = store.edit(org, entity, record_id, parse_assignments(set_))
     output.emit(result, as_json=as_json)
 
 
@@ -149,11 +161,47 @@ def export(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = Fal
 
     from crm import canonical_json
 
-    sys.stdout.write(canonical_json(_store(data, db).export(org)))
+    with _store(data, db) as store:
+        state = store.export(org)
+    sys.stdout.write(canonical_json(state))
 
 
 @server_app.command("stats")
 def stats(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
     """Counts of ops and records for an organisation."""
-    result = _store(data, db).stats(org)
+    with _store(data, db) as store:
+        result = store.stats(org)
     output.emit(result, as_json=as_json, text=json.dumps(result))
+
+
+@server_app.command("backup")
+def backup(to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The backup file to write")],
+           data: DataDir = None, as_json: Json = False) -> None:
+    """Write a consistent copy of a SQLite server's data, safe while the server runs (SQLite's
+    backup API; never copy the live file). PostgreSQL: use pg_dump.
+
+    \b
+    Example:
+      crm server backup --data ./server --to ./server-2026-12-02.sqlite3
+    """
+    from crm.server import backup_sqlite
+
+    result = backup_sqlite(_target(data, None), to)
+    output.emit(result, as_json=as_json, text=f"backed up {result['ops']} ops to {result['file']}")
+
+
+@server_app.command("restore")
+def restore(from_: Annotated[Path, typer.Option("--from", metavar="FILE", help="A file `crm server backup` wrote")],
+            data: DataDir = None, as_json: Json = False) -> None:
+    """Put a SQLite server's data back to a backup. Devices notice on their next sync and send
+    again whatever they hold that the backup lacks (docs/sync-protocol.md, "Continuity").
+    Stop the server first. PostgreSQL: pg_restore; devices recover the same way.
+
+    \b
+    Example:
+      crm server restore --data ./server --from ./server-2026-12-02.sqlite3
+    """
+    from crm.server import restore_sqlite
+
+    result = restore_sqlite(_target(data, None), from_)
+    output.emit(result, as_json=as_json, text=f"restored {result['ops']} ops from {result['file']}")

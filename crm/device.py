@@ -449,19 +449,76 @@ class Device:
                 "SELECT op_id, body FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?",
                 (limit,)).fetchall()
 
-    def settle_pushed(self, acked: list[str], rejected: list[tuple[str, str]]) -> None:
-        """Drop what the server acknowledged; park what it refused where the rep can see it."""
+    def settle_pushed(self, acked: list[str], rejected: list[tuple[str, str]], *,
+                      witness: str | None = None, latest: str | None = None) -> None:
+        """Move what the server acknowledged from the outbox to the kept ops; park what it refused
+        where the rep can see it; remember the server's continuity answer."""
         with self.store.write() as conn:
-            conn.executemany("DELETE FROM outbox WHERE op_id = ?", [(op_id,) for op_id in acked])
+            keys = [(op_id,) for op_id in acked]
+            conn.executemany("INSERT OR IGNORE INTO sent (op_id, body) "
+                             "SELECT op_id, body FROM outbox WHERE op_id = ?", keys)
+            conn.executemany("DELETE FROM outbox WHERE op_id = ?", keys)
             conn.executemany("UPDATE outbox SET state = 'rejected', reason = ? WHERE op_id = ?",
                              [(reason, op_id) for op_id, reason in rejected])
+            self._remember_server(conn, witness=witness, latest=latest)
 
     def count_attempt(self, op_ids: list[str]) -> None:
         with self.store.write() as conn:
             conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE op_id = ?",
                              [(op_id,) for op_id in op_ids])
 
-    def apply_remote(self, ops: list[Op], *, cursor: str) -> int:
+    # -- continuity: the server restored, this home restored or copied (docs/sync-protocol.md) ---
+    def continuity(self) -> tuple[str | None, str | None]:
+        """(witness, known) to send: a log entry this device saw, and its own latest logged op."""
+        with sqlite_errors(self.store.path):
+            meta = dict(self.store.conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('witness', 'known')").fetchall())
+        return meta.get("witness") or None, meta.get("known")
+
+    def _remember_server(self, conn: sqlite3.Connection, *, witness: str | None, latest: str | None) -> None:
+        """Keep the furthest log entry seen, and the device's latest op the log holds ("" none)."""
+        if witness:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'witness'").fetchone()
+            if not row or not row[0] or int(row[0].split(":", 1)[0]) < int(witness.split(":", 1)[0]):
+                self.store.set_meta(conn, "witness", witness)
+        if latest is not None:  # "" when the log holds no op of this device id
+            self.store.set_meta(conn, "known", latest)
+
+    def knows_op(self, op_id: str) -> bool:
+        """Whether this home made ``op_id`` (queued, parked or acknowledged)."""
+        with sqlite_errors(self.store.path):
+            return self.store.conn.execute(
+                "SELECT 1 FROM outbox WHERE op_id = ? UNION ALL SELECT 1 FROM sent WHERE op_id = ?",
+                (op_id, op_id)).fetchone() is not None
+
+    def adopt_latest(self, latest: str | None) -> None:
+        """The log's latest op of this device id is one this home made (its answer was lost)."""
+        self.set_settings({"known": latest or ""})
+
+    def forget_server_log(self) -> None:
+        """The server's log went back: pull it all again, and send every kept op again first."""
+        self.set_settings({"pull_cursor": "0", "witness": "", "resend_from": "0"})
+
+    def reload_identity(self) -> None:
+        self.device_id = self.setting("device_id") or self.device_id
+
+    def take_new_identity(self) -> str:
+        """Another copy of this device id pushed: this home becomes a new device, which pulls the
+        whole log again, its former id's ops included. Its own ops keep the ids and stamps they
+        were made with (they are distinct ops; the server applies each once)."""
+        new = new_id()
+        self.set_settings({"device_id": new, "pull_cursor": "0", "witness": "", "known": ""})
+        self.device_id = new
+        return new
+
+    def kept_ops(self, *, after: int, limit: int) -> list[tuple[int, str]]:
+        """Acknowledged ops after position ``after`` of the kept list, oldest first: (seq, body)."""
+        with sqlite_errors(self.store.path):
+            return self.store.conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
+                                           (after, limit)).fetchall()
+
+    def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
+                     latest: str | None = None) -> int:
         """Apply pulled ops and move the pull cursor in one transaction; returns ops applied.
 
         The clock observes every pulled stamp, so a device whose wall clock is behind still
@@ -488,6 +545,7 @@ class Device:
             conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, "pull_cursor", cursor)
+            self._remember_server(conn, witness=witness, latest=latest)
         return len(rows)
 
     def status(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .errors import (
     StoreMissingError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILENAME = "crm.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock; CRM_BUSY_TIMEOUT_MS overrides
 
@@ -65,6 +65,15 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX outbox_record ON outbox (entity, record_id);
     CREATE INDEX outbox_state ON outbox (state, seq);
+    """,
+    # Acknowledged ops are kept, oldest first, to send again to a server restored from a backup
+    # that lacks them (docs/sync-protocol.md, "Continuity").
+    2: """
+    CREATE TABLE sent (
+        seq   INTEGER PRIMARY KEY,
+        op_id TEXT NOT NULL UNIQUE,
+        body  TEXT NOT NULL
+    );
     """,
 }
 

@@ -7,8 +7,12 @@ the pull cursor moves in the same transaction as the ops it covers.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,7 @@ from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnr
 from .ops import OpFormatError, loads, op_from_wire
 
 PROTOCOL = 1
+SYNC_LOCK = "sync.lock"
 PUSH_BATCH = 1000
 PULL_PAGE = 2000
 # The refusals of a whole push batch that halving it can get past (docs/sync-protocol.md).
@@ -32,6 +37,19 @@ class BatchRefused(ServerError):
         super().__init__(message)
         self.op = op
         self.reason = reason
+
+
+class ContinuityBroken(ServerError):
+    """409 continuity: the server's log went back (``log_changed``), or another copy of this
+    device id pushed (``device_reused``; ``latest`` is that copy's latest op)."""
+
+    def __init__(self, message: str, *, reason: str, latest: str | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.latest = latest
+
+
+MAX_RECOVERIES = 3  # continuity recoveries in one sync before it gives up (exit 22)
 
 
 @dataclass
@@ -85,6 +103,10 @@ class SyncClient:
             if path == "/v1/push" and (response.status_code, body.get("error")) in _BATCH_REFUSALS:
                 op = body.get("op")
                 raise BatchRefused(message, op=op if isinstance(op, str) else None, reason=_message(response))
+            if response.status_code == 409 and body.get("reason") in ("log_changed", "device_reused"):
+                latest = body.get("latest")
+                raise ContinuityBroken(message, reason=body["reason"],
+                                       latest=latest if isinstance(latest, str) else None)
             raise ServerError(message)
         try:
             data = loads(response.content)
@@ -97,14 +119,33 @@ class SyncClient:
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/v1/health")
 
-    def push(self, device_id: str, ops: list[str]) -> dict[str, Any]:
+    def push(self, device_id: str, ops: list[str], *, witness: str | None = None,
+             known: str | None = None) -> dict[str, Any]:
         """Push ops given as their stored wire JSON, spliced in without a decode/encode round trip."""
-        body = (f'{{"protocol":{PROTOCOL},"device":{json.dumps(device_id)},"ops":['
+        claims = "".join(f',"{key}":{json.dumps(value)}' for key, value in
+                         (("witness", witness), ("known", known)) if value is not None)
+        body = (f'{{"protocol":{PROTOCOL},"device":{json.dumps(device_id)}{claims},"ops":['
                 + ",".join(ops) + "]}").encode()
         return self._call("POST", "/v1/push", content=body, headers={"content-type": "application/json"})
 
-    def pull(self, *, cursor: int, limit: int, device_id: str) -> dict[str, Any]:
-        return self._call("GET", "/v1/pull", params={"cursor": cursor, "limit": limit, "device": device_id})
+    def pull(self, *, cursor: int, limit: int, device_id: str, witness: str | None = None,
+             known: str | None = None) -> dict[str, Any]:
+        params = {"cursor": cursor, "limit": limit, "device": device_id}
+        params.update({key: value for key, value in (("witness", witness), ("known", known)) if value is not None})
+        return self._call("GET", "/v1/pull", params=params)
+
+
+def _latest(answer: dict[str, Any]) -> str | None:
+    """The answer's ``latest`` as the device stores it: "" for none, None when not said."""
+    if "latest" not in answer:
+        return None
+    latest = answer["latest"]
+    return latest if isinstance(latest, str) else ""
+
+
+def _witness(answer: dict[str, Any]) -> str | None:
+    witness = answer.get("witness")
+    return witness if isinstance(witness, str) and ":" in witness else None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -150,8 +191,9 @@ def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
 def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) -> tuple[int, int]:
     """Push ``rows`` (op id, wire JSON); when one is parked, stop so the caller re-reads the queue."""
     sent = {op_id for op_id, _ in rows}
+    witness, known = device.continuity()
     try:
-        answer = client.push(device.device_id, [body for _, body in rows])
+        answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
     except BatchRefused as refusal:
         culprit = refusal.op if refusal.op in sent else rows[0][0] if len(rows) == 1 else None
         if culprit is not None:
@@ -168,15 +210,33 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) 
                 if isinstance(r, dict) and r.get("op") in sent]
     if not acked and not rejected:
         raise ServerError("the server acknowledged none of a pushed batch")
-    device.settle_pushed(acked, rejected)
+    device.settle_pushed(acked, rejected, witness=_witness(answer), latest=_latest(answer))
     return len(acked), len(rejected)
+
+
+def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> int:
+    """After the server's log went back: send every acknowledged op this home kept, oldest first,
+    so the server has again whatever it lost (it applies each op id once, so what it still has
+    changes nothing). Progress is saved per batch: a kill resumes where it stopped."""
+    resent = 0
+    while (start := device.setting("resend_from")) not in (None, ""):
+        rows = device.kept_ops(after=int(start), limit=batch)
+        if not rows:
+            device.set_settings({"resend_from": ""})
+            return resent
+        witness, known = device.continuity()
+        answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
+        device.set_settings({"resend_from": str(rows[-1][0]), "known": _latest(answer) or ""})
+        resent += len(rows)
+    return resent
 
 
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
     pulled = applied = 0
     while True:
         cursor = int(device.setting("pull_cursor", "0") or 0)
-        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id)
+        witness, known = device.continuity()
+        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known)
         try:
             ops = [op_from_wire(raw) for raw in answer.get("ops", [])]
             new_cursor = int(answer["cursor"])
@@ -184,22 +244,40 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
             raise ServerError(f"the server sent an unusable pull page: {exc}") from None
         if new_cursor < cursor:
             raise ServerError("the server's pull cursor went backwards")
-        applied += device.apply_remote(ops, cursor=str(new_cursor))
+        applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
+                                       latest=_latest(answer))
         pulled += len(ops)
         if not answer.get("more"):
             return pulled, applied
 
 
+@contextlib.contextmanager
+def _one_sync_at_a_time(device: Device) -> Iterator[None]:
+    """An exclusive lock on the home's sync.lock: the agent and a `crm sync` never interleave
+    (a continuity recovery changes what the other would send)."""
+    fd = os.open(device.store.path.parent / SYNC_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult:
     """Push then pull. Raises ServerUnreachableError / AuthRefusedError / ServerError."""
+    with _one_sync_at_a_time(device):
+        device.reload_identity()  # another process may have given this home a new device id
+        return _sync_once(device, client)
+
+
+def _sync_once(device: Device, client: SyncClient | None) -> SyncResult:
     started = time.monotonic()
     own = client is None
     client = client or client_for(device)
     try:
         result = SyncResult()
         try:
-            result.pushed, result.rejected = push_outbox(device, client)
-            result.pulled, result.applied = pull_changes(device, client)
+            _sync_with_recovery(device, client, result)
         except Exception as exc:
             device.set_settings({"last_sync_error": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                                                     f"{getattr(exc, 'message', str(exc))[:200]}"})
@@ -211,3 +289,24 @@ def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult
     finally:
         if own:
             client.close()
+
+
+def _sync_with_recovery(device: Device, client: SyncClient, result: SyncResult) -> None:
+    """Push, then pull; when the server says the device's view of its log no longer holds, put it
+    right and go again (docs/sync-protocol.md, "Continuity")."""
+    for _ in range(MAX_RECOVERIES + 1):
+        try:
+            resend_kept(device, client)
+            pushed, rejected = push_outbox(device, client)
+            result.pushed += pushed
+            result.rejected += rejected
+            result.pulled, result.applied = pull_changes(device, client)
+            return
+        except ContinuityBroken as broken:
+            if broken.reason == "log_changed":
+                device.forget_server_log()
+            elif broken.latest is None or device.knows_op(broken.latest):
+                device.adopt_latest(broken.latest)  # its own op, whose answer was lost
+            else:
+                device.take_new_identity()
+    raise ServerError("the server's log kept changing under this sync; try again later")

@@ -184,24 +184,27 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.1) -> float:
 
 
 class AppTransport(httpx.BaseTransport):
-    """The real server app served to a synchronous httpx client in this process: requests take
-    the app's whole path (routing, auth, parsing, the store) with no socket and no process.
-    ``online = False`` answers like a server that is down."""
+    """An ASGI app served to a synchronous httpx client in this process: requests take the app's
+    whole path (routing, auth, parsing, the store) with no socket and no process. With no app
+    (``serve(None)``) it answers like a server that is down."""
 
-    def __init__(self, app: Any) -> None:
-        self._asgi = httpx.ASGITransport(app=app)
+    def __init__(self) -> None:
+        self._asgi: httpx.ASGITransport | None = None
         self._portal_cm = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
-        self.online = True
+
+    def serve(self, app: Any | None) -> None:
+        self._asgi = httpx.ASGITransport(app=app) if app is not None else None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.online:
+        asgi = self._asgi
+        if asgi is None:
             raise httpx.ConnectError("connection refused (the in-process server is down)", request=request)
         body = request.read()
 
         async def call() -> httpx.Response:
             inner = httpx.Request(request.method, request.url, headers=request.headers, content=body)
-            response = await self._asgi.handle_async_request(inner)
+            response = await asgi.handle_async_request(inner)
             content = await response.aread()
             return httpx.Response(response.status_code, headers=response.headers, content=content,
                                   request=request)
@@ -218,18 +221,16 @@ class AppTransport(httpx.BaseTransport):
 class AppServer(Server):
     """The in-process twin of `Server`: ``create_app`` over a real SQLite ServerStore in ``data``,
     and `crm` run by typer's CliRunner, its `crm sync` reaching the app through `AppTransport`.
-    Install it with ``monkeypatch`` (see ``server`` in tests/conftest.py); ``kill``/``start`` take the
-    app offline and back."""
+    Install it with ``monkeypatch`` (see ``server`` in tests/conftest.py). ``kill`` closes the
+    store and answers like a server that is down; ``start`` opens it again."""
 
     URL = "http://crm-server.test"
 
     def __init__(self, data: Path) -> None:
         super().__init__(data, 0)
-        from crm.server import ServerStore
-        from crm.server.app import create_app
-
-        self.store = ServerStore.open(data)
-        self.transport = AppTransport(create_app(self.store))
+        self.store: Any = None
+        self.transport = AppTransport()
+        self.start()
 
     @property
     def url(self) -> str:
@@ -248,14 +249,22 @@ class AppServer(Server):
         monkeypatch.setattr(crm.sync, "client_for", client_for)
 
     def start(self) -> None:
-        self.transport.online = True
+        from crm.server import ServerStore
+        from crm.server.app import create_app
+
+        if self.store is None:
+            self.store = ServerStore.open(self.data)
+            self.transport.serve(create_app(self.store))
 
     def kill(self) -> None:
-        self.transport.online = False
+        self.transport.serve(None)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def close(self) -> None:
+        self.kill()
         self.transport.shutdown()
-        self.store.close()
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, transport=self.transport, timeout=30)

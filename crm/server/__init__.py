@@ -3,9 +3,10 @@
 Loaded only by commands that serve or administer it; local device commands never import it.
 """
 
+from .backup import backup_sqlite, restore_sqlite
 from .store import ServerStore
 
-__all__ = ["ServerStore", "serve"]
+__all__ = ["ServerStore", "backup_sqlite", "restore_sqlite", "serve"]
 
 
 def serve(target: str, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "warning") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,15 +26,24 @@ from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import now_ms
 from ..ops import MAX_FIELDS_PER_OP, loads
 from . import openapi
-from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
+from .store import (
+    MAX_PULL_LIMIT,
+    MAX_PUSH_OPS,
+    Continuity,
+    ContinuityBroken,
+    Identity,
+    PushResult,
+    ServerStore,
+)
 
 PROTOCOL = 1
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
-PUSH_KEYS = frozenset({"protocol", "device", "ops"})
+PUSH_KEYS = frozenset({"protocol", "device", "ops", "witness", "known"})
 EDIT_KEYS = frozenset({"protocol", "entity", "id", "set"})
-PULL_PARAMS = frozenset({"cursor", "limit", "device"})
+PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known"})
+_WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
 _WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢" and "1_000"
 # JSON nesting: a push is 6 levels deep; refuse past MAX_DEPTH before any parser recurses into it
 # (orjson before 3.9.15 overflows the stack on a deep enough document: CVE-2024-27454).
@@ -124,19 +134,42 @@ def _shallow(body: bytes) -> bool:
     return not skeleton
 
 
-def _push(store: ServerStore, identity: Identity, raw_ops: list[Any]) -> PushResult:
+def _push(store: ServerStore, identity: Identity, raw_ops: list[Any], continuity: Continuity) -> PushResult:
     """Refuse the whole batch if any op breaks the schema (InvalidOp); else hand it to the store,
     which rejects the ops the domain rules refuse one by one and applies the rest."""
     now = now_ms()
-    return store.push(identity, [parse(raw, now=now) for raw in raw_ops])  # parsed once, here
+    return store.push(identity, [parse(raw, now=now) for raw in raw_ops],  # parsed once, here
+                      continuity=continuity)
 
 
-def _pull_params(request: Request) -> tuple[int, int, str | None]:
+def _continuity(device: Any, witness: Any, known: Any) -> Continuity:
+    """The continuity claims of a push body or pull query (docs/sync-protocol.md, "Continuity")."""
+    if witness is not None:
+        match = _WITNESS.fullmatch(witness) if isinstance(witness, str) else None
+        if match is None or int(match[1]) > MAX_CURSOR:
+            raise _Refusal(_error(400, "bad_request", "witness must be POSITION:OP_ID"))
+        witness = (int(match[1]), match[2])
+    if known is not None and not (isinstance(known, str) and (known == "" or ID.fullmatch(known))):
+        raise _Refusal(_error(400, "bad_request", "known must be an op id or empty"))
+    if known is not None and device is None:
+        raise _Refusal(_error(400, "bad_request", "known needs device"))
+    return Continuity(device=device, witness=witness, known=known)
+
+
+def _continuity_broken(exc: ContinuityBroken) -> JSONResponse:
+    says = {"log_changed": "this server's log no longer holds the entry the device saw: it was restored "
+                           "from a backup or replaced; send again what you hold and pull from the start",
+            "device_reused": "another copy of this device id pushed to this log: a restored or copied home "
+                             "must take a new device id"}
+    return _error(409, "continuity", says[exc.reason], reason=exc.reason, latest=exc.latest)
+
+
+def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity]:
     params = request.query_params
     unknown = sorted(set(params) - PULL_PARAMS)
     if unknown:
         raise _Refusal(_error(400, "bad_request", f"unknown query parameter(s): {', '.join(unknown)[:200]}; "
-                                                  "expected cursor, limit, device"))
+                                                  "expected cursor, limit, device, witness, known"))
     cursor, limit = params.get("cursor", "0"), params.get("limit", str(DEFAULT_PULL_LIMIT))
     if not _WHOLE.fullmatch(cursor) or int(cursor) > MAX_CURSOR:
         raise _Refusal(_error(400, "bad_request", f"cursor must be a whole number from 0 to {MAX_CURSOR}"))
@@ -145,7 +178,7 @@ def _pull_params(request: Request) -> tuple[int, int, str | None]:
     device = params.get("device")
     if device is not None and not ID.fullmatch(device):
         raise _Refusal(_error(400, "bad_request", f"device must be a device id ({ID.pattern})"))
-    return int(cursor), int(limit), device
+    return int(cursor), int(limit), device, _continuity(device, params.get("witness"), params.get("known"))
 
 
 def create_app(store: ServerStore) -> Starlette:
@@ -170,8 +203,16 @@ def create_app(store: ServerStore) -> Starlette:
             return _error(413, "too_large", f"at most {MAX_PUSH_OPS} ops per push")
         if "device" in data and not (isinstance(device, str) and ID.fullmatch(device)):
             return _error(400, "bad_request", f"device must be a device id ({ID.pattern})")
+        if any(key in data and data[key] is None for key in ("witness", "known")):
+            return _error(400, "bad_request", "witness and known may be left out, not null")
         try:
-            result = await run_in_threadpool(_push, store, identity, ops)
+            continuity = _continuity(device, data.get("witness"), data.get("known"))
+        except _Refusal as refusal:
+            return refusal.response
+        try:
+            result = await run_in_threadpool(_push, store, identity, ops, continuity)
+        except ContinuityBroken as exc:  # nothing from this batch was applied
+            return _continuity_broken(exc)
         except InvalidOp as exc:  # nothing from this batch was applied
             return _error(422, "invalid", exc.message, op=exc.op_id)
         except ValidationError as exc:
@@ -181,12 +222,19 @@ def create_app(store: ServerStore) -> Starlette:
     async def pull(request: Request) -> Response:
         try:
             identity = await run_in_threadpool(_identity, store, request, "device")
-            cursor, limit, device = _pull_params(request)
+            cursor, limit, device, continuity = _pull_params(request)
         except _Refusal as refusal:
             return refusal.response
-        ops, new_cursor, more = await run_in_threadpool(store.pull, identity, cursor=cursor,
-                                                        limit=limit, device=device)
-        body = '{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}}}'
+        try:
+            ops, new_cursor, more, seen = await run_in_threadpool(
+                store.pull, identity, cursor=cursor, limit=limit, device=device, continuity=continuity)
+        except ContinuityBroken as exc:
+            return _continuity_broken(exc)
+        # A reader that names no device gets the plain page; a device also what it checks next time.
+        tail = "" if device is None else f',"witness":{orjson.dumps(seen["witness"]).decode()},' \
+                                         f'"latest":{orjson.dumps(seen["latest"]).decode()}'
+        body = ('{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}'
+                + tail + "}")
         return Response(body, media_type="application/json")
 
     async def admin_edit(request: Request) -> JSONResponse:

@@ -64,6 +64,8 @@ class SqliteDatabase(Database):
         self.path = path
         self.location = str(path)
         self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []  # every thread's, so close() closes them all
+        self._opened_lock = threading.Lock()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -73,6 +75,8 @@ class SqliteDatabase(Database):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             self._local.conn = conn
+            with self._opened_lock:
+                self._opened.append(conn)
         return conn
 
     @contextlib.contextmanager
@@ -94,10 +98,12 @@ class SqliteDatabase(Database):
         return transaction(self._conn(), self.path, begin)
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close the connections of every thread (a server's request threads included)."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
             conn.close()
-            self._local.conn = None
+        self._local = threading.local()
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,6 +15,13 @@ from ..ops import MAX_BASE_STAMPS, MAX_FIELD_NAME, MAX_FIELDS_PER_OP
 from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS
 
 STAMP = r"^[0-9]{13}\.[0-9]{5}@[^@]{1,64}$"
+# Continuity claims (docs/sync-protocol.md): a log entry the device saw, its own latest op.
+WITNESS = {"type": "string", "pattern": f"^[0-9]{{1,19}}:{ID.pattern}$",
+           "description": "POSITION:OP_ID of a log entry the device saw; 409 log_changed if gone"}
+KNOWN = {"type": "string", "pattern": f"^({ID.pattern})?$",
+         "description": "the latest op of this device the device knows the log holds ('' none); "
+                        "409 device_reused if the log holds a later one"}
+LATEST = {"type": ["string", "null"], "description": "the latest op of the named device in the log"}
 _REF = "#/components/schemas/"
 
 
@@ -42,10 +49,14 @@ def _schemas() -> dict[str, Any]:
             "required": ["error", "message"],
             "properties": {
                 "error": {"type": "string", "description": "what kind of refusal: unauthorized, forbidden, "
-                          "bad_json, bad_request, protocol, too_large, invalid, not_found, unavailable"},
+                          "bad_json, bad_request, protocol, too_large, invalid, not_found, continuity, "
+                          "unavailable"},
                 "message": {"type": "string", "description": "what is wrong, for a person"},
-                "reason": {"type": "string", "enum": ["missing", "unknown", "revoked", "expired", "valid"],
-                           "description": "401 only: why the token was refused"},
+                "reason": {"type": "string", "enum": ["missing", "unknown", "revoked", "expired", "valid",
+                                                      "log_changed", "device_reused"],
+                           "description": "401: why the token was refused; 409: which continuity claim failed"},
+                "latest": {"type": ["string", "null"],
+                           "description": "409 device_reused: the latest op of the device id the log holds"},
                 "op": {"type": ["string", "null"],
                        "description": "422 on push only: the op that made the batch invalid, if it has an id"},
             },
@@ -89,6 +100,8 @@ def _schemas() -> dict[str, Any]:
                 "protocol": {"type": "integer", "enum": [1], "default": 1},
                 "device": {"type": "string", "pattern": f"^{ID.pattern}$"},
                 "ops": {"type": "array", "maxItems": MAX_PUSH_OPS, "items": _ref("Op")},
+                "witness": WITNESS,
+                "known": KNOWN,
             },
             "example": {"protocol": 1, "device": example_op["dev"], "ops": [example_op]},
         },
@@ -101,6 +114,8 @@ def _schemas() -> dict[str, Any]:
                 "rejected": {"type": "array", "description": "well-formed ops the domain rules refuse; not applied",
                              "items": {"type": "object", "required": ["op", "reason"],
                                        "properties": {"op": {"type": "string"}, "reason": {"type": "string"}}}},
+                "witness": {**WITNESS, "type": ["string", "null"], "description": "the log's last entry now"},
+                "latest": LATEST,
             },
         },
         "PullResponse": {
@@ -110,6 +125,9 @@ def _schemas() -> dict[str, Any]:
                 "ops": {"type": "array", "items": _ref("LoggedOp")},
                 "cursor": {"type": "integer", "minimum": 0},
                 "more": {"type": "boolean"},
+                "witness": {**WITNESS, "type": ["string", "null"],
+                            "description": "with device: the entry at the new cursor (null: none on this page)"},
+                "latest": LATEST,
             },
         },
         "EditRequest": {
@@ -153,6 +171,8 @@ def document(*, version: str) -> dict[str, Any]:
     admin = [{"admin": []}]
     unauthorized = _error("no token, or an unknown, revoked or expired one (see reason); nothing applied")
     unavailable = _error("the store is locked or unreadable; retry later, nothing applied")
+    continuity = _error("a continuity claim failed (reason): the log went back, or another copy of the "
+                        "device id pushed; nothing applied (docs/sync-protocol.md)")
     return {
         "openapi": "3.1.0",
         "info": {"title": "crm sync server", "version": version,
@@ -183,6 +203,7 @@ def document(*, version: str) -> dict[str, Any]:
                     "400": _error("not JSON, not an object, an unknown key, a wrong protocol or device"),
                     "401": unauthorized,
                     "413": _error(f"body over 16 MiB or more than {MAX_PUSH_OPS} ops"),
+                    "409": continuity,
                     "422": _error("an op breaks the schema (op names it): nothing from the batch is applied"),
                     "503": unavailable,
                 },
@@ -197,11 +218,14 @@ def document(*, version: str) -> dict[str, Any]:
                                                                  "maximum": MAX_PULL_LIMIT, "default": 1000}},
                     {"name": "device", "in": "query", "description": "leave this device's own ops out",
                      "schema": {"type": "string", "pattern": f"^{ID.pattern}$"}},
+                    {"name": "witness", "in": "query", "schema": WITNESS},
+                    {"name": "known", "in": "query", "description": "needs device", "schema": KNOWN},
                 ],
                 "responses": {
                     "200": _json(_ref("PullResponse"), "a page of the log"),
                     "400": _error("a bad or unknown query parameter"),
                     "401": unauthorized,
+                    "409": continuity,
                     "503": unavailable,
                 },
             }},

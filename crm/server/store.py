@@ -124,6 +124,12 @@ INSERT INTO meta (key, value) SELECT 'max_hlc:' || org, max(substr((body::json) 
 DELETE FROM meta WHERE key IN ('hlc', 'max_hlc');
 """,
     },
+    # Continuity (docs/sync-protocol.md): "the latest op this device id has in the log" is one
+    # index probe, asked on every pull and push that says which device it comes from.
+    4: {
+        "sqlite": "CREATE INDEX IF NOT EXISTS ops_org_device_seq ON ops (org, device, seq)",
+        "postgresql": "CREATE INDEX IF NOT EXISTS ops_org_device_seq ON ops (org, device, seq)",
+    },
 }
 SERVER_SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -139,14 +145,45 @@ class Identity:
     role: str
 
 
+@dataclass(frozen=True)
+class Continuity:
+    """What a device believes of the server's log (docs/sync-protocol.md, "Continuity").
+
+    ``witness`` (position, op id): an entry the device saw in the log; gone means the log went
+    back (a restore) or was replaced. ``known``: the latest op of this device id the device knows
+    the log holds ("" none; None: not said, an older client); another one there means a second
+    incarnation of the device id (a restored or copied home) pushed it."""
+
+    device: str | None = None
+    witness: tuple[int, str] | None = None
+    known: str | None = None
+
+
+class ContinuityBroken(Exception):
+    """The device's view of the log does not hold: ``reason`` is ``log_changed`` or
+    ``device_reused`` (``latest`` names the op of its device id the log holds)."""
+
+    def __init__(self, reason: str, latest: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.latest = latest
+
+
 @dataclass
 class PushResult:
     acked: list[str]
     rejected: list[tuple[str, str]]
+    witness: tuple[int, str] | None = None  # the log's last entry after this push
+    latest: str | None = None  # the latest op of the pushing device id in the log
 
     def to_json(self) -> dict[str, Any]:
         return {"acked": self.acked,
-                "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected]}
+                "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected],
+                **_continuity_json(self.witness, self.latest)}
+
+
+def _continuity_json(witness: tuple[int, str] | None, latest: str | None) -> dict[str, Any]:
+    return {"witness": f"{witness[0]}:{witness[1]}" if witness else None, "latest": latest}
 
 
 def _utc_now(*, days_ahead: int = 0) -> str:
@@ -346,11 +383,13 @@ class ServerStore:
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
             "deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
 
-    def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
+    def push(self, identity: Identity, raw_ops: list[Any], *, continuity: Continuity = Continuity()
+             ) -> PushResult:
         """Apply a batch in one transaction; each op at most once, refused ops reported, not applied.
 
         ``raw_ops`` are wire dicts, or Ops the caller already parsed (the HTTP handler does, to
-        refuse a malformed batch before it gets here)."""
+        refuse a malformed batch before it gets here). ``continuity`` is checked first, under the
+        organisation's lock: ContinuityBroken, and nothing applied, when it does not hold."""
         admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
         now = now_ms()
@@ -368,25 +407,53 @@ class ServerStore:
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
-        if admitted:
-            with self.db.write(identity.org) as conn:
+        with self.db.write(identity.org) as conn:
+            self._check_continuity(conn, identity.org, continuity)
+            if admitted:
                 self._apply(conn, identity.org, admitted)
-        return PushResult([op.op_id for op in admitted], rejected)
+            head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
+                                (identity.org,)).fetchone()
+            latest = self._latest_of(conn, identity.org, continuity.device)
+        return PushResult([op.op_id for op in admitted], rejected, tuple(head) if head else None, latest)
 
-    def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None
-             ) -> tuple[list[str], int, bool]:
+    def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
+             continuity: Continuity | None = None) -> tuple[list[str], int, bool, dict[str, Any]]:
         """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
-        cursor; and whether more follow."""
+        cursor; whether more follow; and the continuity fields of the answer (the entry at the new
+        cursor, the latest op of ``device``). ContinuityBroken when ``continuity`` does not hold."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
-        with self.db.read() as conn:
+        continuity = continuity or Continuity(device=device)
+        with self.db.snapshot() as conn:
+            self._check_continuity(conn, identity.org, continuity)
             rows = conn.execute(
-                "SELECT seq, device, body FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, device, body, op_id FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (identity.org, cursor, limit + 1)).fetchall()
+            latest = self._latest_of(conn, identity.org, device)
         more = len(rows) > limit
         rows = rows[:limit]
         new_cursor = rows[-1][0] if rows else cursor
-        ops = [body for _, dev, body in rows if dev != device]
-        return ops, new_cursor, more
+        ops = [body for _, dev, body, _ in rows if dev != device]
+        return ops, new_cursor, more, _continuity_json((rows[-1][0], rows[-1][3]) if rows else None, latest)
+
+    # -- continuity ----------------------------------------------------------------------------
+    @staticmethod
+    def _latest_of(conn: Any, org: str, device: str | None) -> str | None:
+        if device is None:
+            return None
+        row = conn.execute("SELECT op_id FROM ops WHERE org = ? AND device = ? ORDER BY seq DESC LIMIT 1",
+                           (org, device)).fetchone()
+        return row[0] if row else None
+
+    def _check_continuity(self, conn: Any, org: str, continuity: Continuity) -> None:
+        if continuity.witness is not None:
+            seq, op_id = continuity.witness
+            if conn.execute("SELECT 1 FROM ops WHERE org = ? AND seq = ? AND op_id = ?",
+                            (org, seq, op_id)).fetchone() is None:
+                raise ContinuityBroken("log_changed")
+        if continuity.device is not None and continuity.known is not None:
+            latest = self._latest_of(conn, org, continuity.device)
+            if latest != (continuity.known or None):
+                raise ContinuityBroken("device_reused", latest)
 
     # -- the back office -----------------------------------------------------------------------
     def _backoffice_ops(self, conn: Any, org: str, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
@@ -497,4 +564,4 @@ def _run_script(conn: Any, script: str) -> None:
             conn.execute(statement)
 
 
-__all__ = ["Identity", "PushResult", "ServerStore", "hash_token"]
+__all__ = ["Continuity", "ContinuityBroken", "Identity", "PushResult", "ServerStore", "hash_token"]

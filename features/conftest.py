@@ -318,6 +318,42 @@ def clock_behind(world: Session, device, hours):
     world.skew_clock(device, -hours)
 
 
+@step(parsers.parse('the clock of "{device}" is {hours:d} hours ahead'))
+def clock_ahead(world: Session, device, hours):
+    world.skew_clock(device, hours)
+
+
+@step(parsers.parse('the clock of "{device}" is right again'))
+def clock_right(world: Session, device):
+    world.skew_clock(device, 0)
+
+
+# -- life events -------------------------------------------------------------------------------
+@step(parsers.parse('a backup of "{device}" is taken'))
+def backup_device(world: Session, device):
+    world.snapshots[device] = world.backup_device(device)
+
+
+@step(parsers.parse('"{device}" is restored from its backup'))
+def restore_device(world: Session, device):
+    world.restore_device(device, world.snapshots[device])
+
+
+@step(parsers.parse('the home of "{device}" is copied onto a second phone "{clone}"'))
+def clone_device(world: Session, device, clone):
+    world.clone_device(device, clone)
+
+
+@step("a backup of the server is taken")
+def backup_server(world: Session):
+    world.snapshots["server"] = world.backup_server()
+
+
+@step("the server is restored from its backup")
+def restore_server(world: Session):
+    world.restore_server(world.snapshots["server"])
+
+
 _PAIR = re.compile(r'"([^"]+)" "([^"]*)"')
 
 

@@ -176,6 +176,9 @@ def _timeline_data(history: History) -> dict[str, Any]:
             open_faults[(e.device, e.action or "")] = t
             if e.action in ("kill",):
                 lanes.setdefault(e.device, []).append({"kind": "fault", "label": "SIGKILL", "start": t, "end": t})
+        elif e.type == "life":
+            lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": t, "end": t})
+            faults += 1
         elif e.type == "heal":
             key = (e.device, e.action or "")
             if key in open_faults:

@@ -153,6 +153,7 @@ class Driver:
         self.profile = profile
         self.device = device
         self.home = Path(home)
+        self.server_url, self.token = server_url, token
         self._runner = _Runner(profile, device, {"home": str(self.home), "server_url": server_url, "rep": rep,
                                                  "org": org, "token": token}, record, env)
         self.env = self._runner.env  # mutable: a scenario may set a clock offset later

@@ -8,7 +8,7 @@ be saved, read by a person, and re-checked later without re-running anything.
 Event shape (one JSON object per line)::
 
     {"seq": n, "t": monotonic_s, "device": "d1" | "server" | "harness",
-     "type": "invoke" | "ok" | "fail" | "unknown" | "fault" | "heal" | "export",
+     "type": "invoke" | "ok" | "fail" | "unknown" | "fault" | "heal" | "export" | "life",
      "action": "create_account" | ..., "args": {...}, "result": {...} | null,
      "exit": code | null, "ref": seq of the invoke this completes | null, "detail": "..."}
 
@@ -18,6 +18,10 @@ client and background sync), ``"offline"`` is airplane mode (its proxy disabled)
 A ``heal`` event with the same device and action ends that fault; a heal without an action ends
 every fault of that device. A device counts as cut off from the server while it is offline or
 the server is down (a ``server_kill`` fault of device ``"server"``, until its heal).
+
+A ``life`` event is something that happens to a device's or the server's stored state rather
+than to the network: ``backup`` (a copy taken), ``restore`` (state put back to an older copy),
+``clone`` (a device's home copied to a new device, named by the event's device).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ CREATES = {"create_account": "account", "log_visit": "visit", "take_order": "ord
 LINE_ADDS = ("add_order_line",)
 EDITS = ("edit_field", "backoffice_edit")
 OUTCOMES = ("ok", "fail", "unknown")
-EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export")
+EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export", "life")
 OFFLINE_FAULTS = ("offline", "airplane")
 SERVER_DOWN_FAULTS = ("server_kill", "server_down")
 

@@ -10,6 +10,7 @@ about what each device could and could not have done.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -70,6 +71,8 @@ class Session:
         self.offline_create_refused: bool | None = None
         self.anomalies: list[Anomaly] = []
         self._background: list[threading.Thread] = []
+        self._backups: list[Path] = []
+        self.snapshots: dict[str, Path] = {}  # the latest backup of each device and of the server
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -162,6 +165,63 @@ class Session:
             raise ScenarioFailure("the SUT profile has no [device] clock_skew_env, so a device clock cannot be set")
         device.driver.env[self.profile.clock_skew_env] = str(int(hours * 3600 * 1000))
         self.history.append(name, "fault", "clock_skew", detail=f"{hours:+g} h")
+
+    # -- life events: backups, restores, a copied home (docs/driver-contract.md) ------------------
+    def _snapshot(self, source: Path, label: str) -> Path:
+        target = self.workdir / "backups" / f"{label}-{len(self._backups) + 1}"
+        shutil.copytree(source, target, symlinks=True)
+        self._backups.append(target)
+        return target
+
+    @staticmethod
+    def _put_back(snapshot: Path, target: Path) -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(snapshot, target, symlinks=True)
+
+    def backup_device(self, name: str) -> Path:
+        """A copy of the device's home, taken as a phone backup is: with no process of the app
+        running (it is force-quit first, so nothing is half-written on disk)."""
+        device = self.device(name)
+        self.force_quit(name)
+        snapshot = self._snapshot(device.driver.home, name)
+        self.history.append(name, "life", "backup", detail=f"home copied to {snapshot.name}")
+        return snapshot
+
+    def restore_device(self, name: str, snapshot: Path) -> None:
+        """The device's home replaced by an older backup of it (what a restored phone holds)."""
+        device = self.device(name)
+        self.force_quit(name)
+        self._put_back(snapshot, device.driver.home)
+        self.history.append(name, "life", "restore", detail=f"home restored from {snapshot.name}")
+
+    def clone_device(self, name: str, clone: str) -> Device:
+        """A second device made by copying ``name``'s home (a phone cloned onto another): same
+        rep, same token, same stored server URL, so it shares ``name``'s proxy."""
+        device = self.device(name)
+        self.force_quit(name)
+        home = self.workdir / clone
+        shutil.copytree(device.driver.home, home, symlinks=True)
+        driver = Driver(self.profile, device=clone, home=home, server_url=device.driver.server_url,
+                        rep=device.rep, token=device.driver.token, org=self.org, record=self.history.record,
+                        env={**device.driver.env, processes.MARKER_ENV: self._marker(clone)})
+        self.devices[clone] = copy = Device(clone, device.rep, driver, device.proxy)
+        self.history.append(clone, "life", "clone", detail=f"home copied from {name}")
+        return copy
+
+    def backup_server(self) -> Path:
+        """A copy of the server's data directory, taken while the server is stopped."""
+        self.server.stop()
+        snapshot = self._snapshot(self.server.server_dir, "server")
+        self.server.start()
+        self.history.append("server", "life", "backup", detail=f"data copied to {snapshot.name}")
+        return snapshot
+
+    def restore_server(self, snapshot: Path) -> None:
+        """The server's data put back to an older backup, while devices hold newer work."""
+        self.server.stop()
+        self._put_back(snapshot, self.server.server_dir)
+        self.server.start()
+        self.history.append("server", "life", "restore", detail=f"data restored from {snapshot.name}")
 
     def force_quit(self, name: str) -> None:
         device = self.device(name)

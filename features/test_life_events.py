@@ -1,0 +1,5 @@
+"""Binds features/life_events.feature; the steps live in features/conftest.py."""
+
+from pytest_bdd import scenarios
+
+scenarios("life_events.feature")

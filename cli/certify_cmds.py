@@ -44,6 +44,8 @@ def certify(
     replay: Annotated[Path | None, typer.Option(
         "--replay", metavar="FILE", help=f"Play the schedule in FILE (written by --chaos) again; exit "
                                          f"{CHAOS_ANOMALY} if it shows an anomaly")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, max=16, help="Scenarios run at once, each with its own server and proxies")] = 3,
     as_json: Json = False,
 ) -> None:
     """Run the airplane-mode checklist and the fault scenarios against a SUT and certify it.
@@ -86,7 +88,7 @@ def certify(
         output.message(f"{mark}  {verdict.get('feature', '')}: {verdict['name']}  [{verdict.get('duration_s')} s]{why}")
 
     try:
-        cert = run_certification(sut, seed=seed, report_dir=report, select=select, live=live)
+        cert = run_certification(sut, seed=seed, report_dir=report, select=select, live=live, workers=workers)
     except ProfileError as exc:
         raise ValidationError(str(exc)) from None
     summary = {"level": cert.level, "level_name": cert.data["level_name"], "sut": cert.data["sut"]["name"],

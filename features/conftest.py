@@ -8,6 +8,7 @@ The SUT comes from ``--sut PROFILE`` (default: the reference CRM), the fault sch
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -413,8 +414,12 @@ def pytest_runtest_makereport(item, call):
         slug = re.sub(r"[^a-z0-9]+", "-", scenario.lower()).strip("-")[:80]
         session.history.save(out / "histories" / f"{slug}.jsonl")
         verdict["history"] = f"histories/{slug}.jsonl"
-        with open(out / "results.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(verdict) + "\n")
+        # One write(2) with O_APPEND: parallel workers' verdict lines never interleave.
+        fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(verdict) + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 def _reason(report) -> str:

@@ -55,7 +55,7 @@ def _follow(path: Path, stop: threading.Event, live: Callable[[dict[str, Any]], 
     while True:
         finished = stop.is_set()
         if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # complete lines only
             for line in lines[seen:]:
                 if line.strip():
                     live(json.loads(line))
@@ -65,9 +65,13 @@ def _follow(path: Path, stop: threading.Event, live: Callable[[dict[str, Any]], 
         stop.wait(0.2)
 
 
+DEFAULT_WORKERS = 3  # scenarios are independent (own server, proxies, ports) and mostly wait
+
+
 def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | None = None,
-              live: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Run the features; returns the scenario verdicts and pytest's exit code."""
+              live: Callable[[dict[str, Any]], None] | None = None,
+              workers: int = DEFAULT_WORKERS) -> tuple[list[dict[str, Any]], int]:
+    """Run the features, ``workers`` scenarios at a time; the verdicts and pytest's exit code."""
     raw = report_dir / "raw"
     if raw.exists():
         for old in (raw / "results.jsonl",):
@@ -78,6 +82,8 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
             "--seed", str(seed), "--results", str(raw), f"--junitxml={report_dir / 'junit.xml'}"]
     if select:
         argv += ["-k", select]
+    if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one
+        argv += ["-n", str(workers)]
     stop = threading.Event()
     follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, live or (lambda _: None)),
                                 daemon=True)
@@ -113,7 +119,8 @@ def _check_table(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path = "reports",
-            select: str | None = None, live: Callable[[dict[str, Any]], None] | None = None) -> Certificate:
+            select: str | None = None, live: Callable[[dict[str, Any]], None] | None = None,
+            workers: int = DEFAULT_WORKERS) -> Certificate:
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
     profile_path = Path(profile_path).resolve()
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
@@ -121,7 +128,8 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    verdicts, code = run_suite(profile_path, seed=seed, report_dir=report_dir, select=select, live=live)
+    verdicts, code = run_suite(profile_path, seed=seed, report_dir=report_dir, select=select, live=live,
+                               workers=workers)
     if not verdicts:
         log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the conformance suite ran no scenario (pytest exit {code}):\n{log}")
@@ -138,6 +146,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
         "suite": {"name": "crm offline-first conformance", "version": SUITE_VERSION,
                   "selection": select or "all"},
         "seed": seed,
+        "workers": workers,
         "started_at": started_at,
         "duration_s": round(time.monotonic() - started, 1),
         "summary": {"scenarios": len(verdicts), "passed": sum(1 for v in verdicts if v["passed"]),

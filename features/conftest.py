@@ -395,6 +395,8 @@ def pytest_runtest_makereport(item, call):
         return
     folder = item.config.getoption("--results")
     session = getattr(item, "_crm_session", None)
+    if report.failed and report.when == "call" and session is not None:
+        session.evidence()  # a failed step is explained by the checkers too (docs/levels.md)
     scenario = getattr(item, "_crm_scenario", item.name)
     verdict = {
         "name": scenario,

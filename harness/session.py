@@ -73,6 +73,7 @@ class Session:
         self._background: list[threading.Thread] = []
         self._backups: list[Path] = []
         self.snapshots: dict[str, Path] = {}  # the latest backup of each device and of the server
+        self.checked = False  # final_check ran
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -375,8 +376,25 @@ class Session:
             if not manual:
                 time.sleep(1.0)
 
+    def evidence(self) -> list[Anomaly]:
+        """For a scenario that failed at a step: the checkers' view of the same run, so the
+        certificate explains the failure by a named check. Work that never reached quiescence is
+        a ``stuck`` anomaly; the checkers then judge the exports as they are."""
+        if self.checked:
+            return self.anomalies
+        try:
+            return self.final_check()
+        except ScenarioFailure as exc:
+            self.anomalies = [Anomaly("stuck", str(exc), {"step": "quiesce"}),
+                              *checkers.run_all(self.history)]
+            return self.anomalies
+        except Exception as exc:  # noqa: BLE001 - evidence is best effort; the step's failure stands
+            self.anomalies = [Anomaly("history", f"no evidence could be gathered: {exc}", {})]
+            return self.anomalies
+
     def final_check(self) -> list[Anomaly]:
         """Quiesce, record the final exports, and run every checker over the history."""
+        self.checked = True
         try:
             self.quiesce()
         finally:

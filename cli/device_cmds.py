@@ -27,6 +27,9 @@ def init(
 ) -> None:
     """Create the store for this device at --home; prints the new device id.
 
+    The store appears complete or not at all; an unfinished one left by an interrupted init
+    that holds nothing is replaced.
+
     \b
     Example:
       crm --home ~/crm init --rep rep-1
@@ -37,6 +40,9 @@ def init(
     device = Device.init(path, rep=rep, settings=fields(server_url=server, token=token))
     result = {"id": device.device_id, "rep": device.rep, "home": str(path)}
     device.close()
+    if device.replaced:
+        message(f"replaced the unfinished store an interrupted `crm init` left at {path}: "
+                f"{device.replaced}, and it held nothing")
     emit(result, as_json=as_json, text=f"initialised device {result['id']} for {result['rep']} at {path}")
 
 

@@ -40,6 +40,7 @@ from .ops import OpFormatError, op_from_json
 from .store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    check_home,
     clear_unfinished,
     meta_problem,
     store_path,
@@ -105,7 +106,7 @@ def repair(home: Path) -> list[str]:
 
 def diagnose(home: Path) -> Report:
     """Check the store at ``home``; the report lists every check made and what it found."""
-    path = store_path(Path(home))
+    path = store_path(check_home(Path(home)))
     report = Report(path)
     if _file_ok(path, report):
         _read(path, report)

@@ -24,6 +24,14 @@ class CrmError(Exception):
         return out
 
 
+class UsageError(CrmError):
+    """The command line names something unusable: a --home that is not a directory or is too long,
+    a token given twice. The same code and kind as the command-line parser's own usage errors."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class ValidationError(CrmError):
     """A value the domain refuses: a missing required field, a bad email, a negative price."""
 

@@ -13,6 +13,7 @@ record or outbox entry is never thrown away.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -29,6 +30,7 @@ from .errors import (
     StoreCorruptError,
     StoreLockedError,
     StoreMissingError,
+    UsageError,
 )
 
 SCHEMA_VERSION = 1
@@ -80,11 +82,55 @@ MIGRATIONS: dict[int, str] = {
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next
+# the longest name crm makes in a home: a temp store's rollback journal
+_LONGEST_NAME = len(TEMP_PREFIX) + 8 + len(".sqlite3-journal")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def store_path(home: Path) -> Path:
     return Path(home) / STORE_FILENAME
+
+
+def _shown(path: object) -> str:
+    text = str(path)
+    return text if len(text) <= 300 else f"{text[:120]}...{text[-40:]} ({len(text)} characters)"
+
+
+def check_home(home: Path) -> Path:
+    """The home, or a usage error (exit 2) when no store could ever live there: a path too long
+    for the system, or a path that is not (and cannot become) a directory."""
+    home = Path(home)
+    try:
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in home.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise UsageError(f"--home / CRM_HOME {_shown(home)}: a directory name in it is {size} bytes long; "
+                             f"names can be at most {name_max} bytes")
+    size = len(os.fsencode(os.path.abspath(home)))
+    if size + 1 + _LONGEST_NAME >= path_max:
+        raise UsageError(f"--home / CRM_HOME {_shown(home)}: the path is too long ({size} bytes; the "
+                         f"store's files need it under {path_max - 1 - _LONGEST_NAME})")
+    try:
+        mode = os.stat(home).st_mode
+    except FileNotFoundError:
+        return home  # `crm init` creates it
+    except NotADirectoryError:
+        raise UsageError(f"--home / CRM_HOME {_shown(home)}: a part of the path is a file, not a directory; "
+                         "give a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UsageError(f"--home / CRM_HOME {_shown(home)}: the path is too long") from None
+        return home  # e.g. no permission: opening the store says so
+    if not stat.S_ISDIR(mode):
+        kind = "a regular file" if stat.S_ISREG(mode) else "a device" if stat.S_ISCHR(mode) or \
+            stat.S_ISBLK(mode) else "not a directory"
+        raise UsageError(f"--home / CRM_HOME {_shown(home)} is {kind}, not a directory; give the directory "
+                         "that holds (or will hold) the store")
+    return home
 
 
 def os_error(exc: OSError, path: Path, doing: str) -> CrmError:
@@ -160,7 +206,7 @@ class Store:
         Refuses when a store exists (exit 10) or one holding records or queued changes is damaged
         (exit 7); replaces an unfinished one that holds nothing (``Store.replaced`` says why).
         """
-        home = Path(home)
+        home = check_home(home)
         path = store_path(home)
         _make_home(home)
         with _home_locked(home) as dir_fd:
@@ -189,7 +235,7 @@ class Store:
 
     @classmethod
     def open(cls, home: Path) -> Store:
-        path = store_path(Path(home))
+        path = store_path(check_home(home))
         try:
             size = path.stat().st_size if path.is_file() else None
         except OSError as exc:
@@ -373,7 +419,7 @@ def survey(home: Path) -> Found:
 def clear_unfinished(home: Path) -> list[str]:
     """Remove what an interrupted `crm init` left: an unfinished store that holds nothing, the side
     files of a store that is not there, temporary stores. What was removed, one line each."""
-    home = Path(home)
+    home = check_home(home)
     if not home.is_dir():
         return []
     done: list[str] = []

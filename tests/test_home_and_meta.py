@@ -1,5 +1,5 @@
-"""A damaged meta table is a damaged store (exit 7, naming what is wrong, nothing written).
-In-process."""
+"""A damaged meta table is a damaged store (exit 7, naming what is wrong, nothing written), and a
+--home no store could live in is a usage error (exit 2, naming the problem). In-process."""
 
 from __future__ import annotations
 
@@ -92,3 +92,34 @@ def test_damaged_meta_in_a_store_holding_nothing_points_at_crm_init(tmp_path):
     _refused(crm("outbox", "--json", home=home), 7, "store_corrupt", "holds no records", "crm init --rep NAME")
     assert crm("init", "--rep", "rep-2", home=home).code == 0
     assert crm("status", "--json", home=home).json["rep"] == "rep-2"
+
+
+# -- a home no store could live in --------------------------------------------------------------
+HOME_COMMANDS = [("init", "--rep", "rep-1"), ("outbox",), ("account", "add", "--name", "X"), ("status",),
+                 ("doctor",), ("doctor", "--repair")]
+
+
+@pytest.mark.parametrize("args", HOME_COMMANDS, ids=" ".join)
+def test_a_home_that_is_not_a_directory_is_a_usage_error(tmp_path, args):
+    regular = tmp_path / "notes.txt"
+    regular.write_text("precious")
+    for home, words in ((Path("/dev/null"), "is a device, not a directory"),
+                        (regular, "is a regular file, not a directory"),
+                        (regular / "crm", "a part of the path is a file")):
+        _refused(crm(*args, "--json", home=home), 2, "usage", str(home), words)
+    assert regular.read_text() == "precious"
+
+
+@pytest.mark.parametrize("args", HOME_COMMANDS, ids=" ".join)
+def test_an_over_long_home_is_a_usage_error(tmp_path, args):
+    long_name = tmp_path / ("n" * 300)
+    deep = tmp_path.joinpath(*["d" * 200] * 25)
+    _refused(crm(*args, "--json", home=long_name), 2, "usage", "300 bytes long", "at most 255 bytes")
+    _refused(crm(*args, "--json", home=deep), 2, "usage", "the path is too long")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_usage_error_without_json_says_what_is_wrong(tmp_path):
+    result = crm("init", "--rep", "rep-1", home=Path("/dev/null"))
+    assert result.code == 2
+    assert result.stderr.startswith("crm: error: --home / CRM_HOME /dev/null is a device, not a directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -81,10 +82,14 @@ export_app = sub_app("Print the store's data as canonical JSON.")
 
 def write_atomically(path: Path, text: str) -> None:
     """Write a whole file or nothing: a temp file beside it, fsynced, then renamed over it."""
+    from crm.errors import DiskFullError
+
     directory = path.resolve().parent
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
         raise invalid(f"--output {str(path)!r}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -92,9 +97,11 @@ def write_atomically(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
         raise
 
 

@@ -21,9 +21,9 @@ def doctor(
     ] = False,
     as_json: Json = False,
 ) -> None:
-    """Check the local store without changing it: file, integrity, schema, meta, outbox, clock.
+    """Check the local store without changing it: file, integrity, schema, meta, outbox, clock, space.
 
-    Exit codes: 0 healthy, 5 no store, 7 damaged, 8 newer schema, 11 inconsistent;
+    Exit codes: 0 healthy, 5 no store, 7 damaged, 8 newer schema, 11 inconsistent, 12 disk full;
     each problem comes with how to recover. Without --repair nothing is written; with it only
     what an interrupted `crm init` left is removed, then the home is checked as usual.
 

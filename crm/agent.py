@@ -141,7 +141,10 @@ def run(home: Path, *, stop: threading.Event | None = None,
 
     def publish(**changes: Any) -> None:
         info.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_json_atomic(home / STATE_FILE, info)
+        try:
+            _write_json_atomic(home / STATE_FILE, info)
+        except OSError:  # e.g. a full disk: the state file only informs `crm status`; keep syncing
+            pass
         if on_state:
             on_state(dict(info))
 

@@ -9,10 +9,11 @@ which could not be trusted):
 * integrity: ``PRAGMA integrity_check``; application id (a crm store); schema version;
 * consistency: the meta rows (device id, rep, clock), records hold JSON, every outbox entry holds a
   readable op of an existing record, local changes that never left the device are all queued, and
-  the clock is not behind a queued op.
+  the clock is not behind a queued op;
+* space: the disk holding the store has room for a write.
 
 Each failure maps to the exit code of its kind (docs/exit-codes.md): 5 no store, 7 damaged,
-8 newer schema, 11 inconsistent.
+8 newer schema, 11 inconsistent, 12 disk full.
 
 ``repair`` (``crm doctor --repair``) writes only to clear what an interrupted ``crm init`` left: an
 unfinished store that holds no records and no queued changes, the side files of a store that is not
@@ -30,6 +31,7 @@ from urllib.parse import quote
 from .device import record_from_row
 from .errors import (
     CrmError,
+    DiskFullError,
     SchemaTooNewError,
     StoreCorruptError,
     StoreInconsistentError,
@@ -42,7 +44,9 @@ from .store import (
     SCHEMA_VERSION,
     check_home,
     clear_unfinished,
+    is_disk_full,
     meta_problem,
+    no_space_left,
     store_path,
 )
 
@@ -51,7 +55,10 @@ RESTORE = ("the file was left exactly as it is. Restore crm.sqlite3 from a backu
            "file for diagnosis; changes not yet synced exist only in it")
 UNFINISHED = ("it holds no records and no queued changes, so nothing is lost: `crm init --rep NAME` creates the "
               "store again (or `crm doctor --repair` clears it first)")
-_SEVERITY = {StoreMissingError: 4, StoreCorruptError: 3, SchemaTooNewError: 2, StoreInconsistentError: 1}
+FREE_SPACE = ("free space on that disk; nothing was lost: the store is unchanged, and crm works again once "
+              "there is room")
+_SEVERITY = {StoreMissingError: 5, StoreCorruptError: 4, DiskFullError: 3, SchemaTooNewError: 2,
+             StoreInconsistentError: 1}
 
 
 @dataclass
@@ -110,6 +117,10 @@ def diagnose(home: Path) -> Report:
     report = Report(path)
     if _file_ok(path, report):
         _read(path, report)
+    if path.parent.is_dir() and no_space_left(path.parent) and \
+            not any(f.error is DiskFullError for f in report.findings):
+        report._bad("space", f"the disk holding {path.parent} is full: free space; nothing was lost", FREE_SPACE,
+                    DiskFullError)
     return report
 
 
@@ -136,7 +147,11 @@ def _read(path: Path, report: Report) -> None:
 
 
 def _unreadable(path: Path, report: Report, check: str, message: str, exc: sqlite3.Error) -> None:
-    report._bad(check, message, RESTORE, StoreCorruptError)
+    if is_disk_full(exc, path):  # not damage: SQLite needed room (for its shared-memory file) to read
+        report._bad("space", f"the disk holding {path.parent} is full, so SQLite cannot read the store ({exc}): "
+                             "free space; nothing was lost", FREE_SPACE, DiskFullError)
+    else:
+        report._bad(check, message, RESTORE, StoreCorruptError)
 
 
 def _file_ok(path: Path, report: Report) -> bool:

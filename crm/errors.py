@@ -95,6 +95,20 @@ class StoreInconsistentError(CrmError):
     kind = "store_inconsistent"
 
 
+class DiskFullError(CrmError):
+    """The disk holding the home is full: the change was not made and nothing was lost."""
+
+    exit_code = 12
+    kind = "disk_full"
+
+    @classmethod
+    def at(cls, directory: object | None, detail: object, *,
+           kept: str = "the store is unchanged and this change was not made") -> DiskFullError:
+        where = f"the disk holding {directory}" if directory else "the disk"
+        return cls(f"{where} is full ({detail}): free space; nothing was lost ({kept}), so run the "
+                   "command again once there is room")
+
+
 class ServerUnreachableError(CrmError):
     """The sync server could not be reached or did not answer in time; work stays queued."""
 

@@ -1,7 +1,7 @@
 """The device's durable SQLite store: one file per home, WAL, synchronous=FULL, versioned schema.
 
 Opening maps every SQLite failure to an error the user can act on (missing, locked, corrupt,
-newer schema) and never creates, migrates or overwrites anything it cannot read.
+newer schema, disk full) and never creates, migrates or overwrites anything it cannot read.
 
 Creating is atomic: the whole store (schema and meta rows) is built in a temporary file in the
 home, fsynced, then renamed into place, so a store exists complete or not at all. A store left
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import (
     CrmError,
+    DiskFullError,
     SchemaTooNewError,
     StateError,
     StoreCorruptError,
@@ -85,6 +86,7 @@ TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one 
 # the longest name crm makes in a home: a temp store's rollback journal
 _LONGEST_NAME = len(TEMP_PREFIX) + 8 + len(".sqlite3-journal")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+LOW_SPACE_BYTES = 256 << 10  # an I/O error with less free space than this is taken for a full disk
 
 
 def store_path(home: Path) -> Path:
@@ -133,13 +135,37 @@ def check_home(home: Path) -> Path:
     return home
 
 
+def no_space_left(directory: Path) -> bool:
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    return free * fs.f_frsize < LOW_SPACE_BYTES
+
+
+def is_disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """Whether SQLite failed for want of space: SQLITE_FULL, or an I/O error (growing the WAL or
+    its shared-memory file) on a file system with no space left."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return True
+    io_error = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk i/o error" in text
+    return io_error and no_space_left(Path(path).parent)
+
+
 def os_error(exc: OSError, path: Path, doing: str) -> CrmError:
-    """A CrmError for a failed file operation on the store: it cannot be used (5)."""
+    """A CrmError for a failed file operation on the store: disk full (12), else unusable (5)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError.at(Path(path).parent, exc.strerror)
     return StoreMissingError(f"cannot {doing} {path}: {exc.strerror}")
 
 
 def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
     text = str(exc).lower()
+    if is_disk_full(exc, path):
+        return DiskFullError.at(Path(path).parent, exc)
     if "locked" in text or "busy" in text:
         return StoreLockedError(
             f"the store {path} is locked by another process (waited {busy_timeout_ms() / 1000:g} s); "
@@ -161,7 +187,10 @@ def transaction(conn: sqlite3.Connection, path: Path, begin: str) -> Iterator[sq
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): never let that hide the cause
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -461,6 +490,8 @@ def _make_home(home: Path) -> None:
         except FileExistsError:
             continue  # made by someone else meanwhile
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError.at(directory.parent, exc.strerror) from None
             raise StoreMissingError(f"cannot create the home {directory}: {exc.strerror}") from None
         os.chmod(directory, 0o700)  # exactly, whatever the umask
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Json, fields, home, invalid, open_device, sub_app
+from cli.common import Json, Token, TokenFile, fields, home, invalid, open_device, read_token, sub_app
 from cli.output import emit, message
 
 # -- init -------------------------------------------------------------------------------------
@@ -23,21 +23,25 @@ def init(
     ctx: typer.Context,
     rep: Annotated[str, typer.Option(metavar="NAME", help="The sales rep using this device.")],
     server: Annotated[str | None, typer.Option(metavar="URL", help="Sync server to use later.")] = None,
-    token: Annotated[str | None, typer.Option(help="Device token for the sync server.")] = None,
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: Json = False,
 ) -> None:
     """Create the store for this device at --home; prints the new device id.
 
     The store appears complete or not at all; an unfinished one left by an interrupted init
-    that holds nothing is replaced.
+    that holds nothing is replaced. The token, if any, comes from --token-file, `--token -`
+    (stdin) or CRM_TOKEN, as for `crm login`.
 
     \b
     Example:
       crm --home ~/crm init --rep rep-1
+      crm --home ~/crm init --rep rep-1 --server http://127.0.0.1:8765 --token-file ~/.crm-token
     """
     from crm import Device
 
     path = home(ctx)
+    token = read_token(token, token_file)
     device = Device.init(path, rep=rep, settings=fields(server_url=server, token=token))
     result = {"id": device.device_id, "rep": device.rep, "home": str(path)}
     device.close()

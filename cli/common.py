@@ -7,6 +7,8 @@ command line costs nothing beyond typer itself.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,13 @@ if TYPE_CHECKING:
     from crm import Device
 
 Json = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout (errors as JSON on stderr).")]
+Token = Annotated[str | None, typer.Option(
+    "--token", metavar="TOKEN|-", show_default=False,
+    help="The device token from `crm server add-rep`; `-` reads it from stdin. A value given here is "
+         "visible to other users of this machine (ps, /proc): prefer `--token -`, --token-file or the "
+         "CRM_TOKEN environment variable.")]
+TokenFile = Annotated[Path | None, typer.Option(
+    "--token-file", metavar="FILE", show_default=False, help="Read the device token from FILE.")]
 Assignments = Annotated[list[str] | None, typer.Option(
     "--set", metavar="FIELD=VALUE", help="Set a field; FIELD= clears it. Repeatable.")]
 
@@ -99,3 +108,37 @@ def edit_record(ctx: typer.Context, entity: str, record_id: str, changes: dict[s
     with open_device(ctx) as device:
         record = device.edit(entity, record_id, changes)
     emit(record, as_json=as_json, text=record["id"])
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    """The device token from --token-file, `--token -` (stdin), --token VALUE or $CRM_TOKEN, in that
+    order of preference; None when none was given. Argv is visible to every user of the machine, so
+    the other three are the ones to use."""
+    from crm.errors import UsageError
+
+    if token is not None and token_file is not None:
+        raise UsageError("give the token one way: --token-file FILE, --token - (stdin) or CRM_TOKEN; "
+                         "not both --token and --token-file")
+    if token_file is not None:
+        source = f"--token-file {token_file}"
+        try:
+            text = token_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise invalid(f"{source}: the file is not text") from None
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read it ({exc.strerror})") from None
+    elif token == "-":
+        source, text = "--token - (stdin)", sys.stdin.read()
+    elif token is not None:
+        source, text = "--token", token
+    elif os.environ.get("CRM_TOKEN"):
+        source, text = "CRM_TOKEN", os.environ["CRM_TOKEN"]
+    else:
+        return None
+    value = text.strip()
+    if not value:
+        raise invalid(f"{source}: the token is empty")
+    if len(value) > 1024 or not all(33 <= ord(char) <= 126 for char in value):
+        raise invalid(f"{source}: a device token is one word of printable ASCII characters (no spaces or "
+                      "line breaks), as `crm server add-rep` prints it")
+    return value

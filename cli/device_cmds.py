@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Json, fields, home, invalid, open_device, sub_app
+from cli.common import Json, Token, TokenFile, fields, home, invalid, open_device, read_token, sub_app
 from cli.output import emit, message
 
 # -- init -------------------------------------------------------------------------------------
@@ -22,21 +23,31 @@ def init(
     ctx: typer.Context,
     rep: Annotated[str, typer.Option(metavar="NAME", help="The sales rep using this device.")],
     server: Annotated[str | None, typer.Option(metavar="URL", help="Sync server to use later.")] = None,
-    token: Annotated[str | None, typer.Option(help="Device token for the sync server.")] = None,
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: Json = False,
 ) -> None:
     """Create the store for this device at --home; prints the new device id.
 
+    The store appears complete or not at all; an unfinished one left by an interrupted init
+    that holds nothing is replaced. The token, if any, comes from --token-file, `--token -`
+    (stdin) or CRM_TOKEN, as for `crm login`.
+
     \b
     Example:
       crm --home ~/crm init --rep rep-1
+      crm --home ~/crm init --rep rep-1 --server http://127.0.0.1:8765 --token-file ~/.crm-token
     """
     from crm import Device
 
     path = home(ctx)
+    token = read_token(token, token_file)
     device = Device.init(path, rep=rep, settings=fields(server_url=server, token=token))
     result = {"id": device.device_id, "rep": device.rep, "home": str(path)}
     device.close()
+    if device.replaced:
+        message(f"replaced the unfinished store an interrupted `crm init` left at {path}: "
+                f"{device.replaced}, and it held nothing")
     emit(result, as_json=as_json, text=f"initialised device {result['id']} for {result['rep']} at {path}")
 
 
@@ -75,10 +86,14 @@ export_app = sub_app("Print the store's data as canonical JSON.")
 
 def write_atomically(path: Path, text: str) -> None:
     """Write a whole file or nothing: a temp file beside it, fsynced, then renamed over it."""
+    from crm.errors import DiskFullError
+
     directory = path.resolve().parent
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
         raise invalid(f"--output {str(path)!r}: cannot write there ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -86,9 +101,11 @@ def write_atomically(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
         raise
 
 

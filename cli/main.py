@@ -7,6 +7,7 @@ when its command runs, and the engine only inside the command function.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -101,8 +102,11 @@ def wants_json(argv: list[str]) -> bool:
 
 def report(exc: BaseException, *, as_json: bool) -> int:
     """Print a failure on stderr and return its exit code; a traceback only with CRM_DEBUG=1."""
-    from crm.errors import CrmError
+    from crm.errors import CrmError, DiskFullError
 
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a file crm writes itself
+        exc = DiskFullError.at(Path(exc.filename).parent if exc.filename else None, exc.strerror,
+                               kept="what was already stored is unchanged")
     if isinstance(exc, CrmError):
         output.error(exc.to_json(), as_json=as_json)
         return exc.exit_code

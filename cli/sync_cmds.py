@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import output
-from cli.common import Json, home, open_device, sub_app
+from cli.common import Json, Token, TokenFile, home, open_device, read_token, sub_app
 
 login_app = sub_app("Attach this device to a sync server.")
 sync_app = sub_app("Push queued changes, then pull everyone else's.")
@@ -21,19 +21,29 @@ agent_app = typer.Typer(help="The background sync agent.", add_completion=False,
 def login(
     ctx: typer.Context,
     server: Annotated[str, typer.Option("--server", help="Sync server URL, e.g. http://127.0.0.1:8765")],
-    token: Annotated[str, typer.Option("--token", help="Device token from `crm server add-rep`")],
+    token: Token = None,
+    token_file: TokenFile = None,
     as_json: Json = False,
 ) -> None:
     """Store the server URL and token for this device (pending changes are kept).
 
+    The token comes from --token-file FILE, from stdin with `--token -`, or from the CRM_TOKEN
+    environment variable. `--token VALUE` still works, but any user of this machine can read a
+    command line (ps), so keep tokens off it.
+
     \b
     Example:
-      crm login --server http://127.0.0.1:8765 --token crm_...
+      printf '%s' "$TOKEN" | crm login --server http://127.0.0.1:8765 --token -
+      crm login --server http://127.0.0.1:8765 --token-file ~/.crm-token
     """
-    from crm.errors import ValidationError
+    from crm.errors import UsageError, ValidationError
 
     if not server.startswith(("http://", "https://")):
         raise ValidationError(f"--server {server!r}: give an http:// or https:// URL")
+    token = read_token(token, token_file)
+    if token is None:
+        raise UsageError("give the device token: --token-file FILE, --token - to read it from stdin, or the "
+                         "CRM_TOKEN environment variable")
     with open_device(ctx) as device:
         device.set_settings({"server_url": server.rstrip("/"), "token": token})
         output.emit({"id": device.device_id, "server": server.rstrip("/")}, as_json=as_json,

@@ -55,10 +55,27 @@ class Backoff:
         self.attempt = 0
 
 
+def _private(path: Path, flags: int) -> int:
+    """Open (creating) a file only its owner can read or write: 0600 whatever the umask, and an
+    older, laxer file is tightened."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _env_float(name: str, default: float) -> float:
@@ -74,7 +91,7 @@ class _PidLock:
         self.fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -141,7 +158,10 @@ def run(home: Path, *, stop: threading.Event | None = None,
 
     def publish(**changes: Any) -> None:
         info.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        _write_json_atomic(home / STATE_FILE, info)
+        try:
+            _write_json_atomic(home / STATE_FILE, info)
+        except OSError:  # e.g. a full disk: the state file only informs `crm status`; keep syncing
+            pass
         if on_state:
             on_state(dict(info))
 
@@ -189,6 +209,7 @@ def run(home: Path, *, stop: threading.Event | None = None,
         if client is not None:
             client.close()
         device.close()
+        os.close(lock.fd)  # lets go of the lock: the agent no longer runs
     return 0
 
 
@@ -199,7 +220,7 @@ def start_detached(home: Path, *, wait: bool = True) -> int:
     running = agent_pid(home)
     if running:
         return running
-    log = open(home / LOG_FILE, "ab")
+    log = os.fdopen(_private(home / LOG_FILE, os.O_WRONLY | os.O_APPEND), "ab")
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(home), "agent", "run"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                             close_fds=True)

@@ -34,7 +34,7 @@ from .hlc import HybridClock
 from .ids import uuid7
 from .merge import Record
 from .ops import Op, dumps, loads, op_to_json
-from .store import Store, sqlite_errors
+from .store import Store, meta_error, meta_problem, sqlite_errors
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 PARENT_FIELD = {name: entity_spec(name).parent for name in ENTITY_ORDER}
@@ -96,11 +96,20 @@ class Device:
 
     def __init__(self, *, store: Store) -> None:
         self.store = store
-        meta = dict(store.conn.execute("SELECT key, value FROM meta").fetchall())
-        self.device_id: str = meta.get("device_id", "")
-        self.rep: str = meta.get("rep", "")
+        try:
+            with sqlite_errors(store.path):
+                meta = dict(store.conn.execute("SELECT key, value FROM meta").fetchall())
+            problem = meta_problem(meta)
+            if problem:  # without a device id and a readable clock no change can be stamped
+                raise meta_error(store.path, problem, store.holds_data())
+        except BaseException:
+            store.close()
+            raise
+        self.device_id: str = meta["device_id"]
+        self.rep: str = meta["rep"]
         # Background sync switched on (`crm agent start`): reopening the app restarts it.
         self.autosync: bool = meta.get("autosync") == "1"
+        self.replaced: str | None = None  # set by ``init``: why an unfinished store was replaced
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -109,14 +118,15 @@ class Device:
         rep = (rep or "").strip()
         if not rep or len(rep) > 100:
             raise ValidationError("rep: give the rep's name (1 to 100 characters)")
-        store = Store.create(home)
-        with store.write() as conn:
-            store.set_meta(conn, "device_id", device_id or new_id())
-            store.set_meta(conn, "rep", rep)
-            store.set_meta(conn, "hlc", "0.0")
-            for key, value in (settings or {}).items():
-                store.set_meta(conn, key, value)
-        return cls(store=store)
+        # the store is created with its meta rows in place: it exists complete or not at all
+        meta = {**(settings or {}), "device_id": device_id or new_id(), "rep": rep, "hlc": "0.0"}
+        problem = meta_problem(meta)
+        if problem:
+            raise ValidationError(f"cannot create a store: {problem}")
+        store = Store.create(home, meta)
+        device = cls(store=store)
+        device.replaced = store.replaced
+        return device
 
     @classmethod
     def open(cls, home: Path) -> Device:

@@ -1,17 +1,23 @@
 """`crm doctor`: check a device's store without changing it, say what is wrong and how to recover.
 
-Never writes: the file is opened through SQLite's read-only URI (``immutable=1``, or ``mode=ro``
-while a write-ahead log is beside it), nothing is migrated or repaired, and a file SQLite cannot
-read is only looked at as bytes. The checks, in
-order (a failing early one stops the rest, which could not be trusted):
+``diagnose`` never writes: the file is opened through SQLite's read-only URI (``immutable=1``, or
+``mode=ro`` while a non-empty write-ahead log is beside it), nothing is migrated, and a file SQLite
+cannot read is only looked at as bytes. The checks, in order (a failing early one stops the rest,
+which could not be trusted):
 
 * file: present, an SQLite file, not cut short (its header says how many pages it has);
 * integrity: ``PRAGMA integrity_check``; application id (a crm store); schema version;
-* consistency: records hold JSON, every outbox entry holds a readable op of an existing record,
-  local changes that never left the device are all queued, and the clock is not behind a queued op.
+* consistency: the meta rows (device id, rep, clock), records hold JSON, every outbox entry holds a
+  readable op of an existing record, local changes that never left the device are all queued, and
+  the clock is not behind a queued op;
+* space: the disk holding the store has room for a write.
 
 Each failure maps to the exit code of its kind (docs/exit-codes.md): 5 no store, 7 damaged,
-8 newer schema, 11 inconsistent.
+8 newer schema, 11 inconsistent, 12 disk full.
+
+``repair`` (``crm doctor --repair``) writes only to clear what an interrupted ``crm init`` left: an
+unfinished store that holds no records and no queued changes, the side files of a store that is not
+there, temporary stores. A store holding any record or queued change is never changed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from urllib.parse import quote
 from .device import record_from_row
 from .errors import (
     CrmError,
+    DiskFullError,
     SchemaTooNewError,
     StoreCorruptError,
     StoreInconsistentError,
@@ -32,12 +39,26 @@ from .errors import (
 )
 from .hlc import ClockError, parse_stamp
 from .ops import OpFormatError, op_from_json
-from .store import APPLICATION_ID, SCHEMA_VERSION, store_path
+from .store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    check_home,
+    clear_unfinished,
+    is_disk_full,
+    meta_problem,
+    no_space_left,
+    store_path,
+)
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 RESTORE = ("the file was left exactly as it is. Restore crm.sqlite3 from a backup and keep the damaged "
            "file for diagnosis; changes not yet synced exist only in it")
-_SEVERITY = {StoreMissingError: 4, StoreCorruptError: 3, SchemaTooNewError: 2, StoreInconsistentError: 1}
+UNFINISHED = ("it holds no records and no queued changes, so nothing is lost: `crm init --rep NAME` creates the "
+              "store again (or `crm doctor --repair` clears it first)")
+FREE_SPACE = ("free space on that disk; nothing was lost: the store is unchanged, and crm works again once "
+              "there is room")
+_SEVERITY = {StoreMissingError: 5, StoreCorruptError: 4, DiskFullError: 3, SchemaTooNewError: 2,
+             StoreInconsistentError: 1}
 
 
 @dataclass
@@ -84,37 +105,61 @@ class Report:
         self.findings.append(Finding(check, False, message, recovery, error))
 
 
+def repair(home: Path) -> list[str]:
+    """Clear what an interrupted `crm init` left (never a store holding records or queued changes);
+    what was removed, one line each."""
+    return clear_unfinished(home)
+
+
 def diagnose(home: Path) -> Report:
     """Check the store at ``home``; the report lists every check made and what it found."""
-    path = store_path(Path(home))
+    path = store_path(check_home(Path(home)))
     report = Report(path)
-    if not _file_ok(path, report):
-        return report
-    # With no write-ahead log beside it the file is the whole store: open it immutable, so SQLite
-    # does not even create the -wal and -shm files. With one, read it too (read-only).
-    live = path.with_name(path.name + "-wal").exists()
+    if _file_ok(path, report):
+        _read(path, report)
+    if path.parent.is_dir() and no_space_left(path.parent) and \
+            not any(f.error is DiskFullError for f in report.findings):
+        report._bad("space", f"the disk holding {path.parent} is full: free space; nothing was lost", FREE_SPACE,
+                    DiskFullError)
+    return report
+
+
+def _read(path: Path, report: Report) -> None:
+    # With no write-ahead log beside it (or an empty one) the file is the whole store: open it
+    # immutable, so SQLite does not even create the -wal and -shm files. With one, read it too
+    # (read-only).
+    wal = path.with_name(path.name + "-wal")
+    live = wal.exists() and wal.stat().st_size > 0
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?{'mode=ro' if live else 'immutable=1'}", uri=True,
                                isolation_level=None)
     except sqlite3.Error as exc:
-        report._bad("file", f"SQLite cannot open it: {exc}", RESTORE, StoreCorruptError)
-        return report
+        _unreadable(path, report, "file", f"SQLite cannot open it: {exc}", exc)
+        return
     try:
         if _database_ok(conn, report):
             conn.execute("BEGIN")  # one snapshot for every consistency check
             _consistent(conn, report)
     except sqlite3.Error as exc:
-        report._bad("integrity", f"SQLite could not read it: {exc}", RESTORE, StoreCorruptError)
+        _unreadable(path, report, "integrity", f"SQLite could not read it: {exc}", exc)
     finally:
         conn.close()
-    return report
+
+
+def _unreadable(path: Path, report: Report, check: str, message: str, exc: sqlite3.Error) -> None:
+    if is_disk_full(exc, path):  # not damage: SQLite needed room (for its shared-memory file) to read
+        report._bad("space", f"the disk holding {path.parent} is full, so SQLite cannot read the store ({exc}): "
+                             "free space; nothing was lost", FREE_SPACE, DiskFullError)
+    else:
+        report._bad(check, message, RESTORE, StoreCorruptError)
 
 
 def _file_ok(path: Path, report: Report) -> bool:
     if not path.is_file():
-        report._bad("file", f"no store at {path}",
-                    "run `crm init --rep NAME` for a new store, or point --home / CRM_HOME at the existing one",
-                    StoreMissingError)
+        leftovers = [p.name for p in sorted(path.parent.glob(path.name + "-*"))] if path.parent.is_dir() else []
+        report._bad("file", f"no store at {path}" + (f" (left beside it: {', '.join(leftovers)})" if leftovers else ""),
+                    "run `crm init --rep NAME` for a new store (it clears what is left beside it), or point "
+                    "--home / CRM_HOME at the existing one", StoreMissingError)
         return False
     try:
         with open(path, "rb") as fh:
@@ -124,9 +169,14 @@ def _file_ok(path: Path, report: Report) -> bool:
         report._bad("file", f"cannot read {path}: {exc.strerror}", "check the file's permissions",
                     StoreMissingError)
         return False
+    if size == 0:
+        report._bad("file", "the file is empty (0 bytes), as an interrupted `crm init` of an older crm leaves it",
+                    "it holds nothing: `crm init --rep NAME` creates the store again (or `crm doctor --repair` "
+                    "clears it first). If this device had data, restore crm.sqlite3 from a backup instead",
+                    StoreCorruptError)
+        return False
     if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        what = "empty" if size == 0 else "cut short" if SQLITE_MAGIC.startswith(header[:16]) else \
-            "not an SQLite database"
+        what = "cut short" if SQLITE_MAGIC.startswith(header[:16]) else "not an SQLite database"
         report._bad("file", f"the file is {what} ({size} bytes)", RESTORE, StoreCorruptError)
         return False
     page_size = int.from_bytes(header[16:18], "big")
@@ -143,6 +193,11 @@ def _file_ok(path: Path, report: Report) -> bool:
 
 def _database_ok(conn: sqlite3.Connection, report: Report) -> bool:
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id == 0 and conn.execute("PRAGMA user_version").fetchone()[0] == 0 and \
+            not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        report._bad("schema", "no schema: the store was never finished (an interrupted `crm init` of an older crm)",
+                    UNFINISHED, StoreCorruptError)
+        return False
     if app_id != APPLICATION_ID:
         report._bad("application_id", f"not a crm store (application id {app_id:#x})",
                     "point --home / CRM_HOME at the directory holding this device's crm.sqlite3",
@@ -169,15 +224,15 @@ def _database_ok(conn: sqlite3.Connection, report: Report) -> bool:
 
 def _consistent(conn: sqlite3.Connection, report: Report) -> None:
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    device_id = meta.get("device_id", "")
-    try:
-        wall, counter = (int(part) for part in meta.get("hlc", "").split("."))
-    except ValueError:
-        report._bad("meta", f"the device id, rep or clock is missing or unreadable ({sorted(meta)[:10]})", RESTORE)
+    problem = meta_problem(meta)
+    if problem:
+        holds = conn.execute("SELECT EXISTS (SELECT 1 FROM records) OR EXISTS (SELECT 1 FROM outbox)").fetchone()[0]
+        report._bad("meta", problem[0].upper() + problem[1:] + ("" if holds else
+                    "; the store holds no records and no queued changes"),
+                    RESTORE if holds else UNFINISHED, StoreCorruptError)
         return
-    if not device_id or not meta.get("rep"):
-        report._bad("meta", "the device id or rep is missing", RESTORE)
-        return
+    device_id = meta["device_id"]
+    wall, counter = (int(part) for part in meta["hlc"].split("."))
     report._ok("meta", f"device {device_id}, rep {meta['rep']!r}")
 
     unreadable = conn.execute("SELECT count(*) FROM records WHERE NOT json_valid(data) OR NOT json_valid(meta)"

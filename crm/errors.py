@@ -24,6 +24,14 @@ class CrmError(Exception):
         return out
 
 
+class UsageError(CrmError):
+    """The command line names something unusable: a --home that is not a directory or is too long,
+    a token given twice. The same code and kind as the command-line parser's own usage errors."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class ValidationError(CrmError):
     """A value the domain refuses: a missing required field, a bad email, a negative price."""
 
@@ -85,6 +93,20 @@ class StoreInconsistentError(CrmError):
 
     exit_code = 11
     kind = "store_inconsistent"
+
+
+class DiskFullError(CrmError):
+    """The disk holding the home is full: the change was not made and nothing was lost."""
+
+    exit_code = 12
+    kind = "disk_full"
+
+    @classmethod
+    def at(cls, directory: object | None, detail: object, *,
+           kept: str = "the store is unchanged and this change was not made") -> DiskFullError:
+        where = f"the disk holding {directory}" if directory else "the disk"
+        return cls(f"{where} is full ({detail}): free space; nothing was lost ({kept}), so run the "
+                   "command again once there is room")
 
 
 class ServerUnreachableError(CrmError):

@@ -1,24 +1,37 @@
 """The device's durable SQLite store: one file per home, WAL, synchronous=FULL, versioned schema.
 
 Opening maps every SQLite failure to an error the user can act on (missing, locked, corrupt,
-newer schema) and never creates, migrates or overwrites anything it cannot read.
+newer schema, disk full) and never creates, migrates or overwrites anything it cannot read.
+
+Creating is atomic: the whole store (schema and meta rows) is built in a temporary file in the
+home, fsynced, then renamed into place, so a store exists complete or not at all. A store left
+unfinished by an older crm (empty, no schema, no meta rows) that holds no records and no queued
+changes is replaced by ``crm init`` and cleared by ``crm doctor --repair``; a store holding any
+record or outbox entry is never thrown away.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import re
 import sqlite3
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import (
     CrmError,
+    DiskFullError,
     SchemaTooNewError,
     StateError,
     StoreCorruptError,
     StoreLockedError,
     StoreMissingError,
+    UsageError,
 )
 
 SCHEMA_VERSION = 2
@@ -78,12 +91,90 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next
+# the longest name crm makes in a home: a temp store's rollback journal
+_LONGEST_NAME = len(TEMP_PREFIX) + 8 + len(".sqlite3-journal")
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+LOW_SPACE_BYTES = 256 << 10  # an I/O error with less free space than this is taken for a full disk
+
+
 def store_path(home: Path) -> Path:
     return Path(home) / STORE_FILENAME
 
 
+def _shown(path: object) -> str:
+    text = str(path)
+    return text if len(text) <= 300 else f"{text[:120]}...{text[-40:]} ({len(text)} characters)"
+
+
+def check_home(home: Path) -> Path:
+    """The home, or a usage error (exit 2) when no store could ever live there: a path too long
+    for the system, or a path that is not (and cannot become) a directory."""
+    home = Path(home)
+    try:
+        name_max = os.pathconf("/", "PC_NAME_MAX")
+        path_max = os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in home.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise UsageError(f"--home / CRM_HOME {_shown(home)}: a directory name in it is {size} bytes long; "
+                             f"names can be at most {name_max} bytes")
+    size = len(os.fsencode(os.path.abspath(home)))
+    if size + 1 + _LONGEST_NAME >= path_max:
+        raise UsageError(f"--home / CRM_HOME {_shown(home)}: the path is too long ({size} bytes; the "
+                         f"store's files need it under {path_max - 1 - _LONGEST_NAME})")
+    try:
+        mode = os.stat(home).st_mode
+    except FileNotFoundError:
+        return home  # `crm init` creates it
+    except NotADirectoryError:
+        raise UsageError(f"--home / CRM_HOME {_shown(home)}: a part of the path is a file, not a directory; "
+                         "give a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UsageError(f"--home / CRM_HOME {_shown(home)}: the path is too long") from None
+        return home  # e.g. no permission: opening the store says so
+    if not stat.S_ISDIR(mode):
+        kind = "a regular file" if stat.S_ISREG(mode) else "a device" if stat.S_ISCHR(mode) or \
+            stat.S_ISBLK(mode) else "not a directory"
+        raise UsageError(f"--home / CRM_HOME {_shown(home)} is {kind}, not a directory; give the directory "
+                         "that holds (or will hold) the store")
+    return home
+
+
+def no_space_left(directory: Path) -> bool:
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return False
+    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    return free * fs.f_frsize < LOW_SPACE_BYTES
+
+
+def is_disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """Whether SQLite failed for want of space: SQLITE_FULL, or an I/O error (growing the WAL or
+    its shared-memory file) on a file system with no space left."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return True
+    io_error = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk i/o error" in text
+    return io_error and no_space_left(Path(path).parent)
+
+
+def os_error(exc: OSError, path: Path, doing: str) -> CrmError:
+    """A CrmError for a failed file operation on the store: disk full (12), else unusable (5)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError.at(Path(path).parent, exc.strerror)
+    return StoreMissingError(f"cannot {doing} {path}: {exc.strerror}")
+
+
 def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
     text = str(exc).lower()
+    if is_disk_full(exc, path):
+        return DiskFullError.at(Path(path).parent, exc)
     if "locked" in text or "busy" in text:
         return StoreLockedError(
             f"the store {path} is locked by another process (waited {busy_timeout_ms() / 1000:g} s); "
@@ -105,7 +196,10 @@ def transaction(conn: sqlite3.Connection, path: Path, begin: str) -> Iterator[sq
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): never let that hide the cause
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -140,43 +234,73 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self.replaced: str | None = None  # set by ``create``: why an unfinished store was replaced
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, home: Path) -> Store:
-        """Create a new store file (mode 0600) at ``home``; refuse if one exists."""
-        home = Path(home)
+    def create(cls, home: Path, meta: dict[str, str]) -> Store:
+        """Create the store at ``home`` holding ``meta`` (device id, rep, clock, settings), atomically.
+
+        Refuses when a store exists (exit 10) or one holding records or queued changes is damaged
+        (exit 7); replaces an unfinished one that holds nothing (``Store.replaced`` says why).
+        """
+        home = check_home(home)
         path = store_path(home)
-        try:
-            home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            raise StateError(f"a store already exists at {path}; it was not changed") from None
-        except OSError as exc:
-            raise StoreMissingError(f"cannot create the store at {path}: {exc.strerror}") from None
-        os.close(fd)
-        with sqlite_errors(path):
-            conn = _connect(path)
-            _configure(conn)
-            store = cls(conn, path)
-            store._migrate(from_version=0)
+        _make_home(home)
+        with _home_locked(home) as dir_fd:
+            _remove_temps(home)
+            found = survey(home)
+            if found.state == "complete":
+                raise StateError(f"a store already exists at {path}; it was not changed")
+            if found.state == "damaged":
+                raise StoreCorruptError(
+                    f"the store {path} is damaged ({found.reason}) and holds records or queued changes, "
+                    "so `crm init` leaves it exactly as it is. Run `crm doctor`; restore crm.sqlite3 from a "
+                    "backup, keeping the damaged file (changes not yet synced exist only in it)")
+            temp = _build(home, meta)
+            try:
+                for suffix in _SIDE_FILES:  # an old journal must never be replayed into the new store
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                os.replace(temp, path)
+                os.fsync(dir_fd)
+            except OSError as exc:
+                raise os_error(exc, path, "create the store at") from None
+            finally:
+                temp.unlink(missing_ok=True)
+        store = cls.open(home)
+        store.replaced = found.reason if found.state == "unfinished" else None
         return store
 
     @classmethod
     def open(cls, home: Path) -> Store:
-        path = store_path(Path(home))
-        if not path.is_file():
+        path = store_path(check_home(home))
+        try:
+            size = path.stat().st_size if path.is_file() else None
+        except OSError as exc:
+            raise os_error(exc, path, "use the store") from None
+        if size is None:
             raise StoreMissingError(
                 f"no store at {path.parent}: run `crm init --rep NAME` first "
                 "(or point --home / CRM_HOME at an existing one)")
+        if size == 0:
+            raise StoreCorruptError(
+                f"the store {path} is empty (0 bytes), probably left by an interrupted `crm init`; it holds "
+                "nothing, so `crm init --rep NAME` creates it again (`crm doctor --repair` clears it). If "
+                "this device had data, restore crm.sqlite3 from a backup instead")
         with sqlite_errors(path):
             conn = _connect(path)
             try:
                 app_id = conn.execute("PRAGMA application_id").fetchone()[0]
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
+                unfinished = app_id == 0 and version == 0 and not _tables(conn)
             except sqlite3.Error:
                 conn.close()
                 raise
+            if unfinished:
+                conn.close()
+                raise StoreCorruptError(
+                    f"the store {path} was never finished (an interrupted `crm init`): it has no schema and "
+                    "holds nothing, so `crm init --rep NAME` creates it again (`crm doctor --repair` clears it)")
             if app_id != APPLICATION_ID:
                 conn.close()
                 raise StoreCorruptError(
@@ -197,12 +321,12 @@ class Store:
 
     def _migrate(self, *, from_version: int) -> None:
         with self.write():
-            for version in range(from_version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-            self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _apply_migrations(self.conn, from_version)
+
+    def holds_data(self) -> bool:
+        """Whether any record or outbox entry is stored (such a store is never thrown away)."""
+        with sqlite_errors(self.path):
+            return _holds_data(self.conn, _tables(self.conn))
 
     # -- transactions ------------------------------------------------------------------------
     def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
@@ -223,3 +347,218 @@ class Store:
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
+
+
+def _apply_migrations(conn: sqlite3.Connection, from_version: int) -> None:
+    for version in range(from_version + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+# -- the meta rows ------------------------------------------------------------------------------
+_CLOCK = re.compile(r"[0-9]{1,13}\.[0-9]{1,5}", re.ASCII)
+
+
+def meta_problem(meta: dict[str, object]) -> str | None:
+    """What is wrong with a store's meta rows (device id, rep, clock), or None when they are usable."""
+    if not meta:
+        return "its meta rows (device id, rep, clock) are missing"
+    missing = [name for key, name in (("device_id", "device id"), ("rep", "rep"), ("hlc", "clock"))
+               if key not in meta]
+    if missing:
+        return f"the {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from its meta rows"
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            return f"its meta value {key!r} is not text ({type(value).__name__})"
+    device_id = meta["device_id"]
+    if not device_id.strip() or len(device_id) > 64 or "@" in device_id or not device_id.isprintable():
+        return f"its device id {device_id[:40]!r} is not a device id"
+    if not meta["rep"].strip():
+        return "its rep is empty"
+    if not _CLOCK.fullmatch(meta["hlc"]):
+        return f"its clock {meta['hlc'][:40]!r} cannot be read"
+    return None
+
+
+def meta_error(path: Path, problem: str, holds_data: bool) -> StoreCorruptError:
+    """The error (exit 7) for unusable meta rows, saying whether `crm init` may recreate the store."""
+    if not holds_data:
+        return StoreCorruptError(
+            f"the store {path} is unfinished or damaged: {problem}. It holds no records and no queued "
+            "changes, so nothing is lost: `crm init --rep NAME` creates it again (`crm doctor --repair` "
+            "clears it)")
+    return StoreCorruptError(
+        f"the store {path} is damaged: {problem}; it was not changed. Run `crm doctor`; restore crm.sqlite3 "
+        "from a backup, keeping the damaged file (changes not yet synced exist only in it)")
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _holds_data(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    return any(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]
+               for table in ("records", "outbox") if table in tables)
+
+
+# -- what is at a home, and making a new store ----------------------------------------------------
+@dataclass(frozen=True)
+class Found:
+    """What a home's store path holds: ``absent``, ``complete``, ``unfinished`` (not usable and
+    holding nothing: safe to replace) or ``damaged`` (not usable, holding records or queued changes)."""
+
+    state: str
+    reason: str = ""
+
+
+def survey(home: Path) -> Found:
+    """Look at the store at ``home`` without changing its data. Raises for a file that is not ours
+    (exit 7), a newer schema (8) or one SQLite cannot read (7): none of those may be replaced."""
+    path = store_path(home)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return Found("absent")
+    except OSError as exc:
+        raise os_error(exc, path, "use the store") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreCorruptError(f"{path} is not a file; it was not changed")
+    if info.st_size == 0:
+        return Found("unfinished", "the file is empty")
+    with sqlite_errors(path):
+        conn = _connect(path)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = _tables(conn)
+            if app_id == 0 and version == 0 and not tables:
+                return Found("unfinished", "it has no schema")
+            if app_id != APPLICATION_ID:
+                raise StoreCorruptError(f"{path} is not a crm store (application id {app_id:#x}); it was not "
+                                        "changed")
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNewError(f"the store {path} has schema version {version}, newer than this crm "
+                                        f"understands ({SCHEMA_VERSION}); it was not changed")
+            holds = _holds_data(conn, tables)
+            if "meta" in tables:
+                problem = meta_problem(dict(conn.execute("SELECT key, value FROM meta").fetchall()))
+            else:
+                problem = "it has no meta table"
+        finally:
+            conn.close()
+    if problem is None:
+        return Found("complete")
+    return Found("damaged" if holds else "unfinished", problem)
+
+
+def clear_unfinished(home: Path) -> list[str]:
+    """Remove what an interrupted `crm init` left: an unfinished store that holds nothing, the side
+    files of a store that is not there, temporary stores. What was removed, one line each."""
+    home = check_home(home)
+    if not home.is_dir():
+        return []
+    done: list[str] = []
+    path = store_path(home)
+    with _home_locked(home) as dir_fd:
+        done += [f"removed {name}, a store an interrupted `crm init` left half-built" for name in _remove_temps(home)]
+        try:
+            found = survey(home)
+        except CrmError:  # not ours to clear (damaged, foreign, newer): `crm doctor` says what it is
+            return done
+        if found.state == "complete" or found.state == "damaged":
+            return done
+        try:
+            if found.state == "unfinished":
+                path.unlink()
+                done.append(f"removed the unfinished {path.name} ({found.reason}; it held nothing)")
+            for suffix in _SIDE_FILES:
+                side = Path(f"{path}{suffix}")
+                if side.exists():
+                    side.unlink()
+                    done.append(f"removed {side.name}, " + ("a side file of that store" if found.state == "unfinished"
+                                                            else "left beside a store that is not there"))
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise os_error(exc, path, "remove") from None
+    return done
+
+
+def _make_home(home: Path) -> None:
+    """Create the home and any missing parent, each 0700."""
+    missing = []
+    directory = Path(os.path.abspath(home))
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made by someone else meanwhile
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError.at(directory.parent, exc.strerror) from None
+            raise StoreMissingError(f"cannot create the home {directory}: {exc.strerror}") from None
+        os.chmod(directory, 0o700)  # exactly, whatever the umask
+
+
+@contextlib.contextmanager
+def _home_locked(home: Path) -> Iterator[int]:
+    """An exclusive lock on the home directory for as long as a store is being made or cleared there,
+    so two `crm init`s cannot both decide to create it; yields the directory's descriptor."""
+    try:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise os_error(exc, home, "use the home") from None
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: make the store unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _remove_temps(home: Path) -> list[str]:
+    """Remove temporary stores of killed `crm init`s (called under the home lock: none is live)."""
+    removed = []
+    for leftover in sorted(Path(home).glob(TEMP_PREFIX + "*")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed.append(leftover.name)
+    return removed
+
+
+def _build(home: Path, meta: dict[str, str]) -> Path:
+    """A complete store (schema, meta rows, WAL mode) in a temporary file in ``home``, fsynced."""
+    import tempfile  # only init needs it: not every command's start-up
+
+    try:
+        fd, name = tempfile.mkstemp(dir=home, prefix=TEMP_PREFIX, suffix=".sqlite3")
+    except OSError as exc:
+        raise os_error(exc, store_path(home), "create the store at") from None
+    temp = Path(name)
+    try:
+        os.fchmod(fd, 0o600)
+        with sqlite_errors(temp):
+            conn = _connect(temp)
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+                with transaction(conn, temp, "BEGIN IMMEDIATE"):
+                    _apply_migrations(conn, 0)
+                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
+                _configure(conn)
+            finally:
+                conn.close()
+        os.fsync(fd)
+    except BaseException as exc:
+        for leftover in (temp, *(Path(f"{temp}{suffix}") for suffix in _SIDE_FILES)):
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, store_path(home), "create the store at") from None
+        raise
+    finally:
+        os.close(fd)
+    return temp

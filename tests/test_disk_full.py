@@ -1,0 +1,176 @@
+"""A full disk is exit 12 (`disk_full`): "free space; nothing was lost", and the store unchanged.
+It is not a damaged store (exit 7 says "restore from a backup", which would throw away unsynced
+work). In-process, SQLite is made to answer SQLITE_FULL (a page cap on crm's connections); the
+`process` test fills a real, small tmpfs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crm import Device
+from crm import store as crm_store
+from tests.support import crm as crm_process
+from tests.support import crm_inprocess as crm
+
+STORE = "crm.sqlite3"
+WORDS = "free space; nothing was lost"
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    path = tmp_path / "home"
+    device = Device.init(path, rep="rep-1")
+    device.create("account", {"name": "Corner Store"})
+    device.close()
+    return path
+
+
+@pytest.fixture
+def store_cannot_grow(monkeypatch):
+    """From now on every store connection crm opens holds no page more than it has: SQLite
+    answers a write that needs one with SQLITE_FULL ("database or disk is full"), as on a full disk."""
+    real = crm_store._connect
+
+    def capped(path):
+        conn = real(path)
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {max(pages, 1)}")
+        return conn
+
+    monkeypatch.setattr(crm_store, "_connect", capped)
+
+
+def _account(home: Path) -> str:
+    return crm("account", "ls", "--json", home=home).json[0]["id"]
+
+
+def _state(home: Path) -> tuple[str, int]:
+    """The canonical export and the outbox size: what a rep stands to lose."""
+    conn = sqlite3.connect(home / STORE)
+    pending = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    conn.close()
+    return crm("export", home=home).stdout, pending
+
+
+def _disk_full(result) -> str:
+    assert result.code == 12, (result.code, result.stdout, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    error = json.loads(result.stderr)
+    assert error["error"] == "disk_full" and WORDS in error["message"], error
+    assert "backup" not in error["message"] and "damaged" not in error["message"]
+    return error["message"]
+
+
+def test_a_write_on_a_full_disk_is_exit_12_and_changes_nothing(home, store_cannot_grow):
+    account = _account(home)
+    before = _state(home)
+    _disk_full(crm("note", "add", "--account", account, "--text", "x" * 20000, "--json", home=home))
+    _disk_full(crm("order", "add", "--account", account, *[f"--line=SKU-{i}:1:2.50" for i in range(40)],
+                   "--json", home=home))
+    assert _state(home) == before
+
+
+def test_an_import_on_a_full_disk_is_exit_12_and_writes_no_row(home, store_cannot_grow, tmp_path):
+    rows = "\n".join(f"Shop {i},{'Street ' * 50}{i},Leeds" for i in range(300))
+    (tmp_path / "accounts.csv").write_text("name,address,city\n" + rows + "\n")
+    before = _state(home)
+    _disk_full(crm("import", "accounts", str(tmp_path / "accounts.csv"), "--json", home=home))
+    assert _state(home) == before
+
+
+def test_init_on_a_full_disk_is_exit_12_and_leaves_no_store(tmp_path, store_cannot_grow):
+    home = tmp_path / "home"
+    _disk_full(crm("init", "--rep", "rep-1", "--json", home=home))
+    assert list(home.iterdir()) == [], "no store, no temporary file"
+
+
+def test_init_when_the_file_system_says_enospc(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    real_fsync = os.fsync
+
+    def no_space(fd):
+        if Path(f"/proc/self/fd/{fd}").resolve().name.startswith(".crm-init-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    _disk_full(crm("init", "--rep", "rep-1", "--json", home=home))
+    assert list(home.iterdir()) == []
+
+
+def test_export_to_a_full_disk_is_exit_12(home, tmp_path, monkeypatch):
+    target = tmp_path / "copy.json"
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    message = _disk_full(crm("export", "--output", str(target), "--json", home=home))
+    assert f"{target} was not written" in message
+    assert list(tmp_path.iterdir()) == [home], "neither the file nor its temporary file"
+
+
+def test_doctor_says_the_disk_is_full(home, monkeypatch):
+    full = os.statvfs(home)
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(
+        (full.f_bsize, full.f_frsize, full.f_blocks, 0, 0, full.f_files, 0, 0, full.f_flag, full.f_namemax)))
+    result = crm("doctor", "--json", home=home)
+    message = _disk_full(result)
+    assert "space: the disk holding" in message
+    checks = json.loads(result.stderr)["details"]["checks"]
+    assert [c["check"] for c in checks if not c["ok"]] == ["space"]  # the store itself is fine
+
+
+# -- a real full file system -----------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs mounted for this test (needs root, or skips saying why)."""
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    where = tmp_path / "disk"
+    where.mkdir()
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let the test mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.process
+def test_a_really_full_disk_is_exit_12_and_loses_nothing(small_disk):
+    home = small_disk / "home"
+    assert crm_process("init", "--rep", "rep-1", home=home).code == 0
+    account = crm_process("account", "add", "--name", "Corner Store", "--json", home=home).json["id"]
+    before = crm_process("export", home=home).stdout
+    _fill(small_disk / "filler")
+    for args in (("note", "add", "--account", account, "--text", "x" * 20000),
+                 ("account", "add", "--name", "Second Shop", "--address", "y" * 2000),
+                 ("doctor",)):
+        _disk_full(crm_process(*args, "--json", home=home))
+    (small_disk / "filler").unlink()
+    assert crm_process("export", home=home).stdout == before, "nothing lost, nothing half-written"
+    assert crm_process("doctor", "--json", home=home).code == 0
+    assert crm_process("note", "add", "--account", account, "--text", "now there is room", home=home).code == 0

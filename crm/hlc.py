@@ -15,8 +15,12 @@ from dataclasses import dataclass
 _WALL_DIGITS = 13
 _COUNTER_DIGITS = 5
 MAX_COUNTER = 10**_COUNTER_DIGITS - 1
-# A remote stamp further ahead of our wall clock than this is refused as invalid: it would
-# drag every replica's clock into the far future.
+# How far ahead of the server's clock a stamp may be (docs/sync-protocol.md, "Clocks"). The server
+# refuses an op stamped further ahead (code ``clock_ahead``); the device then re-stamps it. A stamp
+# ahead wins last-writer-wins against edits made later, so this bounds how long it can.
+MAX_AHEAD_MS = 10 * 60 * 1000
+# No clock is this far off: a stamp more than a year ahead breaks the protocol (the whole batch is
+# refused, still with code ``clock_ahead``, so an honest device re-stamps and sends it again).
 MAX_DRIFT_MS = 366 * 24 * 3600 * 1000
 
 
@@ -61,12 +65,19 @@ def parse_stamp(text: str) -> Stamp:
     return Stamp(int(wall), int(counter), device)
 
 
-# A deliberate offset for testing devices whose clocks are wrong (docs/sync-protocol.md).
-_SKEW_MS = int(os.environ.get("CRM_CLOCK_SKEW_MS", "0") or 0)
+def server_now_ms() -> int:
+    """The server's clock: the machine's. CRM_CLOCK_SKEW_MS never moves it."""
+    return time.time_ns() // 1_000_000
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000 + _SKEW_MS
+    """The device's wall clock: the machine's, moved by CRM_CLOCK_SKEW_MS (milliseconds, read at
+    every call) to test a device whose clock is wrong (docs/sync-protocol.md, "Clocks")."""
+    skew = os.environ.get("CRM_CLOCK_SKEW_MS")
+    try:
+        return time.time_ns() // 1_000_000 + (int(skew) if skew else 0)
+    except ValueError:
+        return time.time_ns() // 1_000_000
 
 
 class HybridClock:

@@ -56,6 +56,75 @@ def _converged(server, *homes) -> dict:
     return json.loads(exported)
 
 
+@pytest.mark.parametrize("ahead_ms", [YEAR, 2 * YEAR], ids=["a year ahead", "two years ahead"])
+def test_a_device_writing_a_year_ahead_then_with_the_right_clock_syncs_everything(tmp_path, server, ahead_ms):
+    token1, token2 = server.add_rep(ORG, "d1"), server.add_rep(ORG, "d2")
+    d1, d2 = server.device(tmp_path, "d1", token1), server.device(tmp_path, "d2", token2)
+    _account(server, d1, "First")
+    _sync_clean(server, d1)
+    ahead = _skew(ahead_ms)
+    acc = _account(server, d1, "Ahead", env=ahead)
+    server.ok("account", "edit", acc, "--set", "city=York", home=d1, env=ahead)  # built on the create
+    server.ok("account", "edit", acc, "--set", "phone=0113 555 0100", home=d1)  # the clock is right again
+    server.ok("note", "add", "--account", acc, "--text", "after the clock was fixed", home=d1)
+    queued = [entry["op"] for entry in server.ok("outbox", "--json", home=d1)["entries"]]
+
+    result = _sync_clean(server, d1)
+    assert result["pushed"] == len(queued) == result["restamped"] == 4
+    assert server.ok("outbox", "--rejected", "--json", home=d1)["rejected"] == 0
+    log = _log(server, token2)
+    assert [op["op"] for op in log if op["op"] in queued] == queued, "each op once, same op ids, in order"
+    assert len({op["op"] for op in log}) == len(log)
+    newest = max(int(op["hlc"][:13]) for op in log)
+    assert newest <= _real_ms() + SLACK_MS, f"a stamp {(newest - _real_ms()) / DAY:.1f} days ahead was logged"
+
+    # Causality survived the new stamps: each edit is after the version it was built on.
+    mine = {op["op"]: op for op in log if op["op"] in queued}
+    create, edit = mine[queued[0]], mine[queued[1]]
+    assert edit["base"]["city"] == [create["hlc"]] and edit["hlc"] > create["hlc"]
+
+    # Writes with the right clock go straight through; another device then edits after seeing it all.
+    server.ok("account", "edit", acc, "--set", "city=Ripon", home=d1)
+    assert _sync_clean(server, d1).get("restamped", 0) == 0
+    _sync_clean(server, d2)
+    server.ok("account", "edit", acc, "--set", "city=Hull", home=d2)
+    _sync_clean(server, d2)
+    _sync_clean(server, d1)
+    state = _converged(server, d1, d2)
+    account = next(a for a in state["account"] if a["id"] == acc)
+    assert (account["city"], account["phone"]) == ("Hull", "0113 555 0100") and state["conflicts"] == []
+    assert len(state["account"]) == 2 and len(state["note"]) == 1
+
+
+def test_a_clock_jumping_hours_and_years_forward_and_back_never_locks_the_device_out(tmp_path, server):
+    token1, token2 = server.add_rep(ORG, "d1"), server.add_rep(ORG, "d2")
+    d1, d2 = server.device(tmp_path, "d1", token1), server.device(tmp_path, "d2", token2)
+    acc = _account(server, d1, "Jumpy")
+    _sync_clean(server, d1)
+    _sync_clean(server, d2)
+    skews = [3 * HOUR, 2 * YEAR, -5 * HOUR, 0, YEAR, -YEAR, 6 * HOUR]
+    for step, skew in enumerate(skews):
+        wrong = _skew(skew)
+        # d1 edits with its clock wrong (twice: the second edit is built on the first), then syncs.
+        server.ok("account", "edit", acc, "--set", f"city=C{step}", home=d1, env=wrong)
+        server.ok("account", "edit", acc, "--set", f"phone=0113 555 {step:04d}", home=d1, env=wrong)
+        server.ok("note", "add", "--account", acc, "--text", f"step {step}", home=d1, env=wrong)
+        _sync_clean(server, d1, env=wrong)
+        # d2, whose clock is right, edits after seeing that; d1 must see d2's edit win.
+        _sync_clean(server, d2)
+        server.ok("account", "edit", acc, "--set", f"name=Jumpy {step}", home=d2)
+        _sync_clean(server, d2)
+        _sync_clean(server, d1, env=wrong)
+        shown = server.ok("account", "show", acc, "--json", home=d1, env=wrong)
+        assert (shown["city"], shown["name"]) == (f"C{step}", f"Jumpy {step}"), (step, skew)
+    state = _converged(server, d1, d2)
+    assert state["conflicts"] == [], "every edit was built on the one before it"
+    assert len(state["note"]) == len(skews)
+    assert server.ok("outbox", "--rejected", "--json", home=d1)["rejected"] == 0
+    newest = max(int(op["hlc"][:13]) for op in _log(server, token2))
+    assert newest <= _real_ms() + SLACK_MS
+
+
 def _forged(dev: str, wall_ms: int, name: str) -> dict:
     return op_to_wire(Op(op_id=uuid7(), device=dev, hlc=format_stamp(wall_ms, 0, dev), entity="account",
                          record_id=uuid7(), fields={"name": name}, kind="create"))

@@ -601,6 +601,7 @@ class Device:
         return {"device": self.device_id, "rep": self.rep, "pending": pending, "rejected": rejected,
                 "conflicts": conflicts, "server": meta.get("server_url"),
                 "last_sync": meta.get("last_sync"), "last_sync_error": meta.get("last_sync_error"),
+                "last_sync_rejected": int(meta.get("last_sync_rejected") or 0),
                 # the server's clock minus this device's when last learnt (ms; null before a sync)
                 "clock_offset_ms": server.server_ms - server.wall_ms if server else None}
 

@@ -269,7 +269,7 @@ def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult
             raise
         result.seconds = time.monotonic() - started
         device.set_settings({"last_sync": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "last_sync_error": "",
+                             "last_sync_error": "", "last_sync_rejected": str(result.rejected),
                              **_learnt(client)})
         return result
     finally:

@@ -8,6 +8,8 @@ wall clock is moved with CRM_CLOCK_SKEW_MS; the server's clock is the machine's.
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 
 import pytest
@@ -152,3 +154,79 @@ def test_the_server_refuses_a_forged_far_future_stamp_from_a_raw_push(server, ah
     names = [a["name"] for a in json.loads(server.export(ORG))["account"]]
     assert "From the future" not in names
     assert all(int(op["hlc"][:13]) <= server_time for op in _log(server, token))
+
+
+def _queue_an_op_the_server_refuses(home) -> None:
+    """A product create from a device: well formed, but only the back office makes products."""
+    db = sqlite3.connect(home / "crm.sqlite3")
+    body = json.loads(db.execute("SELECT body FROM outbox ORDER BY seq DESC").fetchone()[0])
+    bad = {**body, "op": body["op"][:-4] + "ffff", "id": body["id"][:-4] + "ffff", "entity": "product",
+           "kind": "create", "fields": {"sku": "X", "name": "forged", "price": "1.00", "currency": "GBP"},
+           "base": {}}
+    with db:
+        db.execute("INSERT INTO outbox (op_id, entity, record_id, hlc, body) VALUES (?, ?, ?, ?, ?)",
+                   (bad["op"], "product", bad["id"], bad["hlc"], json.dumps(bad)))
+    db.close()
+
+
+def test_sync_exits_24_when_the_server_rejects_an_op_and_status_says_so(tmp_path, server):
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    _account(server, d1, "Good")
+    _queue_an_op_the_server_refuses(d1)
+    _account(server, d1, "Also good")
+
+    synced = server.crm("sync", "--json", home=d1)
+    assert synced.code == 24, (synced.code, synced.stderr)
+    assert (synced.json["pushed"], synced.json["rejected"]) == (2, 1), "stdout still carries the result"
+    error = json.loads(synced.stderr)
+    assert error["error"] == "ops_rejected" and "crm outbox --rejected" in error["message"]
+    assert "1 " in error["message"]
+
+    status = server.ok("status", "--json", home=d1)
+    assert (status["pending"], status["rejected"], status["last_sync_rejected"]) == (0, 1, 1)
+    human = server.crm("status", home=d1)
+    assert human.code == 0 and "crm outbox --rejected" in human.stdout + human.stderr
+
+    again = server.crm("sync", home=d1)  # the parked op is not sent again: nothing rejected now
+    assert again.code == 0, again.stderr
+    assert server.ok("status", "--json", home=d1)["last_sync_rejected"] == 0
+    text = server.crm("sync", home=d1)
+    assert text.code == 0 and "rejected 0" in text.stdout
+
+
+def test_sync_without_json_exits_24_with_a_message(tmp_path, server):
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    _account(server, d1, "Good")
+    _queue_an_op_the_server_refuses(d1)
+    synced = server.crm("sync", home=d1)
+    assert synced.code == 24
+    assert "pushed 1, rejected 1" in synced.stdout
+    assert synced.stderr.startswith("crm: error: ") and "crm outbox --rejected" in synced.stderr
+
+
+def test_the_agent_keeps_going_and_records_rejections_in_its_state(tmp_path, server):
+    from crm.agent import read_state, run
+
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    _account(server, d1, "Good")
+    _queue_an_op_the_server_refuses(d1)
+    states: list[dict] = []
+    stop = threading.Event()
+
+    def on_state(info: dict) -> None:
+        states.append(info)
+        if info["state"] != "starting":
+            stop.set()
+
+    worker = threading.Thread(target=run, args=(d1,), kwargs={"stop": stop, "on_state": on_state})
+    worker.start()
+    try:
+        worker.join(timeout=120)
+    finally:
+        stop.set()
+        worker.join()
+    synced = next(s for s in states if s["state"] not in ("starting", "stopped"))
+    assert synced["state"] == "synced", synced
+    assert synced["rejected"] == 1 and synced["last_rejection"]["count"] == 1
+    assert "crm outbox --rejected" in synced["last_rejection"]["message"]
+    assert read_state(d1)["rejected"] == 1, "crm status shows it after the agent stopped"

@@ -156,8 +156,10 @@ class HybridClock:
 
     The caller persists ``state`` in the same transaction as the change that used the stamp, so a
     crash can never make the clock issue a stamp it already issued. With ``server`` (what the
-    device last learnt of the server's clock) a stamp is never more than DEVICE_LEAD_MS ahead of
-    the server's clock as the device estimates it.
+    device last learnt of the server's clock) the wall clock it reads is capped DEVICE_LEAD_MS ahead
+    of its estimate of the server's clock; a stamp is further ahead only to come after one already
+    issued or pulled (a pulled stamp is at most MAX_AHEAD_MS ahead; one issued after a wall clock
+    jumped is re-stamped when the server refuses it, ``Device.restamp``).
     """
 
     def __init__(self, *, device: str, state: State = (0, 0),

@@ -56,19 +56,30 @@ def sync(ctx: typer.Context, as_json: Json = False) -> None:
 
     Safe to interrupt or kill at any moment: nothing leaves the outbox before the server
     acknowledged it. Exit codes: 0 synced, 20 unreachable, 21 token refused, 22 server error,
-    23 no server configured.
+    23 no server configured, 24 synced but the server rejected some changes (they wait in
+    `crm outbox --rejected`; the result is still printed).
 
     \b
     Example:
       crm sync --json
     """
+    from crm.errors import OpsRejectedError
     from crm.sync import sync_once
 
     with open_device(ctx) as device:
         result = sync_once(device)
         r = result.to_json()
+        restamped = f", re-stamped {r['restamped']} (this device's clock was ahead)" if r["restamped"] else ""
         output.emit(r, as_json=as_json,
-                    text=f"synced: pushed {r['pushed']}, rejected {r['rejected']}, pulled {r['pulled']}")
+                    text=f"synced: pushed {r['pushed']}, rejected {r['rejected']}, pulled {r['pulled']}{restamped}")
+    if result.rejected:
+        raise OpsRejectedError(f"the server rejected {_changes(result.rejected)} in this sync; kept aside and "
+                               "not sent again: see `crm outbox --rejected` for the reasons",
+                               details={"rejected": result.rejected})
+
+
+def _changes(count: int) -> str:
+    return f"{count} change" + ("" if count == 1 else "s")
 
 
 @status_app.command("status")
@@ -85,6 +96,11 @@ def status(ctx: typer.Context, as_json: Json = False) -> None:
         info = device.status()
     info["agent"] = read_state(home(ctx))
     output.emit(info, as_json=as_json)
+    if info["rejected"] and not as_json:
+        last = info["last_sync_rejected"]
+        output.message(f"{_changes(info['rejected'])} rejected by the server "
+                       + (f"({last} in the last sync) " if last else "")
+                       + "will not sync: see `crm outbox --rejected` for the reasons")
 
 
 @agent_app.callback()

@@ -8,6 +8,10 @@ Pure, and in two steps (docs/sync-protocol.md, "What the server refuses"):
 * ``admit``: do the domain rules accept this well-formed op? Its kind fits its entity, a device
   may write it, and every value is already in canonical form, so every replica can apply it
   without further checks. An op that fails is a rep's change the server rejects on its own.
+
+A stamp too far ahead of the server's clock fails either step with ``code = "clock_ahead"``: more
+than a year (``parse``, no clock is that far off) or more than MAX_AHEAD_MS (``admit``). That is no
+rep's mistake but a device clock's, and the device re-stamps the op and sends it again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from .domain import DELETED, ENTITIES, LINE_FIELD, Field, normalize_value
 from .domain import entity as entity_spec
 from .errors import ValidationError
-from .hlc import MAX_DRIFT_MS, now_ms
+from .hlc import MAX_AHEAD_MS, MAX_DRIFT_MS, server_now_ms
 from .ops import Op, OpFormatError, op_from_wire
 
 # Op, device and record ids: what UUIDs and hand-made test ids look like; no spaces, no control
@@ -30,12 +34,32 @@ _JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict}  # every other kind is
 _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}
 
 
-class InvalidOp(ValidationError):
-    """A pushed op that breaks the protocol's schema; ``op_id`` names it when it has a usable one."""
+CLOCK_AHEAD = "clock_ahead"
 
-    def __init__(self, op_id: str | None, message: str) -> None:
+
+class InvalidOp(ValidationError):
+    """A pushed op that breaks the protocol's schema; ``op_id`` names it when it has a usable one,
+    ``code`` is ``clock_ahead`` when what breaks it is a stamp more than a year ahead."""
+
+    def __init__(self, op_id: str | None, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.op_id = op_id
+        self.code = code
+
+
+class ClockAhead(ValidationError):
+    """An op stamped further ahead of the server's clock than a stamp may be (MAX_AHEAD_MS)."""
+
+    code = CLOCK_AHEAD
+
+
+class _FarFuture(OpFormatError):
+    pass
+
+
+def _ahead(op: Op, now: int | None) -> int:
+    """How far ``op``'s stamp is ahead of the server's clock, in ms (negative when behind)."""
+    return op.wall_ms - (now if now is not None else server_now_ms())
 
 
 def _json_type_ok(kind: str, value: Any) -> bool:
@@ -59,8 +83,8 @@ def _check_shape(op: Op, now: int | None) -> None:
             raise OpFormatError(f"op.{label} {value!r:.80} is not a valid id ({pattern.pattern})")
     if op.entity not in ENTITIES:
         raise OpFormatError(f"op.entity {op.entity!r:.80}: unknown entity (one of {', '.join(ENTITIES)})")
-    if op.wall_ms > (now if now is not None else now_ms()) + MAX_DRIFT_MS:
-        raise OpFormatError(f"op.hlc {op.hlc!r}: the clock stamp is more than a year in the future")
+    if _ahead(op, now) > MAX_DRIFT_MS:
+        raise _FarFuture(f"op.hlc {op.hlc!r}: the clock stamp is more than a year in the future")
     spec = entity_spec(op.entity)
     for name in op.base:
         if name != DELETED:
@@ -92,7 +116,7 @@ def parse(raw: Any, *, now: int | None = None) -> Op:
         op = op_from_wire(raw)
         _check_shape(op, now)
     except (OpFormatError, ValidationError) as exc:
-        raise InvalidOp(op_id, str(exc)) from None
+        raise InvalidOp(op_id, str(exc), code=CLOCK_AHEAD if isinstance(exc, _FarFuture) else None) from None
     return op
 
 
@@ -111,8 +135,10 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
     spec = entity_spec(op.entity)
     if from_device and not spec.device_writable:
         raise ValidationError(f"{op.entity} records are managed by the server")
-    if op.wall_ms > (now if now is not None else now_ms()) + MAX_DRIFT_MS:
-        raise ValidationError("op clock stamp is more than a year in the future")
+    ahead = _ahead(op, now)
+    if ahead > MAX_AHEAD_MS:
+        raise ClockAhead(f"op clock stamp {op.hlc} is {_duration(ahead)} ahead of the server's clock (at most "
+                         f"{_duration(MAX_AHEAD_MS)}): the device's clock is wrong; it re-stamps the op")
     if len(op.record_id) > 64:
         raise ValidationError("record id longer than 64 characters")
     for name in op.base:
@@ -147,3 +173,10 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
         if not f.editable and op.kind != "resolve":
             raise ValidationError(f"{op.entity}.{name} cannot be changed after creation")
         _canonical(op.entity, f, value)
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("days", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= 2 * size:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"

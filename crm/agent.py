@@ -132,7 +132,7 @@ def read_state(home: Path) -> dict[str, Any]:
         pass
     if pid is None:
         return {"running": False, "state": "stopped",
-                **{k: v for k, v in state.items() if k in ("last_sync", "last_error")}}
+                **{k: v for k, v in state.items() if k in ("last_sync", "last_error", "rejected", "last_rejection")}}
     return {**state, "running": True, "pid": pid}
 
 
@@ -186,8 +186,14 @@ def run(home: Path, *, stop: threading.Event | None = None,
                         client, client_key = client_for(device, timeout=timeout), key
                     result = sync_once(device, client=client)
                     backoff.reset()
-                    publish(state="synced", last_sync=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            last_error=None, last_result=result.to_json())
+                    now_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    if result.rejected:  # kept until a later sync rejects more: it keeps syncing
+                        info["last_rejection"] = {
+                            "at": now_text, "count": result.rejected,
+                            "message": f"the server rejected {result.rejected} change(s); see "
+                                       "`crm outbox --rejected`"}
+                    publish(state="synced", last_sync=now_text, last_error=None, last_result=result.to_json(),
+                            rejected=device.outbox(rejected=True, limit=0)["rejected"])
                     next_sync = time.monotonic() + idle
                 except (ServerUnreachableError, ServerError, StoreLockedError) as exc:
                     delay = backoff.next_delay()

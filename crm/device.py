@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from . import hlc as clocks
 from . import merge
 from .domain import (
     DELETED,
@@ -30,10 +31,10 @@ from .domain import (
     entity as entity_spec,
 )
 from .errors import NotFoundError, StateError, ValidationError
-from .hlc import HybridClock
+from .hlc import HybridClock, ServerTime
 from .ids import uuid7
 from .merge import Record
-from .ops import Op, dumps, loads, op_to_json
+from .ops import Op, dumps, loads, op_from_wire, op_to_json
 from .store import Store, meta_error, meta_problem, sqlite_errors
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
@@ -208,8 +209,11 @@ class Device:
 
     # -- the one write path --------------------------------------------------------------------
     def _clock(self, conn: sqlite3.Connection) -> HybridClock:
-        wall, counter = conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()[0].split(".")
-        return HybridClock(device=self.device_id, state=(int(wall), int(counter)))
+        """The clock as saved, capped near the server's clock as last learnt (``server_time``)."""
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('hlc', 'server_time')"))
+        wall, counter = meta["hlc"].split(".")
+        return HybridClock(device=self.device_id, state=(int(wall), int(counter)),
+                           server=ServerTime.parse(meta.get("server_time")))
 
     def _save_clock(self, conn: sqlite3.Connection, clock: HybridClock) -> None:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'hlc'",
@@ -472,6 +476,103 @@ class Device:
                              [(reason, op_id) for op_id, reason in rejected])
             self._remember_server(conn, witness=witness, latest=latest)
 
+    def restamp(self, refused: list[tuple[str, str]], server: ServerTime) -> int:
+        """Give new stamps to this device's ops the server refused as too far ahead of its clock.
+
+        ``refused`` holds (op id, stamp as sent); ``server`` is the server's clock as that answer
+        gave it. Re-stamped are the refused ops and every queued op (pending or rejected) stamped at
+        or after the earliest of them or further ahead than the server accepts: none of those is in
+        the server's log, so no replica holds their stamps. Each keeps its op id; the new stamps come
+        after every other stamp the device holds, in the old order (``clocks.restamp``), so every op
+        still comes after what it was built on, and renaming the stamps in the queue, in the records'
+        merge metadata and in the clock gives the same state as applying the re-stamped ops. The
+        clock goes back with them: the next edit is stamped near the server's clock again.
+        One transaction. Returns how many ops it re-stamped, counting refused ones another process
+        re-stamped meanwhile (0: sending again would not help).
+        """
+        with self.store.write() as conn:
+            sent = dict(refused)
+            current = dict(conn.execute(
+                "SELECT op_id, hlc FROM outbox WHERE op_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(sent)),)).fetchall())
+            # too far ahead for the server: at or after this
+            lower = clocks.format_stamp(server.server_ms + clocks.MAX_AHEAD_MS + 1, 0, "")
+            lower = min([lower, *(stamp for op_id, stamp in current.items() if stamp == sent[op_id])])
+            rows = conn.execute("SELECT op_id, entity, record_id, hlc, body FROM outbox WHERE hlc >= ?",
+                                (lower,)).fetchall()
+            renamed: dict[str, str] = {}
+            if rows:
+                old = {row[3] for row in rows}
+                floor = self._newest_stamp(conn, besides=old)
+                renamed = clocks.restamp(sorted(old), floor=floor, device=self.device_id,
+                                         physical=clocks.physical_ms(clocks.now_ms(), server))
+                self._rename_stamps(conn, rows, renamed)
+                newest = clocks.parse_stamp(max(renamed.values()))
+                self._save_clock(conn, HybridClock(device=self.device_id,
+                                                   state=max(floor, (newest.wall_ms, newest.counter))))
+            self.store.set_meta(conn, "server_time", str(server))
+            return len(rows) + sum(1 for op_id, stamp in current.items() if stamp != sent[op_id])
+
+    def _newest_stamp(self, conn: sqlite3.Connection, *, besides: set[str]) -> clocks.State:
+        """The newest stamp in the records' merge metadata and the queue, other than ``besides``."""
+        newest: clocks.State = (0, 0)
+
+        def see(stamp: Any) -> None:
+            nonlocal newest
+            if isinstance(stamp, str) and stamp not in besides:
+                try:
+                    parsed = clocks.parse_stamp(stamp)
+                except clocks.ClockError:
+                    return
+                newest = max(newest, (parsed.wall_ms, parsed.counter))
+
+        for (meta,) in conn.execute("SELECT meta FROM records"):
+            try:
+                packed = loads(meta)
+            except ValueError:
+                continue  # damaged (crm doctor says so): it holds no stamp this device can build on
+            for name, fm in packed.items():  # the stored form: "*" is [stamp, op id] (merge.pack_meta)
+                if name == "*":
+                    see(fm[0])
+                    continue
+                if not isinstance(fm, dict):
+                    continue
+                see(fm.get("s"))
+                for stamp in fm.get("x", ()):
+                    see(stamp)
+                for leaf in fm.get("c", ()):
+                    see(leaf[0])
+        for (stamp,) in conn.execute("SELECT hlc FROM outbox"):
+            see(stamp)
+        return newest
+
+    def _rename_stamps(self, conn: sqlite3.Connection, rows: list[tuple], renamed: dict[str, str]) -> None:
+        """Put the new stamps in place of the old in the queued ops and in their records."""
+        def new(stamp: str) -> str:
+            return renamed.get(stamp, stamp)
+
+        for op_id, _entity, _rid, stamp, body in rows:
+            try:
+                op = op_from_wire(loads(body))
+            except (ValueError, TypeError):
+                continue  # unreadable (crm doctor says so): it can only be parked, never applied
+            op = Op(op_id=op.op_id, device=op.device, hlc=new(op.hlc), entity=op.entity, record_id=op.record_id,
+                    fields=op.fields, base={name: sorted(new(s) for s in stamps) for name, stamps in op.base.items()},
+                    kind=op.kind)
+            conn.execute("UPDATE outbox SET hlc = ?, body = ? WHERE op_id = ?", (new(stamp), op_to_json(op), op_id))
+        for entity, rid in sorted({(row[1], row[2]) for row in rows}):
+            rec = self._load(conn, entity, rid)
+            if rec is None:
+                continue
+            for fm in rec.meta.values():
+                if "s" in fm:
+                    fm["s"] = new(fm["s"])
+                if "x" in fm:
+                    fm["x"] = sorted(new(s) for s in fm["x"])
+                if "c" in fm:
+                    fm["c"] = sorted(([new(leaf[0]), *leaf[1:]] for leaf in fm["c"]), key=lambda leaf: leaf[0])
+            conn.execute("UPDATE records SET meta = ? WHERE entity = ? AND id = ?", (meta_column(rec), entity, rid))
+
     def count_attempt(self, op_ids: list[str]) -> None:
         with self.store.write() as conn:
             conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE op_id = ?",
@@ -564,9 +665,13 @@ class Device:
             rejected = conn.execute("SELECT count(*) FROM outbox WHERE state = 'rejected'").fetchone()[0]
             conflicts = conn.execute("SELECT coalesce(sum(conflicts), 0) FROM records").fetchone()[0]
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        server = ServerTime.parse(meta.get("server_time"))
         return {"device": self.device_id, "rep": self.rep, "pending": pending, "rejected": rejected,
                 "conflicts": conflicts, "server": meta.get("server_url"),
-                "last_sync": meta.get("last_sync"), "last_sync_error": meta.get("last_sync_error")}
+                "last_sync": meta.get("last_sync"), "last_sync_error": meta.get("last_sync_error"),
+                "last_sync_rejected": int(meta.get("last_sync_rejected") or 0),
+                # the server's clock minus this device's when last learnt (ms; null before a sync)
+                "clock_offset_ms": server.server_ms - server.wall_ms if server else None}
 
 
 def export_state(rows_for: Callable[[str], Iterable[tuple[str, str, str]]]) -> dict[str, Any]:

@@ -137,6 +137,13 @@ class NotConfiguredError(CrmError):
     kind = "not_configured"
 
 
+class OpsRejectedError(CrmError):
+    """The sync finished, but the server rejected some ops: they wait in `crm outbox --rejected`."""
+
+    exit_code = 24
+    kind = "ops_rejected"
+
+
 class InterruptedError_(CrmError):
     """Ctrl-C: whatever was committed stays, the rest was rolled back."""
 

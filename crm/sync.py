@@ -20,11 +20,17 @@ import httpx
 
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
+from .hlc import ServerTime, now_ms
 from .ops import OpFormatError, loads, op_from_wire
 
 PROTOCOL = 1
 SYNC_LOCK = "sync.lock"
 PUSH_BATCH = 1000
+# How often one sync re-stamps ops the server refused as ahead of its clock before it rejects them:
+# one round is enough unless the server's clock moves back between answers.
+MAX_RESTAMP_ROUNDS = 3
+CLOCK_AHEAD = "clock_ahead"  # the code of a refusal for a stamp too far ahead (crm/admission.py)
+SERVER_TIME_HEADER = "crm-server-time"
 PULL_PAGE = 2000
 # The refusals of a whole push batch that halving it can get past (docs/sync-protocol.md).
 _BATCH_REFUSALS = {(422, "invalid"), (400, "bad_json"), (413, "too_large")}
@@ -33,10 +39,11 @@ _BATCH_REFUSALS = {(422, "invalid"), (400, "bad_json"), (413, "too_large")}
 class BatchRefused(ServerError):
     """The server refused a whole push batch; ``op`` names the op at fault when it could tell."""
 
-    def __init__(self, message: str, *, op: str | None, reason: str) -> None:
+    def __init__(self, message: str, *, op: str | None, reason: str, code: str | None = None) -> None:
         super().__init__(message)
         self.op = op
         self.reason = reason
+        self.code = code
 
 
 class ContinuityBroken(ServerError):
@@ -59,10 +66,12 @@ class SyncResult:
     pulled: int = 0
     applied: int = 0
     seconds: float = 0.0
+    restamped: int = 0  # ops given new stamps because this device's clock was ahead of the server's
 
     def to_json(self) -> dict[str, Any]:
         return {"synced": True, "pushed": self.pushed, "rejected": self.rejected,
-                "pulled": self.pulled, "applied": self.applied, "seconds": round(self.seconds, 3)}
+                "pulled": self.pulled, "applied": self.applied, "restamped": self.restamped,
+                "seconds": round(self.seconds, 3)}
 
 
 class SyncClient:
@@ -71,6 +80,7 @@ class SyncClient:
     def __init__(self, *, base_url: str, token: str, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.server_time: ServerTime | None = None  # the server's clock, from its latest answer
         self._http = httpx.Client(base_url=self.base_url, transport=transport,
                                   headers={"authorization": f"Bearer {token}",
                                            "user-agent": "crm-sync/1"},
@@ -87,7 +97,9 @@ class SyncClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
+            before = now_ms()
             response = self._http.request(method, path, **kwargs)
+            self._learn_time(response, (before + now_ms()) // 2)
         except httpx.TimeoutException as exc:
             raise ServerUnreachableError(f"the server at {self.base_url} did not answer in time "
                                          f"({type(exc).__name__}); changes stay queued") from None
@@ -101,8 +113,9 @@ class SyncClient:
             message = f"the server answered {response.status_code} to {path}: {_message(response)}"
             body = _json_object(response)
             if path == "/v1/push" and (response.status_code, body.get("error")) in _BATCH_REFUSALS:
-                op = body.get("op")
-                raise BatchRefused(message, op=op if isinstance(op, str) else None, reason=_message(response))
+                op, code = body.get("op"), body.get("code")
+                raise BatchRefused(message, op=op if isinstance(op, str) else None, reason=_message(response),
+                                   code=code if isinstance(code, str) else None)
             if response.status_code == 409 and body.get("reason") in ("log_changed", "device_reused"):
                 latest = body.get("latest")
                 raise ContinuityBroken(message, reason=body["reason"],
@@ -115,6 +128,13 @@ class SyncClient:
         if not isinstance(data, dict):
             raise ServerError(f"the server's answer to {path} is not a JSON object")
         return data
+
+    def _learn_time(self, response: httpx.Response, wall: int) -> None:
+        """Keep the server's clock from an answer's ``crm-server-time`` (ms), read when the device's
+        wall clock said ``wall`` (the middle of the request); an answer without it teaches nothing."""
+        text = response.headers.get(SERVER_TIME_HEADER, "")
+        if text.isascii() and text.isdigit() and len(text) <= 15:
+            self.server_time = ServerTime(int(text), wall)
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/v1/health")
@@ -170,48 +190,85 @@ def client_for(device: Device, *, timeout: float = 30.0,
 
 
 def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> tuple[int, int]:
-    """Push the outbox oldest first until it is empty; (acked, rejected) counts.
+    """Push the outbox oldest first until it is empty; (acked, rejected) counts."""
+    pushed, rejected, _ = _push_all(device, client, batch=batch)
+    return pushed, rejected
+
+
+def _push_all(device: Device, client: SyncClient, *, batch: int) -> tuple[int, int, int]:
+    """Push the outbox oldest first until it is empty; (acked, rejected, re-stamped) counts.
 
     No op can block the queue: one the server rejects moves to the rejected list, and so does
     one that makes the server refuse its whole batch, found by halving the batch when the
-    server cannot name it; the rest is sent again.
+    server cannot name it; the rest is sent again. An op refused only because its stamp is too
+    far ahead of the server's clock (``clock_ahead``) is re-stamped and sent again, the same op
+    with the same id (``Device.restamp``); if that does not help it is rejected with the reason.
     """
     if device.setting("first_push_at") is None:  # from now on acked ops leave the outbox (crm doctor)
         device.set_settings({"first_push_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    pushed = rejected_count = 0
+    pushed = rejected_count = restamped = rounds = 0
     while True:
         rows = device.pending_ops(limit=batch)
         if not rows:
-            return pushed, rejected_count
-        acked, rejected = _push_rows(device, client, rows)
+            return pushed, rejected_count, restamped
+        acked, rejected, ahead = _push_rows(device, client, rows)
         pushed += acked
         rejected_count += rejected
+        if not ahead:
+            continue
+        rounds += 1
+        server = client.server_time
+        again = 0
+        if server is not None and rounds <= MAX_RESTAMP_ROUNDS:
+            again = device.restamp([(op_id, stamp) for op_id, stamp, _ in ahead], server)
+        if again:
+            restamped += again
+            continue
+        device.settle_pushed([], [(op_id, f"refused by the server: {reason} (re-stamping did not help)")
+                                  for op_id, _, reason in ahead])
+        rejected_count += len(ahead)
 
 
-def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) -> tuple[int, int]:
-    """Push ``rows`` (op id, wire JSON); when one is parked, stop so the caller re-reads the queue."""
-    sent = {op_id for op_id, _ in rows}
+Ahead = list[tuple[str, str, str]]  # (op id, stamp as sent, the server's reason)
+
+
+def _sent_stamp(body: str) -> str:
+    try:
+        stamp = loads(body).get("hlc")
+    except (ValueError, AttributeError):
+        return ""
+    return stamp if isinstance(stamp, str) else ""
+
+
+def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) -> tuple[int, int, Ahead]:
+    """Push ``rows`` (op id, wire JSON); when one is parked or refused as ahead of the server's clock,
+    stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead)."""
+    sent = dict(rows)
     witness, known = device.continuity()
     try:
         answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
     except BatchRefused as refusal:
+        if refusal.code == CLOCK_AHEAD and refusal.op in sent:
+            return 0, 0, [(refusal.op, _sent_stamp(sent[refusal.op]), refusal.reason)]
         culprit = refusal.op if refusal.op in sent else rows[0][0] if len(rows) == 1 else None
         if culprit is not None:
             device.settle_pushed([], [(culprit, f"refused by the server: {refusal.reason}")])
-            return 0, 1
+            return 0, 1, []
         half = len(rows) // 2
         first = _push_rows(device, client, rows[:half])
-        if first[1]:  # keep the device's order: the rest goes after a fresh read of the queue
+        if first[1] or first[2]:  # keep the device's order: the rest goes after a fresh read of the queue
             return first
         second = _push_rows(device, client, rows[half:])
-        return first[0] + second[0], second[1]
+        return first[0] + second[0], second[1], second[2]
     acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
-    rejected = [(r.get("op"), str(r.get("reason", "refused"))) for r in answer.get("rejected", [])
-                if isinstance(r, dict) and r.get("op") in sent]
-    if not acked and not rejected:
+    refused = [r for r in answer.get("rejected", []) if isinstance(r, dict) and r.get("op") in sent]
+    rejected = [(r["op"], str(r.get("reason", "refused"))) for r in refused if r.get("code") != CLOCK_AHEAD]
+    ahead = [(r["op"], _sent_stamp(sent[r["op"]]), str(r.get("reason", "clock ahead")))
+             for r in refused if r.get("code") == CLOCK_AHEAD]
+    if not acked and not refused:
         raise ServerError("the server acknowledged none of a pushed batch")
     device.settle_pushed(acked, rejected, witness=_witness(answer), latest=_latest(answer))
-    return len(acked), len(rejected)
+    return len(acked), len(rejected), ahead
 
 
 def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> int:
@@ -263,6 +320,11 @@ def _one_sync_at_a_time(device: Device) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _learnt(client: SyncClient) -> dict[str, str]:
+    """The server's clock as this sync learnt it, to store: the device's next stamps stay near it."""
+    return {"server_time": str(client.server_time)} if client.server_time else {}
+
+
 def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult:
     """Push then pull. Raises ServerUnreachableError / AuthRefusedError / ServerError."""
     with _one_sync_at_a_time(device):
@@ -280,11 +342,13 @@ def _sync_once(device: Device, client: SyncClient | None) -> SyncResult:
             _sync_with_recovery(device, client, result)
         except Exception as exc:
             device.set_settings({"last_sync_error": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                                                    f"{getattr(exc, 'message', str(exc))[:200]}"})
+                                                    f"{getattr(exc, 'message', str(exc))[:200]}",
+                                 **_learnt(client)})
             raise
         result.seconds = time.monotonic() - started
         device.set_settings({"last_sync": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "last_sync_error": ""})
+                             "last_sync_error": "", "last_sync_rejected": str(result.rejected),
+                             **_learnt(client)})
         return result
     finally:
         if own:
@@ -297,9 +361,10 @@ def _sync_with_recovery(device: Device, client: SyncClient, result: SyncResult) 
     for _ in range(MAX_RECOVERIES + 1):
         try:
             resend_kept(device, client)
-            pushed, rejected = push_outbox(device, client)
+            pushed, rejected, restamped = _push_all(device, client, batch=PUSH_BATCH)
             result.pushed += pushed
             result.rejected += rejected
+            result.restamped += restamped
             result.pulled, result.applied = pull_changes(device, client)
             return
         except ContinuityBroken as broken:

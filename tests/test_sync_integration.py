@@ -129,7 +129,8 @@ def test_an_op_the_server_refuses_does_not_block_the_queue(tmp_path, server):
                    (bad["op"], "product", bad["id"], bad["hlc"], json.dumps(bad)))
     db.close()
     _account(server, d1, name="After the bad one")
-    assert server.ok("sync", "--json", home=d1)["rejected"] == 1
+    synced = server.crm("sync", "--json", home=d1)
+    assert synced.code == 24 and synced.json["rejected"] == 1  # ops_rejected (docs/exit-codes.md)
     assert server.ok("outbox", "--json", home=d1)["pending"] == 0
     rejected = server.ok("outbox", "--rejected", "--json", home=d1)
     assert rejected["rejected"] == 1 and "server" in rejected["entries"][0]["reason"]

@@ -15,6 +15,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,7 +24,7 @@ from .. import __version__
 from ..admission import ID, RECORD_ID, InvalidOp, parse
 from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
-from ..hlc import now_ms
+from ..hlc import server_now_ms
 from ..ops import MAX_FIELDS_PER_OP, loads
 from . import openapi
 from .store import (
@@ -37,6 +38,7 @@ from .store import (
 )
 
 PROTOCOL = 1
+SERVER_TIME_HEADER = b"crm-server-time"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
@@ -137,7 +139,7 @@ def _shallow(body: bytes) -> bool:
 def _push(store: ServerStore, identity: Identity, raw_ops: list[Any], continuity: Continuity) -> PushResult:
     """Refuse the whole batch if any op breaks the schema (InvalidOp); else hand it to the store,
     which rejects the ops the domain rules refuse one by one and applies the rest."""
-    now = now_ms()
+    now = server_now_ms()
     return store.push(identity, [parse(raw, now=now) for raw in raw_ops],  # parsed once, here
                       continuity=continuity)
 
@@ -214,7 +216,7 @@ def create_app(store: ServerStore) -> Starlette:
         except ContinuityBroken as exc:  # nothing from this batch was applied
             return _continuity_broken(exc)
         except InvalidOp as exc:  # nothing from this batch was applied
-            return _error(422, "invalid", exc.message, op=exc.op_id)
+            return _error(422, "invalid", exc.message, op=exc.op_id, **({"code": exc.code} if exc.code else {}))
         except ValidationError as exc:
             return _error(422, "invalid", exc.message, op=None)
         return JSONResponse(result.to_json())
@@ -277,7 +279,28 @@ def create_app(store: ServerStore) -> Starlette:
             Route("/v1/admin/export", admin_export, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, CrmError: _store_unavailable, Exception: _internal},
+        middleware=[Middleware(ServerClock)],
     )
+
+
+class ServerClock:
+    """Every answer carries the server's clock (``crm-server-time``: ms since the epoch), so a device
+    learns it on every sync and keeps its stamps near it (docs/sync-protocol.md, "Clocks")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_clock(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                   (SERVER_TIME_HEADER, str(server_now_ms()).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_clock)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..admission import ID, RECORD_ID
 from ..domain import ENTITY_ORDER
+from ..hlc import MAX_AHEAD_MS
 from ..ops import MAX_BASE_STAMPS, MAX_FIELD_NAME, MAX_FIELDS_PER_OP
 from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS
 
@@ -59,6 +60,9 @@ def _schemas() -> dict[str, Any]:
                            "description": "409 device_reused: the latest op of the device id the log holds"},
                 "op": {"type": ["string", "null"],
                        "description": "422 on push only: the op that made the batch invalid, if it has an id"},
+                "code": {"type": "string", "enum": ["clock_ahead"],
+                         "description": "422 on push only: the op's stamp is more than a year ahead of the "
+                                        "server's clock (crm-server-time); a device re-stamps it and sends it again"},
             },
         },
         "Op": {
@@ -113,7 +117,12 @@ def _schemas() -> dict[str, Any]:
                           "description": "op ids now in the log (applied now or before)"},
                 "rejected": {"type": "array", "description": "well-formed ops the domain rules refuse; not applied",
                              "items": {"type": "object", "required": ["op", "reason"],
-                                       "properties": {"op": {"type": "string"}, "reason": {"type": "string"}}}},
+                                       "properties": {"op": {"type": "string"}, "reason": {"type": "string"},
+                                                      "code": {"type": "string", "enum": ["clock_ahead"],
+                                                               "description": "refused only because its stamp "
+                                                               f"is more than {MAX_AHEAD_MS // 60_000} minutes "
+                                                               "ahead of the server's clock: re-stamp it and "
+                                                               "send it again"}}}},
                 "witness": {**WITNESS, "type": ["string", "null"], "description": "the log's last entry now"},
                 "latest": LATEST,
             },
@@ -177,7 +186,9 @@ def document(*, version: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "crm sync server", "version": version,
                  "description": "Offline-first CRM sync, protocol 1 (docs/sync-protocol.md). Tokens belong to "
-                                "one organisation: every read and write is scoped to it (docs/security.md)."},
+                                "one organisation: every read and write is scoped to it (docs/security.md). "
+                                "Every answer carries the header crm-server-time: the server's clock, in "
+                                "milliseconds since the epoch."},
         "components": {
             "securitySchemes": {
                 "device": {"type": "http", "scheme": "bearer", "description": "`crm server add-rep`"},

@@ -17,17 +17,17 @@ import json
 import os
 import secrets
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from .. import merge
-from ..admission import admit
+from ..admission import CLOCK_AHEAD, ClockAhead, admit
 from ..device import export_state, meta_column, new_id, record_from_row
 from ..domain import ENTITIES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
-from ..hlc import HybridClock, now_ms
+from ..hlc import HybridClock, server_now_ms
 from ..merge import Record
 from ..ops import Op, OpFormatError, dumps, op_from_wire, op_to_json
 from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
@@ -173,12 +173,15 @@ class ContinuityBroken(Exception):
 class PushResult:
     acked: list[str]
     rejected: list[tuple[str, str]]
+    # refused only for a stamp too far ahead of the server's clock: the device re-stamps them
+    ahead: list[tuple[str, str]] = field(default_factory=list)
     witness: tuple[int, str] | None = None  # the log's last entry after this push
     latest: str | None = None  # the latest op of the pushing device id in the log
 
     def to_json(self) -> dict[str, Any]:
         return {"acked": self.acked,
-                "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected],
+                "rejected": [{"op": op_id, "reason": reason} for op_id, reason in self.rejected]
+                + [{"op": op_id, "reason": reason, "code": CLOCK_AHEAD} for op_id, reason in self.ahead],
                 **_continuity_json(self.witness, self.latest)}
 
 
@@ -392,7 +395,8 @@ class ServerStore:
         organisation's lock: ContinuityBroken, and nothing applied, when it does not hold."""
         admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
-        now = now_ms()
+        ahead: dict[str, str] = {}
+        now = server_now_ms()
         for raw in raw_ops:
             if isinstance(raw, Op):
                 op_id = raw.op_id
@@ -401,12 +405,24 @@ class ServerStore:
             try:
                 op = raw if isinstance(raw, Op) else op_from_wire(raw)
                 admit(op, from_device=True, now=now)
+            except ClockAhead as exc:
+                ahead[op.op_id] = str(exc)
+                continue
             except (OpFormatError, CrmError) as exc:
                 if op_id is None:
                     raise ValidationError(f"unusable op in batch: {exc}") from None
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
+        acked = [op.op_id for op in admitted]
+        if ahead:  # one already in the log was applied when its stamp was fine: acknowledged, so a
+            # device never gives a logged op a new stamp (the server's clock may have stepped back)
+            with self.db.read() as conn:
+                for chunk, marks in _in_chunks(list(ahead)):
+                    for (op_id,) in conn.execute(f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})",
+                                                 (identity.org, *chunk)).fetchall():
+                        acked.append(op_id)
+                        del ahead[op_id]
         with self.db.write(identity.org) as conn:
             self._check_continuity(conn, identity.org, continuity)
             if admitted:
@@ -414,7 +430,7 @@ class ServerStore:
             head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
                                 (identity.org,)).fetchone()
             latest = self._latest_of(conn, identity.org, continuity.device)
-        return PushResult([op.op_id for op in admitted], rejected, tuple(head) if head else None, latest)
+        return PushResult(acked, rejected, list(ahead.items()), tuple(head) if head else None, latest)
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
              continuity: Continuity | None = None) -> tuple[list[str], int, bool, dict[str, Any]]:
@@ -459,7 +475,7 @@ class ServerStore:
     def _backoffice_ops(self, conn: Any, org: str, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", ("hlc:" + org,)).fetchone()
         wall, counter = (row[0] if row else "0.0").split(".")
-        clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)))
+        clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)), wall=server_now_ms)
         # Stamp after everything already logged, so a back-office edit is never "in the past".
         newest = conn.execute("SELECT value FROM meta WHERE key = ?", ("max_hlc:" + org,)).fetchone()
         if newest:

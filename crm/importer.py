@@ -26,7 +26,7 @@ from . import merge
 from .device import Change, Device, new_id, record_from_row
 from .domain import entity as entity_spec
 from .domain import validate_create
-from .errors import ImportFileError, InterruptedError_, ValidationError
+from .errors import CrmError, ImportFileError, InterruptedError_, ValidationError
 from .merge import Record
 from .ops import dumps
 
@@ -311,6 +311,12 @@ def _write(device: Device, entity: str, rows: list[_Row], batch_size: int, repor
             f"import interrupted: {done} of {len(rows)} rows were committed and stay; run the same "
             "import again to finish it (rows already in are not duplicated)",
             details=report.to_json()) from None
+    except CrmError as exc:  # a lock held too long, a full disk: the same error, saying what stays
+        committed = {"committed_rows": done, "committed_batches": done // batch_size, **report.to_json()}
+        stays = (f"{done} of {len(rows)} rows ({done // batch_size} batch(es)) were committed and stay; run "
+                 "the same import again to finish it (rows already in are not duplicated)") if done else \
+            "nothing was imported"
+        raise type(exc)(f"{exc.message}; {stays}", details=committed) from exc
 
 
 def _existing(conn: sqlite3.Connection, entity: str, keys: list[str]) -> dict[str, Record]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
 
 from crm.device import Device
-from crm.errors import ImportFileError, InterruptedError_
+from crm.errors import ImportFileError, InterruptedError_, StoreLockedError
 from crm.importer import import_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,3 +376,28 @@ def test_a_contact_added_by_hand_cannot_be_moved_by_an_import(device: Device, tm
     stays = write(tmp_path, "d.csv", "account,name,role,external_ref\nACC-1001,Maria,Buyer,CON-7\n")
     assert import_file(device, "contacts", stays).updated == 1
     assert len(device.list("contact")) == 1
+
+
+def test_a_lock_after_a_committed_batch_says_exactly_what_was_committed(device: Device, tmp_path: Path) -> None:
+    """Exit 6 mid-import: the batches already committed stay, and the error says which, so the
+    rep knows a re-run finishes the job (and duplicates nothing)."""
+    path = tmp_path / "six.csv"
+    path.write_text("name,city\n" + "".join(f"Shop {n},Leeds\n" for n in range(6)))
+    device.store.conn.execute("PRAGMA busy_timeout = 50")
+    holder = sqlite3.connect(device.store.path, isolation_level=None)
+
+    def hold_the_lock_after_the_first_batch(done: int, total: int | None) -> None:
+        if done == 2:
+            holder.execute("BEGIN IMMEDIATE")  # another process starts writing and keeps at it
+
+    with pytest.raises(StoreLockedError) as refused:
+        import_file(device, "accounts", path, batch_size=2, progress=hold_the_lock_after_the_first_batch)
+    holder.execute("ROLLBACK")
+    holder.close()
+    error = refused.value
+    assert "2 of 6 rows" in error.message and "again" in error.message, error.message
+    assert error.details["committed_rows"] == 2 and error.details["committed_batches"] == 1
+    assert error.details["created"] == 2
+    assert len(device.list("account")) == 2
+    again = import_file(device, "accounts", path, batch_size=2)
+    assert (again.created, again.unchanged) == (4, 2) and len(device.list("account")) == 6

@@ -52,6 +52,16 @@ def crm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def home_with_an_account(home: Path) -> Path:
+    """A device home with one account in it (and its queued op): a store holding the rep's work."""
+    from crm import Device
+
+    device = Device.init(home, rep="rep-1")
+    device.create("account", {"name": "Corner Store"})
+    device.close()
+    return home
+
+
 def crm_inprocess(*args: str, home: Path | None = None, env: dict[str, str] | None = None) -> Result:
     """`crm` run in this process by typer's CliRunner: the same commands, exit codes and output."""
     from typer.testing import CliRunner

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from crm import Device
 from crm import store as crm_store
 from tests.support import crm as crm_process
 from tests.support import crm_inprocess as crm
+from tests.support import home_with_an_account
 
 STORE = "crm.sqlite3"
 WORDS = "free space; nothing was lost"
@@ -26,11 +26,7 @@ WORDS = "free space; nothing was lost"
 
 @pytest.fixture
 def home(tmp_path) -> Path:
-    path = tmp_path / "home"
-    device = Device.init(path, rep="rep-1")
-    device.create("account", {"name": "Corner Store"})
-    device.close()
-    return path
+    return home_with_an_account(tmp_path / "home")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from crm import Device
 from crm.errors import StateError
 from crm.store import APPLICATION_ID, MIGRATIONS
 from tests.support import crm_inprocess as crm
+from tests.support import home_with_an_account
 
 STORE = "crm.sqlite3"
 URL = "http://127.0.0.1:9"
@@ -181,11 +182,7 @@ def test_doctor_repair_on_a_healthy_store_changes_nothing(tmp_path):
 # -- a store holding data is never thrown away ---------------------------------------------------
 @pytest.fixture
 def with_data(tmp_path) -> Path:
-    home = tmp_path / "home"
-    device = Device.init(home, rep="rep-1")
-    device.create("account", {"name": "Corner Store"})
-    device.close()
-    return home
+    return home_with_an_account(tmp_path / "home")
 
 
 @pytest.mark.parametrize("damage", [

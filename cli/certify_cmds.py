@@ -46,6 +46,9 @@ def certify(
                                          f"{CHAOS_ANOMALY} if it shows an anomaly")] = None,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, max=16, help="Scenarios run at once, each with its own server and proxies")] = 3,
+    chaos_runs: Annotated[int, typer.Option(
+        "--chaos-runs", min=0, max=1000, help="Seeded chaos runs after the scenarios (level 3 needs them "
+                                             "clean; 0 skips the stage, which the certificate records)")] = 3,
     as_json: Json = False,
 ) -> None:
     """Run the airplane-mode checklist and the fault scenarios against a SUT and certify it.
@@ -88,7 +91,8 @@ def certify(
         output.message(f"{mark}  {verdict.get('feature', '')}: {verdict['name']}  [{verdict.get('duration_s')} s]{why}")
 
     try:
-        cert = run_certification(sut, seed=seed, report_dir=report, select=select, live=live, workers=workers)
+        cert = run_certification(sut, seed=seed, report_dir=report, select=select, live=live, workers=workers,
+                                 chaos_runs=chaos_runs, say=output.message)
     except ProfileError as exc:
         raise ValidationError(str(exc)) from None
     summary = {"level": cert.level, "level_name": cert.data["level_name"], "sut": cert.data["sut"]["name"],

@@ -118,9 +118,42 @@ def _check_table(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
+DEFAULT_CHAOS_RUNS = 3  # the chaos stage of a certification: seeded schedules on 3 devices
+CHAOS_STAGE_SHRINK_BUDGET = 8  # re-runs to shrink each kind of anomaly it finds (a bounded stage)
+
+
+def chaos_stage(profile_path: Path, *, runs: int, seed: int, report_dir: Path,
+                say: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chaos stage: a bounded seeded campaign after the scenarios. Returns its verdict (one
+    more row for the level rule: level 3 needs it clean) and its summary for the certificate."""
+    from .chaos import DEFAULT_DEVICES, DEFAULT_STEPS, campaign
+
+    if say:  # one line now; the stage's verdict follows as one more scenario line
+        say(f"chaos stage: {runs} seeded run(s) of {DEFAULT_DEVICES} devices, seed {seed}; report in {report_dir}")
+    data = campaign(profile_path, runs=runs, seed=seed, devices=DEFAULT_DEVICES, steps=DEFAULT_STEPS,
+                    report_dir=report_dir, shrink_budget=CHAOS_STAGE_SHRINK_BUDGET)
+    s = data["summary"]
+    replays = [f"crm certify --sut {profile_path} --replay {c['replay_file']}" for c in data["counterexamples"]]
+    verdict = {
+        "name": f"chaos stage: {runs} seeded run(s) of {DEFAULT_DEVICES} devices (seed {seed})",
+        "feature": "Chaos", "passed": data["passed"], "duration_s": data["duration_s"],
+        "offline_create_refused": None, "anomalies": data["anomalies"], "seed": seed,
+        "reason": "" if data["passed"] else (
+            f"{s['anomalies']} anomalies in {s['failed_runs']} run(s), {s['errored_runs']} run(s) not finished"
+            + (f"; replay: {replays[0]}" if replays else "")),
+    }
+    summary = {"runs": runs, "seed": seed, "devices": DEFAULT_DEVICES, "steps": DEFAULT_STEPS,
+               "passed": data["passed"], "duration_s": data["duration_s"], "actions": s["actions"],
+               "faults": s["faults"], "anomalies": s["anomalies"], "checks": s["checks"],
+               "counterexamples": [{**c, "replay": r} for c, r in zip(data["counterexamples"], replays, strict=True)],
+               "report": str(Path(report_dir) / "certificate.html")}
+    return verdict, summary
+
+
 def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path = "reports",
             select: str | None = None, live: Callable[[dict[str, Any]], None] | None = None,
-            workers: int = DEFAULT_WORKERS) -> Certificate:
+            workers: int = DEFAULT_WORKERS, chaos_runs: int = DEFAULT_CHAOS_RUNS,
+            say: Callable[[str], None] | None = None) -> Certificate:
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
     profile_path = Path(profile_path).resolve()
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
@@ -133,6 +166,14 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     if not verdicts:
         log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the conformance suite ran no scenario (pytest exit {code}):\n{log}")
+    if chaos_runs > 0 and not select:
+        verdict, chaos = chaos_stage(profile_path, runs=chaos_runs, seed=seed, report_dir=report_dir / "chaos",
+                                     say=say)
+        verdicts.append(verdict)
+        if live:
+            live(verdict)
+    else:  # recorded, so a certificate without the stage says so
+        chaos = {"runs": 0, "skipped": "a selection (-k) runs no chaos stage" if select else "--chaos-runs 0"}
     level, reasons = certify_level(verdicts)
     for verdict in verdicts:
         history_file = verdict.get("history")
@@ -149,6 +190,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
         "workers": workers,
         "started_at": started_at,
         "duration_s": round(time.monotonic() - started, 1),
+        "chaos": chaos,
         "summary": {"scenarios": len(verdicts), "passed": sum(1 for v in verdicts if v["passed"]),
                     "failed": sum(1 for v in verdicts if not v["passed"]),
                     "actions": sum(v.get("timeline", {}).get("actions", 0) for v in verdicts),

@@ -25,7 +25,7 @@ from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import now_ms
 from ..ops import MAX_FIELDS_PER_OP, loads
 from . import openapi
-from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
+from .store import MAX_PULL_BYTES, MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
 
 PROTOCOL = 1
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -148,7 +148,8 @@ def _pull_params(request: Request) -> tuple[int, int, str | None]:
     return int(cursor), int(limit), device
 
 
-def create_app(store: ServerStore) -> Starlette:
+def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> Starlette:
+    """The app over ``store``; a pull page holds at most ``max_pull_bytes`` of ops (at least one)."""
     schema = openapi.document(version=__version__)
 
     async def health(request: Request) -> JSONResponse:
@@ -184,8 +185,8 @@ def create_app(store: ServerStore) -> Starlette:
             cursor, limit, device = _pull_params(request)
         except _Refusal as refusal:
             return refusal.response
-        ops, new_cursor, more = await run_in_threadpool(store.pull, identity, cursor=cursor,
-                                                        limit=limit, device=device)
+        ops, new_cursor, more = await run_in_threadpool(store.pull, identity, cursor=cursor, limit=limit,
+                                                        device=device, max_bytes=max_pull_bytes)
         body = '{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}}}'
         return Response(body, media_type="application/json")
 

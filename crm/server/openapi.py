@@ -109,7 +109,8 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "ops": {"type": "array", "items": _ref("LoggedOp")},
                 "cursor": {"type": "integer", "minimum": 0},
-                "more": {"type": "boolean"},
+                "more": {"type": "boolean", "description": "true when the page was cut by limit or by the "
+                         "server's byte cap (4 MiB by default; a page always holds at least one op)"},
             },
         },
         "EditRequest": {

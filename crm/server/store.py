@@ -36,6 +36,7 @@ SERVER_FILENAME = SQLITE_FILENAME
 BACKOFFICE_DEVICE = "backoffice"
 MAX_PUSH_OPS = 5000
 MAX_PULL_LIMIT = 5000
+MAX_PULL_BYTES = 4 * 1024 * 1024  # per pull page, at least one op (docs/sync-protocol.md)
 
 # Each version's statements, per engine, taking the schema from the previous version to this
 # one. Append a version to change the schema; never edit one that has shipped.
@@ -373,19 +374,40 @@ class ServerStore:
                 self._apply(conn, identity.org, admitted)
         return PushResult([op.op_id for op in admitted], rejected)
 
-    def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None
-             ) -> tuple[list[str], int, bool]:
+    def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
+             max_bytes: int = MAX_PULL_BYTES) -> tuple[list[str], int, bool]:
         """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
-        cursor; and whether more follow."""
+        cursor; and whether more follow.
+
+        A page holds at most ``limit`` log entries and stops before the op that would take its
+        bodies past ``max_bytes``, but always holds at least one op, so a client makes progress
+        whatever size an op is. Sizes are read first and bodies only for the page, so a page of
+        huge ops is never loaded whole to be cut."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
-        with self.db.read() as conn:
+        size = "octet_length(body)" if self.db.dialect == "postgresql" else "length(CAST(body AS BLOB))"
+        with self.db.snapshot() as conn:
             rows = conn.execute(
-                "SELECT seq, device, body FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT seq, device, {size} FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (identity.org, cursor, limit + 1)).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        new_cursor = rows[-1][0] if rows else cursor
-        ops = [body for _, dev, body in rows if dev != device]
+            more = len(rows) > limit
+            taken, total, sent = 0, 0, 0
+            for _, dev, length in rows[:limit]:
+                if dev != device:
+                    if sent and total + length + 1 > max_bytes:
+                        more = True
+                        break
+                    total += length + 1  # the comma between ops
+                    sent += 1
+                taken += 1
+            if not taken:
+                return [], cursor, False
+            new_cursor = rows[taken - 1][0]
+            if not sent:
+                return [], new_cursor, more
+            own = "" if device is None else " AND device <> ?"
+            ops = [body for (body,) in conn.execute(
+                f"SELECT body FROM ops WHERE org = ? AND seq > ? AND seq <= ?{own} ORDER BY seq",
+                (identity.org, cursor, new_cursor, *(() if device is None else (device,)))).fetchall()]
         return ops, new_cursor, more
 
     # -- the back office -----------------------------------------------------------------------

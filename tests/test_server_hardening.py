@@ -9,16 +9,21 @@ socket-level tests start a real `crm server serve` (process tier).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from crm.errors import StoreLockedError
 from crm.hlc import format_stamp, now_ms
 from crm.ops import Op, op_to_wire
 from crm.server import ServerStore
+from crm.server.engine import FairLock
 from crm.server.store import Identity
+from tests.support import running_server
 
 DEFAULT_DSN = "postgresql://postgres@/crm_test?host=/tmp/crm-postgres"  # scripts/ensure-postgres.sh
 
@@ -102,3 +107,181 @@ def test_a_pull_page_skips_the_callers_own_ops_without_counting_them(store):
     assert pushed.rejected == []
     bodies, cursor, more = store.pull(who, cursor=0, limit=5000, max_bytes=2500, device="mine")
     assert len(bodies) == 2 and not more
+
+
+# -- 4. one organisation's push does not hold another's writes ---------------------------------
+def _hostile(i: int, rid: str = "rec-hostile") -> dict:
+    """A resolve that writes nothing and names 8 x 256 fresh stamps: the edit pattern that grew a
+    record by 13.6 MB per push and held the write lock for a minute."""
+    fields = ("name", "address", "city", "postcode", "phone", "email", "external_ref", "owner")
+    base = {name: [format_stamp(1_000_000_000_000 + (i * 8 + k) * 256 + j, 0, "x") for j in range(256)]
+            for k, name in enumerate(fields)}
+    return op_to_wire(Op(op_id=f"h-{i:05d}", device="dev-a", hlc=format_stamp(now_ms() - 60_000, i, "dev-a"),
+                         entity="account", record_id=rid, fields={}, base=base, kind="resolve"))
+
+
+@pytest.mark.parametrize("pattern", ["many small creates", "hostile resolves"])
+def test_a_big_push_commits_in_short_transactions_and_another_org_gets_in_between(store, pattern):
+    """Organisation A pushes a big batch; A is held after its first transaction commits, and B's
+    one-op push must complete then. Before, A's push was one transaction: B waited for all of it
+    (9.8 s instead of 8 ms in the field) and nothing of A's was visible until its end."""
+    store.add_token("big", "rep")
+    store.add_token("small", "rep")
+    org_a, org_b = Identity("big", "rep", "device"), Identity("small", "rep", "device")
+    if pattern == "many small creates":
+        a_ops = [_create(i, dev="dev-a") for i in range(3000)]
+    else:
+        store.push(org_a, [_create(0, dev="dev-a")])
+        a_ops = [_hostile(i, rid="rec-00000") for i in range(60)]
+    paused, go = threading.Event(), threading.Event()
+    real_write = store.db.write
+
+    @contextlib.contextmanager
+    def write(org=None):
+        with real_write(org) as conn:
+            yield conn
+        if org == "big" and a_pushing.is_set() and not paused.is_set():
+            paused.set()  # A's first transaction of the push has committed: hold A here
+            go.wait(120)
+
+    a_pushing, results = threading.Event(), {}
+    store.db.write = write
+
+    def push_a():
+        a_pushing.set()
+        results["a"] = store.push(org_a, a_ops)
+
+    pusher = threading.Thread(target=push_a)
+    pusher.start()
+    try:
+        assert paused.wait(120), "A's push never committed anything"
+        visible_while_held = store.stats("big")["ops"]
+        small = threading.Thread(target=lambda: results.setdefault("b", store.push(org_b, [_create(1, dev="dev-b")])))
+        small.start()
+        small.join(60)
+        b_done_while_a_held = not small.is_alive()
+    finally:
+        go.set()
+        pusher.join(300)
+    assert b_done_while_a_held, "B's 1-op push completed while A's push was still going on"
+    assert results["b"].acked == ["op-00001"]
+    first = 1 if pattern == "hostile resolves" else 0
+    assert first < visible_while_held < first + len(a_ops), \
+        f"A's push is split into short transactions ({visible_while_held} of {len(a_ops)} ops visible)"
+    assert results["a"].acked == [op["op"] for op in a_ops] and store.stats("big")["ops"] == first + len(a_ops)
+
+
+def test_sqlite_writers_take_turns_in_the_order_they_came():
+    """SQLite's busy handler polls with growing sleeps, so a thread that commits and begins again
+    at once could keep the write lock from a waiting one; the server's writers queue instead."""
+    lock = FairLock()
+    order: list[int] = []
+    with lock.held():
+        threads = []
+        for i in range(5):
+            def take(i=i):
+                with lock.held():
+                    order.append(i)
+            threads.append(threading.Thread(target=take))
+            threads[-1].start()
+            deadline = now_ms() + 30_000
+            while lock._next != i + 2 and now_ms() < deadline:  # thread i holds a ticket before the next starts
+                threading.Event().wait(0.001)
+    for thread in threads:
+        thread.join(30)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_writer_that_waits_too_long_gives_up_its_turn_and_the_queue_goes_on():
+    lock = FairLock(timeout=0.2)
+    with lock.held(), pytest.raises(StoreLockedError), lock.held():
+        pass  # never reached: this ticket waits behind the holder, past its timeout
+    done = threading.Event()
+    threading.Thread(target=lambda: (lock.held().__enter__(), done.set())).start()
+    assert done.wait(30), "the abandoned ticket does not block the ones after it"
+
+
+def test_an_organisation_has_at_most_two_writes_in_the_store_at_once(tmp_path):
+    """Eight concurrent pushes from A: at most two at a time reach the store (the others wait
+    without a worker thread), so A cannot take every worker thread while B's push waits."""
+    import anyio
+    import httpx
+
+    from crm.server.app import MAX_WRITES_PER_ORG, create_app
+
+    store = ServerStore.open(tmp_path / "server")
+    tokens = {org: store.add_token(org, "rep") for org in ("big", "small")}
+    running: dict[str, int] = {"big": 0, "small": 0}
+    most = {"big": 0, "small": 0}
+    real_push = store.push
+
+    def slow_push(identity, ops):
+        running[identity.org] += 1
+        most[identity.org] = max(most[identity.org], running[identity.org])
+        try:
+            threading.Event().wait(0.2)  # long enough for the others to pile up behind
+            return real_push(identity, ops)
+        finally:
+            running[identity.org] -= 1
+
+    store.push = slow_push
+    app = create_app(store)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            async def push(org, i):
+                answer = await client.post("/v1/push", json={"ops": [_create(i, dev=f"dev-{org}")]},
+                                           headers={"authorization": f"Bearer {tokens[org]}"}, timeout=120)
+                assert answer.status_code == 200, answer.text
+            async with anyio.create_task_group() as group:
+                for i in range(8):
+                    group.start_soon(push, "big", i)
+                group.start_soon(push, "small", 100)
+
+    anyio.run(scenario)
+    assert most["big"] <= MAX_WRITES_PER_ORG == 2
+    assert store.stats("big")["ops"] == 8 and store.stats("small")["ops"] == 1
+
+
+@pytest.mark.process
+def test_a_one_op_push_gets_in_during_a_16_mib_hostile_push(tmp_path):
+    """A real server: organisation A pushes 339 hostile resolves (16 MiB, the edit pattern that
+    grew one record by 13.6 MB per push); as soon as A's first transaction is visible, B pushes
+    one op. B completes and its op lands between A's (A's push was applied in short
+    transactions, B took its turn), and A's record stays small. Before: A's push was one
+    transaction of over a minute and B's push got 503 after waiting 30 s."""
+    import sqlite3
+
+    import httpx
+
+    from crm.ops import dumps
+
+    with running_server(tmp_path / "server") as server:
+        token_a, token_b = server.add_rep("big", "a"), server.add_rep("small", "b")
+        rid = "rec-00000"
+        headers_a = {"authorization": f"Bearer {token_a}", "content-type": "application/json"}
+        assert server.post("/v1/push", content=dumps({"ops": [_create(0, dev="dev-a")]}), headers=headers_a,
+                           timeout=60).status_code == 200
+        body = dumps({"ops": [_hostile(i, rid=rid) for i in range(339)]}).encode()
+        assert 15 * 2**20 < len(body) <= 16 * 2**20
+        db = sqlite3.connect(f"file:{server.data / 'server.sqlite3'}?mode=ro", uri=True)
+        answers: dict[str, httpx.Response] = {}
+
+        def push_a():
+            answers["a"] = server.post("/v1/push", content=body, headers=headers_a, timeout=600)
+
+        pusher = threading.Thread(target=push_a)
+        pusher.start()
+        while pusher.is_alive() and db.execute("SELECT count(*) FROM ops WHERE org = 'big'").fetchone()[0] < 2:
+            threading.Event().wait(0.005)
+        answers["b"] = server.post("/v1/push", json={"ops": [_create(1, dev="dev-b")]}, timeout=120,
+                                   headers={"authorization": f"Bearer {token_b}"})
+        pusher.join(600)
+        assert answers["b"].status_code == 200 and answers["b"].json()["acked"] == ["op-00001"]
+        assert answers["a"].status_code == 200 and len(answers["a"].json()["acked"]) == 339
+        first, last = db.execute("SELECT min(seq), max(seq) FROM ops WHERE org = 'big' AND op_id LIKE 'h-%'").fetchone()
+        (b_seq,) = db.execute("SELECT seq FROM ops WHERE org = 'small'").fetchone()
+        assert first < b_seq < last, "B's op was applied between two of A's transactions"
+        (meta,) = db.execute("SELECT length(meta) FROM records WHERE org = 'big' AND id = ?", (rid,)).fetchone()
+        assert meta < 64 * 1024, f"A's record holds {meta} bytes of merge metadata"
+        db.close()

@@ -9,8 +9,11 @@ stalls the event loop. Every answer, refusals included, is a JSON object.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -28,6 +31,9 @@ from . import openapi
 from .store import MAX_PULL_BYTES, MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
 
 PROTOCOL = 1
+# Writes (pushes, back-office edits) of one organisation in the store at once; more wait their turn
+# in the event loop, holding no worker thread, so one organisation cannot take all of them.
+MAX_WRITES_PER_ORG = 2
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
@@ -148,9 +154,32 @@ def _pull_params(request: Request) -> tuple[int, int, str | None]:
     return int(cursor), int(limit), device
 
 
+class _OrgGates:
+    """At most ``limit`` writes per organisation at once; the others wait without a thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._gates: dict[str, tuple[anyio.Semaphore, int]] = {}  # org -> (gate, callers holding or waiting)
+
+    @asynccontextmanager
+    async def turn(self, org: str) -> AsyncIterator[None]:
+        gate, users = self._gates.get(org) or (anyio.Semaphore(self.limit), 0)
+        self._gates[org] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._gates[org]
+            if users == 1:
+                del self._gates[org]  # nobody left: keep no state for idle organisations
+            else:
+                self._gates[org] = (gate, users - 1)
+
+
 def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> Starlette:
     """The app over ``store``; a pull page holds at most ``max_pull_bytes`` of ops (at least one)."""
     schema = openapi.document(version=__version__)
+    writes = _OrgGates(MAX_WRITES_PER_ORG)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "protocol": PROTOCOL, "version": __version__})
@@ -172,7 +201,8 @@ def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> S
         if "device" in data and not (isinstance(device, str) and ID.fullmatch(device)):
             return _error(400, "bad_request", f"device must be a device id ({ID.pattern})")
         try:
-            result = await run_in_threadpool(_push, store, identity, ops)
+            async with writes.turn(identity.org):
+                result = await run_in_threadpool(_push, store, identity, ops)
         except InvalidOp as exc:  # nothing from this batch was applied
             return _error(422, "invalid", exc.message, op=exc.op_id)
         except ValidationError as exc:
@@ -206,7 +236,8 @@ def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> S
         if len(changes) > MAX_FIELDS_PER_OP:
             return _error(422, "invalid", f"an edit sets at most {MAX_FIELDS_PER_OP} fields")
         try:
-            result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
+            async with writes.turn(identity.org):
+                result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
         except NotFoundError as exc:
             return _error(404, "not_found", exc.message)
         except ValidationError as exc:  # any other CrmError is the store's: 503 (_store_unavailable)

@@ -5,8 +5,11 @@ Kept in an embedded SQLite file (``--data DIR``, the default) or in PostgreSQL (
 through crm/server/engine.py; nothing lives in the process between requests, so any number of
 server processes can serve one PostgreSQL database.
 
-Each push is one transaction: ops already in the log (same op id in the same organisation)
-are acknowledged without being applied again, so a retried batch ends exactly as one delivery.
+A push is applied in short transactions of a few hundred ops (``PUSH_TXN_OPS``, or fewer heavy
+ones: ``PUSH_TXN_WEIGHT``), so one organisation's big push never holds the write lock long
+enough to stall another's (docs/security.md). Ops already in the log (same op id in the same
+organisation) are acknowledged without being applied again, so a batch retried after a failure
+part-way ends exactly as one delivery.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ BACKOFFICE_DEVICE = "backoffice"
 MAX_PUSH_OPS = 5000
 MAX_PULL_LIMIT = 5000
 MAX_PULL_BYTES = 4 * 1024 * 1024  # per pull page, at least one op (docs/sync-protocol.md)
+# A push is applied in transactions of at most this many ops, and of at most this much work: an
+# op weighs 1 + its fields + its base stamps (a hostile op names up to 64 x 256 stamps).
+PUSH_TXN_OPS = 500
+PUSH_TXN_WEIGHT = 20_000
 
 # Each version's statements, per engine, taking the schema from the previous version to this
 # one. Append a version to change the schema; never edit one that has shipped.
@@ -154,6 +161,22 @@ def _utc_now(*, days_ahead: int = 0) -> str:
     from datetime import datetime, timedelta
 
     return (datetime.now(UTC) + timedelta(days=days_ahead)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _transactions(ops: list[Op]):
+    """``ops`` in order, in slices of at most PUSH_TXN_OPS ops and PUSH_TXN_WEIGHT work (at
+    least one op each): one write transaction per slice."""
+    chunk: list[Op] = []
+    weight = 0
+    for op in ops:
+        cost = 1 + len(op.fields) + sum(len(stamps) for stamps in op.base.values())
+        if chunk and (len(chunk) >= PUSH_TXN_OPS or weight + cost > PUSH_TXN_WEIGHT):
+            yield chunk
+            chunk, weight = [], 0
+        chunk.append(op)
+        weight += cost
+    if chunk:
+        yield chunk
 
 
 def _in_chunks(values: list[str], size: int = 500):
@@ -348,7 +371,11 @@ class ServerStore:
             "deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
 
     def push(self, identity: Identity, raw_ops: list[Any]) -> PushResult:
-        """Apply a batch in one transaction; each op at most once, refused ops reported, not applied.
+        """Apply a batch in order, in short transactions (``_transactions``); each op at most once,
+        refused ops reported, not applied. Between two transactions the write lock is free, so
+        another organisation's push waits for one slice, not the whole batch. If the server stops
+        part-way the device gets no answer and sends the batch again: the ops already applied are
+        acknowledged, not applied twice.
 
         ``raw_ops`` are wire dicts, or Ops the caller already parsed (the HTTP handler does, to
         refuse a malformed batch before it gets here)."""
@@ -369,9 +396,9 @@ class ServerStore:
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
-        if admitted:
+        for chunk in _transactions(admitted):
             with self.db.write(identity.org) as conn:
-                self._apply(conn, identity.org, admitted)
+                self._apply(conn, identity.org, chunk)
         return PushResult([op.op_id for op in admitted], rejected)
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,

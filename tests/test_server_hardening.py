@@ -23,7 +23,7 @@ from crm.ops import Op, op_to_wire
 from crm.server import ServerStore
 from crm.server.engine import FairLock
 from crm.server.store import Identity
-from tests.support import running_server
+from tests.support import running_server, wait_for
 
 DEFAULT_DSN = "postgresql://postgres@/crm_test?host=/tmp/crm-postgres"  # scripts/ensure-postgres.sh
 
@@ -285,3 +285,229 @@ def test_a_one_op_push_gets_in_during_a_16_mib_hostile_push(tmp_path):
         (meta,) = db.execute("SELECT length(meta) FROM records WHERE org = 'big' AND id = ?", (rid,)).fetchone()
         assert meta < 64 * 1024, f"A's record holds {meta} bytes of merge metadata"
         db.close()
+
+
+# -- 1. slow and half-sent requests, and connections per address ------------------------------
+SLOW, OTHER = "127.0.0.2", "127.0.0.3"  # client source addresses; every test talks only to 127.0.0.1
+
+
+@contextlib.contextmanager
+def _serve(data, *args: str, nofile: int | None = None):
+    """A real `crm server serve` with extra options, its open-file limit lowered to ``nofile``."""
+    import resource
+    import subprocess
+    import time
+
+    import httpx
+
+    from harness.ports import free_port
+    from tests.support import CRM, Server
+
+    def lower_limit():
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    server = Server(data, free_port())
+    server.proc = subprocess.Popen([*CRM, "server", "serve", "--data", str(data), "--port", str(server.port), *args],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=lower_limit)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(server.url + "/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.kill()
+
+
+def _connect(port: int, source: str = SLOW, head: bytes = b""):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    if head:
+        sock.sendall(head)
+    return sock
+
+
+def _closed_by_server(sock, within: float) -> tuple[bool, bytes]:
+    """Whether the server closes ``sock`` within ``within`` seconds while the client keeps
+    trickling one byte of header every 0.5 s; and what the server sent before closing."""
+    import time
+
+    deadline = time.monotonic() + within
+    got = b""
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            try:
+                sock.sendall(b"x")  # a slow client keeps sending: it must be cut all the same
+            except OSError:
+                return True, got
+            continue
+        except OSError:
+            return True, got
+        if not data:
+            return True, got
+        got += data
+    return False, got
+
+
+def _pull_from(server, token: str, source: str = OTHER):
+    import httpx
+
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), base_url=server.url, timeout=30) as client:
+        return client.get("/v1/pull", headers={"authorization": f"Bearer {token}"})
+
+
+@pytest.mark.process
+def test_300_half_sent_heads_from_one_address_no_longer_lock_everyone_out(tmp_path):
+    """The operator's finding, with the server's defaults: 300 connections from one address that
+    send half a request head (no token needed) against a server with 256 descriptors. Before,
+    every one was held for ever and every organisation was locked out (another address's pull
+    timed out). Now the address holds at most 32; the rest get 503 and are closed at once; another
+    organisation's pull succeeds meanwhile; the held ones are cut within 10 s."""
+    import time
+
+    with _serve(tmp_path / "server", nofile=256) as server:
+        token = server.add_rep("other-org", "rep")
+        opened = time.monotonic()
+        socks = [_connect(server.port, head=b"POST /v1/push HTTP/1.1\r\nHost: x\r\n") for _ in range(300)]
+        answer = _pull_from(server, token)
+        assert answer.status_code == 200, answer.text
+        refused = held = 0
+        for sock in socks:
+            closed, got = _closed_by_server(sock, within=max(0.1, opened + 10 - time.monotonic()))
+            assert closed, "cut within 10 s of connecting"
+            if got.startswith(b"HTTP/1.1 503"):
+                refused += 1
+            else:
+                held += 1
+            sock.close()
+        assert held <= 32 and refused >= 300 - 32, (held, refused)
+        slow_token = server.add_rep("slow-org", "rep")
+        wait_for(lambda: _pull_from(server, slow_token, source=SLOW).status_code == 200, timeout=10)  # served again
+
+
+@pytest.mark.process
+def test_a_slow_head_and_a_slow_body_are_cut(tmp_path):
+    """A head trickled a byte at a time, and a body that stalls after its first bytes: the
+    server closes both within 10 s (defaults: 5 s for a head, 5 s of stall in a body), and the
+    body gets 408 first. Before, both were held for ever."""
+    with _serve(tmp_path / "server") as server:
+        token = server.add_rep("acme", "rep")
+        head = _connect(server.port, head=b"GET /v1/pull HTTP/1.1\r\nHost: x\r\n")
+        assert _closed_by_server(head, within=10)[0]
+        body = _connect(server.port, head=(f"POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                                           "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                                           '{"ops": [').encode())
+        closed, got = _closed_by_server(body, within=10)
+        assert closed and got.startswith(b"HTTP/1.1 408"), got[:200]
+        assert b'"error":"timeout"' in got
+        head.close()
+        body.close()
+
+
+@pytest.mark.process
+def test_limits_are_options_of_serve(tmp_path):
+    """--max-connections-per-address 2 --head-timeout 1: the third connection of an address is
+    refused with 503 JSON, another address is served, and an idle connection is cut after 1 s."""
+    with _serve(tmp_path / "server", "--max-connections-per-address", "2", "--head-timeout", "1") as server:
+        token = server.add_rep("acme", "rep")
+        first, second = _connect(server.port), _connect(server.port)
+        third = _connect(server.port)
+        closed, got = _closed_by_server(third, within=5)
+        assert closed and got.startswith(b"HTTP/1.1 503") and b'"error":"too_many_connections"' in got, got
+        assert _pull_from(server, token).status_code == 200
+        assert _closed_by_server(first, within=5)[0] and _closed_by_server(second, within=5)[0]
+        for sock in (first, second, third):
+            sock.close()
+        wait_for(lambda: _pull_from(server, token, source=SLOW).status_code == 200, timeout=10)
+
+
+@pytest.mark.process
+def test_the_connections_in_all_and_the_head_size_are_capped(tmp_path):
+    """--max-connections 2 (whatever the addresses) and --max-head-bytes 2048."""
+    with _serve(tmp_path / "server", "--max-connections", "2", "--max-connections-per-address", "0",
+                "--max-head-bytes", "2048") as server:
+        token = server.add_rep("acme", "rep")
+        held = [_connect(server.port, source=SLOW), _connect(server.port, source=OTHER)]
+        closed, got = _closed_by_server(_connect(server.port, source="127.0.0.4"), within=5)
+        assert closed and got.startswith(b"HTTP/1.1 503"), got
+        for sock in held:
+            sock.close()
+        wait_for(lambda: _pull_from(server, token).status_code == 200, timeout=10)  # the server saw them go
+
+        def head_too_big() -> bytes:
+            sock = _connect(server.port, head=b"GET /v1/pull HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4096)
+            closed, got = _closed_by_server(sock, within=5)
+            sock.close()
+            assert closed
+            return got
+
+        answers: list[bytes] = []
+        wait_for(lambda: not answers.append(head_too_big()) and not answers[-1].startswith(b"HTTP/1.1 503"),
+                 timeout=10)  # a 503 while the server has not yet seen the pull's connection go
+        assert answers[-1].startswith(b"HTTP/1.1 400"), answers[-1]
+
+
+def _asgi_push(app, token: str, chunks, *, gap: float):
+    """Send a push to ``app`` as raw ASGI: the body in ``chunks`` with ``gap`` seconds between
+    them, then nothing more (``None`` in chunks: the client stalls for good). Returns (status,
+    headers, body)."""
+    import anyio
+
+    total = sum(len(c) for c in chunks if c is not None)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/push", "raw_path": b"/v1/push", "query_string": b"",
+             "root_path": "", "client": ("127.0.0.2", 5000), "server": ("127.0.0.1", 8765),
+             "headers": [(b"host", b"t"), (b"authorization", f"Bearer {token}".encode()),
+                         (b"content-type", b"application/json"), (b"content-length", str(total).encode())]}
+    pending = list(chunks)
+    sent: list[dict] = []
+
+    async def receive():
+        if not pending or pending[0] is None:
+            await anyio.sleep_forever()
+        await anyio.sleep(gap)
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        with anyio.fail_after(60):
+            await app(scope, receive, send)
+
+    anyio.run(run)
+    start = sent[0]
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.parametrize("case, chunks, gap, status", [
+    ("a body that stalls after its first bytes", [b'{"ops": [', None], 0.0, 408),
+    ("a body trickled a few bytes at a time", [b" "] * 400 + [b'{"ops": []}'], 0.05, 408),
+    ("a slow but steady body", [b" " * 400] * 20 + [b'{"ops": []}'], 0.05, 200),
+])
+def test_a_request_body_has_a_read_timeout(tmp_path, case, chunks, gap, status):
+    """In-process: the app waits at most 0.5 s for each part of a body, and at most 0.5 s plus
+    1 s per 1,000 bytes received for all of it (the serve defaults are 5 s and 4,096 B/s)."""
+    from crm.server.app import create_app
+    from crm.server.limits import Limits
+
+    store = ServerStore.open(tmp_path / "server")
+    token = store.add_token("acme", "rep")
+    app = create_app(store, limits=Limits(body_timeout=0.5, min_body_rate=1000))
+    got, headers, body = _asgi_push(app, token, chunks, gap=gap)
+    assert got == status, body
+    if status == 408:
+        assert headers[b"connection"] == b"close" and b'"error":"timeout"' in body
+

@@ -17,6 +17,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -28,7 +29,8 @@ from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import now_ms
 from ..ops import MAX_FIELDS_PER_OP, loads
 from . import openapi
-from .store import MAX_PULL_BYTES, MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
+from .limits import BodyTimeout, Limits
+from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS, Identity, PushResult, ServerStore
 
 PROTOCOL = 1
 # Writes (pushes, back-office edits) of one organisation in the store at once; more wait their turn
@@ -176,8 +178,11 @@ class _OrgGates:
                 self._gates[org] = (gate, users - 1)
 
 
-def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> Starlette:
-    """The app over ``store``; a pull page holds at most ``max_pull_bytes`` of ops (at least one)."""
+def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette:
+    """The app over ``store``. Of ``limits`` it applies the body timeout (``BodyTimeout``) and
+    the byte cap of a pull page; the socket-level ones are the server's (crm.server.serve)."""
+    limits = limits or Limits()
+    max_pull_bytes = limits.max_pull_bytes
     schema = openapi.document(version=__version__)
     writes = _OrgGates(MAX_WRITES_PER_ORG)
 
@@ -261,6 +266,7 @@ def create_app(store: ServerStore, *, max_pull_bytes: int = MAX_PULL_BYTES) -> S
             Route("/v1/admin/export", admin_export, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, CrmError: _store_unavailable, Exception: _internal},
+        middleware=[Middleware(BodyTimeout, idle=limits.body_timeout, min_rate=limits.min_body_rate)],
     )
 
 

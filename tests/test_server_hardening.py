@@ -511,3 +511,55 @@ def test_a_request_body_has_a_read_timeout(tmp_path, case, chunks, gap, status):
     if status == 408:
         assert headers[b"connection"] == b"close" and b'"error":"timeout"' in body
 
+
+# -- 3. an order's lines are fields too: their number is bounded --------------------------------
+def _lines_op(i: int, rid: str, count: int, *, dev: str = "dev-1") -> dict:
+    fields = {f"line:00000000-0000-4000-8000-{i * 64 + k:012d}": {"sku": "P-1", "quantity": 1, "unit_price": "1.00"}
+              for k in range(count)}
+    return op_to_wire(Op(op_id=f"l-{i:05d}", device=dev, hlc=format_stamp(now_ms() - 60_000, 100 + i, dev),
+                         entity="order", record_id=rid, fields=fields, kind="update"))
+
+
+def test_an_order_takes_at_most_500_lines(store):
+    """Lines are fields named line:<id>, so pushing new ones grew one order without bound (a
+    16 MiB push of 64-line ops held the write lock for over ten minutes, copying the growing
+    order for every op). Ops that would take an order past 500 lines are rejected, one by one,
+    with a reason; ops that change lines it has are not."""
+    from crm.domain import MAX_ORDER_LINES
+
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    rid = "order-1"
+    create = op_to_wire(Op(op_id="c-order", device="dev-1", hlc=format_stamp(now_ms() - 90_000, 0, "dev-1"),
+                           entity="order", record_id=rid, kind="create",
+                           fields={"account": "acct-1", "currency": "GBP", "status": "draft",
+                                   "placed_at": "2026-01-01T00:00:00Z"}))
+    ops = [create, *(_lines_op(i, rid, 64) for i in range(9))]  # 576 new lines: the 8th op passes 500
+    result = store.push(who, ops)
+    assert [op_id for op_id, _ in result.rejected] == ["l-00007", "l-00008"]
+    assert all(f"at most {MAX_ORDER_LINES} lines" in reason for _, reason in result.rejected)
+    again = _lines_op(0, rid, 64)  # the first op's lines again, changed: no new line
+    again["op"], again["fields"] = "l-again", {k: {**v, "quantity": 2} for k, v in again["fields"].items()}
+    assert store.push(who, [again]).rejected == []
+    assert store.push(who, [_lines_op(50, rid, 500 - 7 * 64)]).rejected == [], "up to 500 exactly"
+    assert store.push(who, [_lines_op(60, rid, 1)]).rejected != []
+    lines = [line for line in store.export("acme")["order"][0]["lines"]]
+    assert len(lines) == MAX_ORDER_LINES
+
+
+def test_a_device_refuses_a_line_past_the_cap(tmp_path, monkeypatch):
+    """The device says so at once (exit 3) instead of queueing a change the server would refuse."""
+    import crm.device
+    from crm import Device
+    from crm.errors import ValidationError
+
+    monkeypatch.setattr(crm.device, "MAX_ORDER_LINES", 3)
+    device = Device.init(tmp_path / "home", rep="rep-1")
+    account = device.create("account", {"name": "Corner Store"})
+    order = device.add_order({"account": account["id"]}, [{"sku": "P-1", "quantity": 1, "unit_price": "1.00"}] * 2)
+    device.add_order_line(order["id"], {"sku": "P-1", "quantity": 1, "unit_price": "1.00"})
+    pending = device.outbox()["pending"]
+    with pytest.raises(ValidationError, match="3 lines"):
+        device.add_order_line(order["id"], {"sku": "P-1", "quantity": 1, "unit_price": "1.00"})
+    assert device.outbox()["pending"] == pending
+    device.close()

@@ -28,7 +28,7 @@ from typing import Any
 from .. import merge
 from ..admission import admit
 from ..device import export_state, meta_column, new_id, record_from_row
-from ..domain import ENTITIES, validate_create, validate_edit
+from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, now_ms
 from ..merge import Record
@@ -396,10 +396,39 @@ class ServerStore:
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
+        refused: set[str] = set()
         for chunk in _transactions(admitted):
             with self.db.write(identity.org) as conn:
-                self._apply(conn, identity.org, chunk)
-        return PushResult([op.op_id for op in admitted], rejected)
+                over = self._past_line_cap(conn, identity.org, chunk)
+                rejected += over
+                refused.update(op_id for op_id, _ in over)
+                self._apply(conn, identity.org, [op for op in chunk if op.op_id not in refused])
+        return PushResult([op.op_id for op in admitted if op.op_id not in refused], rejected)
+
+    def _past_line_cap(self, conn: Any, org: str, ops: list[Op]) -> list[tuple[str, str]]:
+        """The ops (op id, reason) that would take an order past MAX_ORDER_LINES lines, in order:
+        lines are fields, so without a cap one order grew by every push (docs/security.md)."""
+        orders = {op.record_id for op in ops
+                  if op.entity == "order" and any(name.startswith(LINE_PREFIX) for name in op.fields)}
+        if not orders:
+            return []
+        lines: dict[str, set[str]] = {rid: set() for rid in orders}
+        for chunk, marks in _in_chunks(sorted(orders)):
+            for rid, data in conn.execute(f"SELECT id, data FROM records WHERE org = ? AND entity = 'order' "
+                                          f"AND id IN ({marks})", (org, *chunk)).fetchall():
+                lines[rid] = {name for name in json.loads(data) if name.startswith(LINE_PREFIX)}
+        over = []
+        for op in ops:
+            if op.entity != "order" or op.record_id not in orders:
+                continue
+            have = lines[op.record_id]
+            new = {name for name in op.fields if name.startswith(LINE_PREFIX)} - have
+            if len(have) + len(new) > MAX_ORDER_LINES:
+                over.append((op.op_id, f"order {op.record_id} would have {len(have) + len(new)} lines: an order "
+                                       f"takes at most {MAX_ORDER_LINES} lines, removed ones included"))
+            else:
+                have |= new
+        return over
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
              max_bytes: int = MAX_PULL_BYTES) -> tuple[list[str], int, bool]:

@@ -45,6 +45,9 @@ class Record:
     id: str
     values: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How many history entries ``meta`` holds (None: not counted yet); kept up to date by the merge
+    # so that bounding history costs what an op touches, not the size of the record.
+    history: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def deleted(self) -> bool:
@@ -127,20 +130,43 @@ def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any, horizon: 
 def apply_op(record: Record | None, op: Op, *, history: int | None = None) -> Record:
     """The record after ``op``; idempotent, and the result is independent of arrival order.
     ``history``: the most history entries the record keeps (MAX_HISTORY; see bound_history)."""
-    if record is None:
-        rec = Record(op.entity, op.record_id)
-    else:
-        rec = Record(record.entity, record.id, dict(record.values),
-                     {k: {mk: (list(mv) if isinstance(mv, list) else mv) for mk, mv in v.items()}
-                      for k, v in record.meta.items()})
+    rec = Record(op.entity, op.record_id) if record is None else _copy(record)
+    _apply_in_place(rec, op, MAX_HISTORY if history is None else history)
+    return rec
+
+
+def _copy(record: Record) -> Record:
+    return Record(record.entity, record.id, dict(record.values),
+                  {k: {mk: (list(mv) if isinstance(mv, list) else mv) for mk, mv in v.items()}
+                   for k, v in record.meta.items()}, record.history)
+
+
+def _history_count(meta: dict[str, dict[str, Any]], names: Iterable[str] | None = None) -> int:
+    """History entries (``x`` and ``c``) in ``meta``, or in its fields ``names`` only."""
+    fms = meta.values() if names is None else (meta[name] for name in names if name in meta)
+    return sum(len(fm.get("x", ())) + len(fm.get("c", ())) for fm in fms)
+
+
+def _apply_in_place(rec: Record, op: Op, history: int) -> None:
+    """``apply_op`` on a record the caller owns. Its cost depends on the op, not on the size of
+    the record (the history count is kept up to date from the fields the op touches), so a
+    batch of edits to a large order stays cheap."""
+    if rec.history is None:
+        rec.history = _history_count(rec.meta)
+    touched = {*op.base, *op.fields}
+    before = _history_count(rec.meta, touched)
     horizon = _horizon(rec.meta)
     for name, stamps in op.base.items():
         _supersede(rec.meta.setdefault(name, {}), stamps, horizon)
     for name, value in op.fields.items():
         _write(rec, name, op.hlc, op.op_id, value, horizon)
-    rec.meta = bound_history({k: v for k, v in rec.meta.items() if v},
-                             MAX_HISTORY if history is None else history)
-    return rec
+    for name in op.base:  # only a base can leave a field empty (all its stamps behind the horizon)
+        if name in rec.meta and not rec.meta[name]:
+            del rec.meta[name]
+    rec.history += _history_count(rec.meta, touched) - before
+    if rec.history > history:
+        rec.meta = bound_history(rec.meta, history)
+        rec.history = _history_count(rec.meta)
 
 
 def _horizon(meta: dict[str, dict[str, Any]]) -> str:
@@ -161,16 +187,14 @@ def bound_history(meta: dict[str, dict[str, Any]], limit: int = MAX_HISTORY) -> 
     converge whatever the arrival order. What falls behind it counts as seen: ``_add_loser``
     and ``_supersede`` ignore such stamps and ``is_leaf`` is false for such a winner.
     """
-    count = sum(len(fm.get("x", ())) + len(fm.get("c", ())) for name, fm in meta.items() if name != HORIZON)
-    if count <= limit:
+    if _history_count(meta) <= limit:
         return meta
-    entries = sorted(((stamp, name) for name, fm in meta.items() if name != HORIZON
+    entries = sorted(((stamp, name) for name, fm in meta.items() if "x" in fm or "c" in fm
                       for stamp in (*fm.get("x", ()), *(leaf[0] for leaf in fm.get("c", ())))), reverse=True)
     horizon = max(entries[limit][0], _horizon(meta))
-    out: dict[str, dict[str, Any]] = {}
-    for name, fm in meta.items():
-        if name == HORIZON:
-            continue
+    out = dict(meta)  # fields with nothing behind the horizon are kept as they are
+    for name in {name for stamp, name in entries if stamp <= horizon}:
+        fm = meta[name]
         kept = {key: value for key, value in fm.items() if key not in ("x", "c")}
         x = [stamp for stamp in fm.get("x", ()) if stamp > horizon]
         c = [leaf for leaf in fm.get("c", ()) if leaf[0] > horizon]
@@ -180,6 +204,8 @@ def bound_history(meta: dict[str, dict[str, Any]], limit: int = MAX_HISTORY) -> 
             kept["c"] = c
         if kept:
             out[name] = kept
+        else:
+            del out[name]
     out[HORIZON] = {"f": horizon}
     return out
 
@@ -277,17 +303,16 @@ def edit_base(rec: Record, name: str) -> list[str]:
 
 def apply_all(load: Callable[[str, str], Record | None], ops: Iterable[Op]) -> dict[tuple[str, str], Record]:
     """Apply ``ops`` in order, loading each record once; returns the records that changed."""
-    cache: dict[tuple[str, str], Record | None] = {}
-    changed: dict[tuple[str, str], Record] = {}
+    loaded: dict[tuple[str, str], Record | None] = {}
+    working: dict[tuple[str, str], Record] = {}  # one copy per record, changed in place op by op
     for op in ops:
         key = (op.entity, op.record_id)
-        if key not in cache:
-            cache[key] = load(op.entity, op.record_id)
-        before = cache[key]
-        after = apply_op(before, op)
-        if before is None or after.values != before.values or after.meta != before.meta:
-            cache[key] = changed[key] = after
-    return changed
+        if key not in working:
+            loaded[key] = before = load(op.entity, op.record_id)
+            working[key] = Record(op.entity, op.record_id) if before is None else _copy(before)
+        _apply_in_place(working[key], op, MAX_HISTORY)
+    return {key: rec for key, rec in working.items()
+            if (before := loaded[key]) is None or rec.values != before.values or rec.meta != before.meta}
 
 
 def conflict_count(rec: Record) -> int:

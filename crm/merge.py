@@ -186,6 +186,8 @@ def bound_history(meta: dict[str, dict[str, Any]], limit: int = MAX_HISTORY) -> 
     newest entries of a union are the ``limit`` newest of the parts' newest, so replicas still
     converge whatever the arrival order. What falls behind it counts as seen: ``_add_loser``
     and ``_supersede`` ignore such stamps and ``is_leaf`` is false for such a winner.
+
+    ``meta`` itself is not changed; the result shares the fields it does not prune with it.
     """
     if _history_count(meta) <= limit:
         return meta

@@ -55,23 +55,50 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8765,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    head_timeout: Annotated[float, typer.Option(
+        min=0.1, max=3600, metavar="SECONDS",
+        help="Close a connection whose request head is not complete this long after it opened "
+             "or after the previous answer")] = 5.0,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, max=3600, metavar="SECONDS",
+        help="Answer 408 and close when a request body stalls this long (or falls behind --min-body-rate)")] = 5.0,
+    min_body_rate: Annotated[int, typer.Option(
+        min=0, metavar="BYTES_PER_S",
+        help="Slowest average a request body may arrive at once past --body-timeout (0: no rate)")] = 4096,
+    max_connections_per_address: Annotated[int, typer.Option(
+        min=0, metavar="N",
+        help="Open connections one client address may hold; more get 503 (0: no cap; behind a "
+             "proxy every client has the proxy's address)")] = 32,
+    max_connections: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Open connections in all; more get 503 [default: half the open-file limit]")] = None,
+    max_head_bytes: Annotated[int, typer.Option(
+        min=1024, max=1024 * 1024, metavar="BYTES", help="Largest request line and headers; more get 400")] = 16384,
+    max_pull_bytes: Annotated[int, typer.Option(
+        min=1024, max=1 << 30, metavar="BYTES", help="Bytes of ops in one pull page (at least one op is sent)")
+    ] = 4 * 1024 * 1024,
 ) -> None:
     """Start the sync server: SQLite under DIR (one command, no other service), or PostgreSQL,
-    where any number of server processes can serve the same database at once.
+    where any number of server processes can serve the same database at once. The limits keep a
+    slow or hostile client from holding what others need (docs/security.md).
 
     \b
     Example:
       crm server serve --data ./server --port 8765
       crm server serve --db postgresql://crm@db.internal/crm --port 8765
+      crm server serve --data ./server --max-connections-per-address 0   # behind a proxy
     """
     from crm.server import serve as run_server
+    from crm.server.limits import Limits
 
     if not 0 < port < 65536:
         raise invalid(f"--port {port}: give a TCP port between 1 and 65535")
+    limits = Limits(head_timeout=head_timeout, body_timeout=body_timeout, min_body_rate=min_body_rate,
+                    max_connections_per_address=max_connections_per_address, max_connections=max_connections,
+                    max_head_bytes=max_head_bytes, max_pull_bytes=max_pull_bytes)
     with _store(data, db, create=True) as store:
         location = store.location
     output.message(f"crm sync server on http://{host}:{port} (data: {location})")
-    run_server(_target(data, db), host=host, port=port, log_level=log_level)
+    run_server(_target(data, db), host=host, port=port, log_level=log_level, limits=limits)
 
 
 @server_app.command("add-rep")

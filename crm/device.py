@@ -22,6 +22,7 @@ from .domain import (
     DELETED,
     ENTITY_ORDER,
     LINE_PREFIX,
+    MAX_ORDER_LINES,
     STATUS_RANK,
     normalize_value,
     validate_create,
@@ -367,6 +368,9 @@ class Device:
     def add_order_line(self, order_id: str, line: dict[str, Any]) -> dict[str, Any]:
         with self.store.write() as conn:
             order = self._require_draft(conn, order_id)
+            if sum(1 for name in order.values if name.startswith(LINE_PREFIX)) >= MAX_ORDER_LINES:
+                raise ValidationError(f"order {order.id} has {MAX_ORDER_LINES} lines, removed ones included: "
+                                      "an order takes no more (the server would refuse it); start another order")
             name, value = self._line_field(conn, line)
             self._write_changes(conn, [Change("order", order.id, {name: value}, {}, "update")])
         return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}

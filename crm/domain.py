@@ -22,6 +22,9 @@ ORDER_STATUSES = ("draft", "submitted", "cancelled")
 STATUS_RANK = {name: rank for rank, name in enumerate(ORDER_STATUSES)}
 DELETED = "_deleted"
 LINE_PREFIX = "line:"
+# Lines an order may have, removed ones included (each is a field for good); the server rejects an op
+# that would pass it, so no order grows without bound (docs/security.md).
+MAX_ORDER_LINES = 500
 _LINE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # the replicated tombstone flag, an ordinary last-writer-wins field
 
 MAX_TEXT = 2000

@@ -16,6 +16,10 @@ with their table of cases, are in docs/merge-rules.md:
 Per-field metadata (``Record.meta[field]``), keys present only when non-empty:
 ``s`` winner stamp, ``o`` winner op id, ``x`` stamps superseded (named in some op's base),
 ``c`` losing leaves as ``[stamp, op_id, value]`` sorted by stamp.
+
+History is bounded (``bound_history``): a record keeps at most MAX_HISTORY entries of ``x`` and
+``c`` together; older ones fall behind the record's *horizon*, ``meta[HORIZON] = {"f": stamp}``,
+and any version stamped at or before the horizon counts as seen.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ from .domain import DELETED, STATUS_RANK
 from .ops import Op
 
 FORWARD_ONLY = {("order", "status")}
+# The most history entries (superseded stamps and open losing versions, over all its fields) a
+# record keeps; older ones fall behind its horizon (docs/merge-rules.md). A legitimate edit adds
+# about one; one op may name 64 x 256, so without a bound a record grew by 13.6 MB per push.
+MAX_HISTORY = 256
+HORIZON = "~"  # the meta key of a record's horizon: never a field name (admission checks names)
 
 
 @dataclass
@@ -36,6 +45,9 @@ class Record:
     id: str
     values: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How many history entries ``meta`` holds (None: not counted yet); kept up to date by the merge
+    # so that bounding history costs what an op touches, not the size of the record.
+    history: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def deleted(self) -> bool:
@@ -74,7 +86,8 @@ def _wins(entity: str, name: str, new: tuple[str, Any], cur: tuple[str, Any]) ->
     return new[0] > cur[0]
 
 
-def _supersede(fm: dict[str, Any], stamps: list[str]) -> None:
+def _supersede(fm: dict[str, Any], stamps: list[str], horizon: str) -> None:
+    stamps = [stamp for stamp in stamps if stamp > horizon]  # at or behind it: already seen
     if not stamps:
         return
     x = set(fm.get("x", ()))
@@ -86,8 +99,8 @@ def _supersede(fm: dict[str, Any], stamps: list[str]) -> None:
             del fm["c"]
 
 
-def _add_loser(fm: dict[str, Any], leaf: list[Any]) -> None:
-    if leaf[0] in fm.get("x", ()):
+def _add_loser(fm: dict[str, Any], leaf: list[Any], horizon: str) -> None:
+    if leaf[0] <= horizon or leaf[0] in fm.get("x", ()):
         return  # somebody already built on it: an ordinary overwrite, not a conflict
     leaves = fm.setdefault("c", [])
     if all(existing[0] != leaf[0] for existing in leaves):
@@ -95,7 +108,7 @@ def _add_loser(fm: dict[str, Any], leaf: list[Any]) -> None:
         leaves.sort(key=lambda item: item[0])
 
 
-def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any) -> None:
+def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any, horizon: str) -> None:
     fm = rec.meta.setdefault(name, {})
     cur = fm.get("s")
     if cur == stamp or any(leaf[0] == stamp for leaf in fm.get("c", ())):
@@ -107,38 +120,107 @@ def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any) -> None:
         return
     if _wins(rec.entity, name, (stamp, value), (cur, rec.values.get(name))):
         if not forward:
-            _add_loser(fm, [cur, fm["o"], rec.values.get(name)])
+            _add_loser(fm, [cur, fm["o"], rec.values.get(name)], horizon)
         fm["s"], fm["o"] = stamp, op_id
         rec.values[name] = value
     elif not forward:
-        _add_loser(fm, [stamp, op_id, value])
+        _add_loser(fm, [stamp, op_id, value], horizon)
 
 
-def apply_op(record: Record | None, op: Op) -> Record:
-    """The record after ``op``; idempotent, and the result is independent of arrival order."""
-    if record is None:
-        rec = Record(op.entity, op.record_id)
-    else:
-        rec = Record(record.entity, record.id, dict(record.values),
-                     {k: {mk: (list(mv) if isinstance(mv, list) else mv) for mk, mv in v.items()}
-                      for k, v in record.meta.items()})
-    for name, stamps in op.base.items():
-        _supersede(rec.meta.setdefault(name, {}), stamps)
-    for name, value in op.fields.items():
-        _write(rec, name, op.hlc, op.op_id, value)
-    rec.meta = {k: v for k, v in rec.meta.items() if v}
+def apply_op(record: Record | None, op: Op, *, history: int | None = None) -> Record:
+    """The record after ``op``; idempotent, and the result is independent of arrival order.
+    ``history``: the most history entries the record keeps (MAX_HISTORY; see bound_history)."""
+    rec = Record(op.entity, op.record_id) if record is None else _copy(record)
+    _apply_in_place(rec, op, MAX_HISTORY if history is None else history)
     return rec
 
 
-def is_leaf(fm: dict[str, Any]) -> bool:
-    return "s" in fm and fm["s"] not in fm.get("x", ())
+def _copy(record: Record) -> Record:
+    return Record(record.entity, record.id, dict(record.values),
+                  {k: {mk: (list(mv) if isinstance(mv, list) else mv) for mk, mv in v.items()}
+                   for k, v in record.meta.items()}, record.history)
+
+
+def _history_count(meta: dict[str, dict[str, Any]], names: Iterable[str] | None = None) -> int:
+    """History entries (``x`` and ``c``) in ``meta``, or in its fields ``names`` only."""
+    fms = meta.values() if names is None else (meta[name] for name in names if name in meta)
+    return sum(len(fm.get("x", ())) + len(fm.get("c", ())) for fm in fms)
+
+
+def _apply_in_place(rec: Record, op: Op, history: int) -> None:
+    """``apply_op`` on a record the caller owns. Its cost depends on the op, not on the size of
+    the record (the history count is kept up to date from the fields the op touches), so a
+    batch of edits to a large order stays cheap."""
+    if rec.history is None:
+        rec.history = _history_count(rec.meta)
+    touched = {*op.base, *op.fields}
+    before = _history_count(rec.meta, touched)
+    horizon = _horizon(rec.meta)
+    for name, stamps in op.base.items():
+        _supersede(rec.meta.setdefault(name, {}), stamps, horizon)
+    for name, value in op.fields.items():
+        _write(rec, name, op.hlc, op.op_id, value, horizon)
+    for name in op.base:  # only a base can leave a field empty (all its stamps behind the horizon)
+        if name in rec.meta and not rec.meta[name]:
+            del rec.meta[name]
+    rec.history += _history_count(rec.meta, touched) - before
+    if rec.history > history:
+        rec.meta = bound_history(rec.meta, history)
+        rec.history = _history_count(rec.meta)
+
+
+def _horizon(meta: dict[str, dict[str, Any]]) -> str:
+    """The record's horizon: versions stamped at or before it count as seen ("" before any)."""
+    return meta.get(HORIZON, {}).get("f", "")
+
+
+def bound_history(meta: dict[str, dict[str, Any]], limit: int = MAX_HISTORY) -> dict[str, dict[str, Any]]:
+    """``meta`` keeping at most ``limit`` history entries: superseded stamps (``x``) and open
+    losing versions (``c``), counted over every field of the record. Pure.
+
+    Entries are ranked by stamp (then field name). Past the limit, the horizon moves up to the
+    stamp of the newest entry that does not fit, and every entry stamped at or before it goes
+    (entries tied with it too, so the limit is never exceeded); a field left with neither value
+    nor history goes with them. Winners (``s``, ``o``) are never pruned. The horizon only moves
+    forward and, like ``x`` and ``c``, depends only on the set of ops applied: the ``limit``
+    newest entries of a union are the ``limit`` newest of the parts' newest, so replicas still
+    converge whatever the arrival order. What falls behind it counts as seen: ``_add_loser``
+    and ``_supersede`` ignore such stamps and ``is_leaf`` is false for such a winner.
+
+    ``meta`` itself is not changed; the result shares the fields it does not prune with it.
+    """
+    if _history_count(meta) <= limit:
+        return meta
+    entries = sorted(((stamp, name) for name, fm in meta.items() if "x" in fm or "c" in fm
+                      for stamp in (*fm.get("x", ()), *(leaf[0] for leaf in fm.get("c", ())))), reverse=True)
+    horizon = max(entries[limit][0], _horizon(meta))
+    out = dict(meta)  # fields with nothing behind the horizon are kept as they are
+    for name in {name for stamp, name in entries if stamp <= horizon}:
+        fm = meta[name]
+        kept = {key: value for key, value in fm.items() if key not in ("x", "c")}
+        x = [stamp for stamp in fm.get("x", ()) if stamp > horizon]
+        c = [leaf for leaf in fm.get("c", ()) if leaf[0] > horizon]
+        if x:
+            kept["x"] = x
+        if c:
+            kept["c"] = c
+        if kept:
+            out[name] = kept
+        else:
+            del out[name]
+    out[HORIZON] = {"f": horizon}
+    return out
+
+
+def is_leaf(fm: dict[str, Any], horizon: str = "") -> bool:
+    return "s" in fm and fm["s"] > horizon and fm["s"] not in fm.get("x", ())
 
 
 def leaves(rec: Record, name: str) -> list[str]:
     """Stamps of every unsuperseded version of a field: what a new edit of it has seen."""
     fm = rec.meta.get(name, {})
     out = [leaf[0] for leaf in fm.get("c", ())]
-    if is_leaf(fm):
+    if is_leaf(fm, _horizon(rec.meta)):
         out.append(fm["s"])
     return sorted(out)
 
@@ -147,14 +229,17 @@ def conflicts(rec: Record) -> list[Conflict]:
     """The record's open conflicts, derived from its state, so identical on every replica."""
     found: list[Conflict] = []
     deleted = rec.deleted
+    horizon = _horizon(rec.meta)
     for name in sorted(rec.meta):
+        if name == HORIZON:
+            continue
         fm = rec.meta[name]
         winner_value = rec.values.get(name)
         candidates = [list(leaf) for leaf in fm.get("c", ())]
         kind = "concurrent_edit"
         if deleted and name != DELETED:
             kind = "edit_of_deleted"
-            if is_leaf(fm):
+            if is_leaf(fm, horizon):
                 candidates.append([fm["s"], fm["o"], winner_value])
         for stamp, op_id, value in candidates:
             if kind == "concurrent_edit" and value == winner_value:
@@ -171,7 +256,7 @@ def conflicts(rec: Record) -> list[Conflict]:
 
 def delete_base(rec: Record) -> dict[str, list[str]]:
     """What a delete of ``rec`` has seen: every leaf of every field."""
-    return {name: leaves(rec, name) for name in sorted(rec.meta) if leaves(rec, name)}
+    return {name: leaves(rec, name) for name in sorted(rec.meta) if name != HORIZON and leaves(rec, name)}
 
 
 def _leaves_valued(rec: Record, name: str, values: list[Any]) -> list[str]:
@@ -182,7 +267,7 @@ def _leaves_valued(rec: Record, name: str, values: list[Any]) -> list[str]:
     """
     fm = rec.meta.get(name, {})
     out = [stamp for stamp, _, value in fm.get("c", ()) if value in values]
-    if is_leaf(fm) and rec.values.get(name) in values:
+    if is_leaf(fm, _horizon(rec.meta)) and rec.values.get(name) in values:
         out.append(fm["s"])
     return sorted(out)
 
@@ -220,17 +305,16 @@ def edit_base(rec: Record, name: str) -> list[str]:
 
 def apply_all(load: Callable[[str, str], Record | None], ops: Iterable[Op]) -> dict[tuple[str, str], Record]:
     """Apply ``ops`` in order, loading each record once; returns the records that changed."""
-    cache: dict[tuple[str, str], Record | None] = {}
-    changed: dict[tuple[str, str], Record] = {}
+    loaded: dict[tuple[str, str], Record | None] = {}
+    working: dict[tuple[str, str], Record] = {}  # one copy per record, changed in place op by op
     for op in ops:
         key = (op.entity, op.record_id)
-        if key not in cache:
-            cache[key] = load(op.entity, op.record_id)
-        before = cache[key]
-        after = apply_op(before, op)
-        if before is None or after.values != before.values or after.meta != before.meta:
-            cache[key] = changed[key] = after
-    return changed
+        if key not in working:
+            loaded[key] = before = load(op.entity, op.record_id)
+            working[key] = Record(op.entity, op.record_id) if before is None else _copy(before)
+        _apply_in_place(working[key], op, MAX_HISTORY)
+    return {key: rec for key, rec in working.items()
+            if (before := loaded[key]) is None or rec.values != before.values or rec.meta != before.meta}
 
 
 def conflict_count(rec: Record) -> int:

@@ -134,6 +134,43 @@ def test_pull_parameters_are_bounded(server, token, query, words):
     assert answer.status_code == 400 and words in answer.json()["message"], answer.text
 
 
+PULL_CAP = 4 * 1024 * 1024  # the server's default --max-pull-bytes
+
+
+def test_a_pull_page_is_capped_in_bytes(tmp_path, server):
+    """About 5 MB of ops: a page of up to 5,000 ops once held all of them (one page measured
+    109 MB in the field). Now a page stops before the op that would take it past 4 MiB, says
+    `more`, and the next page goes on from there; a device's `crm sync` follows and gets all."""
+    org = "bigpull"
+    token = server.add_rep(org, "writer")
+    big = {name: name[0] * 1999 + str(i % 10) for i, name in
+           enumerate(("name", "address", "city", "postcode", "phone", "external_ref", "owner"))}
+    ops = [_op(fields=dict(big, name=f"{i:04d}" + "n" * 1996)) for i in range(320)]
+    answer = _push(server, token, {"ops": ops})
+    assert answer.status_code == 200 and len(answer.json()["acked"]) == len(ops), answer.text[:300]
+    largest = max(len(json.dumps(op)) for op in ops)
+
+    cursor, pages, pulled = 0, [], []
+    while True:
+        page = server.get(f"/v1/pull?cursor={cursor}&limit=5000", headers={"authorization": f"Bearer {token}"})
+        assert page.status_code == 200, page.text[:300]
+        body = page.json()
+        pages.append((len(page.content), len(body["ops"]), body["more"]))
+        assert body["ops"], "a page always holds at least one op while any are left"
+        pulled += [op["op"] for op in body["ops"]]
+        cursor = body["cursor"]
+        if not body["more"]:
+            break
+        assert len(pages) < 10, pages
+    assert pulled == [op["op"] for op in ops], "every op once, in log order"
+    assert len(pages) >= 2, pages
+    assert all(size <= PULL_CAP + largest for size, _, _ in pages), pages
+
+    home = server.device(tmp_path, "reader", server.add_rep(org, "reader"))
+    assert server.ok("sync", "--json", home=home)["pulled"] == len(ops)
+    assert server.export_home(home) == server.export(org)
+
+
 def test_a_domain_rule_failure_is_rejected_alone_and_the_rest_applies(server, token):
     before = _stats(server)
     good, not_canonical = _op(), _op(fields={"name": "  Padded  "})

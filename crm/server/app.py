@@ -9,8 +9,11 @@ stalls the event loop. Every answer, refusals included, is a JSON object.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +30,7 @@ from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import server_now_ms
 from ..ops import MAX_FIELDS_PER_OP, loads
 from . import openapi
+from .limits import BodyTimeout, Limits
 from .store import (
     MAX_PULL_LIMIT,
     MAX_PUSH_OPS,
@@ -39,6 +43,9 @@ from .store import (
 
 PROTOCOL = 1
 SERVER_TIME_HEADER = b"crm-server-time"
+# Writes (pushes, back-office edits) of one organisation in the store at once; more wait their turn
+# in the event loop, holding no worker thread, so one organisation cannot take all of them.
+MAX_WRITES_PER_ORG = 2
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
@@ -183,8 +190,35 @@ def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity]:
     return int(cursor), int(limit), device, _continuity(device, params.get("witness"), params.get("known"))
 
 
-def create_app(store: ServerStore) -> Starlette:
+class _OrgGates:
+    """At most ``limit`` writes per organisation at once; the others wait without a thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._gates: dict[str, tuple[anyio.Semaphore, int]] = {}  # org -> (gate, callers holding or waiting)
+
+    @asynccontextmanager
+    async def turn(self, org: str) -> AsyncIterator[None]:
+        gate, users = self._gates.get(org) or (anyio.Semaphore(self.limit), 0)
+        self._gates[org] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._gates[org]
+            if users == 1:
+                del self._gates[org]  # nobody left: keep no state for idle organisations
+            else:
+                self._gates[org] = (gate, users - 1)
+
+
+def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette:
+    """The app over ``store``. Of ``limits`` it applies the body timeout (``BodyTimeout``) and
+    the byte cap of a pull page; the socket-level ones are the server's (crm.server.serve)."""
+    limits = limits or Limits()
+    max_pull_bytes = limits.max_pull_bytes
     schema = openapi.document(version=__version__)
+    writes = _OrgGates(MAX_WRITES_PER_ORG)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "protocol": PROTOCOL, "version": __version__})
@@ -212,7 +246,8 @@ def create_app(store: ServerStore) -> Starlette:
         except _Refusal as refusal:
             return refusal.response
         try:
-            result = await run_in_threadpool(_push, store, identity, ops, continuity)
+            async with writes.turn(identity.org):
+                result = await run_in_threadpool(_push, store, identity, ops, continuity)
         except ContinuityBroken as exc:  # nothing from this batch was applied
             return _continuity_broken(exc)
         except InvalidOp as exc:  # nothing from this batch was applied
@@ -229,7 +264,8 @@ def create_app(store: ServerStore) -> Starlette:
             return refusal.response
         try:
             ops, new_cursor, more, seen = await run_in_threadpool(
-                store.pull, identity, cursor=cursor, limit=limit, device=device, continuity=continuity)
+                store.pull, identity, cursor=cursor, limit=limit, device=device, max_bytes=max_pull_bytes,
+                continuity=continuity)
         except ContinuityBroken as exc:
             return _continuity_broken(exc)
         # A reader that names no device gets the plain page; a device also what it checks next time.
@@ -255,7 +291,8 @@ def create_app(store: ServerStore) -> Starlette:
         if len(changes) > MAX_FIELDS_PER_OP:
             return _error(422, "invalid", f"an edit sets at most {MAX_FIELDS_PER_OP} fields")
         try:
-            result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
+            async with writes.turn(identity.org):
+                result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
         except NotFoundError as exc:
             return _error(404, "not_found", exc.message)
         except ValidationError as exc:  # any other CrmError is the store's: 503 (_store_unavailable)
@@ -279,7 +316,8 @@ def create_app(store: ServerStore) -> Starlette:
             Route("/v1/admin/export", admin_export, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_error, CrmError: _store_unavailable, Exception: _internal},
-        middleware=[Middleware(ServerClock)],
+        middleware=[Middleware(ServerClock),
+                    Middleware(BodyTimeout, idle=limits.body_timeout, min_rate=limits.min_body_rate)],
     )
 
 

@@ -8,6 +8,12 @@ Every write that appends to an organisation's op log holds that organisation's l
 commits: SQLite's single database write lock, or a PostgreSQL advisory transaction lock keyed by
 the organisation. So log positions (``ops.seq``) of one organisation become visible in the
 order they were allocated, and a pull reading ``seq > cursor`` never skips a late commit.
+
+SQLite has one write lock for every organisation, and its busy handler polls with growing sleeps,
+so a thread that commits and begins again at once can keep it from a thread that is waiting. The
+server's write transactions therefore queue first for a first-come, first-served lock in the
+process (``FairLock``): a push applied in short transactions lets every push that arrived
+meanwhile take its turn between two of them.
 """
 
 from __future__ import annotations
@@ -55,8 +61,39 @@ class Database:
         raise NotImplementedError
 
 
+class FairLock:
+    """A lock granted in the order it was asked for (threading.Lock promises no order). A caller
+    that waits longer than ``timeout`` seconds gives up its turn with StoreLockedError (503)."""
+
+    def __init__(self, *, timeout: float = 30.0) -> None:
+        self._cond = threading.Condition()
+        self._next = 0  # the ticket the next caller gets
+        self._serving = 0  # the ticket that holds the lock
+        self._abandoned: set[int] = set()  # tickets whose callers gave up waiting
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def held(self, what: str = "the lock") -> Iterator[None]:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            if not self._cond.wait_for(lambda: self._serving == ticket, self.timeout):
+                self._abandoned.add(ticket)
+                raise StoreLockedError(f"{what} is busy: waited {self.timeout:g} s for other writes")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                while self._serving in self._abandoned:
+                    self._abandoned.discard(self._serving)
+                    self._serving += 1
+                self._cond.notify_all()
+
+
 class SqliteDatabase(Database):
-    """One file under the data directory; a connection per thread; BEGIN IMMEDIATE serialises writes."""
+    """One file under the data directory; a connection per thread; BEGIN IMMEDIATE serialises writes,
+    which this process's threads take in turn (FairLock)."""
 
     dialect = "sqlite"
 
@@ -66,6 +103,7 @@ class SqliteDatabase(Database):
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []  # every thread's, so close() closes them all
         self._opened_lock = threading.Lock()
+        self._writers = FairLock()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -86,7 +124,8 @@ class SqliteDatabase(Database):
 
     @contextlib.contextmanager
     def write(self, org: str | None = None) -> Iterator[sqlite3.Connection]:
-        with self._transaction("BEGIN IMMEDIATE") as conn:
+        with self._writers.held(f"the server database {self.location}"), \
+                self._transaction("BEGIN IMMEDIATE") as conn:
             yield conn
 
     @contextlib.contextmanager

@@ -133,7 +133,8 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "ops": {"type": "array", "items": _ref("LoggedOp")},
                 "cursor": {"type": "integer", "minimum": 0},
-                "more": {"type": "boolean"},
+                "more": {"type": "boolean", "description": "true when the page was cut by limit or by the "
+                         "server's byte cap (4 MiB by default; a page always holds at least one op)"},
                 "witness": {**WITNESS, "type": ["string", "null"],
                             "description": "with device: the entry at the new cursor (null: none on this page)"},
                 "latest": LATEST,
@@ -179,9 +180,11 @@ def document(*, version: str) -> dict[str, Any]:
     device = [{"device": []}]
     admin = [{"admin": []}]
     unauthorized = _error("no token, or an unknown, revoked or expired one (see reason); nothing applied")
-    unavailable = _error("the store is locked or unreadable; retry later, nothing applied")
+    unavailable = _error("the store is locked or unreadable, or too many connections from this address "
+                         "(too_many_connections, sent before any request is read); retry later, nothing applied")
     continuity = _error("a continuity claim failed (reason): the log went back, or another copy of the "
                         "device id pushed; nothing applied (docs/sync-protocol.md)")
+    slow_body = _error("the request body arrived too slowly (timeout); the connection is closed, nothing applied")
     return {
         "openapi": "3.1.0",
         "info": {"title": "crm sync server", "version": version,
@@ -206,13 +209,14 @@ def document(*, version: str) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Health"), "the server runs")},
             }},
             "/v1/push": {"post": {
-                "operationId": "push", "summary": "Apply a batch of ops in one transaction, each at most once",
+                "operationId": "push", "summary": "Apply a batch of ops in short transactions, each op at most once",
                 "security": device,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PushRequest")}}},
                 "responses": {
                     "200": _json(_ref("PushResponse"), "applied: acked, and rejected ops the domain rules refuse"),
                     "400": _error("not JSON, not an object, an unknown key, a wrong protocol or device"),
                     "401": unauthorized,
+                    "408": slow_body,
                     "413": _error(f"body over 16 MiB or more than {MAX_PUSH_OPS} ops"),
                     "409": continuity,
                     "422": _error("an op breaks the schema (op names it): nothing from the batch is applied"),
@@ -251,6 +255,7 @@ def document(*, version: str) -> dict[str, Any]:
                     "403": _error("a device token"),
                     "404": _error("no such live record in the token's organisation"),
                     "413": _error("body over 16 MiB"),
+                    "408": slow_body,
                     "422": _error("an invalid entity, id or value"),
                     "503": unavailable,
                 },

@@ -5,8 +5,11 @@ Kept in an embedded SQLite file (``--data DIR``, the default) or in PostgreSQL (
 through crm/server/engine.py; nothing lives in the process between requests, so any number of
 server processes can serve one PostgreSQL database.
 
-Each push is one transaction: ops already in the log (same op id in the same organisation)
-are acknowledged without being applied again, so a retried batch ends exactly as one delivery.
+A push is applied in short transactions of a few hundred ops (``PUSH_TXN_OPS``, or fewer heavy
+ones: ``PUSH_TXN_WEIGHT``), so one organisation's big push never holds the write lock long
+enough to stall another's (docs/security.md). Ops already in the log (same op id in the same
+organisation) are acknowledged without being applied again, so a batch retried after a failure
+part-way ends exactly as one delivery.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from .. import merge
 from ..admission import CLOCK_AHEAD, ClockAhead, admit
 from ..device import export_state, meta_column, new_id, record_from_row
-from ..domain import ENTITIES, validate_create, validate_edit
+from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
 from ..merge import Record
@@ -36,6 +39,11 @@ SERVER_FILENAME = SQLITE_FILENAME
 BACKOFFICE_DEVICE = "backoffice"
 MAX_PUSH_OPS = 5000
 MAX_PULL_LIMIT = 5000
+MAX_PULL_BYTES = 4 * 1024 * 1024  # per pull page, at least one op (docs/sync-protocol.md)
+# A push is applied in transactions of at most this many ops, and of at most this much work: an
+# op weighs 1 + its fields + its base stamps (a hostile op names up to 64 x 256 stamps).
+PUSH_TXN_OPS = 500
+PUSH_TXN_WEIGHT = 20_000
 
 # Each version's statements, per engine, taking the schema from the previous version to this
 # one. Append a version to change the schema; never edit one that has shipped.
@@ -193,6 +201,22 @@ def _utc_now(*, days_ahead: int = 0) -> str:
     from datetime import datetime, timedelta
 
     return (datetime.now(UTC) + timedelta(days=days_ahead)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _transactions(ops: list[Op]):
+    """``ops`` in order, in slices of at most PUSH_TXN_OPS ops and PUSH_TXN_WEIGHT work (at
+    least one op each): one write transaction per slice."""
+    chunk: list[Op] = []
+    weight = 0
+    for op in ops:
+        cost = 1 + len(op.fields) + sum(len(stamps) for stamps in op.base.values())
+        if chunk and (len(chunk) >= PUSH_TXN_OPS or weight + cost > PUSH_TXN_WEIGHT):
+            yield chunk
+            chunk, weight = [], 0
+        chunk.append(op)
+        weight += cost
+    if chunk:
+        yield chunk
 
 
 def _in_chunks(values: list[str], size: int = 500):
@@ -388,11 +412,15 @@ class ServerStore:
 
     def push(self, identity: Identity, raw_ops: list[Any], *, continuity: Continuity = Continuity()
              ) -> PushResult:
-        """Apply a batch in one transaction; each op at most once, refused ops reported, not applied.
+        """Apply a batch in order, in short transactions (``_transactions``); each op at most once,
+        refused ops reported, not applied. Between two transactions the write lock is free, so
+        another organisation's push waits for one slice, not the whole batch. If the server stops
+        part-way the device gets no answer and sends the batch again: the ops already applied are
+        acknowledged, not applied twice. ``continuity`` is checked first, under the organisation's
+        lock: ContinuityBroken, and nothing applied, when it does not hold.
 
         ``raw_ops`` are wire dicts, or Ops the caller already parsed (the HTTP handler does, to
-        refuse a malformed batch before it gets here). ``continuity`` is checked first, under the
-        organisation's lock: ContinuityBroken, and nothing applied, when it does not hold."""
+        refuse a malformed batch before it gets here)."""
         admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
         ahead: dict[str, str] = {}
@@ -414,42 +442,100 @@ class ServerStore:
                 rejected.append((op_id, str(exc)))
                 continue
             admitted.append(op)
-        acked = [op.op_id for op in admitted]
+        logged: list[str] = []
         if ahead:  # one already in the log was applied when its stamp was fine: acknowledged, so a
             # device never gives a logged op a new stamp (the server's clock may have stepped back)
             with self.db.read() as conn:
                 for chunk, marks in _in_chunks(list(ahead)):
                     for (op_id,) in conn.execute(f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})",
                                                  (identity.org, *chunk)).fetchall():
-                        acked.append(op_id)
+                        logged.append(op_id)
                         del ahead[op_id]
-        with self.db.write(identity.org) as conn:
-            self._check_continuity(conn, identity.org, continuity)
-            if admitted:
-                self._apply(conn, identity.org, admitted)
-            head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
-                                (identity.org,)).fetchone()
-            latest = self._latest_of(conn, identity.org, continuity.device)
+        refused: set[str] = set()
+        chunks = list(_transactions(admitted)) or [[]]
+        head = latest = None
+        for number, chunk in enumerate(chunks):
+            with self.db.write(identity.org) as conn:
+                if number == 0:
+                    self._check_continuity(conn, identity.org, continuity)
+                if chunk:
+                    over = self._past_line_cap(conn, identity.org, chunk)
+                    rejected += over
+                    refused.update(op_id for op_id, _ in over)
+                    self._apply(conn, identity.org, [op for op in chunk if op.op_id not in refused])
+                if number == len(chunks) - 1:
+                    head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
+                                        (identity.org,)).fetchone()
+                    latest = self._latest_of(conn, identity.org, continuity.device)
+        acked = [op.op_id for op in admitted if op.op_id not in refused] + logged
         return PushResult(acked, rejected, list(ahead.items()), tuple(head) if head else None, latest)
 
+    def _past_line_cap(self, conn: Any, org: str, ops: list[Op]) -> list[tuple[str, str]]:
+        """The ops (op id, reason) that would take an order past MAX_ORDER_LINES lines, in order:
+        lines are fields, so without a cap one order grew by every push (docs/security.md)."""
+        orders = {op.record_id for op in ops
+                  if op.entity == "order" and any(name.startswith(LINE_PREFIX) for name in op.fields)}
+        if not orders:
+            return []
+        lines: dict[str, set[str]] = {rid: set() for rid in orders}
+        for chunk, marks in _in_chunks(sorted(orders)):
+            for rid, data in conn.execute(f"SELECT id, data FROM records WHERE org = ? AND entity = 'order' "
+                                          f"AND id IN ({marks})", (org, *chunk)).fetchall():
+                lines[rid] = {name for name in json.loads(data) if name.startswith(LINE_PREFIX)}
+        over = []
+        for op in ops:
+            if op.entity != "order" or op.record_id not in orders:
+                continue
+            have = lines[op.record_id]
+            new = {name for name in op.fields if name.startswith(LINE_PREFIX)} - have
+            if len(have) + len(new) > MAX_ORDER_LINES:
+                over.append((op.op_id, f"order {op.record_id} would have {len(have) + len(new)} lines: an order "
+                                       f"takes at most {MAX_ORDER_LINES} lines, removed ones included"))
+            else:
+                have |= new
+        return over
+
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
-             continuity: Continuity | None = None) -> tuple[list[str], int, bool, dict[str, Any]]:
+             max_bytes: int = MAX_PULL_BYTES, continuity: Continuity | None = None
+             ) -> tuple[list[str], int, bool, dict[str, Any]]:
         """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
         cursor; whether more follow; and the continuity fields of the answer (the entry at the new
-        cursor, the latest op of ``device``). ContinuityBroken when ``continuity`` does not hold."""
+        cursor, the latest op of ``device``). ContinuityBroken when ``continuity`` does not hold.
+
+        A page holds at most ``limit`` log entries and stops before the op that would take its
+        bodies past ``max_bytes``, but always holds at least one op, so a client makes progress
+        whatever size an op is. Sizes are read first and bodies only for the page, so a page of
+        huge ops is never loaded whole to be cut."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
         continuity = continuity or Continuity(device=device)
+        size = "octet_length(body)" if self.db.dialect == "postgresql" else "length(CAST(body AS BLOB))"
         with self.db.snapshot() as conn:
             self._check_continuity(conn, identity.org, continuity)
-            rows = conn.execute(
-                "SELECT seq, device, body, op_id FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (identity.org, cursor, limit + 1)).fetchall()
             latest = self._latest_of(conn, identity.org, device)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        new_cursor = rows[-1][0] if rows else cursor
-        ops = [body for _, dev, body, _ in rows if dev != device]
-        return ops, new_cursor, more, _continuity_json((rows[-1][0], rows[-1][3]) if rows else None, latest)
+            rows = conn.execute(
+                f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (identity.org, cursor, limit + 1)).fetchall()
+            more = len(rows) > limit
+            taken, total, sent = 0, 0, 0
+            for _, dev, length, _ in rows[:limit]:
+                if dev != device:
+                    if sent and total + length + 1 > max_bytes:
+                        more = True
+                        break
+                    total += length + 1  # the comma between ops
+                    sent += 1
+                taken += 1
+            if not taken:
+                return [], cursor, False, _continuity_json(None, latest)
+            new_cursor = rows[taken - 1][0]
+            seen = _continuity_json((new_cursor, rows[taken - 1][3]), latest)
+            if not sent:
+                return [], new_cursor, more, seen
+            own = "" if device is None else " AND device <> ?"
+            ops = [body for (body,) in conn.execute(
+                f"SELECT body FROM ops WHERE org = ? AND seq > ? AND seq <= ?{own} ORDER BY seq",
+                (identity.org, cursor, new_cursor, *(() if device is None else (device,)))).fetchall()]
+        return ops, new_cursor, more, seen
 
     # -- continuity ----------------------------------------------------------------------------
     @staticmethod

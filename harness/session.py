@@ -279,6 +279,9 @@ class Session:
         return self.act(name, "edit_field", entity="account", record_id=self._account(), field=field_name,
                         value=value)
 
+    def delete_account(self, name: str) -> ActionResult:
+        return self.act(name, "delete_record", entity="account", record_id=self._account())
+
     def backoffice_edit(self, field_name: str, value: str) -> ActionResult:
         try:
             return self.server.backoffice_edit("account", self._account(), field_name, value, org=self.org)

@@ -32,6 +32,16 @@ Feature: Concurrent edits reconcile without losing any of them
     Then the account shows "city" "York", "phone" "0113 496 0000" and "name" "Corner Store Ltd" everywhere
     And the run passes every check
 
+  Scenario: One device deletes the account while another edits it
+    Given "phone" is in airplane mode
+    And "tablet" is in airplane mode
+    When the rep deletes the account on "phone"
+    And the rep edits the account's "city" to "Hull" on "tablet"
+    And "phone" is back online
+    And "tablet" is back online
+    And everyone syncs
+    Then the run passes every check
+
   Scenario: A device whose clock is hours off still converges and loses nothing
     Given the clock of "tablet" is 5 hours behind
     When the rep edits the account's "city" to "York" on "phone"

@@ -274,6 +274,11 @@ def sync_server_killed(world: Session, device):
     thread.join(world.profile.action_timeout_s + 5)
 
 
+@step("the server is killed")
+def server_killed(world: Session):
+    world.server.kill()
+
+
 @step("the server is restarted")
 def server_restarted(world: Session):
     world.server.start()
@@ -305,6 +310,13 @@ def edit_on_device(world: Session, field, value, device):
     result = world.edit_account(device, field, value)
     if not result.ok:
         raise ScenarioFailure(f"editing {field} on {device} was not saved: {result.detail}")
+
+
+@step(parsers.parse('the rep deletes the account on "{device}"'))
+def delete_on_device(world: Session, device):
+    result = world.delete_account(device)
+    if not result.ok:
+        raise ScenarioFailure(f"deleting the account on {device} was not saved: {result.detail}")
 
 
 @step(parsers.parse('the back office edits the account\'s "{field}" to "{value}"'))

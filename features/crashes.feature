@@ -29,3 +29,10 @@ Feature: Sync survives force-quits and server crashes
     And the connection of "phone" is fast again
     And "phone" syncs
     Then the run passes every check
+
+  Scenario: The server is killed right after a sync said everything was saved
+    Given the rep has saved 3 accounts on "phone"
+    And "phone" syncs
+    When the server is killed
+    And the server is restarted
+    Then the run passes every check

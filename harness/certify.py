@@ -27,7 +27,8 @@ from .profile import load_profile
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ROOT / "features"
 SUITE_VERSION = "1.0"
-CHECKS = ("lost_write", "duplicate", "lost_edit", "divergence", "orphan", "queue_lost", "stuck", "history")
+CHECKS = ("lost_write", "duplicate", "lost_edit", "divergence", "orphan", "queue_lost", "lost_delete", "stuck",
+          "history")
 
 
 @dataclass

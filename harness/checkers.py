@@ -1,4 +1,4 @@
-"""The six consistency checks, each a pure function from a History to the anomalies it finds.
+"""The seven consistency checks, each a pure function from a History to the anomalies it finds.
 
 They judge only what the history recorded: the outcome each action reported, the faults, and the
 final exports taken after quiescence. Each anomaly names its evidence (action seqs, record ids and
@@ -436,6 +436,29 @@ def queue_lost(history: History) -> list[Anomaly]:
     return found
 
 
+# -- lost_delete -----------------------------------------------------------------------------------
+def lost_delete(history: History) -> list[Anomaly]:
+    """A delete reported ok must win: every final export that has the record shows it deleted.
+
+    (A record missing altogether is lost_write's finding, not this one's.)
+    """
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    found = []
+    for op in history.operations("delete_record"):
+        if op.outcome != "ok":
+            continue
+        entity, rid = str(op.args.get("entity")), str(op.args.get("record_id"))
+        for where, export in exports.items():
+            records = export.get(entity) if isinstance(export.get(entity), list) else []
+            rec = next((r for r in records if isinstance(r, dict) and str(r.get("id")) == rid), None)
+            if rec is not None and rec.get("deleted") is not True:
+                found.append(Anomaly("lost_delete", f"delete #{op.seq} on {op.device} of {entity} {rid} reported "
+                                     f"ok, but {where}'s final export shows it not deleted",
+                                     {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "entity": entity,
+                                      "id": rid, "export": where, "export_seq": export_seqs[where], "record": rec}))
+    return found
+
+
 # -- all of them -----------------------------------------------------------------------------------
 CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
     "lost_write": lost_write,
@@ -444,6 +467,7 @@ CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
     "divergence": divergence,
     "orphan": orphan,
     "queue_lost": queue_lost,
+    "lost_delete": lost_delete,
 }
 
 

@@ -74,6 +74,9 @@ class Session:
         self._backups: list[Path] = []
         self.snapshots: dict[str, Path] = {}  # the latest backup of each device and of the server
         self.checked = False  # final_check ran
+        # Work a step waited for in vain while it was still queued: a ``stuck`` anomaly, so the
+        # scenario's failure is explained by a named check even if a later sync delivers it all.
+        self.stuck: list[Anomaly] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -276,6 +279,9 @@ class Session:
         return self.act(name, "edit_field", entity="account", record_id=self._account(), field=field_name,
                         value=value)
 
+    def delete_account(self, name: str) -> ActionResult:
+        return self.act(name, "delete_record", entity="account", record_id=self._account())
+
     def backoffice_edit(self, field_name: str, value: str) -> ActionResult:
         try:
             return self.server.backoffice_edit("account", self._account(), field_name, value, org=self.org)
@@ -345,6 +351,10 @@ class Session:
             idle_polls = idle_polls + 1 if drained else 0
             if elapsed > timeout or idle_polls >= 6:
                 why = "nothing is pending on any device, yet" if idle_polls >= 6 else f"after {timeout:g} s"
+                if idle_polls < 6:  # still queued: late, not (yet) lost; lost_write judges the rest
+                    self.stuck.append(Anomaly("stuck", f"{len(missing)} saved record(s) had not reached the "
+                                              f"server within the scenario's {timeout:g} s",
+                                              {"step": "wait", "bound_s": timeout, "missing": missing}))
                 raise ScenarioFailure(f"{why} the server lacks {len(missing)} saved record(s): {missing}")
             time.sleep(0.5)
 
@@ -378,34 +388,44 @@ class Session:
 
     def evidence(self) -> list[Anomaly]:
         """For a scenario that failed at a step: the checkers' view of the same run, so the
-        certificate explains the failure by a named check. Work that never reached quiescence is
-        a ``stuck`` anomaly; the checkers then judge the exports as they are."""
+        certificate explains the failure by a named check. Work that never reached quiescence, or
+        that a step waited for in vain, is a ``stuck`` anomaly; the checkers judge the exports."""
         if self.checked:
             return self.anomalies
         try:
             return self.final_check()
-        except ScenarioFailure as exc:
-            self.anomalies = [Anomaly("stuck", str(exc), {"step": "quiesce"}),
-                              *checkers.run_all(self.history)]
-            return self.anomalies
+        except ScenarioFailure:
+            return self.anomalies  # final_check recorded why quiescence failed
         except Exception as exc:  # noqa: BLE001 - evidence is best effort; the step's failure stands
             self.anomalies = [Anomaly("history", f"no evidence could be gathered: {exc}", {})]
             return self.anomalies
 
     def final_check(self) -> list[Anomaly]:
-        """Quiesce, record the final exports, and run every checker over the history."""
+        """Quiesce, record the final exports, and run every checker over the history. A failed
+        quiescence is a ``stuck`` anomaly next to the checkers' findings, then raised."""
         self.checked = True
         try:
             self.quiesce()
-        finally:
-            for device in self.devices.values():
-                try:
-                    device.driver.export()
-                except DriverError:
-                    pass  # recorded; the checkers report the missing export
+        except ScenarioFailure as exc:
+            self._final_exports()
+            self.anomalies = [*self.stuck, Anomaly("stuck", str(exc), {"step": "quiesce"}),
+                              *checkers.run_all(self.history)]
+            raise
+        except BaseException:
+            self._final_exports()
+            raise
+        self._final_exports()
+        self.anomalies = [*self.stuck, *checkers.run_all(self.history)]
+        return self.anomalies
+
+    def _final_exports(self) -> None:
+        """Record every replica's export; one that fails is recorded too (the checkers name it)."""
+        for device in self.devices.values():
             try:
-                self.server.export(self.org)
+                device.driver.export()
             except DriverError:
                 pass
-        self.anomalies = checkers.run_all(self.history)
-        return self.anomalies
+        try:
+            self.server.export(self.org)
+        except DriverError:
+            pass

@@ -228,28 +228,6 @@ def test_an_edit_is_superseded_once_its_device_may_have_pushed_it(before, betwee
     assert all(a.evidence["value"] == "York" for a in found)
 
 
-def _deleted_history(*records: dict, outcome: str = "ok") -> History:
-    h = History()
-    inv = h.invoke("d1", "delete_record", {"entity": "account", "record_id": "a1"})
-    h.complete(inv, outcome, result={"id": "a1", "deleted": True} if outcome == "ok" else None,
-               exit=0 if outcome == "ok" else None)
-    for where, rec in zip(("d1", "server"), records, strict=True):
-        h.append(where, "export", "export", result={"format": "crm-export/1", "account": [rec] if rec else []})
-    return h
-
-
-def test_lost_delete_when_a_replica_shows_a_deleted_record_alive():
-    from harness.chaos import lost_delete
-
-    gone = {"id": "a1", "name": "A", "deleted": True}
-    alive = {"id": "a1", "name": "A"}
-    assert lost_delete(_deleted_history(gone, gone)) == []
-    found = lost_delete(_deleted_history(gone, alive))
-    assert [(a.check, a.evidence["export"], a.evidence["id"]) for a in found] == [("lost_delete", "server", "a1")]
-    assert lost_delete(_deleted_history(gone, alive, outcome="unknown")) == [], "an unknown delete may not have run"
-    assert lost_delete(_deleted_history(gone, None)) == [], "a missing record is lost_write's finding"
-
-
 # -- real campaigns --------------------------------------------------------------------------------
 def crm_certify(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", "certify", *args], capture_output=True, text=True,

@@ -452,3 +452,25 @@ def test_run_all_on_a_broken_run_names_each_failing_check():
     finish(h, d1=device, server=server)
     assert checks(h) == ["divergence", "duplicate", "lost_write", "orphan"]
     assert all(a.to_json()["evidence"] for a in checkers.run_all(h))
+
+
+# -- lost_delete ------------------------------------------------------------------------------------
+def _deleted_history(*records: dict, outcome: str = "ok") -> History:
+    h = History()
+    inv = h.invoke("d1", "delete_record", {"entity": "account", "record_id": "a1"})
+    h.complete(inv, outcome, result={"id": "a1", "deleted": True} if outcome == "ok" else None,
+               exit=0 if outcome == "ok" else None)
+    for where, rec in zip(("d1", "server"), records, strict=True):
+        h.append(where, "export", "export", result={"format": "crm-export/1", "account": [rec] if rec else []})
+    return h
+
+
+def test_lost_delete_when_a_replica_shows_a_deleted_record_alive():
+    lost_delete = checkers.lost_delete
+    gone = {"id": "a1", "name": "A", "deleted": True}
+    alive = {"id": "a1", "name": "A"}
+    assert lost_delete(_deleted_history(gone, gone)) == []
+    found = lost_delete(_deleted_history(gone, alive))
+    assert [(a.check, a.evidence["export"], a.evidence["id"]) for a in found] == [("lost_delete", "server", "a1")]
+    assert lost_delete(_deleted_history(gone, alive, outcome="unknown")) == [], "an unknown delete may not have run"
+    assert lost_delete(_deleted_history(gone, None)) == [], "a missing record is lost_write's finding"

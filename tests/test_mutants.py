@@ -144,7 +144,10 @@ class Run:
 
 def _certify(name: str, folder: Path) -> Run:
     started = time.monotonic()
-    profile = build.build(name, folder / "mutant")
+    try:
+        profile = build.build(name, folder / "mutant")
+    except (OSError, RuntimeError) as exc:  # one broken mutant must not hide the others' results
+        return Run(name, time.monotonic() - started, None, f"could not build the mutant: {exc}")
     select = f"({MUTANTS[name]['select']}) or {PROOF}"
     report = folder / "report"
     try:

@@ -1,4 +1,4 @@
-"""The seven consistency checks, each a pure function from a History to the anomalies it finds.
+"""The consistency checks, each a pure function from a History to the anomalies it finds.
 
 They judge only what the history recorded: the outcome each action reported, the faults, and the
 final exports taken after quiescence. Each anomaly names its evidence (action seqs, record ids and
@@ -11,13 +11,14 @@ be present zero times or once, never twice.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .history import CREATES, History, Operation
+from .history import CREATES, EDITS, History, Operation
 
 ENTITY_ORDER = ("account", "contact", "visit", "order", "note", "product")
 # The reference fields that must point at a record present in the same export.
@@ -287,8 +288,74 @@ def _may_have_pushed(history: History, device: str, after: int, before: int) -> 
     return False
 
 
+def _writes_of(history: History, entity: Any, rid: Any, name: Any) -> list[Operation]:
+    """Every action that did not fail and wrote field ``name`` of one record: its create (with the
+    value the harness passed) and every device or back-office edit of that field."""
+    found = [op for op in history.edits() if op.outcome != "fail" and
+             (op.args.get("entity"), op.args.get("record_id"), op.args.get("field")) == (entity, rid, name)]
+    creates = [op for op in history.writes() if op.outcome != "fail" and CREATES[op.action] == entity
+               and op.record_id == rid and name in op.args]
+    return sorted(creates + found, key=lambda op: op.seq)
+
+
+def _wrote(op: Operation, name: Any, value: Any) -> bool:
+    written = op.args.get("value") if op.action in EDITS else op.args.get(name)
+    return same_value(written, value)
+
+
+def _certain_push(history: History, op: Operation) -> int | None:
+    """The seq by which ``op``'s write was certainly on the server: a back-office edit at once; a
+    device's write when an ok sync of that device that started after the write completed."""
+    if op.device == "server":
+        return op.done_seq
+    return min((s.done_seq for s in history.syncs(op.device)
+                if s.outcome == "ok" and s.seq > (op.done_seq or 0) and s.done_seq is not None), default=None)
+
+
+def certainly_knew(history: History, earlier: Operation, later: Operation) -> bool:
+    """Whether ``later``'s replica certainly held ``earlier``'s write when ``later`` was invoked.
+
+    Only what the history proves counts: the same replica after the write completed; the server
+    once an ok sync pushed it; another device once an ok sync of its own ran after that. Work a
+    background sync may have carried is not proof, and a restore of either replica in between
+    voids it. Checks that report an anomaly on "this edit knew that one" rely on this relation, so
+    it errs towards "concurrent".
+    """
+    if earlier.outcome != "ok" or earlier.done_seq is None or earlier.seq == later.seq:
+        return False
+    restores = [e.seq for e in history if e.type == "life" and e.action in ("restore", "clone")
+                and e.device in (later.device, earlier.device, "server")]
+    if any(earlier.seq < r < later.seq for r in restores):
+        return False
+    if later.device == earlier.device:
+        return earlier.done_seq < later.seq
+    pushed = _certain_push(history, earlier)
+    if pushed is None or pushed >= later.seq:
+        return False
+    if later.device == "server":
+        return True
+    return any(s.outcome == "ok" and s.seq > pushed and s.done_seq is not None and s.done_seq < later.seq
+               for s in history.syncs(later.device))
+
+
+def concurrent(history: History, a: Operation, b: Operation) -> bool:
+    """Neither write certainly knew the other."""
+    return not certainly_knew(history, a, b) and not certainly_knew(history, b, a)
+
+
+def _conflicts_of(export: dict[str, Any], rid: Any, name: Any) -> list[dict[str, Any]]:
+    return [c for c in export.get("conflicts") or []
+            if isinstance(c, dict) and c.get("record") == rid and c.get("field") == name]
+
+
+def _side(conflict: dict[str, Any], side: str) -> Any:
+    value = conflict.get(side)
+    return value.get("value") if isinstance(value, dict) else None
+
+
 def lost_edit(history: History) -> list[Anomaly]:
-    """An ok edit must be its field's final value, or in the conflict log, unless superseded."""
+    """An ok edit must be its field's final value, or the loser of a true conflict in the log
+    (against a value written concurrently with it), unless a later edit knowingly replaced it."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
     edits = history.edits()
     found = []
@@ -299,6 +366,7 @@ def lost_edit(history: History) -> list[Anomaly]:
         name, value = op.args.get("field"), op.args.get("value")
         base = {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "entity": entity, "id": rid,
                 "field": name, "value": value}
+        writers = _writes_of(history, entity, rid, name)
         for where, export in exports.items():
             evidence = {**base, "export": where, "export_seq": export_seqs[where]}
             rec = _by_id(export, str(entity)).get(str(rid))
@@ -307,16 +375,95 @@ def lost_edit(history: History) -> list[Anomaly]:
                                      f"{name}={value!r}, but {where}'s final export has no such record",
                                      evidence))
                 continue
-            conflicts = [c for c in export.get("conflicts") or []
-                         if isinstance(c, dict) and c.get("record") == rid and c.get("field") == name]
-            seen = [rec.get(name)] + [(c.get(side) or {}).get("value") for c in conflicts
-                                      for side in ("winner", "loser")]
-            if not any(same_value(value, v) for v in seen):
-                found.append(Anomaly(
-                    "lost_edit",
-                    f"edit #{op.seq} on {op.device} set {entity} {rid} {name}={value!r}; {where}'s final "
-                    f"export shows {rec.get(name)!r} and no conflict keeps the edited value",
-                    {**evidence, "final_value": rec.get(name), "conflicts": conflicts}))
+            if same_value(value, rec.get(name)):
+                continue
+            conflicts = _conflicts_of(export, rid, name)
+            kept = [c for c in conflicts if same_value(value, _side(c, "winner"))
+                    or (same_value(value, _side(c, "loser")) and c.get("kind") != "concurrent_edit")]
+            fair = [c for c in conflicts if same_value(value, _side(c, "loser")) and c.get("kind") == "concurrent_edit"
+                    and any(_wrote(w, name, _side(c, "winner")) and not certainly_knew(history, w, op)
+                            for w in writers)]
+            if kept or fair:
+                continue
+            seen = [c for c in conflicts if same_value(value, _side(c, "loser"))]
+            why = (f"the conflict log lists it as losing to {_side(seen[0], 'winner')!r}, a value it had "
+                   "already seen (not a concurrent edit)") if seen else "no conflict keeps the edited value"
+            found.append(Anomaly(
+                "lost_edit",
+                f"edit #{op.seq} on {op.device} set {entity} {rid} {name}={value!r}; {where}'s final "
+                f"export shows {rec.get(name)!r} and {why}",
+                {**evidence, "final_value": rec.get(name), "conflicts": conflicts}))
+    return found
+
+
+# -- conflict_log ----------------------------------------------------------------------------------
+def conflict_log(history: History) -> list[Anomaly]:
+    """The conflict log is precise: each entry's loser and winner are values somebody really wrote
+    for that record and field, and (for a concurrent edit) wrote concurrently. A log padded with
+    values nobody wrote, or that records an edit as losing to one it had seen, explains nothing."""
+    found = []
+    reported: set[str] = set()
+    for where, export in history.final_exports().items():
+        for c in export.get("conflicts") or []:
+            if not isinstance(c, dict):
+                continue
+            key = json.dumps(c, sort_keys=True, default=str)
+            if key in reported:
+                continue
+            entity, rid, name = c.get("entity"), c.get("record"), c.get("field")
+            writers = _writes_of(history, entity, rid, name)
+            losers = [w for w in writers if _wrote(w, name, _side(c, "loser"))]
+            evidence = {"export": where, "conflict": c, "writes": [_op_summary(w) for w in writers]}
+            problem = None
+            if not losers:
+                problem = f"its loser {_side(c, 'loser')!r} is a value no action wrote to that field"
+            elif c.get("kind") == "concurrent_edit":
+                winners = [w for w in writers if _wrote(w, name, _side(c, "winner"))]
+                if not winners:
+                    problem = f"its winner {_side(c, 'winner')!r} is a value no action wrote to that field"
+                elif not any(w.seq != lo.seq and concurrent(history, w, lo) for w in winners for lo in losers):
+                    problem = (f"{_side(c, 'winner')!r} and {_side(c, 'loser')!r} were not written concurrently "
+                               "(one edit had seen the other)")
+            if problem:
+                reported.add(key)
+                found.append(Anomaly("conflict_log", f"conflict {c.get('id')} on {entity} {rid} {name} in "
+                                     f"{where}'s final export: {problem}", evidence))
+    return found
+
+
+# -- not_merged ------------------------------------------------------------------------------------
+def not_merged(history: History) -> list[Anomaly]:
+    """Concurrent edits of different fields of one record must both survive: an edit that no write
+    of its own field competed with, yet is not its field's final value, while another field of
+    the record was edited concurrently, was lost to a whole-record merge."""
+    exports, export_seqs = history.final_exports(), history.export_seqs()
+    edits = history.edits()
+    found = []
+    for op in edits:
+        if op.outcome != "ok" or _superseded(history, op, edits):
+            continue
+        entity, rid, name = op.args.get("entity"), op.args.get("record_id"), op.args.get("field")
+        rivals = [w for w in _writes_of(history, entity, rid, name)
+                  if w.seq != op.seq and not certainly_knew(history, w, op)]
+        if rivals:
+            continue  # a write of the same field competed: lost_edit judges that
+        others = [e for e in edits if e.outcome != "fail" and e.seq != op.seq
+                  and (e.args.get("entity"), e.args.get("record_id")) == (entity, rid)
+                  and e.args.get("field") != name and concurrent(history, e, op)]
+        if not others:
+            continue
+        for where, export in exports.items():
+            rec = _by_id(export, str(entity)).get(str(rid))
+            if rec is None or rec.get("deleted") is True or same_value(op.args.get("value"), rec.get(name)):
+                continue
+            found.append(Anomaly(
+                "not_merged",
+                f"edit #{op.seq} on {op.device} set {entity} {rid} {name}={op.args.get('value')!r} while "
+                f"{others[0].device} edited {others[0].args.get('field')} (#{others[0].seq}); {where}'s final "
+                f"export shows {name}={rec.get(name)!r}: the two edits were not merged field by field",
+                {"seq": op.seq, "device": op.device, "entity": entity, "id": rid, "field": name,
+                 "value": op.args.get("value"), "final_value": rec.get(name), "export": where,
+                 "export_seq": export_seqs[where], "concurrent": [_op_summary(e) for e in others]}))
     return found
 
 
@@ -468,6 +615,8 @@ CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
     "orphan": orphan,
     "queue_lost": queue_lost,
     "lost_delete": lost_delete,
+    "conflict_log": conflict_log,
+    "not_merged": not_merged,
 }
 
 

@@ -474,3 +474,90 @@ def test_lost_delete_when_a_replica_shows_a_deleted_record_alive():
     assert [(a.check, a.evidence["export"], a.evidence["id"]) for a in found] == [("lost_delete", "server", "a1")]
     assert lost_delete(_deleted_history(gone, alive, outcome="unknown")) == [], "an unknown delete may not have run"
     assert lost_delete(_deleted_history(gone, None)) == [], "a missing record is lost_write's finding"
+
+
+# -- the conflict log's precision and field-by-field merge (issue 10, point 7) ----------------------
+def city_conflict(winner, loser, kind="concurrent_edit"):
+    return {"id": "op7:city", "entity": "account", "record": "a1", "field": "city", "kind": kind,
+            "winner": {"value": winner, "stamp": "2"}, "loser": {"value": loser, "stamp": "1"}}
+
+
+def test_an_edit_that_loses_to_a_value_it_had_already_seen_is_lost_even_if_the_log_lists_it():
+    h = History()
+    create(h, "d1", "a1")
+    sync(h, "d1")
+    sync(h, "d2")
+    edit(h, "d1", "York", name="city")
+    sync(h, "d1")
+    sync(h, "d2")  # the tablet has York ...
+    hull = edit(h, "d2", "Hull", name="city")  # ... so Hull replaces it knowingly and must win
+    state = export(account=[acct("a1", city="York")], conflicts=[city_conflict("York", "Hull")])
+    finish(h, d1=state, d2=state, server=state)
+    assert {a.evidence["seq"] for a in checkers.lost_edit(h)} == {hull}
+    assert [a.check for a in checkers.conflict_log(h)] == ["conflict_log"]
+
+
+@pytest.mark.parametrize(("synced_between", "precise"), [(False, True), (True, False)])
+def test_a_conflict_is_precise_only_between_concurrent_writes(synced_between, precise):
+    h = History()
+    create(h, "d1", "a1")
+    sync(h, "d1")
+    sync(h, "d2")
+    edit(h, "d1", "York", name="city")
+    if synced_between:
+        sync(h, "d1")
+        sync(h, "d2")
+    edit(h, "d2", "Hull", name="city")
+    state = export(account=[acct("a1", city="Hull")], conflicts=[city_conflict("Hull", "York")])
+    finish(h, d1=state, d2=state, server=state)
+    assert (checkers.conflict_log(h) == []) is precise
+
+
+@pytest.mark.parametrize("entry", [city_conflict("Hull", "Paris"), city_conflict("Rome", "York")])
+def test_a_conflict_naming_a_value_nobody_wrote_is_reported(entry):
+    h = History()
+    create(h, "d1", "a1")
+    edit(h, "d1", "York", name="city")
+    edit(h, "d2", "Hull", name="city")
+    state = export(account=[acct("a1", city="Hull")], conflicts=[city_conflict("Hull", "York"), entry])
+    finish(h, d1=state, d2=state, server=state)
+    found = checkers.conflict_log(h)
+    assert len(found) == 1 and found[0].evidence["conflict"] == entry
+    assert "no action wrote" in found[0].message
+
+
+def test_a_concurrent_back_office_edit_is_a_fair_winner():
+    h = History()
+    create(h, "d1", "a1")
+    sync(h, "d1")
+    edit(h, "d1", "York", name="city")
+    act(h, "server", "backoffice_edit", {"entity": "account", "record_id": "a1", "field": "city",
+                                         "value": "Leeds"}, result={"id": "a1"})
+    state = export(account=[acct("a1", city="Leeds")], conflicts=[city_conflict("Leeds", "York")])
+    finish(h, d1=state, server=state)
+    assert checkers.lost_edit(h) == [] and checkers.conflict_log(h) == []
+
+
+@pytest.mark.parametrize(("final_phone", "expected"), [("0113 496 0000", []), (None, ["not_merged"] * 3)])
+def test_concurrent_edits_of_different_fields_must_both_survive(final_phone, expected):
+    h = History()
+    create(h, "d1", "a1")
+    sync(h, "d1")
+    sync(h, "d2")
+    edit(h, "d1", "0113 496 0000")
+    edit(h, "d2", "Bradford", name="city")
+    state = export(account=[acct("a1", city="Bradford", phone=final_phone)])
+    finish(h, d1=state, d2=state, server=state)
+    assert [a.check for a in checkers.not_merged(h)] == expected
+
+
+def test_not_merged_leaves_a_field_with_a_competing_write_to_lost_edit():
+    h = History()
+    create(h, "d1", "a1")
+    edit(h, "d1", "York", name="city")
+    edit(h, "d2", "Hull", name="city")
+    edit(h, "d2", "0113 496 0000")
+    state = export(account=[acct("a1", city="Hull", phone="0113 496 0000")])
+    finish(h, d1=state, d2=state, server=state)
+    assert checkers.not_merged(h) == []
+    assert {a.check for a in checkers.lost_edit(h)} == {"lost_edit"}

@@ -196,6 +196,11 @@ def run(home: Path, *, stop: threading.Event | None = None,
                             rejected=device.outbox(rejected=True, limit=0)["rejected"])
                     next_sync = time.monotonic() + idle
                 except (ServerUnreachableError, ServerError, StoreLockedError) as exc:
+                    if client is not None and not isinstance(exc, StoreLockedError):
+                        # A connection the server or the network dropped may still look open
+                        # (its close can lag behind a slow link): the next attempt starts afresh.
+                        client.close()
+                        client = None
                     delay = backoff.next_delay()
                     publish(state="offline" if isinstance(exc, ServerUnreachableError) else "retrying",
                             last_error=exc.message, retry_in_s=round(delay, 2))

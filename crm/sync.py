@@ -181,12 +181,24 @@ def _message(response: httpx.Response) -> str:
     return str(body["message"])[:300] if "message" in body else response.text[:300]
 
 
-def client_for(device: Device, *, timeout: float = 30.0,
+def client_for(device: Device, *, timeout: float | None = None,
                transport: httpx.BaseTransport | None = None) -> SyncClient:
+    """A client for the device's server; ``timeout`` defaults to ``CRM_SYNC_TIMEOUT_S`` (30 s), the
+    same for `crm sync` and the background agent."""
+    if timeout is None:
+        timeout = _sync_timeout()
     url, token = device.setting("server_url"), device.setting("token")
     if not url or not token:
         raise NotConfiguredError("this device has no sync server: run `crm login --server URL --token TOKEN`")
     return SyncClient(base_url=url, token=token, timeout=timeout, transport=transport)
+
+
+def _sync_timeout() -> float:
+    try:
+        value = float(os.environ.get("CRM_SYNC_TIMEOUT_S", "30"))
+    except ValueError:
+        return 30.0
+    return value if value > 0 else 30.0
 
 
 def push_outbox(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> tuple[int, int]:

@@ -8,7 +8,6 @@ The SUT comes from ``--sut PROFILE`` (default: the reference CRM), the fault sch
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -16,11 +15,16 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
+from harness import faults
+from harness.bdd_results import SCENARIO, SESSION, pytest_bdd_before_scenario, pytest_runtest_makereport
 from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
-from harness.toxiproxy import ToxiproxyServer, latency, limit_data, reset_peer, timeout
+from harness.toxiproxy import ToxiproxyServer, latency
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+__all__ = ["pytest_bdd_before_scenario", "pytest_runtest_makereport"]  # the results plugin's hooks
 
 
 def step(parser):
@@ -57,7 +61,7 @@ def toxiproxy(tmp_path_factory):
 
 @pytest.fixture
 def scenario_name(request):
-    return getattr(request.node, "_crm_scenario", request.node.name)
+    return request.node.stash.get(SCENARIO, request.node.name)
 
 
 # -- the world ---------------------------------------------------------------------------------
@@ -65,7 +69,7 @@ def scenario_name(request):
 def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
     session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
                       seed=request.config.getoption("--seed"), scenario=scenario_name)
-    request.node._crm_session = session
+    request.node.stash[SESSION] = session
     request.addfinalizer(session.close)
     session.__enter__()
     return session
@@ -170,12 +174,6 @@ def reopened(world: Session, device):
         raise ScenarioFailure(f"reopening {device} failed: {result.detail}")
 
 
-@step(parsers.parse('the rep creates {count:d} accounts on "{device}", each killed at a seeded moment'))
-def creates_killed(world: Session, device, count):
-    for _ in range(count):
-        world.create_account(device, kill_after=world.seeded_delay(0.05, 0.6))
-
-
 # -- syncing -----------------------------------------------------------------------------------
 @step(parsers.parse('"{device}" syncs'))
 def syncs(world: Session, device):
@@ -189,14 +187,6 @@ def everyone_syncs(world: Session):
             world.sync(device)
 
 
-@step(parsers.parse('the sync on "{device}" did not report success'))
-def sync_not_ok(world: Session, device):
-    last = world.last
-    assert last is not None and last.action == "sync"
-    if last.ok:
-        raise ScenarioFailure(f"sync on {device} reported success through a stalled connection")
-
-
 @step(parsers.re(r'(?P<no_cmd>without any sync command )?everything the rep saved reaches the office '
                  r'within (?P<seconds>\d+) seconds'))
 def reaches_office(world: Session, no_cmd, seconds):
@@ -204,33 +194,12 @@ def reaches_office(world: Session, no_cmd, seconds):
     world.history.append("harness", "heal", None, detail=f"everything reached the server after {took:.1f} s")
 
 
-@step(parsers.parse('the server has every account "{device}" saved'))
-def server_has_accounts(world: Session, device):
-    missing = world.missing_on_server(device)
-    if missing:
-        raise ScenarioFailure(f"the server lacks {len(missing)} record(s) {device} reported saved: {missing}")
-
-
 @step(parsers.parse('every write on "{device}" finished within {seconds:d} seconds'))
 def writes_fast(world: Session, device, seconds):
-    slow = [(w.action, round(w.duration, 2)) for w in world.device(device).writes if w.duration > seconds]
-    if slow:
-        raise ScenarioFailure(f"writes on {device} waited on the network: {slow}")
+    world.writes_within(device, seconds)
 
 
 # -- network faults ----------------------------------------------------------------------------
-@step(parsers.parse('the answers to "{device}" are cut off by "{toxic}"'))
-def answers_cut(world: Session, device, toxic):
-    factory = {"reset_peer": lambda: reset_peer(0, stream="downstream", name="answers"),
-               "limit_data": lambda: limit_data(1, stream="downstream", name="answers")}[toxic]
-    world.add_toxic(device, factory())
-
-
-@step(parsers.parse('the answers to "{device}" flow again'))
-def answers_flow(world: Session, device):
-    world.remove_toxics(device, "answers")
-
-
 @step(parsers.parse('the connection of "{device}" crawls with {ms:d} ms of latency'))
 def crawls(world: Session, device, ms):
     world.add_toxic(device, latency(ms, stream="downstream", name="latency-down"))
@@ -242,36 +211,14 @@ def fast_again(world: Session, device):
     world.remove_toxics(device, "latency")
 
 
-@step(parsers.parse('the connection of "{device}" stalls'))
-def stalls(world: Session, device):
-    world.add_toxic(device, timeout(0, stream="downstream", name="stall"))
-
-
 @step(parsers.parse('the connection of "{device}" is released'))
 def released(world: Session, device):
     world.remove_toxics(device, "stall")
 
 
-@step(parsers.parse('"{device}" starts syncing and the network drops at a seeded moment'))
-def sync_then_partition(world: Session, device):
-    thread = world.in_background(lambda: world.sync(device))
-    time.sleep(world.seeded_delay(0.2, 1.2))
-    world.airplane_mode(device)
-    thread.join(world.profile.action_timeout_s + 5)
-
-
 @step(parsers.parse('"{device}" starts syncing and is killed at a seeded moment, {times:d} times'))
 def sync_killed(world: Session, device, times):
-    for _ in range(times):
-        world.sync(device, kill_after=world.seeded_delay(0.1, 1.5))
-
-
-@step(parsers.parse('"{device}" starts syncing and the server is killed at a seeded moment'))
-def sync_server_killed(world: Session, device):
-    thread = world.in_background(lambda: world.sync(device))
-    time.sleep(world.seeded_delay(0.2, 1.2))
-    world.server.kill()
-    thread.join(world.profile.action_timeout_s + 5)
+    faults.kill_syncs(world, device, times)
 
 
 @step("the server is killed")
@@ -287,6 +234,69 @@ def server_restarted(world: Session):
 @step(parsers.parse("{seconds:d} seconds pass"))
 def seconds_pass(world: Session, seconds):
     time.sleep(seconds)
+
+
+# -- the coverage matrix (features/fault_matrix.feature, docs/coverage.md) ------------------------
+@step(parsers.re(r'"(?P<device>[^"]+)" uses (?P<mode>manual|background) sync'))
+def uses_mode(world: Session, device, mode):
+    world.use_sync_mode(device, mode)
+
+
+@step(parsers.parse('the rep has records on "{device}" that reached the office: an account with an order, '
+                    'and an account to delete'))
+def synced_targets(world: Session, device):
+    world.synced_targets(device)
+
+
+@step(parsers.re(r'the rep makes one of every kind of write on "(?P<device>[^"]+)"'
+                 r'(?P<killed>, each killed at a seeded moment)?'))
+def every_kind_of_write(world: Session, device, killed):
+    world.every_kind_of_write(device, kill=bool(killed))
+
+
+@step(parsers.parse('"{device}" catches up within {seconds:d} seconds'))
+def catches_up(world: Session, device, seconds):
+    world.catch_up(device, float(seconds))
+
+
+@step(parsers.parse('the answers to "{device}" are held back'))
+def answers_held(world: Session, device):
+    faults.hold_answers(world, device)
+
+
+@step(parsers.parse('the answer that commits the work of "{device}" is cut off by "{cut}"'))
+def answer_cut(world: Session, device, cut):
+    faults.cut_committing_answer(world, device, cut)
+
+
+@step(parsers.parse('the answers to "{device}" flow again'))
+def answers_flow(world: Session, device):
+    faults.answers_flow(world, device)
+
+
+@step(parsers.re(r'the network of "(?P<device>[^"]+)" drops at a seeded moment of a (?P<what>push|pull)'))
+def network_drops(world: Session, device, what):
+    faults.drop_at_seeded_moment(world, device, what)
+
+
+@step(parsers.parse('the server is killed at a seeded moment while "{device}" syncs'))
+def server_killed_mid_sync(world: Session, device):
+    faults.kill_server_at_seeded_moment(world, device)
+
+
+@step(parsers.parse('the background sync of "{device}" is force-quit at a seeded moment'))
+def background_sync_killed(world: Session, device):
+    faults.kill_background_sync(world, device)
+
+
+@step(parsers.parse('the connection of "{device}" stalls'))
+def stalls(world: Session, device):
+    faults.stall(world, device)
+
+
+@step(parsers.parse('"{device}" tries to sync through the stalled connection'))
+def sync_through_stall(world: Session, device):
+    faults.sync_through_stall(world, device)
 
 
 # -- concurrent edits --------------------------------------------------------------------------
@@ -391,52 +401,3 @@ def passes_every_check(world: Session):
     if anomalies:
         lines = [f"{a.check}: {a.message} evidence={json.dumps(a.evidence, default=str)[:600]}" for a in anomalies]
         raise ScenarioFailure(f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}:\n" + "\n".join(lines))
-
-
-# -- reporting hooks: each scenario's verdict for `crm certify` ----------------------------------
-def pytest_bdd_before_scenario(request, feature, scenario):
-    request.node._crm_scenario = scenario.name
-    request.node._crm_feature = feature.name
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.when != "call" and not (report.when == "setup" and report.failed):
-        return
-    folder = item.config.getoption("--results")
-    session = getattr(item, "_crm_session", None)
-    if report.failed and report.when == "call" and session is not None:
-        session.evidence()  # a failed step is explained by the checkers too (docs/levels.md)
-    scenario = getattr(item, "_crm_scenario", item.name)
-    verdict = {
-        "name": scenario,
-        "feature": getattr(item, "_crm_feature", ""),
-        "test": item.nodeid,
-        "passed": report.passed,
-        "duration_s": round(report.duration, 2),
-        "offline_create_refused": session.offline_create_refused if session else None,
-        "anomalies": [a.to_json() for a in session.anomalies] if session else [],
-        "reason": "" if report.passed else _reason(report),
-        "seed": session.seed if session else None,
-    }
-    item._crm_verdict = verdict
-    if folder and session is not None:
-        out = Path(folder)
-        (out / "histories").mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", scenario.lower()).strip("-")[:80]
-        session.history.save(out / "histories" / f"{slug}.jsonl")
-        verdict["history"] = f"histories/{slug}.jsonl"
-        # One write(2) with O_APPEND: parallel workers' verdict lines never interleave.
-        fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(verdict) + "\n").encode())
-        finally:
-            os.close(fd)
-
-
-def _reason(report) -> str:
-    crash = getattr(report.longrepr, "reprcrash", None)
-    text = crash.message if crash is not None else str(report.longrepr)
-    return text.replace("harness.session.ScenarioFailure: ", "")[:2000]

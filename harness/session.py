@@ -30,6 +30,10 @@ from .profile import MissingAction, Profile
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, proxy_url
 
 SKUS = ("SKU-1", "SKU-2", "SKU-3", "CRISPS-24", "COLA-12")
+# Every contract write, in the order a matrix scenario makes them (docs/coverage.md).
+WRITE_ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
+                 "delete_record")
+MODES = ("manual", "background")
 
 
 class ScenarioFailure(AssertionError):
@@ -77,6 +81,11 @@ class Session:
         # Work a step waited for in vain while it was still queued: a ``stuck`` anomaly, so the
         # scenario's failure is explained by a named check even if a later sync delivers it all.
         self.stuck: list[Anomaly] = []
+        # Why the scenario's fault never reached the state it tests (docs/levels.md: inconclusive).
+        self.inconclusive: list[str] = []
+        self.modes: dict[str, str] = {}  # device -> "manual" | "background" sync (matrix scenarios)
+        self.targets: dict[str, str] = {}
+        self.baseline: str | None = None  # the server's state before answers were held back  # synced records the matrix writes edit, extend and delete
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -245,7 +254,7 @@ class Session:
             raise ScenarioFailure(str(exc)) from None
         if kill_after is not None:
             processes.kill_marked(self._marker(name)) if result.outcome == "unknown" else None
-        if action in CREATES or action == "edit_field":
+        if action in WRITE_ACTIONS:
             device.writes.append(result)
         self.last = result
         return result
@@ -268,8 +277,8 @@ class Session:
         return self.act(name, "log_visit", account_id=self._account(),
                         outcome=self.rng.choice(["met the buyer", "left a brochure", "no one in", "reordered"]))
 
-    def take_order(self, name: str) -> ActionResult:
-        return self.act(name, "take_order", account_id=self._account(), sku=self.rng.choice(SKUS),
+    def take_order(self, name: str, *, kill_after: float | None = None) -> ActionResult:
+        return self.act(name, "take_order", kill_after=kill_after, account_id=self._account(), sku=self.rng.choice(SKUS),
                         qty=self.rng.randint(1, 24), price=f"{self.rng.randint(50, 5000) / 100:.2f}")
 
     def write_note(self, name: str) -> ActionResult:
@@ -299,6 +308,112 @@ class Session:
 
     def seeded_delay(self, low: float, high: float) -> float:
         return self.rng.uniform(low, high)
+
+    # -- the coverage matrix: one of every write, manual or background sync -----------------------
+    def use_sync_mode(self, name: str, mode: str) -> None:
+        """Manual: the rep syncs by command. Background: the SUT's background sync does it all."""
+        if mode not in MODES:
+            raise ScenarioFailure(f"sync mode is one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "background":
+            result = self.act(name, "start_background_sync")
+            if not result.ok:
+                raise ScenarioFailure(f"start_background_sync failed on {name}: {result.detail}")
+        self.modes[name] = mode
+
+    def mark_inconclusive(self, why: str) -> None:
+        """The fault did not reach the state the scenario tests: what passes is not evidence."""
+        self.inconclusive.append(why)
+        self.history.append("harness", "fault", "inconclusive", detail=why)
+
+    def synced_targets(self, name: str) -> None:
+        """An account with an order, and a second account, that reached the office: what the
+        matrix's edit, order-line and delete writes work on."""
+        made = {}
+        for key in ("account", "doomed"):
+            result = self.create_account(name)
+            if not (result.ok and isinstance(result.json, dict) and result.json.get("id")):
+                raise ScenarioFailure(f"creating an account on {name} failed: {result.detail}")
+            made[key] = str(result.json["id"])
+        self.account_id = made["account"]
+        order = self.take_order(name)
+        if not (order.ok and isinstance(order.json, dict) and order.json.get("id")):
+            raise ScenarioFailure(f"taking an order on {name} failed: {order.detail}")
+        made["order"] = str(order.json["id"])
+        self.targets = made
+        self.catch_up(name, 60)
+
+    def every_kind_of_write(self, name: str, *, kill: bool = False) -> list[ActionResult]:
+        """One of each contract write: a new account with a visit, an order, a line added to it and
+        a note; an edit of a synced account's city; the delete of another synced account. With
+        ``kill`` each is force-quit at a seeded moment; what a killed create printed no id for is
+        replaced by the synced targets, so every kind of write still runs."""
+        if not self.targets:
+            raise ScenarioFailure("no synced records to edit and delete: a step must create them first")
+        delay = (lambda: self.seeded_delay(0.05, 0.6)) if kill else (lambda: None)
+        results = [self.create_account(name, kill_after=delay())]
+        created = results[0].json.get("id") if results[0].ok and isinstance(results[0].json, dict) else None
+        self.account_id = str(created) if created else self.targets["account"]
+        results.append(self.act(name, "log_visit", kill_after=delay(), account_id=self.account_id,
+                                outcome=self.rng.choice(["met the buyer", "left a brochure", "reordered"])))
+        results.append(self.take_order(name, kill_after=delay()))
+        order = results[-1].json.get("id") if results[-1].ok and isinstance(results[-1].json, dict) else None
+        results.append(self.act(name, "add_order_line", kill_after=delay(), order_id=str(order or self.targets["order"]),
+                                sku=self.rng.choice(SKUS), qty=self.rng.randint(1, 24),
+                                price=f"{self.rng.randint(50, 5000) / 100:.2f}"))
+        results.append(self.act(name, "write_note", kill_after=delay(), account_id=self.account_id,
+                                text=self.faker.sentence(nb_words=8)))
+        results.append(self.act(name, "edit_field", kill_after=delay(), entity="account",
+                                record_id=self.targets["account"], field="city", value=self.faker.city()))
+        results.append(self.act(name, "delete_record", kill_after=delay(), entity="account",
+                                record_id=self.targets["doomed"]))
+        if not kill:
+            refused = [r for r in results if not r.ok]
+            if refused:
+                raise ScenarioFailure(f"{refused[0].action} on {name} was not saved: {refused[0].detail}")
+        elif self.modes.get(name) == "background":
+            self.reopen(name)  # a force-quit also stopped background sync; the reopened app resumes it
+        return results
+
+    def catch_up(self, name: str, bound: float) -> float:
+        """Until the office and ``name`` hold everything any device saved: by ``sync`` commands in
+        manual mode (a rep taps sync until it is done), by themselves in background mode. Seconds
+        taken; past ``bound`` the work still queued is a ``stuck`` anomaly."""
+        start = time.monotonic()
+        manual = self.modes.get(name, "manual") == "manual" and self.profile.has("sync")
+        while True:
+            if manual:
+                self.sync(name)
+            missing = {**self.missing_on_server(), **self.missing_on_device(name)}
+            if not missing:
+                return time.monotonic() - start
+            if time.monotonic() - start > bound:
+                self.stuck.append(Anomaly("stuck", f"{len(missing)} saved record(s) had not reached the server "
+                                          f"and {name} within the scenario's {bound:g} s",
+                                          {"step": "catch_up", "bound_s": bound, "missing": missing}))
+                raise ScenarioFailure(f"after {bound:g} s {len(missing)} saved record(s) were still missing "
+                                      f"on the server or {name}: {missing}")
+            time.sleep(0.2 if manual else 0.5)
+
+    def writes_within(self, name: str, seconds: float) -> None:
+        """A write must not wait on the network: one slower than ``seconds`` is a ``slow_write``
+        anomaly (a timing bound of the contract, re-run before it counts; docs/levels.md)."""
+        slow = [(w.action, round(w.duration, 2)) for w in self.device(name).writes if w.duration > seconds]
+        if slow:
+            self.stuck.append(Anomaly("slow_write", f"{len(slow)} write(s) on {name} took longer than {seconds:g} s",
+                                      {"step": "writes_within", "bound_s": seconds, "writes": slow}))
+            raise ScenarioFailure(f"writes on {name} waited on the network: {slow}")
+
+    def missing_on_device(self, name: str) -> dict[str, str]:
+        """Saved records (of any device) that ``name``'s export lacks, read without recording."""
+        driver = self.device(name).driver
+        values = {**self.profile.base_values, **driver._runner.context}
+        done = processes.run(self.profile.action("export").render(**values),
+                             env={**self.profile.environ(), **driver.env}, timeout=self.profile.action_timeout_s)
+        state, _ = parse_json(done.stdout)
+        state = state if isinstance(state, dict) else {}
+        present = {str(r.get("id")) for entity in CREATES.values() for r in state.get(entity, []) or []
+                   if isinstance(r, dict)}
+        return {rid: entity for rid, entity in self.saved_ids().items() if rid not in present}
 
     # -- what the office sees ------------------------------------------------------------------
     def server_state(self) -> dict[str, Any]:

@@ -45,9 +45,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from _util import crm_command, write_result  # noqa: E402
 
-from crm import Device  # noqa: E402
-from crm.device import Change, new_id  # noqa: E402
+from crm import Change, Device  # noqa: E402
 from crm.domain import validate_create  # noqa: E402
+from crm.ids import new_id  # noqa: E402
 from crm.server import ServerStore  # noqa: E402
 from crm.sync import PULL_PAGE, SyncClient, pull_changes, push_outbox  # noqa: E402
 

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crm import Device  # noqa: E402
-from crm.device import Change, new_id  # noqa: E402
+from crm import Change, Device  # noqa: E402
+from crm.ids import new_id  # noqa: E402
 from crm.sync import client_for, pull_changes, push_outbox, sync_once  # noqa: E402
 from tests.support import running_server  # noqa: E402
 

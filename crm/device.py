@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from . import hlc as clocks
 from . import merge
 from .domain import (
     DELETED,
-    ENTITY_ORDER,
     LINE_PREFIX,
     MAX_ORDER_LINES,
     STATUS_RANK,
@@ -33,17 +31,13 @@ from .domain import (
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock, ServerTime
-from .ids import uuid7
+from .ids import new_id
 from .merge import Record
-from .ops import Op, dumps, loads, op_from_wire, op_to_json
+from .ops import Op, loads, op_from_wire, op_to_json
+from .records import export_state, meta_column, present, record_from_row, row_of, row_of_create
 from .store import Store, meta_error, meta_problem, sqlite_errors
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
-PARENT_FIELD = {name: entity_spec(name).parent for name in ENTITY_ORDER}
-
-
-def new_id() -> str:
-    return str(uuid7())
 
 
 @dataclass(frozen=True)
@@ -56,41 +50,6 @@ class Change:
     base: dict[str, list[str]]
     kind: str
     ikey: str | None = None
-
-
-def record_from_row(entity: str, rid: str, data: str, meta: str) -> Record:
-    values = loads(data)
-    return Record(entity, rid, values, merge.unpack_meta(values, loads(meta)))
-
-
-def meta_column(rec: Record) -> str:
-    """The record's merge metadata as stored (compact; see merge.pack_meta)."""
-    return dumps(merge.pack_meta(rec.values, rec.meta))
-
-
-def present(rec: Record) -> dict[str, Any]:
-    """A record as users and exports see it: id, then its fields; no merge bookkeeping.
-
-    An order's ``line:<id>`` fields become a ``lines`` list sorted by line id, with its total.
-    """
-    out: dict[str, Any] = {"id": rec.id}
-    lines = []
-    for name, value in rec.values.items():
-        if name == DELETED:
-            continue
-        if name.startswith(LINE_PREFIX):
-            if value is not None:
-                lines.append({"id": name[len(LINE_PREFIX):], **value})
-        else:
-            out[name] = value
-    if rec.entity == "order":
-        lines.sort(key=lambda line: line["id"])
-        out["lines"] = lines
-        total = sum((Decimal(line["unit_price"]) * line["quantity"] for line in lines), Decimal(0))
-        out["total"] = format(total.quantize(Decimal("0.01")), "f")
-    if rec.deleted:
-        out["deleted"] = True
-    return out
 
 
 class Device:
@@ -227,13 +186,6 @@ class Device:
         "deleted = excluded.deleted, conflicts = excluded.conflicts, "
         "ikey = coalesce(excluded.ikey, records.ikey)")
 
-    @staticmethod
-    def _record_row(rec: Record, ikey: str | None = None) -> tuple[Any, ...]:
-        parent_field = PARENT_FIELD.get(rec.entity)
-        return (rec.entity, rec.id, dumps(rec.values), meta_column(rec),
-                rec.values.get(parent_field) if parent_field else None,
-                1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
-
     def _write_changes(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> list[Op]:
         """Turn changes into ops, apply them and queue them, inside the caller's transaction."""
         clock = self._clock(conn)
@@ -248,7 +200,7 @@ class Device:
                     kind=change.kind)
             key = (op.entity, op.record_id)
             if change.kind == "create" and key not in touched:
-                fresh_rows.append(self._fresh_row(op, change.ikey))
+                fresh_rows.append((*row_of_create(op), change.ikey))
             else:
                 if key in touched:
                     before, ikey = touched[key]
@@ -257,20 +209,12 @@ class Device:
                 touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
-        conn.executemany(self._UPSERT_RECORD, fresh_rows + [self._record_row(rec, ikey)
+        conn.executemany(self._UPSERT_RECORD, fresh_rows + [(*row_of(rec), ikey)
                                                             for rec, ikey in touched.values()])
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
         self._save_clock(conn, clock)
         return ops
-
-    @staticmethod
-    def _fresh_row(op: Op, ikey: str | None) -> tuple[Any, ...]:
-        """The row of a record that exists only through its create op (what merge.apply_op on
-        nothing, then merge.pack_meta, would give: every field won by this op, no conflicts)."""
-        parent_field = PARENT_FIELD.get(op.entity)
-        return (op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}),
-                op.fields.get(parent_field) if parent_field else None, 0, 0, ikey)
 
     def _check_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> None:
         for f in entity_spec(entity).fields:
@@ -652,11 +596,11 @@ class Device:
             for op in foreign:
                 if op.kind == "create" and touches[(op.entity, op.record_id)] == 1 \
                         and (op.entity, op.record_id) not in stored:
-                    rows.append(self._fresh_row(op, None))
+                    rows.append((*row_of_create(op), None))
                 else:
                     merged.append(op)
             changed = merge.apply_all(lambda entity, rid: stored.get((entity, rid)), merged)
-            rows += [self._record_row(rec) for rec in changed.values()]
+            rows += [(*row_of(rec), None) for rec in changed.values()]
             conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, "pull_cursor", cursor)
@@ -677,24 +621,3 @@ class Device:
                 # the server's clock minus this device's when last learnt (ms; null before a sync)
                 "clock_offset_ms": server.server_ms - server.wall_ms if server else None}
 
-
-def export_state(rows_for: Callable[[str], Iterable[tuple[str, str, str]]]) -> dict[str, Any]:
-    """Canonical export from ``rows_for(entity)`` -> (id, data, meta) rows sorted by id.
-
-    The device and the server both export through this, so equal state gives equal bytes.
-    """
-    out: dict[str, Any] = {"format": "crm-export/1"}
-    conflicts: list[dict[str, Any]] = []
-    for entity in ENTITY_ORDER:
-        records = []
-        for rid, data, meta in rows_for(entity):
-            rec = record_from_row(entity, rid, data, meta)
-            conflicts.extend(c.to_json() for c in merge.conflicts(rec))
-            records.append(present(rec))
-        out[entity] = records
-    out["conflicts"] = sorted(conflicts, key=lambda c: c["id"])
-    return out
-
-
-def canonical_json(state: dict[str, Any]) -> str:
-    return json.dumps(state, sort_keys=True, ensure_ascii=False, indent=2) + "\n"

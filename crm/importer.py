@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from . import merge
-from .device import Change, Device, new_id, record_from_row
+from .device import Change, Device
 from .domain import entity as entity_spec
 from .domain import validate_create
 from .errors import CrmError, ImportFileError, InterruptedError_, ValidationError
+from .ids import new_id
 from .merge import Record
 from .ops import dumps
+from .records import record_from_row
 
 IMPORTABLE = {"accounts": "account", "account": "account", "contacts": "contact", "contact": "contact"}
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}

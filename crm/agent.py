@@ -173,12 +173,12 @@ def run(home: Path, *, stop: threading.Event | None = None,
     publish()
     try:
         while not stop.is_set():
-            version = device.store.conn.execute("PRAGMA data_version").fetchone()[0]
+            version = device.data_version()
             local_change = seen_version is not None and version != seen_version
             seen_version = version
             now = time.monotonic()
             if now >= next_sync or (local_change and info["state"] == "synced"):
-                key = (device.setting("server_url"), device.setting("token"))
+                key = device.credentials()
                 try:
                     if client is None or key != client_key:
                         if client is not None:
@@ -208,7 +208,7 @@ def run(home: Path, *, stop: threading.Event | None = None,
                     delay = backoff.next_delay()
                     publish(state="error", last_error=exc.message, retry_in_s=round(delay, 2))
                     next_sync = time.monotonic() + delay
-                seen_version = device.store.conn.execute("PRAGMA data_version").fetchone()[0]
+                seen_version = device.data_version()
             stop.wait(poll)
     finally:
         publish(state="stopped")

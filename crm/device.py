@@ -570,9 +570,11 @@ class Device:
             conn.execute("UPDATE records SET meta = ? WHERE entity = ? AND id = ?", (meta_column(rec), entity, rid))
 
     def count_attempt(self, op_ids: list[str]) -> None:
+        """One more attempt to send each of ``op_ids`` (``crm outbox`` shows the count): counted
+        before the push, so an attempt whose answer never comes counts too."""
         with self.store.write() as conn:
-            conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE op_id = ?",
-                             [(op_id,) for op_id in op_ids])
+            conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE op_id IN (SELECT value FROM json_each(?))",
+                         (json.dumps(op_ids),))
 
     # -- continuity: the server restored, this home restored or copied (docs/sync-protocol.md) ---
     def continuity(self) -> tuple[str | None, str | None]:

@@ -246,6 +246,7 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) 
     stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead)."""
     sent = dict(rows)
     witness, known = device.continuity()
+    device.count_attempt(list(sent))
     try:
         answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
     except BatchRefused as refusal:

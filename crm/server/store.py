@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import merge
-from ..admission import CLOCK_AHEAD, ClockAhead, admit
+from ..admission import CLOCK_AHEAD, ClockAhead, InvalidOp, admit, parse
 from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
 from ..ids import new_id
 from ..merge import Record
-from ..ops import Op, OpFormatError, op_from_wire, op_to_json
+from ..ops import Op, OpFormatError, op_to_json
 from ..records import StoredRecord, export_state, present, record_from_row, row_of, row_of_create
 from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
 
@@ -431,10 +431,18 @@ class ServerStore:
             else:
                 op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
             try:
-                op = raw if isinstance(raw, Op) else op_from_wire(raw)
+                op = raw if isinstance(raw, Op) else parse(raw, now=now)  # the schema step, once per op
                 admit(op, from_device=True, now=now)
             except ClockAhead as exc:
                 ahead[op.op_id] = str(exc)
+                continue
+            except InvalidOp as exc:
+                if exc.code == CLOCK_AHEAD and exc.op_id is not None:  # a year ahead: re-stamped like any
+                    ahead[exc.op_id] = str(exc)
+                    continue
+                if op_id is None:
+                    raise ValidationError(f"unusable op in batch: {exc}") from None
+                rejected.append((op_id, str(exc)))
                 continue
             except (OpFormatError, CrmError) as exc:
                 if op_id is None:

@@ -3,7 +3,7 @@ its changes cost, not what its database holds.
 
 Two devices side by side: one empty, one with 1,000,000 accounts, each with a real
 `crm server serve` process (SQLite) of its own. The big one is built through the device's write
-path (Device._write_changes, 20,000 records per transaction) and then really synced: its server
+path (Device.write, 20,000 records per transaction) and then really synced: its server
 holds the 1,000,000 records too. Both are real crm.Device stores (WAL, synchronous=FULL).
 
 * Single write latency: the median of 300 ``Device.create("account", ...)`` calls and of 300
@@ -31,9 +31,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from _util import crm_command, write_result  # noqa: E402
 
-from crm import Device  # noqa: E402
-from crm.device import Change, new_id  # noqa: E402
+from crm import Change, Device  # noqa: E402
 from crm.domain import validate_create  # noqa: E402
+from crm.ids import new_id  # noqa: E402
 from crm.server import ServerStore  # noqa: E402
 from crm.sync import SyncClient, sync_once  # noqa: E402
 
@@ -51,8 +51,7 @@ def fill(device: Device, records: int) -> list[str]:
     ids = []
     for start in range(0, records, BATCH):
         changes = [Change("account", new_id(), account(n), {}, "create") for n in range(start, min(records, start + BATCH))]
-        with device.store.write() as conn:
-            device._write_changes(conn, changes)
+        device.write(changes)
         ids += [c.record_id for c in changes]
     return ids
 

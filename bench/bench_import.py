@@ -65,7 +65,8 @@ def engine(path: Path, home: Path) -> dict:
     report = import_file(device, "accounts", path, batch_size=BATCH,
                          progress=lambda done, total: commits.append(time.perf_counter()))
     elapsed = time.perf_counter() - start
-    records = device.store.conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    with device.snapshot() as conn:
+        records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
     device.close()
     store_bytes = sum(p.stat().st_size for p in home.iterdir() if p.name.startswith("crm.sqlite3"))
     return {"seconds": elapsed, "first_commit_s": commits[0] - start, "created": report.created,

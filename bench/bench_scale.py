@@ -6,7 +6,7 @@ stateless server allows.
 The devices are simulated in this process, one thread each. They push with the real code: a
 crm.Device (its own SQLite store, WAL, synchronous=FULL) and push_outbox of crm/sync.py over HTTP
 on loopback. Each device's queue is 100 ops: 60 account creates, 20 visits and 10 notes (written in
-one transaction through Device._write_changes, the write path) and 10 edits of its accounts
+one transaction through Device.write, the write path) and 10 edits of its accounts
 (Device.edit, one transaction each). All devices are released at once; each then syncs as
 `crm sync` does: push the outbox, then pull every page from its cursor. The pull pages are fetched
 and parsed by the real client (SyncClient.pull) but not merged into the device's store: merging is
@@ -45,9 +45,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from _util import crm_command, write_result  # noqa: E402
 
-from crm import Device  # noqa: E402
-from crm.device import Change, new_id  # noqa: E402
+from crm import Change, Device  # noqa: E402
 from crm.domain import validate_create  # noqa: E402
+from crm.ids import new_id  # noqa: E402
 from crm.server import ServerStore  # noqa: E402
 from crm.sync import PULL_PAGE, SyncClient, pull_changes, push_outbox  # noqa: E402
 
@@ -75,8 +75,7 @@ def queue_ops(device: Device, i: int, ops: int) -> list[str]:
     for n in range(notes):
         changes.append(Change("note", new_id(), validate_create("note", {
             "account": account_ids[n % accounts], "text": f"note {n} of rep {i}", "rep": f"rep-{i}"}), {}, "create"))
-    with device.store.write() as conn:
-        device._write_changes(conn, changes)
+    device.write(changes)
     for n in range(edits):
         device.edit("account", account_ids[n % accounts], {"city": f"Edited {n}"})
     return [c.record_id for c in changes]

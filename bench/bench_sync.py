@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crm import Device  # noqa: E402
-from crm.device import Change, new_id  # noqa: E402
+from crm import Change, Device  # noqa: E402
+from crm.ids import new_id  # noqa: E402
 from crm.sync import client_for, pull_changes, push_outbox, sync_once  # noqa: E402
 from tests.support import running_server  # noqa: E402
 
@@ -33,27 +33,26 @@ def queue_accounts(device: Device, n: int) -> None:
     done = 0
     while done < n:
         size = min(1000, n - done)
-        with device.store.write() as conn:
-            device._write_changes(conn, [
-                Change("account", new_id(), {"name": f"Account {i}", "city": CITIES[i % 8],
-                                             "phone": f"+1-555-{i:07d}", "email": f"contact{i}@example.com",
-                                             "owner": "bench"}, {}, "create")
-                for i in range(done, done + size)])
+        device.write([
+            Change("account", new_id(), {"name": f"Account {i}", "city": CITIES[i % 8],
+                                         "phone": f"+1-555-{i:07d}", "email": f"contact{i}@example.com",
+                                         "owner": "bench"}, {}, "create")
+            for i in range(done, done + size)])
         done += size
 
 
 def trial(n: int, workdir: Path) -> dict:
     with running_server(workdir / f"server-{n}") as server:
         token = server.add_rep("bench", "rep")
-        settings = {"server_url": server.url, "token": token}
-        source = Device.init(workdir / f"src-{n}", rep="rep", settings=settings)
+        login = {"server_url": server.url, "token": token}
+        source = Device.init(workdir / f"src-{n}", rep="rep", **login)
         queue_accounts(source, n)
         with client_for(source) as client:
             t0 = time.perf_counter()
             pushed, _ = push_outbox(source, client)
             push_s = time.perf_counter() - t0
         assert pushed == n and source.outbox()["pending"] == 0
-        fresh = Device.init(workdir / f"fresh-{n}", rep="rep2", settings=settings)
+        fresh = Device.init(workdir / f"fresh-{n}", rep="rep2", **login)
         with client_for(fresh) as client:
             t0 = time.perf_counter()
             pulled, applied = pull_changes(fresh, client)
@@ -64,7 +63,7 @@ def trial(n: int, workdir: Path) -> dict:
                 t0 = time.perf_counter()
                 sync_once(fresh, client=client)
                 idle.append(time.perf_counter() - t0)
-        with fresh.store.read() as conn:
+        with fresh.snapshot() as conn:
             assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == n
         return {"n": n, "push_s": push_s, "push_ops_per_s": n / push_s, "pull_s": pull_s,
                 "pull_ops_per_s": n / pull_s, "idle_sync_ms_median": statistics.median(idle) * 1000}

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         device = Device.init(Path(tmp) / "home", rep="Bench")
-        sync_mode = device.store.conn.execute("PRAGMA synchronous").fetchone()[0]
+        with device.snapshot() as conn:
+            sync_mode = conn.execute("PRAGMA synchronous").fetchone()[0]
         assert sync_mode == 2, "the engine must write with synchronous=FULL"
         account = device.create("account", {"name": "Doorway Deli"})["id"]
         bare = bare_table(Path(tmp) / "bare.sqlite3")

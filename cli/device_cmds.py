@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Json, Token, TokenFile, fields, home, invalid, open_device, read_token, sub_app
+from cli.common import Json, Token, TokenFile, home, invalid, open_device, read_token, sub_app
 from cli.output import emit, message
 
 # -- init -------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def init(
 
     path = home(ctx)
     token = read_token(token, token_file)
-    device = Device.init(path, rep=rep, settings=fields(server_url=server, token=token))
+    device = Device.init(path, rep=rep, server_url=server, token=token)
     result = {"id": device.device_id, "rep": device.rep, "home": str(path)}
     device.close()
     if device.replaced:

@@ -45,7 +45,7 @@ def login(
         raise UsageError("give the device token: --token-file FILE, --token - to read it from stdin, or the "
                          "CRM_TOKEN environment variable")
     with open_device(ctx) as device:
-        device.set_settings({"server_url": server.rstrip("/"), "token": token})
+        device.login(server.rstrip("/"), token)
         output.emit({"id": device.device_id, "server": server.rstrip("/")}, as_json=as_json,
                     text=f"device {device.device_id} now syncs with {server}")
 
@@ -134,7 +134,7 @@ def agent_start(ctx: typer.Context, as_json: Json = False) -> None:
     from crm.agent import start_detached
 
     with open_device(ctx, reopen_agent=False) as device:
-        device.set_settings({"autosync": "1"})
+        device.set_autosync(True)
     pid = start_detached(home(ctx))
     output.emit({"running": True, "pid": pid}, as_json=as_json, text=f"sync agent running (pid {pid})")
 
@@ -145,7 +145,7 @@ def agent_stop(ctx: typer.Context, as_json: Json = False) -> None:
     from crm.agent import stop_detached
 
     with open_device(ctx, reopen_agent=False) as device:
-        device.set_settings({"autosync": "0"})
+        device.set_autosync(False)
     stopped = stop_detached(home(ctx))
     output.emit({"running": False, "stopped": stopped}, as_json=as_json,
                 text="sync agent stopped" if stopped else "sync agent was not running")

@@ -4,7 +4,7 @@ The public surface is small; everything else is private to its module. Sync (htt
 server (Starlette) live in submodules that load only when used, so local commands stay fast.
 """
 
-from .device import Device, canonical_json
+from .device import Change, Device
 from .errors import (
     AuthRefusedError,
     CrmError,
@@ -20,11 +20,13 @@ from .errors import (
     StoreMissingError,
     ValidationError,
 )
+from .records import canonical_json
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthRefusedError",
+    "Change",
     "CrmError",
     "Device",
     "ImportFileError",

@@ -131,7 +131,10 @@ def _canonical(entity: str, f: Field, value: Any) -> None:
 
 
 def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
-    """Raise ValidationError saying why ``op`` must not be applied; return if it may."""
+    """Raise ValidationError saying why ``op`` must not be applied; return if it may.
+
+    ``op`` is one ``parse`` accepted: what parse checked (ids, entity, field and base names, value
+    types) is not checked again here."""
     spec = entity_spec(op.entity)
     if from_device and not spec.device_writable:
         raise ValidationError(f"{op.entity} records are managed by the server")
@@ -139,11 +142,6 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
     if ahead > MAX_AHEAD_MS:
         raise ClockAhead(f"op clock stamp {op.hlc} is {_duration(ahead)} ahead of the server's clock (at most "
                          f"{_duration(MAX_AHEAD_MS)}): the device's clock is wrong; it re-stamps the op")
-    if len(op.record_id) > 64:
-        raise ValidationError("record id longer than 64 characters")
-    for name in op.base:
-        if name != DELETED:
-            spec.field(name)
     fields = op.fields
     if op.kind == "create":
         if op.base:

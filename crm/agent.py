@@ -4,6 +4,9 @@ unreachable, and catches up by itself when the network returns.
 One agent per home, enforced by an exclusive lock on ``agent.pid`` (a lock dies with its
 process, so a force-quit never leaves a stale "running" agent). Its state is written
 atomically to ``agent.json`` for ``crm status``.
+
+``crm agent start`` runs it as its own process, ``python -m crm.agent --home DIR``: the engine
+alone, so a background process neither pays for nor depends on the command line.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from .errors import (
     StateError,
     StoreLockedError,
 )
+
+__all__ = ["Backoff", "agent_pid", "ensure_running", "main", "read_state", "run", "start_detached",
+           "stop_detached"]
 
 PID_FILE = "agent.pid"
 STATE_FILE = "agent.json"
@@ -173,12 +179,12 @@ def run(home: Path, *, stop: threading.Event | None = None,
     publish()
     try:
         while not stop.is_set():
-            version = device.store.conn.execute("PRAGMA data_version").fetchone()[0]
+            version = device.data_version()
             local_change = seen_version is not None and version != seen_version
             seen_version = version
             now = time.monotonic()
             if now >= next_sync or (local_change and info["state"] == "synced"):
-                key = (device.setting("server_url"), device.setting("token"))
+                key = device.credentials()
                 try:
                     if client is None or key != client_key:
                         if client is not None:
@@ -213,7 +219,7 @@ def run(home: Path, *, stop: threading.Event | None = None,
                     delay = backoff.next_delay()
                     publish(state="error", last_error=exc.message, retry_in_s=round(delay, 2))
                     next_sync = time.monotonic() + delay
-                seen_version = device.store.conn.execute("PRAGMA data_version").fetchone()[0]
+                seen_version = device.data_version()
             stop.wait(poll)
     finally:
         publish(state="stopped")
@@ -225,14 +231,14 @@ def run(home: Path, *, stop: threading.Event | None = None,
 
 
 def start_detached(home: Path, *, wait: bool = True) -> int:
-    """Start ``crm agent run`` in its own session; returns its pid once it holds the lock
-    (or at once with ``wait=False``)."""
+    """Start the agent (``python -m crm.agent``) in its own session; returns its pid once it holds
+    the lock (or at once with ``wait=False``)."""
     home = Path(home)
     running = agent_pid(home)
     if running:
         return running
     log = os.fdopen(_private(home / LOG_FILE, os.O_WRONLY | os.O_APPEND), "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--home", str(home), "agent", "run"],
+    proc = subprocess.Popen([sys.executable, "-m", "crm.agent", "--home", str(home)],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                             close_fds=True)
     log.close()
@@ -276,3 +282,27 @@ def ensure_running(home: Path) -> int | None:
     if agent_pid(home):
         return None
     return start_detached(home, wait=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crm.agent --home DIR``: ``run`` until SIGTERM; a failure is one line on stderr
+    (the agent's log) and its exit code (docs/exit-codes.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m crm.agent", description="The background sync agent.")
+    parser.add_argument("--home", type=Path, default=os.environ.get("CRM_HOME") or None,
+                        help="the directory holding the store (default: $CRM_HOME)")
+    args = parser.parse_args(argv)
+    if args.home is None:
+        parser.error("give --home DIR (or set CRM_HOME)")
+    try:
+        return run(args.home)
+    except CrmError as exc:
+        sys.stderr.write(f"crm agent: {exc.message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from . import hlc as clocks
 from . import merge
 from .domain import (
     DELETED,
-    ENTITY_ORDER,
     LINE_PREFIX,
     MAX_ORDER_LINES,
     STATUS_RANK,
@@ -33,17 +32,15 @@ from .domain import (
 )
 from .errors import NotFoundError, StateError, ValidationError
 from .hlc import HybridClock, ServerTime
-from .ids import uuid7
+from .ids import new_id
 from .merge import Record
-from .ops import Op, dumps, loads, op_from_wire, op_to_json
-from .store import Store, meta_error, meta_problem, sqlite_errors
+from .ops import Op, loads, op_from_wire, op_to_json
+from .records import export_state, meta_column, present, record_from_row, row_of, row_of_create
+from .store import MetaKey, Store, meta_error, meta_problem, sqlite_errors
+
+__all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
-PARENT_FIELD = {name: entity_spec(name).parent for name in ENTITY_ORDER}
-
-
-def new_id() -> str:
-    return str(uuid7())
 
 
 @dataclass(frozen=True)
@@ -56,41 +53,6 @@ class Change:
     base: dict[str, list[str]]
     kind: str
     ikey: str | None = None
-
-
-def record_from_row(entity: str, rid: str, data: str, meta: str) -> Record:
-    values = loads(data)
-    return Record(entity, rid, values, merge.unpack_meta(values, loads(meta)))
-
-
-def meta_column(rec: Record) -> str:
-    """The record's merge metadata as stored (compact; see merge.pack_meta)."""
-    return dumps(merge.pack_meta(rec.values, rec.meta))
-
-
-def present(rec: Record) -> dict[str, Any]:
-    """A record as users and exports see it: id, then its fields; no merge bookkeeping.
-
-    An order's ``line:<id>`` fields become a ``lines`` list sorted by line id, with its total.
-    """
-    out: dict[str, Any] = {"id": rec.id}
-    lines = []
-    for name, value in rec.values.items():
-        if name == DELETED:
-            continue
-        if name.startswith(LINE_PREFIX):
-            if value is not None:
-                lines.append({"id": name[len(LINE_PREFIX):], **value})
-        else:
-            out[name] = value
-    if rec.entity == "order":
-        lines.sort(key=lambda line: line["id"])
-        out["lines"] = lines
-        total = sum((Decimal(line["unit_price"]) * line["quantity"] for line in lines), Decimal(0))
-        out["total"] = format(total.quantize(Decimal("0.01")), "f")
-    if rec.deleted:
-        out["deleted"] = True
-    return out
 
 
 class Device:
@@ -107,21 +69,25 @@ class Device:
         except BaseException:
             store.close()
             raise
-        self.device_id: str = meta["device_id"]
-        self.rep: str = meta["rep"]
+        self.device_id: str = meta[MetaKey.DEVICE_ID]
+        self.rep: str = meta[MetaKey.REP]
         # Background sync switched on (`crm agent start`): reopening the app restarts it.
-        self.autosync: bool = meta.get("autosync") == "1"
+        self.autosync: bool = meta.get(MetaKey.AUTOSYNC) == "1"
         self.replaced: str | None = None  # set by ``init``: why an unfinished store was replaced
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def init(cls, home: Path, *, rep: str, device_id: str | None = None,
-             settings: dict[str, str] | None = None) -> Device:
+    def init(cls, home: Path, *, rep: str, device_id: str | None = None, server_url: str | None = None,
+             token: str | None = None, settings: dict[str, str] | None = None) -> Device:
+        """A new store at ``home``; ``server_url`` and ``token`` as ``login`` would set them."""
         rep = (rep or "").strip()
         if not rep or len(rep) > 100:
             raise ValidationError("rep: give the rep's name (1 to 100 characters)")
+        login = {key: value for key, value in ((MetaKey.SERVER_URL, server_url), (MetaKey.TOKEN, token))
+                 if value is not None}
         # the store is created with its meta rows in place: it exists complete or not at all
-        meta = {**(settings or {}), "device_id": device_id or new_id(), "rep": rep, "hlc": "0.0"}
+        meta = {**(settings or {}), **login, MetaKey.DEVICE_ID: device_id or new_id(), MetaKey.REP: rep,
+                MetaKey.CLOCK: "0.0"}
         problem = meta_problem(meta)
         if problem:
             raise ValidationError(f"cannot create a store: {problem}")
@@ -137,13 +103,48 @@ class Device:
     def close(self) -> None:
         self.store.close()
 
+    @property
+    def home(self) -> Path:
+        return self.store.path.parent
+
     def setting(self, key: str, default: str | None = None) -> str | None:
+        """A meta row's value (``key``: a ``MetaKey``)."""
         return self.store.get_meta(key, default)
 
     def set_settings(self, values: dict[str, str]) -> None:
+        """Set meta rows (keys: ``MetaKey``) in one transaction."""
         with self.store.write() as conn:
             for key, value in values.items():
                 self.store.set_meta(conn, key, value)
+
+    def login(self, server_url: str, token: str) -> None:
+        """Sync with ``server_url`` from now on, presenting ``token``; queued changes are kept."""
+        self.set_settings({MetaKey.SERVER_URL: server_url, MetaKey.TOKEN: token})
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(server URL, token) as ``login`` set them; None where not set."""
+        return self.setting(MetaKey.SERVER_URL), self.setting(MetaKey.TOKEN)
+
+    def set_autosync(self, on: bool) -> None:
+        """Switch background sync on or off; when on, reopening the app restarts a force-quit agent."""
+        self.set_settings({MetaKey.AUTOSYNC: "1" if on else "0"})
+        self.autosync = on
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the store: how the agent
+        notices a local write without reading any table."""
+        with sqlite_errors(self.store.path):
+            return self.store.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- transactions for callers that write many records at once (the importer, benchmarks) ----
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One atomic write: everything written through the connection, ``write`` included,
+        commits together or not at all."""
+        return self.store.write()
+
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A consistent read of the store, for queries the engine has no method for."""
+        return self.store.read()
 
     # -- reading -------------------------------------------------------------------------------
     def _load(self, conn: sqlite3.Connection, entity: str, rid: str) -> Record | None:
@@ -211,14 +212,15 @@ class Device:
     # -- the one write path --------------------------------------------------------------------
     def _clock(self, conn: sqlite3.Connection) -> HybridClock:
         """The clock as saved, capped near the server's clock as last learnt (``server_time``)."""
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('hlc', 'server_time')"))
-        wall, counter = meta["hlc"].split(".")
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                                 (MetaKey.CLOCK, MetaKey.SERVER_TIME)))
+        wall, counter = meta[MetaKey.CLOCK].split(".")
         return HybridClock(device=self.device_id, state=(int(wall), int(counter)),
-                           server=ServerTime.parse(meta.get("server_time")))
+                           server=ServerTime.parse(meta.get(MetaKey.SERVER_TIME)))
 
     def _save_clock(self, conn: sqlite3.Connection, clock: HybridClock) -> None:
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'hlc'",
-                     (f"{clock.state[0]}.{clock.state[1]}",))
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?",
+                     (f"{clock.state[0]}.{clock.state[1]}", MetaKey.CLOCK))
 
     _UPSERT_RECORD = (
         "INSERT INTO records (entity, id, data, meta, parent, deleted, conflicts, ikey) "
@@ -227,15 +229,13 @@ class Device:
         "deleted = excluded.deleted, conflicts = excluded.conflicts, "
         "ikey = coalesce(excluded.ikey, records.ikey)")
 
-    @staticmethod
-    def _record_row(rec: Record, ikey: str | None = None) -> tuple[Any, ...]:
-        parent_field = PARENT_FIELD.get(rec.entity)
-        return (rec.entity, rec.id, dumps(rec.values), meta_column(rec),
-                rec.values.get(parent_field) if parent_field else None,
-                1 if rec.deleted else 0, merge.conflict_count(rec), ikey)
-
-    def _write_changes(self, conn: sqlite3.Connection, changes: Iterable[Change]) -> list[Op]:
-        """Turn changes into ops, apply them and queue them, inside the caller's transaction."""
+    def write(self, changes: Iterable[Change], conn: sqlite3.Connection | None = None) -> list[Op]:
+        """Turn changes into ops, apply them to their records and queue them: inside the caller's
+        transaction (``conn`` from ``transaction()``), else in one of its own. The write path of
+        every local change; it validates nothing (callers validate first)."""
+        if conn is None:
+            with self.transaction() as conn:
+                return self.write(changes, conn)
         clock = self._clock(conn)
         ops: list[Op] = []
         outbox_rows = []
@@ -248,7 +248,7 @@ class Device:
                     kind=change.kind)
             key = (op.entity, op.record_id)
             if change.kind == "create" and key not in touched:
-                fresh_rows.append(self._fresh_row(op, change.ikey))
+                fresh_rows.append((*row_of_create(op), change.ikey))
             else:
                 if key in touched:
                     before, ikey = touched[key]
@@ -257,20 +257,12 @@ class Device:
                 touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
-        conn.executemany(self._UPSERT_RECORD, fresh_rows + [self._record_row(rec, ikey)
+        conn.executemany(self._UPSERT_RECORD, fresh_rows + [(*row_of(rec), ikey)
                                                             for rec, ikey in touched.values()])
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
         self._save_clock(conn, clock)
         return ops
-
-    @staticmethod
-    def _fresh_row(op: Op, ikey: str | None) -> tuple[Any, ...]:
-        """The row of a record that exists only through its create op (what merge.apply_op on
-        nothing, then merge.pack_meta, would give: every field won by this op, no conflicts)."""
-        parent_field = PARENT_FIELD.get(op.entity)
-        return (op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}),
-                op.fields.get(parent_field) if parent_field else None, 0, 0, ikey)
 
     def _check_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> None:
         for f in entity_spec(entity).fields:
@@ -282,14 +274,15 @@ class Device:
         spec = entity_spec(entity)
         if not spec.device_writable:
             raise ValidationError(f"{entity} records come from the server and cannot be created here")
-        values = validate_create(entity, self._with_rep(entity, fields))
+        values = validate_create(entity, self.with_rep(entity, fields))
         with self.store.write() as conn:
             self._check_refs(conn, entity, values)
             rid = new_id()
-            self._write_changes(conn, [Change(entity, rid, values, {}, "create")])
+            self.write([Change(entity, rid, values, {}, "create")], conn)
         return {"id": rid, **values}
 
-    def _with_rep(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def with_rep(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` with this device's rep as the record's owner (or rep) when none is given."""
         names = entity_spec(entity).field_names
         key = "owner" if "owner" in names else "rep" if "rep" in names else None
         if key and fields.get(key) in (None, ""):
@@ -311,7 +304,7 @@ class Device:
             if entity == "order" and any(name.startswith(LINE_PREFIX) for name in values):
                 self._require_draft(conn, rec.id)
             base = {name: merge.edit_base(rec, name) for name in values}
-            self._write_changes(conn, [Change(entity, rec.id, values, base, "update")])
+            self.write([Change(entity, rec.id, values, base, "update")], conn)
         return self.get(entity, rec.id)
 
     def delete(self, entity: str, rid: str) -> dict[str, Any]:
@@ -320,8 +313,7 @@ class Device:
             raise ValidationError(f"{entity} records cannot be deleted")
         with self.store.write() as conn:
             rec = self._require(conn, entity, rid)
-            self._write_changes(conn, [Change(entity, rec.id, {DELETED: True},
-                                              merge.delete_base(rec), "delete")])
+            self.write([Change(entity, rec.id, {DELETED: True}, merge.delete_base(rec), "delete")], conn)
         return {"id": rec.id, "deleted": True}
 
     # -- the field workflow --------------------------------------------------------------------
@@ -348,14 +340,14 @@ class Device:
         if len(lines) > MAX_LINES_PER_ORDER:
             raise ValidationError(f"an order takes at most {MAX_LINES_PER_ORDER} lines at once; "
                                   "add more with `crm order add-line`")
-        values = validate_create("order", {**self._with_rep("order", fields), "status": "draft"})
+        values = validate_create("order", {**self.with_rep("order", fields), "status": "draft"})
         with self.store.write() as conn:
             self._check_refs(conn, "order", values)
             for line in lines:
                 name, value = self._line_field(conn, line)
                 values[name] = value
             oid = new_id()
-            self._write_changes(conn, [Change("order", oid, values, {}, "create")])
+            self.write([Change("order", oid, values, {}, "create")], conn)
         return self.get("order", oid)
 
     def _require_draft(self, conn: sqlite3.Connection, order_id: str) -> Record:
@@ -372,7 +364,7 @@ class Device:
                 raise ValidationError(f"order {order.id} has {MAX_ORDER_LINES} lines, removed ones included: "
                                       "an order takes no more (the server would refuse it); start another order")
             name, value = self._line_field(conn, line)
-            self._write_changes(conn, [Change("order", order.id, {name: value}, {}, "update")])
+            self.write([Change("order", order.id, {name: value}, {}, "update")], conn)
         return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
 
     def set_order_status(self, order_id: str, status: str) -> dict[str, Any]:
@@ -384,8 +376,8 @@ class Device:
                                  "(draft -> submitted -> cancelled)", details={"id": order.id})
             if status == "submitted" and not present(order)["lines"]:
                 raise StateError(f"order {order.id} has no lines; add one before submitting")
-            self._write_changes(conn, [Change("order", order.id, {"status": status},
-                                              {"status": merge.edit_base(order, "status")}, "update")])
+            self.write([Change("order", order.id, {"status": status},
+                               {"status": merge.edit_base(order, "status")}, "update")], conn)
         return self.get("order", order.id)
 
     def add_note(self, text: str, *, account: str | None = None, visit: str | None = None,
@@ -396,11 +388,11 @@ class Device:
             if visit or order:
                 parent = self._require(conn, "visit" if visit else "order", visit or order)
                 account = parent.values.get("account")
-            fields = validate_create("note", self._with_rep("note", {
+            fields = validate_create("note", self.with_rep("note", {
                 "account": account, "visit": visit, "order": order, "text": text}))
             self._check_refs(conn, "note", fields)
             rid = new_id()
-            self._write_changes(conn, [Change("note", rid, fields, {}, "create")])
+            self.write([Change("note", rid, fields, {}, "create")], conn)
         return {"id": rid, **fields}
 
     # -- conflicts -----------------------------------------------------------------------------
@@ -421,7 +413,7 @@ class Device:
                 for conflict in merge.conflicts(rec):
                     if conflict.id == conflict_id:
                         fields, base = merge.resolution(rec, conflict, keep)
-                        self._write_changes(conn, [Change(entity, rid, fields, base, "resolve")])
+                        self.write([Change(entity, rid, fields, base, "resolve")], conn)
                         return {"id": conflict_id, "record": rid, "entity": entity,
                                 "kept": keep, "field": conflict.field}
         raise NotFoundError(f"no open conflict with id {conflict_id!r} (see `crm conflicts ls`)")
@@ -514,7 +506,7 @@ class Device:
                 newest = clocks.parse_stamp(max(renamed.values()))
                 self._save_clock(conn, HybridClock(device=self.device_id,
                                                    state=max(floor, (newest.wall_ms, newest.counter))))
-            self.store.set_meta(conn, "server_time", str(server))
+            self.store.set_meta(conn, MetaKey.SERVER_TIME, str(server))
             return len(rows) + sum(1 for op_id, stamp in current.items() if stamp != sent[op_id])
 
     def _newest_stamp(self, conn: sqlite3.Connection, *, besides: set[str]) -> clocks.State:
@@ -578,26 +570,28 @@ class Device:
             conn.execute("UPDATE records SET meta = ? WHERE entity = ? AND id = ?", (meta_column(rec), entity, rid))
 
     def count_attempt(self, op_ids: list[str]) -> None:
+        """One more attempt to send each of ``op_ids`` (``crm outbox`` shows the count): counted
+        before the push, so an attempt whose answer never comes counts too."""
         with self.store.write() as conn:
-            conn.executemany("UPDATE outbox SET attempts = attempts + 1 WHERE op_id = ?",
-                             [(op_id,) for op_id in op_ids])
+            conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE op_id IN (SELECT value FROM json_each(?))",
+                         (json.dumps(op_ids),))
 
     # -- continuity: the server restored, this home restored or copied (docs/sync-protocol.md) ---
     def continuity(self) -> tuple[str | None, str | None]:
         """(witness, known) to send: a log entry this device saw, and its own latest logged op."""
         with sqlite_errors(self.store.path):
             meta = dict(self.store.conn.execute(
-                "SELECT key, value FROM meta WHERE key IN ('witness', 'known')").fetchall())
-        return meta.get("witness") or None, meta.get("known")
+                "SELECT key, value FROM meta WHERE key IN (?, ?)", (MetaKey.WITNESS, MetaKey.KNOWN)).fetchall())
+        return meta.get(MetaKey.WITNESS) or None, meta.get(MetaKey.KNOWN)
 
     def _remember_server(self, conn: sqlite3.Connection, *, witness: str | None, latest: str | None) -> None:
         """Keep the furthest log entry seen, and the device's latest op the log holds ("" none)."""
         if witness:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'witness'").fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (MetaKey.WITNESS,)).fetchone()
             if not row or not row[0] or int(row[0].split(":", 1)[0]) < int(witness.split(":", 1)[0]):
-                self.store.set_meta(conn, "witness", witness)
+                self.store.set_meta(conn, MetaKey.WITNESS, witness)
         if latest is not None:  # "" when the log holds no op of this device id
-            self.store.set_meta(conn, "known", latest)
+            self.store.set_meta(conn, MetaKey.KNOWN, latest)
 
     def knows_op(self, op_id: str) -> bool:
         """Whether this home made ``op_id`` (queued, parked or acknowledged)."""
@@ -608,21 +602,21 @@ class Device:
 
     def adopt_latest(self, latest: str | None) -> None:
         """The log's latest op of this device id is one this home made (its answer was lost)."""
-        self.set_settings({"known": latest or ""})
+        self.set_settings({MetaKey.KNOWN: latest or ""})
 
     def forget_server_log(self) -> None:
         """The server's log went back: pull it all again, and send every kept op again first."""
-        self.set_settings({"pull_cursor": "0", "witness": "", "resend_from": "0"})
+        self.set_settings({MetaKey.PULL_CURSOR: "0", MetaKey.WITNESS: "", MetaKey.RESEND_FROM: "0"})
 
     def reload_identity(self) -> None:
-        self.device_id = self.setting("device_id") or self.device_id
+        self.device_id = self.setting(MetaKey.DEVICE_ID) or self.device_id
 
     def take_new_identity(self) -> str:
         """Another copy of this device id pushed: this home becomes a new device, which pulls the
         whole log again, its former id's ops included. Its own ops keep the ids and stamps they
         were made with (they are distinct ops; the server applies each once)."""
         new = new_id()
-        self.set_settings({"device_id": new, "pull_cursor": "0", "witness": "", "known": ""})
+        self.set_settings({MetaKey.DEVICE_ID: new, MetaKey.PULL_CURSOR: "0", MetaKey.WITNESS: "", MetaKey.KNOWN: ""})
         self.device_id = new
         return new
 
@@ -652,14 +646,14 @@ class Device:
             for op in foreign:
                 if op.kind == "create" and touches[(op.entity, op.record_id)] == 1 \
                         and (op.entity, op.record_id) not in stored:
-                    rows.append(self._fresh_row(op, None))
+                    rows.append((*row_of_create(op), None))
                 else:
                     merged.append(op)
             changed = merge.apply_all(lambda entity, rid: stored.get((entity, rid)), merged)
-            rows += [self._record_row(rec) for rec in changed.values()]
+            rows += [(*row_of(rec), None) for rec in changed.values()]
             conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
-            self.store.set_meta(conn, "pull_cursor", cursor)
+            self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
             self._remember_server(conn, witness=witness, latest=latest)
         return len(rows)
 
@@ -669,32 +663,11 @@ class Device:
             rejected = conn.execute("SELECT count(*) FROM outbox WHERE state = 'rejected'").fetchone()[0]
             conflicts = conn.execute("SELECT coalesce(sum(conflicts), 0) FROM records").fetchone()[0]
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        server = ServerTime.parse(meta.get("server_time"))
+        server = ServerTime.parse(meta.get(MetaKey.SERVER_TIME))
         return {"device": self.device_id, "rep": self.rep, "pending": pending, "rejected": rejected,
-                "conflicts": conflicts, "server": meta.get("server_url"),
-                "last_sync": meta.get("last_sync"), "last_sync_error": meta.get("last_sync_error"),
-                "last_sync_rejected": int(meta.get("last_sync_rejected") or 0),
+                "conflicts": conflicts, "server": meta.get(MetaKey.SERVER_URL),
+                "last_sync": meta.get(MetaKey.LAST_SYNC), "last_sync_error": meta.get(MetaKey.LAST_SYNC_ERROR),
+                "last_sync_rejected": int(meta.get(MetaKey.LAST_SYNC_REJECTED) or 0),
                 # the server's clock minus this device's when last learnt (ms; null before a sync)
                 "clock_offset_ms": server.server_ms - server.wall_ms if server else None}
 
-
-def export_state(rows_for: Callable[[str], Iterable[tuple[str, str, str]]]) -> dict[str, Any]:
-    """Canonical export from ``rows_for(entity)`` -> (id, data, meta) rows sorted by id.
-
-    The device and the server both export through this, so equal state gives equal bytes.
-    """
-    out: dict[str, Any] = {"format": "crm-export/1"}
-    conflicts: list[dict[str, Any]] = []
-    for entity in ENTITY_ORDER:
-        records = []
-        for rid, data, meta in rows_for(entity):
-            rec = record_from_row(entity, rid, data, meta)
-            conflicts.extend(c.to_json() for c in merge.conflicts(rec))
-            records.append(present(rec))
-        out[entity] = records
-    out["conflicts"] = sorted(conflicts, key=lambda c: c["id"])
-    return out
-
-
-def canonical_json(state: dict[str, Any]) -> str:
-    return json.dumps(state, sort_keys=True, ensure_ascii=False, indent=2) + "\n"

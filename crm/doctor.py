@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .device import record_from_row
 from .errors import (
     CrmError,
     DiskFullError,
@@ -39,9 +38,11 @@ from .errors import (
 )
 from .hlc import ClockError, parse_stamp
 from .ops import OpFormatError, op_from_json
+from .records import record_from_row
 from .store import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    MetaKey,
     check_home,
     clear_unfinished,
     is_disk_full,
@@ -231,9 +232,9 @@ def _consistent(conn: sqlite3.Connection, report: Report) -> None:
                     "; the store holds no records and no queued changes"),
                     RESTORE if holds else UNFINISHED, StoreCorruptError)
         return
-    device_id = meta["device_id"]
-    wall, counter = (int(part) for part in meta["hlc"].split("."))
-    report._ok("meta", f"device {device_id}, rep {meta['rep']!r}")
+    device_id = meta[MetaKey.DEVICE_ID]
+    wall, counter = (int(part) for part in meta[MetaKey.CLOCK].split("."))
+    report._ok("meta", f"device {device_id}, rep {meta[MetaKey.REP]!r}")
 
     unreadable = conn.execute("SELECT count(*) FROM records WHERE NOT json_valid(data) OR NOT json_valid(meta)"
                               ).fetchone()[0]
@@ -295,7 +296,8 @@ def _check_outbox(conn: sqlite3.Connection, report: Report) -> dict[str, tuple[i
 
 def _ever_pushed(meta: dict[str, str]) -> bool:
     """Whether an op may have left the outbox for good (acknowledged by a server)."""
-    return any(meta.get(key) for key in ("first_push_at", "last_sync", "last_sync_error", "pull_cursor"))
+    return any(meta.get(key) for key in (MetaKey.FIRST_PUSH_AT, MetaKey.LAST_SYNC, MetaKey.LAST_SYNC_ERROR,
+                                         MetaKey.PULL_CURSOR))
 
 
 def _check_unsynced(conn: sqlite3.Connection, report: Report, device_id: str,

@@ -364,7 +364,3 @@ def validate_edit(entity_name: str, changes: dict[str, Any]) -> dict[str, Any]:
                                   details={"field": name})
         out[name] = None if (f is LINE_FIELD and value is None) else normalize_value(f, value)
     return out
-
-
-def may_advance_status(current: str, new: str) -> bool:
-    return STATUS_RANK[new] > STATUS_RANK[current]

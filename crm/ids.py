@@ -26,3 +26,8 @@ def uuid7() -> str:
         | 0b10 << 62 | (rand & 0x3FFF_FFFF_FFFF_FFFF)
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def new_id() -> str:
+    """A new record or op id: made on the device, so a retried write can never make a second record."""
+    return uuid7()

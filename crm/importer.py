@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from . import merge
-from .device import Change, Device, new_id, record_from_row
+from .device import Change, Device
 from .domain import entity as entity_spec
 from .domain import validate_create
 from .errors import CrmError, ImportFileError, InterruptedError_, ValidationError
+from .ids import new_id
 from .merge import Record
 from .ops import dumps
+from .records import record_from_row
+
+__all__ = ["IMPORTABLE", "ImportReport", "RowError", "import_file"]
 
 IMPORTABLE = {"accounts": "account", "account": "account", "contacts": "contact", "contact": "contact"}
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -256,7 +260,11 @@ def _import_key(values: dict[str, Any]) -> str:
 def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportReport) -> list[_Row]:
     text = _read_text(path)
     source = _csv_rows(path, text, entity) if fmt == "csv" else _jsonl_rows(text, entity)
-    refs = _Refs(device.store.conn) if entity == "contact" else None
+    if entity == "contact":
+        with device.snapshot() as conn:
+            refs: _Refs | None = _Refs(conn)
+    else:
+        refs = None
     defaulted = "owner" if entity == "account" else None  # filled with the device's rep when empty
     rows: list[_Row] = []
     for line, fields in source:
@@ -269,7 +277,7 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
                 fields["account"] = refs.account(fields["account"])
             given = tuple(name for name in fields
                           if not (name == defaulted and fields[name] in (None, "")))
-            values = validate_create(entity, device._with_rep(entity, fields))
+            values = validate_create(entity, device.with_rep(entity, fields))
             ikey = _import_key(values)
             if refs is not None and ikey.startswith("ref:"):
                 # a contact's account is fixed at creation; a re-import cannot move it
@@ -294,11 +302,12 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
 def _write(device: Device, entity: str, rows: list[_Row], batch_size: int, report: ImportReport,
            progress: Callable[[int, int | None], None] | None) -> None:
     done = 0
-    unkeyed = _unkeyed_refs(device.store.conn, entity)
+    with device.snapshot() as conn:
+        unkeyed = _unkeyed_refs(conn, entity)
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
-            with device.store.write() as conn:
+            with device.transaction() as conn:
                 created, updated, unchanged = _write_batch(device, conn, entity, batch, unkeyed)
             report.created += created
             report.updated += updated
@@ -387,7 +396,7 @@ def _write_batch(device: Device, conn: sqlite3.Connection, entity: str, batch: l
             else:
                 unchanged += 1
     if pending:
-        device._write_changes(conn, pending)
+        device.write(pending, conn)
     # an adopted record that needed no change still takes its key: device-local, so no op
     conn.executemany("UPDATE records SET ikey = ? WHERE entity = ? AND id = ?",
                      [(key, entity, rec.id) for key, rec in adopted.items()])

@@ -14,7 +14,6 @@ import orjson
 
 from .hlc import ClockError, parse_stamp
 
-OP_FORMAT = 1
 MAX_FIELDS_PER_OP = 64
 MAX_BASE_STAMPS = 256
 MAX_FIELD_NAME = 100

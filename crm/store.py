@@ -91,6 +91,27 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
+class MetaKey:
+    """The keys of the ``meta`` rows, named once: the device, sync, the doctor and ``init`` all
+    read and write these rows, and a misspelt key would read as "never set"."""
+
+    DEVICE_ID = "device_id"
+    REP = "rep"
+    CLOCK = "hlc"  # the hybrid logical clock's state, "wall_ms.counter"
+    SERVER_TIME = "server_time"  # the server's clock as last learnt (hlc.ServerTime)
+    SERVER_URL = "server_url"
+    TOKEN = "token"
+    AUTOSYNC = "autosync"  # "1": background sync is on, and reopening the app restarts it
+    PULL_CURSOR = "pull_cursor"
+    WITNESS = "witness"  # continuity: a log entry this device saw (docs/sync-protocol.md)
+    KNOWN = "known"  # continuity: this device's latest op the log holds ("" none)
+    RESEND_FROM = "resend_from"  # position in the kept ops to send again from ("" none)
+    FIRST_PUSH_AT = "first_push_at"
+    LAST_SYNC = "last_sync"
+    LAST_SYNC_ERROR = "last_sync_error"
+    LAST_SYNC_REJECTED = "last_sync_rejected"
+
+
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next
 # the longest name crm makes in a home: a temp store's rollback journal
 _LONGEST_NAME = len(TEMP_PREFIX) + 8 + len(".sqlite3-journal")
@@ -366,20 +387,20 @@ def meta_problem(meta: dict[str, object]) -> str | None:
     """What is wrong with a store's meta rows (device id, rep, clock), or None when they are usable."""
     if not meta:
         return "its meta rows (device id, rep, clock) are missing"
-    missing = [name for key, name in (("device_id", "device id"), ("rep", "rep"), ("hlc", "clock"))
-               if key not in meta]
+    missing = [name for key, name in ((MetaKey.DEVICE_ID, "device id"), (MetaKey.REP, "rep"),
+                                      (MetaKey.CLOCK, "clock")) if key not in meta]
     if missing:
         return f"the {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from its meta rows"
     for key, value in meta.items():
         if not isinstance(value, str):
             return f"its meta value {key!r} is not text ({type(value).__name__})"
-    device_id = meta["device_id"]
+    device_id = meta[MetaKey.DEVICE_ID]
     if not device_id.strip() or len(device_id) > 64 or "@" in device_id or not device_id.isprintable():
         return f"its device id {device_id[:40]!r} is not a device id"
-    if not meta["rep"].strip():
+    if not meta[MetaKey.REP].strip():
         return "its rep is empty"
-    if not _CLOCK.fullmatch(meta["hlc"]):
-        return f"its clock {meta['hlc'][:40]!r} cannot be read"
+    if not _CLOCK.fullmatch(meta[MetaKey.CLOCK]):
+        return f"its clock {meta[MetaKey.CLOCK][:40]!r} cannot be read"
     return None
 
 

@@ -22,6 +22,7 @@ from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
 from .hlc import ServerTime, now_ms
 from .ops import OpFormatError, loads, op_from_wire
+from .store import MetaKey
 
 PROTOCOL = 1
 SYNC_LOCK = "sync.lock"
@@ -187,7 +188,7 @@ def client_for(device: Device, *, timeout: float | None = None,
     same for `crm sync` and the background agent."""
     if timeout is None:
         timeout = _sync_timeout()
-    url, token = device.setting("server_url"), device.setting("token")
+    url, token = device.credentials()
     if not url or not token:
         raise NotConfiguredError("this device has no sync server: run `crm login --server URL --token TOKEN`")
     return SyncClient(base_url=url, token=token, timeout=timeout, transport=transport)
@@ -216,8 +217,8 @@ def _push_all(device: Device, client: SyncClient, *, batch: int) -> tuple[int, i
     far ahead of the server's clock (``clock_ahead``) is re-stamped and sent again, the same op
     with the same id (``Device.restamp``); if that does not help it is rejected with the reason.
     """
-    if device.setting("first_push_at") is None:  # from now on acked ops leave the outbox (crm doctor)
-        device.set_settings({"first_push_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if device.setting(MetaKey.FIRST_PUSH_AT) is None:  # from now on acked ops leave the outbox (crm doctor)
+        device.set_settings({MetaKey.FIRST_PUSH_AT: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     pushed = rejected_count = restamped = rounds = 0
     while True:
         rows = device.pending_ops(limit=batch)
@@ -257,6 +258,7 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) 
     stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead)."""
     sent = dict(rows)
     witness, known = device.continuity()
+    device.count_attempt(list(sent))
     try:
         answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
     except BatchRefused as refusal:
@@ -288,14 +290,14 @@ def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
     so the server has again whatever it lost (it applies each op id once, so what it still has
     changes nothing). Progress is saved per batch: a kill resumes where it stopped."""
     resent = 0
-    while (start := device.setting("resend_from")) not in (None, ""):
+    while (start := device.setting(MetaKey.RESEND_FROM)) not in (None, ""):
         rows = device.kept_ops(after=int(start), limit=batch)
         if not rows:
-            device.set_settings({"resend_from": ""})
+            device.set_settings({MetaKey.RESEND_FROM: ""})
             return resent
         witness, known = device.continuity()
         answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
-        device.set_settings({"resend_from": str(rows[-1][0]), "known": _latest(answer) or ""})
+        device.set_settings({MetaKey.RESEND_FROM: str(rows[-1][0]), MetaKey.KNOWN: _latest(answer) or ""})
         resent += len(rows)
     return resent
 
@@ -303,7 +305,7 @@ def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
     pulled = applied = 0
     while True:
-        cursor = int(device.setting("pull_cursor", "0") or 0)
+        cursor = int(device.setting(MetaKey.PULL_CURSOR, "0") or 0)
         witness, known = device.continuity()
         answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known)
         try:
@@ -324,7 +326,7 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
 def _one_sync_at_a_time(device: Device) -> Iterator[None]:
     """An exclusive lock on the home's sync.lock: the agent and a `crm sync` never interleave
     (a continuity recovery changes what the other would send)."""
-    fd = os.open(device.store.path.parent / SYNC_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(device.home / SYNC_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -334,7 +336,7 @@ def _one_sync_at_a_time(device: Device) -> Iterator[None]:
 
 def _learnt(client: SyncClient) -> dict[str, str]:
     """The server's clock as this sync learnt it, to store: the device's next stamps stay near it."""
-    return {"server_time": str(client.server_time)} if client.server_time else {}
+    return {MetaKey.SERVER_TIME: str(client.server_time)} if client.server_time else {}
 
 
 def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult:
@@ -353,13 +355,13 @@ def _sync_once(device: Device, client: SyncClient | None) -> SyncResult:
         try:
             _sync_with_recovery(device, client, result)
         except Exception as exc:
-            device.set_settings({"last_sync_error": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+            device.set_settings({MetaKey.LAST_SYNC_ERROR: f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                                                     f"{getattr(exc, 'message', str(exc))[:200]}",
                                  **_learnt(client)})
             raise
         result.seconds = time.monotonic() - started
-        device.set_settings({"last_sync": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                             "last_sync_error": "", "last_sync_rejected": str(result.rejected),
+        device.set_settings({MetaKey.LAST_SYNC: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             MetaKey.LAST_SYNC_ERROR: "", MetaKey.LAST_SYNC_REJECTED: str(result.rejected),
                              **_learnt(client)})
         return result
     finally:

@@ -280,17 +280,17 @@ def test_batches_commit_one_by_one_and_a_rerun_finishes_an_interrupted_import(
 def test_a_failing_batch_is_rolled_back_whole(device: Device, tmp_path: Path, monkeypatch) -> None:
     path = write(tmp_path, "a.csv", "name\n" + "".join(f"A{i}\n" for i in range(5)))
     calls = 0
-    original = Device._write_changes
+    original = Device.write
 
-    def fail_second(self, conn, changes):
+    def fail_second(self, changes, conn=None):
         nonlocal calls
         calls += 1
-        ops = original(self, conn, changes)  # written, then the transaction fails after it
+        ops = original(self, changes, conn)  # written, then the transaction fails after it
         if calls == 2:
             raise KeyboardInterrupt
         return ops
 
-    monkeypatch.setattr(Device, "_write_changes", fail_second)
+    monkeypatch.setattr(Device, "write", fail_second)
     with pytest.raises(InterruptedError_):
         import_file(device, "accounts", path, batch_size=2)
     assert counts(device) == (2, 2)

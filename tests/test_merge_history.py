@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm import merge
-from crm.device import meta_column
 from crm.hlc import format_stamp
 from crm.merge import HORIZON, MAX_HISTORY, Record, apply_op, bound_history, conflicts
 from crm.ops import MAX_BASE_STAMPS, Op
+from crm.records import meta_column
 from tests import test_merge_property as prop
 from tests.support import examples
 from tests.test_merge import build, create, delete, edit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 from crm import merge
-from crm.device import record_from_row
 from crm.ops import Op, op_to_wire
+from crm.records import record_from_row
 from crm.server import ServerStore
 from crm.server.store import Identity
 

@@ -47,7 +47,7 @@ def test_a_record_written_once_packs_to_one_entry():
 def test_the_fresh_create_row_is_what_the_merge_would_store(tmp_path):
     """The create fast path must store exactly what the general merge path would."""
     from crm import Device
-    from crm.device import record_from_row
+    from crm.records import record_from_row
 
     device = Device.init(tmp_path / "home", rep="rep-1")
     account = device.create("account", {"name": "Corner Store", "city": "Leeds"})

@@ -98,6 +98,35 @@ def test_response_lost_after_commit_is_resent_with_the_same_op_ids(device):
     assert _pending(device) == 0
 
 
+def test_the_outbox_counts_each_attempt_to_send_an_op(device):
+    """`crm outbox` shows how often each queued op was sent: an attempt whose answer never came,
+    or that the server refused, counts; an acknowledged op leaves the outbox."""
+    answers = iter([httpx.ConnectError("connection refused"), httpx.ReadTimeout("timed out"),
+                    httpx.Response(503, json={"error": "busy", "message": "try later"})])
+
+    def server(request: httpx.Request) -> httpx.Response:
+        answer = next(answers, None)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None:
+            return answer
+        ops = [op["op"] for op in json.loads(request.content)["ops"]]
+        return httpx.Response(200, json={"acked": ops[:1], "rejected": [{"op": ops[1], "reason": "nope"}]})
+
+    assert [e["attempts"] for e in device.outbox()["entries"]] == [0, 0]
+    with respx.mock(base_url=URL) as mock:
+        mock.post("/v1/push").mock(side_effect=server)
+        mock.get("/v1/pull").respond(200, json={"ops": [], "cursor": 0, "more": False})
+        with _client() as client:
+            for attempt in (1, 2, 3):
+                with pytest.raises((ServerUnreachableError, ServerError)):
+                    sync_once(device, client=client)
+                assert [e["attempts"] for e in device.outbox()["entries"]] == [attempt, attempt]
+            sync_once(device, client=client)
+    assert _pending(device) == 0
+    assert [e["attempts"] for e in device.outbox(rejected=True)["entries"]] == [4]
+
+
 def test_only_acknowledged_ops_leave_the_outbox_and_rejected_ones_are_kept(device):
     def server(request: httpx.Request) -> httpx.Response:
         ops = [op["op"] for op in json.loads(request.content)["ops"]]

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import merge
-from ..admission import CLOCK_AHEAD, ClockAhead, admit
-from ..device import export_state, meta_column, new_id, record_from_row
+from ..admission import CLOCK_AHEAD, ClockAhead, InvalidOp, admit, parse
 from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
+from ..ids import new_id
 from ..merge import Record
-from ..ops import Op, OpFormatError, dumps, op_from_wire, op_to_json
+from ..ops import Op, OpFormatError, op_to_json
+from ..records import StoredRecord, export_state, present, record_from_row, row_of, row_of_create
 from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
 
 SERVER_FILENAME = SQLITE_FILENAME
@@ -397,14 +398,13 @@ class ServerStore:
         for op in fresh:
             key = (op.entity, op.record_id)
             if op.kind == "create" and key not in stored and per_record[key] == 1:
-                rows.append((org, op.entity, op.record_id, dumps(op.fields), dumps({"*": [op.hlc, op.op_id]}), 0, 0))
+                rows.append(_row(org, row_of_create(op)))
             else:
                 merged.append(op)
         changed = merge.apply_all(
             lambda entity, rid: record_from_row(entity, rid, *stored[(entity, rid)]) if (entity, rid) in stored
             else None, merged)
-        rows += [(org, rec.entity, rec.id, dumps(rec.values), meta_column(rec), 1 if rec.deleted else 0,
-                  merge.conflict_count(rec)) for rec in changed.values()]
+        rows += [_row(org, row_of(rec)) for rec in changed.values()]
         conn.executemany(
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
@@ -431,10 +431,18 @@ class ServerStore:
             else:
                 op_id = raw.get("op") if isinstance(raw, dict) and isinstance(raw.get("op"), str) else None
             try:
-                op = raw if isinstance(raw, Op) else op_from_wire(raw)
+                op = raw if isinstance(raw, Op) else parse(raw, now=now)  # the schema step, once per op
                 admit(op, from_device=True, now=now)
             except ClockAhead as exc:
                 ahead[op.op_id] = str(exc)
+                continue
+            except InvalidOp as exc:
+                if exc.code == CLOCK_AHEAD and exc.op_id is not None:  # a year ahead: re-stamped like any
+                    ahead[exc.op_id] = str(exc)
+                    continue
+                if op_id is None:
+                    raise ValidationError(f"unusable op in batch: {exc}") from None
+                rejected.append((op_id, str(exc)))
                 continue
             except (OpFormatError, CrmError) as exc:
                 if op_id is None:
@@ -599,8 +607,6 @@ class ServerStore:
             (op,) = self._backoffice_ops(conn, org, [(entity, rid, values, base, "update")])
             self._apply(conn, org, [op])
             rec = self._load(conn, org, entity, rid)
-        from ..device import present
-
         return {"op": op.op_id, **present(rec)}
 
     def import_products(self, org: str, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -644,6 +650,11 @@ class ServerStore:
             ops = conn.execute("SELECT count(*) FROM ops WHERE org = ?", (org,)).fetchone()[0]
             records = conn.execute("SELECT count(*) FROM records WHERE org = ?", (org,)).fetchone()[0]
         return {"ops": ops, "records": records}
+
+
+def _row(org: str, row: StoredRecord) -> tuple[str, str, str, str, str, int, int]:
+    """A record's row in the server's table: its organisation's, without the device's parent column."""
+    return (org, row.entity, row.id, row.data, row.meta, row.deleted, row.conflicts)
 
 
 def _sqlite_file(data: Path, *, create: bool) -> Path:

@@ -156,7 +156,7 @@ def import_products(org: Org, file: Annotated[Path, typer.Argument(help="CSV wit
 
     \b
     Example:
-      crm server import-products --data ./server --org acme fixtures/csv/products.csv
+      crm server import-products --data ./server --org acme products.csv
     """
     from crm.errors import ImportFileError
 

@@ -4,6 +4,8 @@ walked with typer's own click objects, the sources are parsed with ast; no proce
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -68,3 +70,96 @@ def test_every_command_shows_an_example_in_its_help(path: tuple[str, ...]) -> No
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.stdout, f"`{show(path)} --help` shows no example"
+
+
+# -- docs/cli.md ------------------------------------------------------------------------------
+GLOBAL_WITH_VALUE = {"--home"}  # root options that come before the command and take a value
+_CRM = re.compile(r"(?<![\w/.-])crm(?=\s)")
+_STOP = re.compile(r"[|;&)`#>]")  # where an invocation ends on a line: a pipe, $( ), a code span...
+
+
+@cache
+def cli_doc() -> str:
+    return (DOCS / "cli.md").read_text(encoding="utf-8")
+
+
+def invocations(line: str) -> Iterator[tuple[tuple[str, ...], list[str]]]:
+    """Each `crm ...` on a line: the command path it names (the longest known) and its arguments."""
+    paths = commands()
+    for match in _CRM.finditer(line):
+        rest = line[match.end():]
+        stop = _STOP.search(rest)
+        tokens = (rest[:stop.start()] if stop else rest).split()
+        while tokens and (tokens[0] in GLOBAL_WITH_VALUE or tokens[0].startswith("--home=")):
+            tokens = tokens[2:] if tokens[0] in GLOBAL_WITH_VALUE else tokens[1:]
+        path: tuple[str, ...] = ()
+        while tokens and (*path, tokens[0]) in paths:
+            path, tokens = (*path, tokens[0]), tokens[1:]
+        if path:
+            yield path, tokens
+
+
+def code_lines(text: str) -> list[str]:
+    """The lines inside fenced code blocks: the examples."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            out.append(line)
+    return out
+
+
+def text_about(path: tuple[str, ...]) -> str:
+    """What docs/cli.md says about one command: every line that runs it (a table row, an example)
+    and every section whose heading names it."""
+    if not path:
+        return cli_doc()
+    out, level = [], None  # level: the heading depth of a section about `path` we are inside
+    for line in cli_doc().splitlines():
+        heading = re.match(r"(#+) ", line)
+        if heading and level is not None and len(heading.group(1)) <= level:
+            level = None
+        named = any(found[:len(path)] == path for found, _ in invocations(line))
+        if heading and named:
+            level = len(heading.group(1))
+        if named or level is not None:
+            out.append(line)
+    return "\n".join(out)
+
+
+def mentions(text: str, option: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def json_exceptions() -> set[tuple[str, ...]]:
+    """The commands docs/cli.md says have no --json: "**`--json`** (every command except ...)"."""
+    statement = re.search(r"^\* \*\*`--json`\*\* \(every command(?: except (?P<except>[^)]*))?\)",
+                          cli_doc(), re.MULTILINE)
+    assert statement, 'docs/cli.md must say which commands have --json: "* **`--json`** (every command ...)"'
+    spans = re.findall(r"`([^`]+)`", statement.group("except") or "")
+    named = [path for span in spans for path, _ in invocations(span + " ")]
+    assert len(named) == len(spans), f"not commands: {spans}"
+    return set(named)
+
+
+@pytest.mark.parametrize("path", [p for p in commands() if p], ids=show)
+def test_every_command_is_in_cli_md_with_an_example(path: tuple[str, ...]) -> None:
+    assert text_about(path), f"docs/cli.md does not mention `{show(path)}`"
+    examples = [found for line in code_lines(cli_doc()) for found, _ in invocations(line)]
+    assert any(found[:len(path)] == path for found in examples), \
+        f"docs/cli.md has no example of `{show(path)}` in a code block"
+
+
+@pytest.mark.parametrize("path", list(commands()), ids=show)
+def test_every_option_is_in_cli_md(path: tuple[str, ...]) -> None:
+    """--json is documented once, for all commands (the next test checks that statement)."""
+    about = text_about(path)
+    missing = [name for name in options(path) if name != "--json" and not mentions(about, name)]
+    assert not missing, f"docs/cli.md does not document {missing} of `{show(path)}` (in its table row, " \
+                        "its examples or a section named after it)"
+
+
+def test_cli_md_says_exactly_which_commands_have_json() -> None:
+    without = {path for path in leaves() if "--json" not in options(path)}
+    assert json_exceptions() == without

@@ -4,6 +4,7 @@ walked with typer's own click objects, the sources are parsed with ast; no proce
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -163,3 +164,90 @@ def test_every_option_is_in_cli_md(path: tuple[str, ...]) -> None:
 def test_cli_md_says_exactly_which_commands_have_json() -> None:
     without = {path for path in leaves() if "--json" not in options(path)}
     assert json_exceptions() == without
+
+
+# -- docs/exit-codes.md -----------------------------------------------------------------------
+def documented_exit_codes() -> dict[int, str]:
+    """code -> kind, from the table in docs/exit-codes.md."""
+    table = (DOCS / "exit-codes.md").read_text(encoding="utf-8")
+    return {int(code): kind.strip("` ") for code, kind in
+            re.findall(r"^\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|", table, re.MULTILINE)}
+
+
+def _int_value(node: ast.expr | None, constants: dict[str, int]) -> int | None:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    return None
+
+
+def _called(node: ast.Call) -> str:
+    return ast.unparse(node.func)
+
+
+def exit_codes_in_cli() -> dict[int, list[str]]:
+    """Every exit code cli/ returns itself, with where: `typer.Exit(N)`, `SystemExit(N)`,
+    `sys.exit(N)` with N a literal or a module constant, and the literal codes the one mapping
+    (cli/main.py: `report` and `CrmGroup.main`) returns or assigns to `code`."""
+    found: dict[int, list[str]] = {}
+    for path in sorted((ROOT / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                     for target in node.targets if isinstance(target, ast.Name)
+                     and isinstance(node.value, ast.Constant) and type(node.value.value) is int}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called(node) in ("typer.Exit", "Exit", "SystemExit", "sys.exit"):
+                code = _int_value(node.args[0], constants) if node.args else 0
+                if code is None and path.name == "main.py" and ast.unparse(node.args[0]) == "code":
+                    continue  # the mapping's own exit: its codes are collected below
+                assert code is not None, f"{path.name}:{node.lineno}: an exit code this test cannot read"
+                found.setdefault(code, []).append(f"{path.name}:{node.lineno}")
+            if path.name == "main.py" and isinstance(node, ast.FunctionDef) and node.name in ("report", "main"):
+                for inner in ast.walk(node):
+                    values = []
+                    if isinstance(inner, ast.Return):
+                        values = [inner.value]
+                    elif isinstance(inner, ast.Assign) and any(
+                            isinstance(t, ast.Name) and t.id == "code" for t in inner.targets):
+                        values = [inner.value, *getattr(inner.value, "values", [])]  # code = code or 1
+                    for value in values:
+                        code = _int_value(value, {})
+                        if code is not None:
+                            found.setdefault(code, []).append(f"{path.name}:{inner.lineno}")
+    return found
+
+
+def error_classes() -> dict[int, set[str]]:
+    """code -> kinds of the error classes in crm/errors.py; the base class CrmError counts when
+    some code raises it directly."""
+    import crm.errors as errors
+
+    classes = [cls for cls in vars(errors).values()
+               if isinstance(cls, type) and issubclass(cls, errors.CrmError) and cls is not errors.CrmError]
+    raised_directly = any(isinstance(node, ast.Call) and _called(node) in ("CrmError", "errors.CrmError")
+                          for package in ("cli", "crm", "harness") for path in (ROOT / package).rglob("*.py")
+                          for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+    if raised_directly:
+        classes.append(errors.CrmError)
+    out: dict[int, set[str]] = {}
+    for cls in classes:
+        out.setdefault(cls.exit_code, set()).add(cls.kind)
+    return out
+
+
+def test_every_exit_code_the_code_returns_is_documented_and_no_other() -> None:
+    documented = documented_exit_codes()
+    returned = set(exit_codes_in_cli()) | set(error_classes())
+    assert {30, 31} <= returned and 0 in returned, "the walk of cli/ missed the codes it must find"
+    assert sorted(returned - documented.keys()) == [], "returned by the code but not in docs/exit-codes.md"
+    assert sorted(documented.keys() - returned) == [], "in docs/exit-codes.md but returned by nothing"
+
+
+def test_every_error_kind_is_documented_with_its_code() -> None:
+    table = (DOCS / "exit-codes.md").read_text(encoding="utf-8")
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"^\|\s*(\d+)\s*\|.*$", table, re.MULTILINE)}
+    for code, kinds in error_classes().items():
+        for kind in kinds:
+            assert f"`{kind}`" in rows[code] or f'"error": "{kind}"' in rows[code], \
+                f"docs/exit-codes.md: the row for {code} does not name the kind {kind!r}"

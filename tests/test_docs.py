@@ -251,3 +251,23 @@ def test_every_error_kind_is_documented_with_its_code() -> None:
         for kind in kinds:
             assert f"`{kind}`" in rows[code] or f'"error": "{kind}"' in rows[code], \
                 f"docs/exit-codes.md: the row for {code} does not name the kind {kind!r}"
+
+
+# -- docs/architecture.md ---------------------------------------------------------------------
+PACKAGES = ("crm", "cli", "harness")  # crm/server/ and any other subpackage are walked too
+
+
+def modules() -> list[str]:
+    """Every module of the packages, as a path from the repository root; empty __init__.py aside."""
+    return sorted(path.relative_to(ROOT).as_posix() for package in PACKAGES
+                  for path in (ROOT / package).rglob("*.py")
+                  if "__pycache__" not in path.parts
+                  and not (path.name == "__init__.py" and not path.read_text(encoding="utf-8").strip()))
+
+
+def test_architecture_md_lists_every_module() -> None:
+    found = modules()
+    assert "crm/device.py" in found and "crm/server/app.py" in found and "harness/ports.py" in found
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    missing = [module for module in found if f"`{module}`" not in text]
+    assert not missing, f"docs/architecture.md does not list {missing} (add a row under ## Modules)"

@@ -303,9 +303,7 @@ class Session:
     # -- what the office sees ------------------------------------------------------------------
     def server_state(self) -> dict[str, Any]:
         """The server's export without recording it: polling must not flood the history."""
-        values = {**self.profile.base_values, "server_dir": str(self.server.server_dir), "port": self.server.port,
-                  "org": self.org}
-        done = processes.run(self.profile.server_export.render(**values), env=self.profile.environ(),
+        done = processes.run(self.server.command(self.profile.server_export, org=self.org), env=self.profile.environ(),
                              timeout=self.profile.action_timeout_s)
         parsed, _ = parse_json(done.stdout)
         return parsed if isinstance(parsed, dict) else {}
@@ -329,8 +327,7 @@ class Session:
     def quiet_pending(self, name: str) -> int | None:
         """The device's pending count without recording it (polling must not flood the history)."""
         driver = self.device(name).driver
-        values = {**self.profile.base_values, **driver._runner.context}
-        done = processes.run(self.profile.action("outbox").render(**values),
+        done = processes.run(driver.command("outbox"),
                              env={**self.profile.environ(), **driver.env}, timeout=self.profile.action_timeout_s)
         parsed, _ = parse_json(done.stdout)
         pending = parsed.get("pending") if isinstance(parsed, dict) else None

@@ -27,9 +27,8 @@ from .checkers import Anomaly
 from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
 from .history import CREATES, History
 from .profile import MissingAction, Profile
+from .schedule import SKUS
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, proxy_url
-
-SKUS = ("SKU-1", "SKU-2", "SKU-3", "CRISPS-24", "COLA-12")
 
 
 class ScenarioFailure(AssertionError):

@@ -36,6 +36,7 @@ from crm.domain import validate_create  # noqa: E402
 from crm.ids import new_id  # noqa: E402
 from crm.server import ServerStore  # noqa: E402
 from crm.sync import SyncClient, sync_once  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 
 CITIES = ["Leeds", "York", "Hull", "Ripon", "Selby", "Whitby", "Skipton", "Harrogate"]
 BATCH = 20_000
@@ -60,9 +61,7 @@ class Server:
     def __init__(self, data: Path) -> None:
         self.data = data
         self.token = ServerStore.open(data).add_token("acme", "rep")
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([*crm_command(), "server", "serve", "--data", str(data), "--port", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

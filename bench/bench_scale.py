@@ -50,6 +50,7 @@ from crm.domain import validate_create  # noqa: E402
 from crm.ids import new_id  # noqa: E402
 from crm.server import ServerStore  # noqa: E402
 from crm.sync import PULL_PAGE, SyncClient, pull_changes, push_outbox  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 
 DEFAULT_PG = "postgresql://postgres@/crm_test?host=/tmp/crm-postgres"  # scripts/ensure-postgres.sh
 ORG = "scale"
@@ -99,7 +100,7 @@ class Server:
             self.target = urlunsplit(urlsplit(pg_admin)._replace(path="/" + self.dbname))
         ServerStore.open(self.target).close()  # the schema, before processes race to make it
         flag = "--data" if engine == "sqlite" else "--db"
-        ports = [_free_port() for _ in range(processes)]
+        ports = [free_port() for _ in range(processes)]
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
         self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -125,14 +126,6 @@ class Server:
 
             with psycopg.connect(self.pg_admin, autocommit=True) as conn:
                 conn.execute(f"DROP DATABASE IF EXISTS {self.dbname} WITH (FORCE)")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(samples: list[float], q: float) -> float:

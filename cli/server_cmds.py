@@ -14,7 +14,8 @@ import typer
 from cli import output
 from cli.common import Json, invalid, parse_assignments, sub_app
 
-server_app = sub_app("Run the sync server and administer its organisations, reps and data.")
+server_app = sub_app("Run the sync server and administer its organisations, reps and data.",
+                     example="crm server serve --data ./server --port 8765")
 
 DataDir = Annotated[Path | None, typer.Option("--data", metavar="DIR",
                                                help="The server's data directory (embedded SQLite)")]
@@ -123,7 +124,12 @@ def add_rep(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's 
 @server_app.command("add-admin")
 def add_admin(org: Org, name: Annotated[str, typer.Option("--name", help="Who uses it")] = "backoffice",
               data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
-    """Create a back-office token (for /v1/admin/edit and /v1/admin/export)."""
+    """Create a back-office token (for /v1/admin/edit and /v1/admin/export).
+
+    \b
+    Example:
+      crm server add-admin --data ./server --org acme --name backoffice --json
+    """
     with _store(data, db, create=True) as store:
         token = store.add_token(org, name, role="admin")
     output.emit({"org": org, "name": name, "token": token}, as_json=as_json, text=token)
@@ -132,7 +138,12 @@ def add_admin(org: Org, name: Annotated[str, typer.Option("--name", help="Who us
 @server_app.command("revoke")
 def revoke(org: Org, rep: Annotated[str, typer.Option("--rep")], data: DataDir = None, db: DbUrl = None,
            as_json: Json = False) -> None:
-    """Revoke every token of a rep: the device's next request is refused; its outbox is kept."""
+    """Revoke every token of a rep: the device's next request is refused; its outbox is kept.
+
+    \b
+    Example:
+      crm server revoke --data ./server --org acme --rep rep-1
+    """
     with _store(data, db) as store:
         count = store.revoke(org, rep)
     output.emit({"org": org, "rep": rep, "revoked": count}, as_json=as_json, text=f"revoked {count} token(s)")
@@ -145,7 +156,7 @@ def import_products(org: Org, file: Annotated[Path, typer.Argument(help="CSV wit
 
     \b
     Example:
-      crm server import-products --data ./server --org acme fixtures/csv/products.csv
+      crm server import-products --data ./server --org acme products.csv
     """
     from crm.errors import ImportFileError
 
@@ -183,7 +194,14 @@ def edit(entity: Annotated[str, typer.Argument(help="account, contact, visit, or
 
 @server_app.command("export")
 def export(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
-    """Print the organisation's state in the canonical export JSON (same bytes as `crm export`)."""
+    """Print the organisation's state in the canonical export JSON (same bytes as `crm export`).
+
+    Always JSON; --json is accepted for symmetry with the other commands.
+
+    \b
+    Example:
+      crm server export --data ./server --org acme > acme.json
+    """
     import sys
 
     from crm import canonical_json
@@ -195,7 +213,12 @@ def export(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = Fal
 
 @server_app.command("stats")
 def stats(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
-    """Counts of ops and records for an organisation."""
+    """Counts of ops and records for an organisation.
+
+    \b
+    Example:
+      crm server stats --data ./server --org acme --json
+    """
     with _store(data, db) as store:
         result = store.stats(org)
     output.emit(result, as_json=as_json, text=json.dumps(result))

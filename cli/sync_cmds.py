@@ -12,8 +12,8 @@ from cli.common import Json, Token, TokenFile, home, open_device, read_token, su
 login_app = sub_app("Attach this device to a sync server.")
 sync_app = sub_app("Push queued changes, then pull everyone else's.")
 status_app = sub_app("Pending changes, last sync, conflicts and the agent's state.")
-agent_app = typer.Typer(help="The background sync agent.", add_completion=False,
-                        rich_markup_mode=None, pretty_exceptions_enable=False,
+# No help= here: the group's help is the callback's docstring, examples included.
+agent_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                         invoke_without_command=True)
 
 
@@ -118,7 +118,12 @@ def agent(ctx: typer.Context) -> None:
 
 @agent_app.command("run")
 def agent_run(ctx: typer.Context) -> None:
-    """The sync loop in the foreground until Ctrl-C / SIGTERM."""
+    """The sync loop in the foreground until Ctrl-C / SIGTERM.
+
+    \b
+    Example:
+      crm agent run        # in the foreground until Ctrl-C; `crm agent` alone does the same
+    """
     from crm.agent import run
 
     run(home(ctx))
@@ -130,6 +135,10 @@ def agent_start(ctx: typer.Context, as_json: Json = False) -> None:
 
     With background sync on, any later crm command on this home restarts the agent if it was
     force-quit, so queued work goes out by itself.
+
+    \b
+    Example:
+      crm agent start --json   # {"running": true, "pid": 12345}
     """
     from crm.agent import start_detached
 
@@ -141,7 +150,12 @@ def agent_start(ctx: typer.Context, as_json: Json = False) -> None:
 
 @agent_app.command("stop")
 def agent_stop(ctx: typer.Context, as_json: Json = False) -> None:
-    """Stop the agent and switch background sync off."""
+    """Stop the agent and switch background sync off.
+
+    \b
+    Example:
+      crm agent stop
+    """
     from crm.agent import stop_detached
 
     with open_device(ctx, reopen_agent=False) as device:
@@ -153,7 +167,12 @@ def agent_stop(ctx: typer.Context, as_json: Json = False) -> None:
 
 @agent_app.command("status")
 def agent_status(ctx: typer.Context, as_json: Json = False) -> None:
-    """Whether the agent runs, its state (synced/offline/retrying/auth_refused) and last error."""
+    """Whether the agent runs, its state (synced/offline/retrying/auth_refused) and last error.
+
+    \b
+    Example:
+      crm agent status --json
+    """
     from crm.agent import read_state
 
     output.emit(read_state(home(ctx)), as_json=as_json)

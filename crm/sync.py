@@ -21,10 +21,9 @@ import httpx
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
 from .hlc import ServerTime, now_ms
-from .ops import OpFormatError, loads, op_from_wire
+from .ops import PROTOCOL, OpFormatError, loads, op_from_wire
 from .store import MetaKey
 
-PROTOCOL = 1
 SYNC_LOCK = "sync.lock"
 PUSH_BATCH = 1000
 # How often one sync re-stamps ops the server refused as ahead of its clock before it rejects them:

@@ -18,7 +18,7 @@ from typing import Any
 from . import processes
 from .ports import HOST, free_port
 from .processes import Child, ManagedProcess, ProcessError
-from .profile import MissingAction, Profile, Template, render
+from .profile import MissingAction, Profile, Template, device_values, server_values
 
 EXPORT_FORMAT = "crm-export/1"
 
@@ -99,7 +99,7 @@ class _Runner:
 
     def execute(self, action: str, template: Template, args: dict[str, Any], *, timeout: float | None = None,
                 kill_after: float | None = None, on_kill: Callable[[], None] | None = None) -> ActionResult:
-        argv = template.render(**{**self.profile.base_values, **self.context, **args})
+        argv = self.profile.command(template, **{**self.context, **args})
         timeout = self.profile.action_timeout_s if timeout is None else timeout
         ref = _seq(self._emit(type="invoke", action=action, args=args))
         try:
@@ -154,8 +154,8 @@ class Driver:
         self.device = device
         self.home = Path(home)
         self.server_url, self.token = server_url, token
-        self._runner = _Runner(profile, device, {"home": str(self.home), "server_url": server_url, "rep": rep,
-                                                 "org": org, "token": token}, record, env)
+        self._runner = _Runner(profile, device, device_values(home=self.home, server_url=server_url, rep=rep,
+                                                              org=org, token=token), record, env)
         self.env = self._runner.env  # mutable: a scenario may set a clock offset later
         self._background: set[int] = set()  # pids the SUT reported for its background sync
         self._background_groups: set[int] = set()  # process groups of start_background_sync calls
@@ -170,6 +170,10 @@ class Driver:
 
     def has(self, action: str) -> bool:
         return self.profile.has(action)
+
+    def command(self, action: str | Template, **args: Any) -> list[str]:
+        """The argv of an action (or another template) for this device, without running it."""
+        return self.profile.command(action, **{**self._runner.context, **args})
 
     def invoke(self, action: str, *, timeout: float | None = None, kill_after: float | None = None,
                **args: Any) -> ActionResult:
@@ -239,7 +243,7 @@ class Driver:
 
 
 def _export(runner: _Runner, template: Template, args: dict[str, Any], who: str) -> dict[str, Any]:
-    argv = template.render(**{**runner.profile.base_values, **runner.context, **args})
+    argv = runner.profile.command(template, **{**runner.context, **args})
     done = processes.run(argv, env={**runner.profile.environ(), **runner.env},
                          timeout=runner.profile.action_timeout_s)
     parsed, problem = parse_json(done.stdout)
@@ -266,11 +270,14 @@ class ServerHandle:
         self.profile = profile
         self.server_dir = Path(server_dir)
         self.port = port or free_port()
-        self._runner = _Runner(profile, "server", {"server_dir": str(self.server_dir), "port": self.port},
+        self._runner = _Runner(profile, "server", server_values(server_dir=self.server_dir, port=self.port),
                                record)
-        argv = profile.server_start.render(**profile.base_values, **self._runner.context)
-        self.process = ManagedProcess(argv, name="server", env=profile.environ(), log_dir=log_dir)
+        self.process = ManagedProcess(self.command(profile.server_start), name="server", env=profile.environ(), log_dir=log_dir)
         self._killed = False
+
+    def command(self, template: Template, **args: Any) -> list[str]:
+        """The argv of one of the profile's server commands for this server, without running it."""
+        return self.profile.command(template, **{**self._runner.context, **args})
 
     @property
     def address(self) -> str:
@@ -287,7 +294,7 @@ class ServerHandle:
 
     def start(self) -> ServerHandle:
         self.server_dir.mkdir(parents=True, exist_ok=True)
-        ready = str(render(self.profile.server_ready, **{**self.profile.base_values, "port": self.port}))
+        ready = self.profile.ready_url(self.port)
         try:
             self.process.start(ready_url=ready, ready_timeout=self.profile.ready_timeout_s)
         except ProcessError as exc:
@@ -314,8 +321,7 @@ class ServerHandle:
 
     def provision(self, org: str, rep: str) -> str:
         """Create rep ``rep`` of organisation ``org``; returns the device token the SUT printed."""
-        values = {**self.profile.base_values, **self._runner.context, "org": org, "rep": rep}
-        done = processes.run(self.profile.provision.render(**values), env=self.profile.environ(),
+        done = processes.run(self.command(self.profile.provision, org=org, rep=rep), env=self.profile.environ(),
                              timeout=self.profile.action_timeout_s)
         parsed, problem = parse_json(done.stdout)
         token = parsed.get("token") if isinstance(parsed, dict) else None

@@ -167,6 +167,23 @@ class Profile:
     def has(self, action: str) -> bool:
         return action in self.actions
 
+    def command(self, template: Template | str, **values: Any) -> list[str]:
+        """The argv to run: ``template`` (one of this profile's templates, or a contract action's
+        name) with its placeholders filled from the profile's own values (python, fixtures,
+        profile_dir) and ``values`` (home, server_url, rep, org, token, server_dir, port and the
+        action's arguments). The one place a command line is built from a profile.
+
+        Raises MissingValue for a placeholder without a value, MissingAction for an optional
+        action the profile does not define.
+        """
+        if isinstance(template, str):
+            template = self.action(template)
+        return render(template, **{**self.base_values, **values})
+
+    def ready_url(self, port: int) -> str:
+        """The URL polled until the server started on ``port`` answers (``server.ready``)."""
+        return _substitute(self.server_ready, {**self.base_values, "port": port}, "server.ready")
+
     def action(self, name: str) -> Template:
         if name not in ACTION_ARGS:
             raise KeyError(f"{name!r} is not a contract action (known: {', '.join(ACTION_ARGS)})")
@@ -178,6 +195,17 @@ class Profile:
         """The environment commands run with: the harness's own, plus the profile's [env]."""
         extra = {name: _substitute(value, self.base_values, f"env.{name}") for name, value in self.env.items()}
         return {**os.environ, **extra}
+
+
+def device_values(*, home: str | Path, server_url: str, rep: str, org: str | None = None,
+                  token: str | None = None) -> dict[str, Any]:
+    """The placeholders of one device's commands (DEVICE, beyond the profile's own)."""
+    return {"home": str(home), "server_url": server_url, "rep": rep, "org": org, "token": token}
+
+
+def server_values(*, server_dir: str | Path, port: int) -> dict[str, Any]:
+    """The placeholders of the server's commands (SERVER, beyond the profile's own)."""
+    return {"server_dir": str(server_dir), "port": port}
 
 
 class MissingAction(LookupError):

@@ -27,9 +27,9 @@ from .checkers import Anomaly
 from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
 from .history import CREATES, History
 from .profile import MissingAction, Profile
+from .schedule import SKUS
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, proxy_url
 
-SKUS = ("SKU-1", "SKU-2", "SKU-3", "CRISPS-24", "COLA-12")
 # Every contract write, in the order a matrix scenario makes them (docs/coverage.md).
 WRITE_ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
                  "delete_record")
@@ -278,8 +278,8 @@ class Session:
                         outcome=self.rng.choice(["met the buyer", "left a brochure", "no one in", "reordered"]))
 
     def take_order(self, name: str, *, kill_after: float | None = None) -> ActionResult:
-        return self.act(name, "take_order", kill_after=kill_after, account_id=self._account(), sku=self.rng.choice(SKUS),
-                        qty=self.rng.randint(1, 24), price=f"{self.rng.randint(50, 5000) / 100:.2f}")
+        return self.act(name, "take_order", kill_after=kill_after, account_id=self._account(),
+                        sku=self.rng.choice(SKUS), qty=self.rng.randint(1, 24), price=f"{self.rng.randint(50, 5000) / 100:.2f}")
 
     def write_note(self, name: str) -> ActionResult:
         return self.act(name, "write_note", account_id=self._account(), text=self.faker.sentence(nb_words=8))
@@ -406,8 +406,7 @@ class Session:
     def missing_on_device(self, name: str) -> dict[str, str]:
         """Saved records (of any device) that ``name``'s export lacks, read without recording."""
         driver = self.device(name).driver
-        values = {**self.profile.base_values, **driver._runner.context}
-        done = processes.run(self.profile.action("export").render(**values),
+        done = processes.run(driver.command("export"),
                              env={**self.profile.environ(), **driver.env}, timeout=self.profile.action_timeout_s)
         state, _ = parse_json(done.stdout)
         state = state if isinstance(state, dict) else {}
@@ -418,9 +417,7 @@ class Session:
     # -- what the office sees ------------------------------------------------------------------
     def server_state(self) -> dict[str, Any]:
         """The server's export without recording it: polling must not flood the history."""
-        values = {**self.profile.base_values, "server_dir": str(self.server.server_dir), "port": self.server.port,
-                  "org": self.org}
-        done = processes.run(self.profile.server_export.render(**values), env=self.profile.environ(),
+        done = processes.run(self.server.command(self.profile.server_export, org=self.org), env=self.profile.environ(),
                              timeout=self.profile.action_timeout_s)
         parsed, _ = parse_json(done.stdout)
         return parsed if isinstance(parsed, dict) else {}
@@ -444,8 +441,7 @@ class Session:
     def quiet_pending(self, name: str) -> int | None:
         """The device's pending count without recording it (polling must not flood the history)."""
         driver = self.device(name).driver
-        values = {**self.profile.base_values, **driver._runner.context}
-        done = processes.run(self.profile.action("outbox").render(**values),
+        done = processes.run(driver.command("outbox"),
                              env={**self.profile.environ(), **driver.env}, timeout=self.profile.action_timeout_s)
         parsed, _ = parse_json(done.stdout)
         pending = parsed.get("pending") if isinstance(parsed, dict) else None

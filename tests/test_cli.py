@@ -447,7 +447,9 @@ def test_exit_code_table_matches_the_errors() -> None:
     raised = {cls.exit_code: cls.kind for cls in vars(errors).values()
               if isinstance(cls, type) and issubclass(cls, errors.CrmError) and cls is not errors.CrmError}
     assert {code: documented.get(code) for code in raised} == raised
-    assert documented.keys() == raised.keys() | {0, 1, 2}
+    from cli.certify_cmds import BELOW_REQUIRED_LEVEL, CHAOS_ANOMALY  # crm certify's verdicts, not errors
+
+    assert documented.keys() == raised.keys() | {0, 1, 2, BELOW_REQUIRED_LEVEL, CHAOS_ANOMALY}
     assert (documented[1], documented[2]) == ("internal", "usage")
 
 

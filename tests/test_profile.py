@@ -17,9 +17,11 @@ from harness.profile import (
     MissingValue,
     ProfileError,
     Template,
+    device_values,
     load_profile,
     placeholders,
     render,
+    server_values,
 )
 
 REFERENCE = Path(__file__).resolve().parent.parent / "fixtures" / "sut" / "reference.toml"
@@ -215,3 +217,22 @@ def test_render_substitutes_each_argument_and_refuses_missing_values():
         template.render(entity="account", field="name", value=None)
     assert render("http://127.0.0.1:{port}/health", port=8080) == "http://127.0.0.1:8080/health"
     assert placeholders('{"json": 1} {a}{b} {{c}}') == ["a", "b"]
+
+
+def test_command_is_the_one_place_a_command_line_is_built(tmp_path, reference_data):
+    reference_data["actions"]["outbox"] = ["{python}", "{fixtures}/c.py", "--home", "{home}", "outbox"]
+    profile = load_profile(write(tmp_path, reference_data), fixtures_dir=tmp_path)
+    device = device_values(home=tmp_path / "d1", server_url="http://127.0.0.1:9/", rep="rep-1", token="t")
+    assert profile.command("outbox", **device) == [sys.executable, f"{tmp_path}/c.py", "--home", f"{tmp_path}/d1",
+                                                   "outbox"]
+    assert profile.command("take_order", **device, account_id="a1", sku="S", qty=1, price="2") == \
+        profile.action("take_order").render(**profile.base_values, **device, account_id="a1", sku="S", qty=1,
+                                            price="2")
+    assert profile.command(profile.server_export, **server_values(server_dir="/srv", port=8080), org="acme")[-4:] \
+        == ["/srv", "--org", "acme", "--json"]
+    assert profile.ready_url(8080) == "http://127.0.0.1:8080/v1/health"
+    with pytest.raises(MissingValue, match=r"\{account_id\}"):
+        profile.command("take_order", **device)
+    del reference_data["actions"]["sync"]
+    with pytest.raises(MissingAction):
+        load_profile(write(tmp_path, reference_data)).command("sync", **device)

@@ -47,8 +47,8 @@ class Run:
 
     def server_accounts(self) -> list[dict]:
         """The server's accounts right now, without recording a final export."""
-        values = {**self.profile.base_values, "server_dir": str(self.server.server_dir), "org": ORG}
-        return json.loads(processes.run(self.profile.server_export.render(**values), timeout=30).stdout)["account"]
+        argv = self.server.command(self.profile.server_export, org=ORG)
+        return json.loads(processes.run(argv, timeout=30).stdout)["account"]
 
     def close(self) -> None:
         for device in self.devices:

@@ -28,7 +28,7 @@ from ..admission import ID, RECORD_ID, InvalidOp, parse
 from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import server_now_ms
-from ..ops import MAX_FIELDS_PER_OP, loads
+from ..ops import MAX_FIELDS_PER_OP, PROTOCOL, loads
 from . import openapi
 from .limits import BodyTimeout, Limits
 from .store import (
@@ -41,7 +41,6 @@ from .store import (
     ServerStore,
 )
 
-PROTOCOL = 1
 SERVER_TIME_HEADER = b"crm-server-time"
 # Writes (pushes, back-office edits) of one organisation in the store at once; more wait their turn
 # in the event loop, holding no worker thread, so one organisation cannot take all of them.

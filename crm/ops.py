@@ -14,13 +14,9 @@ import orjson
 
 from .hlc import ClockError, parse_stamp
 
-<<<<<<< HEAD
-=======
 # The sync protocol's version, which a push names and the server checks (docs/sync-protocol.md):
 # defined here, with the op it carries, for both ends.
 PROTOCOL = 1
-OP_FORMAT = 1
->>>>>>> wt-docs
 MAX_FIELDS_PER_OP = 64
 MAX_BASE_STAMPS = 256
 MAX_FIELD_NAME = 100

@@ -50,3 +50,12 @@ Feature: The airplane-mode checklist
     When "phone" is back online
     Then without any sync command everything the rep saved reaches the office within 60 seconds
     And the run passes every check
+
+  Scenario: Background sync resumes by itself after a long time offline
+    Given background sync is switched on for "phone"
+    And "phone" is in airplane mode
+    And the rep has saved 3 accounts on "phone"
+    And 5 seconds pass
+    When "phone" is back online
+    Then without any sync command everything the rep saved reaches the office within 60 seconds
+    And the run passes every check

@@ -10,7 +10,7 @@ Feature: The coverage matrix: every kind of write survives every fault
     Given a sync server for the organisation "acme"
     And a phone for the rep "rep-1"
 
-  Scenario Outline: Every kind of write survives airplane mode
+  Scenario Outline: Every kind of write survives airplane mode, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -24,7 +24,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | airplane | manual     |
       | airplane | background |
 
-  Scenario Outline: Every kind of write survives a force-quit of the idle app
+  Scenario Outline: Every kind of write survives a force-quit of the idle app, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -40,7 +40,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | quit_idle | manual     |
       | quit_idle | background |
 
-  Scenario Outline: Every kind of write survives a force-quit while saving
+  Scenario Outline: Every kind of write survives a force-quit while saving, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     When the rep makes one of every kind of write on "phone", each killed at a seeded moment
@@ -53,7 +53,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | quit_saving | manual     |
       | quit_saving | background |
 
-  Scenario Outline: Every kind of write survives force-quits while syncing
+  Scenario Outline: Every kind of write survives force-quits while syncing, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -70,7 +70,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | fault        | mode   |
       | quit_syncing | manual |
 
-  Scenario Outline: Every kind of write survives a force-quit of the background sync with work queued
+  Scenario Outline: Every kind of write survives a force-quit of the background sync with work queued, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -87,7 +87,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | fault      | mode       |
       | quit_agent | background |
 
-  Scenario Outline: Every kind of write survives a server crash in the middle of a sync
+  Scenario Outline: Every kind of write survives a server crash in the middle of a sync, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -105,7 +105,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | server_crash | manual     |
       | server_crash | background |
 
-  Scenario Outline: Every kind of write survives losing the answer that committed it
+  Scenario Outline: Every kind of write survives losing the answer that committed it (<cut>), with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -124,7 +124,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | lost_answer_truncated | manual     | limit_data |
       | lost_answer_truncated | background | limit_data |
 
-  Scenario Outline: Every kind of write survives a partition in the middle of a push
+  Scenario Outline: Every kind of write survives a partition in the middle of a push, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode
@@ -142,7 +142,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | partition_push | manual     |
       | partition_push | background |
 
-  Scenario Outline: Every kind of write survives a partition in the middle of a pull
+  Scenario Outline: Every kind of write survives a partition in the middle of a pull, with <mode> sync
     Given a tablet for the rep "rep-2"
     And "phone" uses <mode> sync
     And "phone" is in airplane mode
@@ -162,7 +162,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | partition_pull | manual     |
       | partition_pull | background |
 
-  Scenario Outline: Every kind of write stays instant and syncs through 10 seconds of latency
+  Scenario Outline: Every kind of write stays instant and syncs through 10 seconds of latency, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And the connection of "phone" crawls with 10000 ms of latency
@@ -176,7 +176,7 @@ Feature: The coverage matrix: every kind of write survives every fault
       | latency_10s | manual     |
       | latency_10s | background |
 
-  Scenario Outline: Every kind of write survives a stalled connection
+  Scenario Outline: Every kind of write survives a stalled connection, with <mode> sync
     Given "phone" uses <mode> sync
     And the rep has records on "phone" that reached the office: an account with an order, and an account to delete
     And "phone" is in airplane mode

@@ -5,7 +5,11 @@
   a level is a claim, and without that evidence the harness does not make it.
 * Level 2 (offline writes): offline creates are saved, but some scenario failed or some
   check found an anomaly.
-* Level 3 (offline-first): every scenario passed with no anomaly.
+* Level 3 (offline-first): every scenario passed with no anomaly, and none was inconclusive.
+
+A scenario is *inconclusive* when its fault never reached the state it tests (the answer to cut
+had already arrived, the sync to interrupt had already finished). It is neither a pass nor a
+failure, and never enough for level 3: the certificate stays at level 2 until a run reaches it.
 
 Pure: no I/O, so the rule table in docs/levels.md is tested directly (tests/test_levels.py).
 """
@@ -32,6 +36,7 @@ class ScenarioResult:
     offline_create_refused: bool | None = None
     anomalies: list[Any] = field(default_factory=list)
     reason: str = ""
+    inconclusive: str = ""
 
     @classmethod
     def coerce(cls, value: ScenarioResult | Mapping[str, Any]) -> ScenarioResult:
@@ -40,13 +45,18 @@ class ScenarioResult:
         if isinstance(value, Mapping):
             return cls(name=str(value["name"]), passed=bool(value["passed"]),
                        offline_create_refused=value.get("offline_create_refused"),
-                       anomalies=list(value.get("anomalies") or ()), reason=str(value.get("reason") or ""))
+                       anomalies=list(value.get("anomalies") or ()), reason=str(value.get("reason") or ""),
+                       inconclusive=str(value.get("inconclusive") or ""))
         raise TypeError(f"a scenario result is a ScenarioResult or a mapping, not {type(value).__name__}")
 
     @property
     def ok(self) -> bool:
         """Passed and clean: a scenario that says it passed while carrying anomalies did not."""
-        return self.passed and not self.anomalies
+        return self.passed and not self.anomalies and not self.inconclusive
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not (self.inconclusive and not self.anomalies)
 
 
 def _check_name(anomaly: Any) -> str:
@@ -76,10 +86,12 @@ def certify_level(scenario_results: Iterable[ScenarioResult | Mapping[str, Any]]
     if refused:
         return 1, ([f"offline create refused in scenario {r.name!r}" + (f": {r.reason}" if r.reason else "")
                     for r in refused]
-                   + [_why_failed(r) for r in results if not r.ok and r not in refused])
-    failures = [_why_failed(r) for r in results if not r.ok]
+                   + [_why_failed(r) for r in results if r.failed and r not in refused])
+    failures = [_why_failed(r) for r in results if r.failed]
+    unproven = [f"scenario {r.name!r} was inconclusive: {r.inconclusive}" for r in results
+                if not r.failed and r.inconclusive]
     if not any(r.offline_create_refused is False for r in results):
-        return 1, ["no scenario showed an offline create being saved", *failures]
-    if failures:
-        return 2, failures
+        return 1, ["no scenario showed an offline create being saved", *failures, *unproven]
+    if failures or unproven:
+        return 2, [*failures, *unproven]
     return 3, [f"all {len(results)} scenarios passed with no anomaly"]

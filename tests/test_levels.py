@@ -19,6 +19,10 @@ def ok(name):
     return ScenarioResult(name, passed=True)
 
 
+def inconclusive(name):
+    return ScenarioResult(name, passed=False, inconclusive="the answer arrived before it could be cut")
+
+
 def failed(name, *checks, reason=""):
     return ScenarioResult(name, passed=False, reason=reason,
                           anomalies=[Anomaly(c, f"{c} found", {"seq": 1}) for c in checks])
@@ -38,6 +42,9 @@ def failed(name, *checks, reason=""):
     ([offline_create(saved=False), failed("force-quit", "queue_lost")], 1),
     # no scenario showed an offline create saved -> no claim beyond 1
     ([ok("sync"), ok("edits")], 1),
+    # an inconclusive scenario is no failure, but no evidence for 3 either -> 2
+    ([offline_create(), ok("sync"), inconclusive("lost answer")], 2),
+    ([offline_create(saved=False), inconclusive("lost answer")], 1),
 ])
 def test_rule_table(results, level):
     assert certify_level(results)[0] == level
@@ -84,3 +91,9 @@ def test_no_results_is_an_error_not_a_level():
         certify_level([])
     with pytest.raises(TypeError):
         certify_level(["not a result"])
+
+
+def test_an_inconclusive_scenario_is_named_as_such_not_as_a_failure():
+    level, reasons = certify_level([offline_create(), inconclusive("lost answer")])
+    assert level == 2
+    assert reasons == ["scenario 'lost answer' was inconclusive: the answer arrived before it could be cut"]

@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from harness.checkers import CHECKS
+from harness import coverage
+from harness.certify import CHECKS
 from harness.profile import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ MUTANTS_DIR = ROOT / "fixtures" / "mutants"
 SEED = 1
 PROOF = "create_a_new_account_in_airplane_mode"  # the offline create every selection includes
 STATUSES = {"caught", "gap", "survived", "equivalent"}
-CHECK_NAMES = set(CHECKS) | {"stuck"}  # stuck: work a step or the final quiescence waited for in vain
+CHECK_NAMES = set(CHECKS)  # the checkers', and stuck / slow_write: a timing bound missed
 
 
 def _load_build():
@@ -58,16 +59,7 @@ MUTANTS: dict[str, dict[str, Any]] = build.mutants()
 CAUGHT = sorted(name for name, m in MUTANTS.items() if m.get("status") == "caught")
 
 
-def _python_name(scenario: str) -> str:
-    """The test function pytest-bdd makes of a scenario (what ``-k`` matches)."""
-    from pytest_bdd.scenario import make_python_name
-
-    return "test_" + make_python_name(scenario)
-
-
-SCENARIOS = [_python_name(line.split(":", 1)[1].strip())
-             for feature in sorted((ROOT / "features").glob("*.feature"))
-             for line in feature.read_text(encoding="utf-8").splitlines() if line.strip().startswith("Scenario:")]
+SCENARIOS = [sc.test for sc in coverage.scenarios()]  # test ids, what ``-k`` matches
 
 
 def _selected(select: str, test: str) -> bool:

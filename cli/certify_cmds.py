@@ -69,6 +69,7 @@ def certify(
     from crm.errors import ValidationError
     from harness.certify import certify as run_certification
     from harness.profile import ProfileError
+    from harness.report import mark
 
     chaos_only = {"--runs": runs, "--devices": devices, "--steps": steps, "--shrink-budget": shrink_budget}
     if chaos or replay is not None:
@@ -86,9 +87,9 @@ def certify(
     report = report or Path("reports/certificate")
 
     def live(verdict: dict) -> None:
-        mark = "PASS" if verdict["passed"] else "FAIL"
-        why = "" if verdict["passed"] else f"  ({(verdict.get('reason') or '').splitlines()[0][:150]})"
-        output.message(f"{mark}  {verdict.get('feature', '')}: {verdict['name']}  [{verdict.get('duration_s')} s]{why}")
+        why = "" if verdict["passed"] else \
+            f"  ({(verdict.get('inconclusive') or verdict.get('reason') or '').splitlines()[0][:150]})"
+        output.message(f"{mark(verdict)}  {verdict.get('feature', '')}: {verdict['name']}  [{verdict.get('duration_s')} s]{why}")
 
     try:
         cert = run_certification(sut, seed=seed, report_dir=report, select=select, live=live, workers=workers,
@@ -97,10 +98,12 @@ def certify(
         raise ValidationError(str(exc)) from None
     summary = {"level": cert.level, "level_name": cert.data["level_name"], "sut": cert.data["sut"]["name"],
                "passed": cert.data["summary"]["passed"], "failed": cert.data["summary"]["failed"],
+               "inconclusive": cert.data["summary"]["inconclusive"],
                "duration_s": cert.data["duration_s"], "report": str(report.resolve() / "certificate.html")}
     output.emit(summary, as_json=as_json,
                 text=f"level {cert.level} ({cert.data['level_name']}) for {summary['sut']}: "
-                     f"{summary['passed']} passed, {summary['failed']} failed in {summary['duration_s']} s\n"
+                     f"{summary['passed']} passed, {summary['failed']} failed, {summary['inconclusive']} "
+                     f"inconclusive in {summary['duration_s']} s\n"
                      f"certificate: {summary['report']}")
     if require_level is not None and cert.level < require_level:
         output.message(f"crm: level {cert.level} is below the required level {require_level}")

@@ -45,6 +45,8 @@ def pytest_addoption(parser):
                     help="SUT profile (TOML) to certify")
     group.addoption("--seed", type=int, default=1, help="seed of every fault schedule and data set")
     group.addoption("--results", default=None, help="folder for per-scenario verdicts and histories")
+    group.addoption("--attempt", type=int, default=1,
+                    help="the attempt of a re-run (crm certify); seeds each scenario's faults anew")
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -67,8 +69,10 @@ def scenario_name(request):
 # -- the world ---------------------------------------------------------------------------------
 @given(parsers.parse('a sync server for the organisation "{org}"'), target_fixture="world")
 def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
+    attempt = request.config.getoption("--attempt")
     session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
-                      seed=request.config.getoption("--seed"), scenario=scenario_name)
+                      seed=request.config.getoption("--seed"),
+                      scenario=scenario_name if attempt == 1 else f"{scenario_name} (attempt {attempt})")
     request.node.stash[SESSION] = session
     request.addfinalizer(session.close)
     session.__enter__()

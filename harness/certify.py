@@ -72,20 +72,23 @@ DEFAULT_WORKERS = 3  # scenarios are independent (own server, proxies, ports) an
 
 def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | None = None,
               live: Callable[[dict[str, Any]], None] | None = None,
-              workers: int = DEFAULT_WORKERS) -> tuple[list[dict[str, Any]], int]:
-    """Run the features, ``workers`` scenarios at a time; the verdicts and pytest's exit code."""
-    raw = report_dir / "raw"
-    if raw.exists():
-        for old in (raw / "results.jsonl",):
-            old.unlink(missing_ok=True)
+              workers: int = DEFAULT_WORKERS, tests: list[str] | None = None,
+              attempt: int = 1) -> tuple[list[dict[str, Any]], int]:
+    """Run the features (or only ``tests``, pytest node ids), ``workers`` scenarios at a time; the
+    verdicts and pytest's exit code. A later ``attempt`` writes under raw/attempt-N and seeds
+    its faults differently."""
+    raw = report_dir / "raw" / (f"attempt-{attempt}" if attempt > 1 else "")
+    (raw / "results.jsonl").unlink(missing_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pytest", str(FEATURES), "-p", "no:cacheprovider", "-q", "--no-header",
-            f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/", "--sut", str(profile_path),
-            "--seed", str(seed), "--results", str(raw), f"--junitxml={report_dir / 'junit.xml'}"]
+    junit = report_dir / ("junit.xml" if attempt == 1 else f"junit-attempt-{attempt}.xml")
+    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-p", "no:cacheprovider", "-q",
+            "--no-header", f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/", "--sut",
+            str(profile_path), "--seed", str(seed), "--attempt", str(attempt), "--results", str(raw),
+            f"--junitxml={junit}"]
     if select:
         argv += ["-k", select]
     if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one
-        argv += ["-n", str(workers)]
+        argv += ["-n", str(min(workers, len(tests)) if tests else workers)]
     stop = threading.Event()
     follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, live or (lambda _: None)),
                                 daemon=True)
@@ -108,7 +111,43 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     results_file = raw / "results.jsonl"
     verdicts = [json.loads(line) for line in results_file.read_text().splitlines() if line.strip()] \
         if results_file.exists() else []
+    if attempt > 1:
+        for verdict in verdicts:
+            verdict["attempts"] = attempt
+            if verdict.get("history"):
+                verdict["history"] = f"attempt-{attempt}/{verdict['history']}"
     return verdicts, code
+
+
+RERUNS = 2  # further attempts for a scenario that was inconclusive or failed only on timing
+
+
+def needs_rerun(verdict: dict[str, Any]) -> bool:
+    """Inconclusive (its fault missed) or failed only on a timing bound: not yet a verdict."""
+    return bool(verdict.get("test")) and bool(verdict.get("inconclusive") or verdict.get("timing_only"))
+
+
+def rerun(profile_path: Path, verdicts: list[dict[str, Any]], *, seed: int, report_dir: Path,
+          live: Callable[[dict[str, Any]], None] | None = None, workers: int = DEFAULT_WORKERS,
+          reruns: int = RERUNS) -> list[dict[str, Any]]:
+    """Run again, with differently seeded moments, each scenario that was inconclusive or failed
+    only on timing; its last attempt is its verdict, the earlier ones are kept in ``earlier``."""
+    by_test = {v.get("test"): v for v in verdicts}
+    for attempt in range(2, reruns + 2):
+        again = [v["test"] for v in by_test.values() if needs_rerun(v)]
+        if not again:
+            break
+        fresh, _ = run_suite(profile_path, seed=seed, report_dir=report_dir, live=live, workers=workers,
+                             tests=again, attempt=attempt)
+        for verdict in fresh:
+            old = by_test.get(verdict.get("test"))
+            if old is None:
+                continue
+            earlier = {"attempt": old.get("attempts", 1), "inconclusive": old.get("inconclusive", ""),
+                       "timing_only": bool(old.get("timing_only")), "reason": str(old.get("reason", ""))[:500]}
+            verdict["earlier"] = [*old.get("earlier", []), earlier]
+            by_test[verdict["test"]] = verdict
+    return [by_test.get(v.get("test"), v) if v.get("test") else v for v in verdicts]
 
 
 def _check_table(verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -168,6 +207,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     if not verdicts:
         log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the conformance suite ran no scenario (pytest exit {code}):\n{log}")
+    verdicts = rerun(profile_path, verdicts, seed=seed, report_dir=report_dir, live=live, workers=workers)
     if chaos_runs > 0 and not select:
         verdict, chaos = chaos_stage(profile_path, runs=chaos_runs, seed=seed, report_dir=report_dir / "chaos",
                                      say=say)
@@ -194,7 +234,9 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
         "duration_s": round(time.monotonic() - started, 1),
         "chaos": chaos,
         "summary": {"scenarios": len(verdicts), "passed": sum(1 for v in verdicts if v["passed"]),
-                    "failed": sum(1 for v in verdicts if not v["passed"]),
+                    "failed": sum(1 for v in verdicts if not v["passed"] and not v.get("inconclusive")),
+                    "inconclusive": sum(1 for v in verdicts if v.get("inconclusive")),
+                    "rerun": sum(1 for v in verdicts if v.get("earlier")),
                     "actions": sum(v.get("timeline", {}).get("actions", 0) for v in verdicts),
                     "faults": sum(v.get("timeline", {}).get("faults", 0) for v in verdicts)},
         "checks": _check_table(verdicts),

@@ -31,9 +31,21 @@ def write_reports(cert: dict[str, Any], folder: Path) -> None:
     _atomic_write(folder / "certificate.html", chaos_page(cert) if chaos else page(cert))
 
 
+def mark(verdict: dict[str, Any]) -> str:
+    """PASS, FAIL or INCONCLUSIVE (its fault never reached the state it tests), and the attempt
+    that gave it when the scenario was run again."""
+    word = "PASS" if verdict["passed"] else "INCONCLUSIVE" if verdict.get("inconclusive") else "FAIL"
+    return word + (f" (attempt {verdict['attempts']})" if verdict.get("attempts", 1) > 1 else "")
+
+
 def _evidence(verdict: dict[str, Any]) -> str:
+    earlier = "; ".join(f"attempt {e['attempt']}: " + (e["inconclusive"] or "failed only on timing: "
+                                                       + e["reason"].splitlines()[0][:200] if e["reason"] else "")
+                        for e in verdict.get("earlier", []))
     if verdict["passed"]:
-        return ""
+        return earlier
+    if verdict.get("inconclusive"):
+        return "; ".join(p for p in (verdict["inconclusive"], earlier) if p)
     parts = [a["check"] + ": " + a["message"] for a in verdict.get("anomalies", [])]
     if not parts and verdict.get("reason"):
         parts.append(verdict["reason"].splitlines()[0])
@@ -46,18 +58,18 @@ def markdown(cert: dict[str, Any]) -> str:
            f"* SUT: **{cert['sut']['name']}** {cert['sut']['version']}",
            f"* Suite: {cert['suite']['name']} {cert['suite']['version']} (selection: {cert['suite']['selection']})",
            f"* Seed: {cert['seed']} · started {cert['started_at']} · {cert['duration_s']} s",
-           f"* Scenarios: {s['passed']} passed, {s['failed']} failed · {s['actions']} actions, {s['faults']} faults",
+           f"* Scenarios: {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive"
+           f" ({s.get('rerun', 0)} run again) · {s['actions']} actions, {s['faults']} faults",
            "", "## Why this level", ""]
     out += [f"* {reason}" for reason in cert["reasons"]]
     out += ["", "## Scenarios", "", "| | feature | scenario | time | evidence |", "|---|---|---|---|---|"]
     for v in cert["scenarios"]:
-        mark = "PASS" if v["passed"] else "FAIL"
         evidence = _evidence(v).replace("|", "\\|").replace("\n", " ")[:400]
-        out.append(f"| {mark} | {v.get('feature', '')} | {v['name']} | {v.get('duration_s', '')} s | {evidence} |")
+        out.append(f"| {mark(v)} | {v.get('feature', '')} | {v['name']} | {v.get('duration_s', '')} s | {evidence} |")
     out += ["", "## Checks", "", "| check | result | anomalies | scenarios |", "|---|---|---|---|"]
     for name, c in cert["checks"].items():
         out.append(f"| {name} | {'PASS' if c['passed'] else 'FAIL'} | {c['anomalies']} | {', '.join(c['scenarios'])} |")
-    failing = [v for v in cert["scenarios"] if not v["passed"]]
+    failing = [v for v in cert["scenarios"] if not v["passed"] and not v.get("inconclusive")]
     if failing:
         out += ["", "## Evidence", ""]
         for v in failing:
@@ -109,8 +121,8 @@ def page(cert: dict[str, Any]) -> str:
     level_colour = {1: "#c62828", 2: "#ef6c00", 3: "#2e7d32"}[cert["level"]]
     rows = []
     for v in cert["scenarios"]:
-        mark = "PASS" if v["passed"] else "FAIL"
-        rows.append(f'<tr class="{mark.lower()}"><td>{mark}</td><td>{esc(v.get("feature", ""))}</td>'
+        word = mark(v)
+        rows.append(f'<tr class="{word.split()[0].lower()}"><td>{word}</td><td>{esc(v.get("feature", ""))}</td>'
                     f'<td>{esc(v["name"])}</td><td>{v.get("duration_s", "")} s</td>'
                     f'<td>{esc(_evidence(v)[:600])}</td></tr>')
     checks = "".join(f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{esc(name)}</td>'
@@ -118,7 +130,7 @@ def page(cert: dict[str, Any]) -> str:
                      f'<td>{esc(", ".join(c["scenarios"]))}</td></tr>' for name, c in cert["checks"].items())
     timelines = []
     for v in cert["scenarios"]:
-        timelines.append(f'<section><h3>{esc(v["name"])} <small>({"PASS" if v["passed"] else "FAIL"})</small></h3>'
+        timelines.append(f'<section><h3>{esc(v["name"])} <small>({mark(v)})</small></h3>'
                          f'{timeline_svg(v.get("timeline", {}))}'
                          + (f'<pre>{esc((v.get("reason") or "")[:3000])}</pre>' if not v["passed"] else "")
                          + "</section>")
@@ -138,7 +150,7 @@ pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8
 <p class="level">Level {cert['level']}</p>
 <h1>{esc(cert['level_name'])}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
 <p>Suite {esc(cert['suite']['name'])} {esc(cert['suite']['version'])} · seed {cert['seed']} ·
-{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed ·
+{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
 {s['actions']} actions, {s['faults']} faults</p>
 <ul>{''.join(f'<li>{esc(r)}</li>' for r in cert['reasons'])}</ul>
 <h2>The checklist and the fault scenarios</h2>

@@ -90,7 +90,10 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one
         argv += ["-n", str(min(workers, len(tests)) if tests else workers)]
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, live or (lambda _: None)),
+    echo = live or (lambda _: None)
+    if attempt > 1:
+        echo = (lambda verdict: (live or (lambda _: None))({**verdict, "attempts": attempt}))
+    follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, echo),
                                 daemon=True)
     follower.start()
     with open(raw / "pytest.log", "w", encoding="utf-8") as log:

@@ -68,15 +68,7 @@ def cut_committing_answer(session: Session, name: str, cut: str, *, bound: float
         raise ScenarioFailure(f"an answer is cut by one of {', '.join(CUTS)}, not {cut!r}")
     before = session.baseline if session.baseline is not None else _fingerprint(session)
     sync = _InFlight(session, name)
-    deadline = time.monotonic() + bound
-    changed = False
-    while time.monotonic() < deadline:
-        if _fingerprint(session) != before:
-            changed = True
-            break
-        if sync.thread is not None and not sync.running:
-            break
-        time.sleep(0.1)
+    changed = _wait_for_change(session, before, sync, bound)
     if changed:
         session.add_toxic(name, CUTS[cut]())
     sync.join(session)
@@ -117,11 +109,30 @@ def drop_at_seeded_moment(session: Session, name: str, what: str) -> bool:
     return reached
 
 
-def kill_server_at_seeded_moment(session: Session, name: str) -> bool:
-    """The server SIGKILLed at a seeded moment of ``name``'s sync; reached when work was still
-    on its way (the sync was running, or work is still queued on ``name``)."""
+def _wait_for_change(session: Session, before: str, sync: _InFlight, bound: float) -> bool:
+    """Until the server's export differs from ``before`` (work committed), or the manual sync ended."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if _fingerprint(session) != before:
+            return True
+        if sync.thread is not None and not sync.running:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def kill_server_at_seeded_moment(session: Session, name: str, *, bound: float = 40.0) -> bool:
+    """The server SIGKILLed in the middle of ``name``'s sync, its answers held back
+    (``hold_answers``): a manual sync at a seeded moment after it starts; background sync, which
+    starts when it will, at a seeded moment after the server's state changed. Reached when work
+    was still on its way (the sync was running, or work is still queued on ``name``)."""
     sync = _InFlight(session, name)
-    time.sleep(session.seeded_delay(0.2, 1.2))
+    if sync.thread is None:
+        before = session.baseline if session.baseline is not None else _fingerprint(session)
+        _wait_for_change(session, before, sync, bound)
+        time.sleep(session.seeded_delay(0.0, 1.0))
+    else:
+        time.sleep(session.seeded_delay(0.2, 1.2))
     in_flight = sync.running
     session.server.kill()
     sync.join(session)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .session import Session
+from .session import NotExercisable, Session
 
 SCENARIO = pytest.StashKey[str]()
 FEATURE = pytest.StashKey[str]()
@@ -42,15 +42,17 @@ def timing_only(anomalies: list[dict[str, Any]]) -> bool:
                                    in ("wait", "catch_up", "writes_within") for a in anomalies)
 
 
-def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | None) -> dict[str, Any]:
+def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | None,
+               not_exercisable: str = "") -> dict[str, Any]:
     anomalies = [a.to_json() for a in session.anomalies] if session else []
-    inconclusive = "; ".join(session.inconclusive) if session and report.passed else ""
+    inconclusive = not_exercisable or ("; ".join(session.inconclusive) if session and report.passed else "")
     return {
         "name": scenario_name(item),
         "feature": item.stash.get(FEATURE, ""),
         "test": item.nodeid,
         "passed": report.passed and not inconclusive,
         "inconclusive": inconclusive,
+        "not_exercisable": bool(not_exercisable),
         "timing_only": (not report.passed) and timing_only(anomalies),
         "duration_s": round(report.duration, 2),
         "offline_create_refused": session.offline_create_refused if session else None,
@@ -67,9 +69,10 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" and not (report.when == "setup" and report.failed):
         return
     session = item.stash.get(SESSION, None)
-    if report.failed and report.when == "call" and session is not None:
+    missing = call.excinfo.value if call.excinfo is not None and call.excinfo.errisinstance(NotExercisable) else None
+    if report.failed and report.when == "call" and session is not None and missing is None:
         session.evidence()  # a failed step is explained by the checkers too (docs/levels.md)
-    verdict = item.stash[VERDICT] = verdict_of(item, report, session)
+    verdict = item.stash[VERDICT] = verdict_of(item, report, session, str(missing or ""))
     folder = item.config.getoption("--results")
     if folder and session is not None:
         out = Path(folder)

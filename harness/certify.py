@@ -90,9 +90,10 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one
         argv += ["-n", str(min(workers, len(tests)) if tests else workers)]
     stop = threading.Event()
-    echo = live or (lambda _: None)
-    if attempt > 1:
-        echo = (lambda verdict: (live or (lambda _: None))({**verdict, "attempts": attempt}))
+    def echo(verdict: dict[str, Any]) -> None:
+        if live:
+            live({**verdict, "attempts": attempt} if attempt > 1 else verdict)
+
     follower = threading.Thread(target=_follow, args=(raw / "results.jsonl", stop, echo),
                                 daemon=True)
     follower.start()
@@ -127,7 +128,8 @@ RERUNS = 2  # further attempts for a scenario that was inconclusive or failed on
 
 def needs_rerun(verdict: dict[str, Any]) -> bool:
     """Inconclusive (its fault missed) or failed only on a timing bound: not yet a verdict."""
-    return bool(verdict.get("test")) and bool(verdict.get("inconclusive") or verdict.get("timing_only"))
+    return (bool(verdict.get("test")) and not verdict.get("not_exercisable")
+            and bool(verdict.get("inconclusive") or verdict.get("timing_only")))
 
 
 def rerun(profile_path: Path, verdicts: list[dict[str, Any]], *, seed: int, report_dir: Path,

@@ -606,6 +606,31 @@ def lost_delete(history: History) -> list[Anomaly]:
     return found
 
 
+# -- refused -------------------------------------------------------------------------------------
+TARGETS = {"log_visit": "account_id", "take_order": "account_id", "write_note": "account_id",
+           "add_order_line": "order_id", "edit_field": "record_id", "delete_record": "record_id"}
+
+
+def refused(history: History) -> list[Anomaly]:
+    """Offline-first: a write made while its device was cut off (airplane mode, server down) must
+    be saved, not refused. A write on a record somebody had deleted may be refused."""
+    deleted = {(str(op.args.get("record_id")), op.seq) for op in history.operations("delete_record")
+               if op.outcome != "fail"}
+    found = []
+    for op in history.operations(*CREATES, *TARGETS):
+        if op.outcome != "fail" or op.device == "server" or not history.offline_at(op.device, op.seq):
+            continue
+        target = str(op.args.get(TARGETS.get(op.action, ""), ""))
+        if target and any(rid == target and seq < op.seq for rid, seq in deleted):
+            continue
+        code = op.completion.exit if op.completion else None
+        found.append(Anomaly("refused", f"{op.action} #{op.seq} on {op.device} was refused (exit {code}) while the "
+                             "device was offline: offline work must be saved and synced later",
+                             {"seq": op.seq, "device": op.device, "action": op.action, "args": op.args,
+                              "exit": code}))
+    return found
+
+
 # -- all of them -----------------------------------------------------------------------------------
 CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
     "lost_write": lost_write,
@@ -617,6 +642,7 @@ CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
     "lost_delete": lost_delete,
     "conflict_log": conflict_log,
     "not_merged": not_merged,
+    "refused": refused,
 }
 
 

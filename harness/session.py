@@ -40,6 +40,11 @@ class ScenarioFailure(AssertionError):
     """A step's expectation did not hold; the message names the evidence."""
 
 
+class NotExercisable(Exception):
+    """The SUT's profile gives the harness no way to cause this scenario's fault (no clock hook):
+    the scenario is inconclusive, neither passed nor failed."""
+
+
 @dataclass
 class Device:
     name: str
@@ -175,7 +180,8 @@ class Session:
     def skew_clock(self, name: str, hours: float) -> None:
         device = self.device(name)
         if not self.profile.clock_skew_env:
-            raise ScenarioFailure("the SUT profile has no [device] clock_skew_env, so a device clock cannot be set")
+            raise NotExercisable("not exercisable: the SUT profile has no [device] clock_skew_env, so a "
+                                 "device clock cannot be set")
         device.driver.env[self.profile.clock_skew_env] = str(int(hours * 3600 * 1000))
         self.history.append(name, "fault", "clock_skew", detail=f"{hours:+g} h")
 
@@ -251,7 +257,7 @@ class Session:
         try:
             result = device.driver.invoke(action, kill_after=kill_after, **args)
         except MissingAction as exc:
-            raise ScenarioFailure(str(exc)) from None
+            raise NotExercisable(f"not exercisable: {exc}") from None
         if kill_after is not None:
             processes.kill_marked(self._marker(name)) if result.outcome == "unknown" else None
         if action in WRITE_ACTIONS:
@@ -295,7 +301,7 @@ class Session:
         try:
             return self.server.backoffice_edit("account", self._account(), field_name, value, org=self.org)
         except MissingAction as exc:
-            raise ScenarioFailure(str(exc)) from None
+            raise NotExercisable(f"not exercisable: {exc}") from None
 
     def sync(self, name: str, *, kill_after: float | None = None) -> ActionResult:
         return self.act(name, "sync", kill_after=kill_after)
@@ -380,12 +386,20 @@ class Session:
         taken; past ``bound`` the work still queued is a ``stuck`` anomaly."""
         start = time.monotonic()
         manual = self.modes.get(name, "manual") == "manual" and self.profile.has("sync")
+        drained = 0  # polls in a row with nothing queued on any reachable device
         while True:
             if manual:
                 self.sync(name)
-            missing = {**self.missing_on_server(), **self.missing_on_device(name)}
+            unsent = self.missing_on_server()
+            missing = {**unsent, **self.missing_on_device(name)}
             if not missing:
                 return time.monotonic() - start
+            reachable = [d.name for d in self.devices.values() if not d.offline]
+            drained = drained + 1 if unsent and reachable and all(self.quiet_pending(n) == 0 for n in reachable) \
+                else 0
+            if drained >= (3 if manual else 6):  # nothing left to send: lost, not late (the checkers say so)
+                raise ScenarioFailure(f"nothing is pending on any device, yet the server lacks {len(unsent)} saved "
+                                      f"record(s): {unsent}")
             if time.monotonic() - start > bound:
                 self.stuck.append(Anomaly("stuck", f"{len(missing)} saved record(s) had not reached the server "
                                           f"and {name} within the scenario's {bound:g} s",

@@ -561,3 +561,17 @@ def test_not_merged_leaves_a_field_with_a_competing_write_to_lost_edit():
     finish(h, d1=state, d2=state, server=state)
     assert checkers.not_merged(h) == []
     assert {a.check for a in checkers.lost_edit(h)} == {"lost_edit"}
+
+
+# -- refused ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("offline", "deleted_first", "expected"), [
+    (True, False, ["refused"]), (False, False, []), (True, True, [])])
+def test_a_write_refused_offline_is_reported_unless_its_record_was_deleted(offline, deleted_first, expected):
+    h = History()
+    create(h, "d1", "a1")
+    if offline:
+        h.append("d1", "fault", "offline")
+    if deleted_first:
+        act(h, "d1", "delete_record", {"entity": "account", "record_id": "a1"}, result={"id": "a1"})
+    act(h, "d1", "log_visit", {"account_id": "a1", "outcome": "met"}, outcome="fail")
+    assert [a.check for a in checkers.refused(h)] == expected

@@ -34,9 +34,6 @@ DEFAULT_RUNS = 10
 DEFAULT_DEVICES = 3
 DEFAULT_STEPS = 20
 DEFAULT_SHRINK_BUDGET = 40
-# Anomalies only chaos runs report, besides those of harness/checkers.py: a server that did not
-# come back after a SIGKILL, and no quiescence after everything healed.
-CHAOS_CHECKS = ("server_restart", "quiescence")
 
 Live = Callable[[str], None]
 
@@ -93,7 +90,12 @@ class _Player:
             self.ids[step["ref"]] = str(result.json["id"])
 
     def play(self, step: dict[str, Any]) -> None:
-        getattr(self, f"_{step['do']}")(step)
+        kind = ALIASES.get(step["do"], step["do"])
+        try:
+            play = PLAYS[kind]
+        except KeyError:
+            raise ValueError(f"a chaos step cannot be {step['do']!r} (one of {', '.join(sorted(PLAYS))})") from None
+        play(self, step)
 
     # -- the rep's work --------------------------------------------------------------------------
     def _write(self, step: dict[str, Any]) -> None:
@@ -103,8 +105,6 @@ class _Player:
             if args["account_id"] is None:
                 return
         self._keep_id(step, self.session.act(step["device"], step["do"], kill_after=step.get("kill_after"), **args))
-
-    _create_account = _log_visit = _take_order = _write_note = _write
 
     def _add_order_line(self, step: dict[str, Any]) -> None:
         order_id = self._id(step["order"])
@@ -138,10 +138,10 @@ class _Player:
         else:
             s.sync(device, kill_after=step.get("kill_after"))
 
-    def _start_agent(self, step: dict[str, Any]) -> None:
+    def _start_background_sync(self, step: dict[str, Any]) -> None:
         self.session.act(step["device"], "start_background_sync")
 
-    def _stop_agent(self, step: dict[str, Any]) -> None:
+    def _stop_background_sync(self, step: dict[str, Any]) -> None:
         self.session.act(step["device"], "stop_background_sync")
 
     def _reopen(self, step: dict[str, Any]) -> None:
@@ -183,6 +183,20 @@ class _Player:
             thread = self.background.pop(name, None)
             if thread is not None:
                 thread.join(self.session.profile.action_timeout_s + 5)
+
+
+# Each step kind, named after the contract action it plays (docs/driver-contract.md) or the fault
+# it injects, and how the player plays it.
+PLAYS: dict[str, Callable[[_Player, dict[str, Any]], None]] = {
+    "create_account": _Player._write, "log_visit": _Player._write, "take_order": _Player._write,
+    "write_note": _Player._write, "add_order_line": _Player._add_order_line, "edit_field": _Player._edit_field,
+    "delete_record": _Player._delete_record, "backoffice_edit": _Player._backoffice_edit, "sync": _Player._sync,
+    "start_background_sync": _Player._start_background_sync, "stop_background_sync": _Player._stop_background_sync,
+    "reopen": _Player._reopen, "offline": _Player._offline, "online": _Player._online, "toxic": _Player._toxic,
+    "clear_toxics": _Player._clear_toxics, "kill": _Player._kill, "server_kill": _Player._server_kill,
+    "server_start": _Player._server_start, "pause": _Player._pause,
+}
+ALIASES = {"start_agent": "start_background_sync", "stop_agent": "stop_background_sync"}  # schedules of 2026-11
 
 
 def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, workdir: Path) -> RunResult:

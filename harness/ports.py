@@ -26,12 +26,3 @@ def free_port(host: str = HOST) -> int:
                 _handed_out.add(port)
                 return port
     raise RuntimeError(f"no free TCP port found on {host} after 100 tries")
-
-
-def is_listening(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False

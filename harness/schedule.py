@@ -31,7 +31,7 @@ EDITABLE = {"account": ("name", "city"), "visit": ("outcome",)}
 
 # Every step kind, and whether it is a fault (or its heal) rather than a contract action.
 ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
-           "delete_record", "backoffice_edit", "sync", "start_agent", "stop_agent", "reopen")
+           "delete_record", "backoffice_edit", "sync", "start_background_sync", "stop_background_sync", "reopen")
 FAULTS = ("offline", "online", "toxic", "clear_toxics", "kill", "server_kill", "server_start")
 KINDS = (*ACTIONS, *FAULTS, "pause")
 
@@ -345,13 +345,13 @@ class Generator:
             kinds += ["sync", "sync_background", "sync_killed"]
             weights += [45, 18, 12]
         if self.caps.agent:
-            kinds.append("stop_agent" if device in w.agents else "start_agent")
+            kinds.append("stop_background_sync" if device in w.agents else "start_background_sync")
             weights.append(16)
         kind = self.rng.choices(kinds, weights)[0]
         if kind == "reopen":
             return {"do": "reopen", "device": device}
-        if kind in ("start_agent", "stop_agent"):
-            (w.agents.add if kind == "start_agent" else w.agents.discard)(device)
+        if kind in ("start_background_sync", "stop_background_sync"):
+            (w.agents.add if kind == "start_background_sync" else w.agents.discard)(device)
             return {"do": kind, "device": device}
         w.exchange(device)
         if kind == "sync_background":

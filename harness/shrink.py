@@ -11,7 +11,7 @@ fails (the input itself when nothing smaller did), never one it was merely assum
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -22,7 +22,6 @@ class Shrunk(Generic[T]):
     items: list[T]
     tests: int  # how many times the predicate ran
     exhausted: bool  # the budget ran out before the result was 1-minimal
-    tried: list[int] = field(default_factory=list)  # the length of each candidate tested, in order
 
 
 def ddmin(items: Sequence[T], fails: Callable[[list[T]], bool], *, budget: int = 100) -> Shrunk[T]:
@@ -40,7 +39,6 @@ def ddmin(items: Sequence[T], fails: Callable[[list[T]], bool], *, budget: int =
             if result.tests >= budget:
                 raise _OutOfBudget
             result.tests += 1
-            result.tried.append(len(indices))
             seen[key] = fails([items[i] for i in indices])
         return seen[key]
 

@@ -52,7 +52,7 @@ def test_schedules_mix_actions_faults_and_heals_and_keep_the_server_down_briefly
             if "ref" in step:
                 handles.add(step["ref"])
     for kind in ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
-                 "backoffice_edit", "sync", "start_agent", "reopen", *FAULTS):
+                 "backoffice_edit", "sync", "start_background_sync", "reopen", *FAULTS):
         assert kinds.get(kind, 0) >= 3, f"{kind} almost never scheduled: {kinds}"
     toxics = {s["type"] for seed in range(60) for s in generate(seed, devices=5, steps=25).steps if s["do"] == "toxic"}
     assert toxics == {"latency", "timeout", "reset_peer", "limit_data", "slicer"}
@@ -100,7 +100,7 @@ def test_orders_get_several_lines_often_from_another_device_and_no_line_repeats(
 def test_a_profile_without_sync_agent_or_back_office_gets_no_such_steps():
     caps = Capabilities(sync=False, agent=False, backoffice=False, order_lines=False)
     kinds = {s["do"] for seed in range(30) for s in generate(seed, devices=3, steps=30, capabilities=caps).steps}
-    assert not kinds & {"sync", "start_agent", "stop_agent", "backoffice_edit", "add_order_line"}
+    assert not kinds & {"sync", "start_background_sync", "stop_background_sync", "backoffice_edit", "add_order_line"}
     assert "reopen" in kinds and "create_account" in kinds
 
 
@@ -170,11 +170,17 @@ def test_ddmin_of_an_order_dependent_failure_keeps_the_order():
     assert ddmin(steps, fails).items == ["write", "kill"]
 
 
-def test_every_kind_of_step_can_be_played():
-    from harness.chaos import _Player
+def test_every_kind_of_step_can_be_played_and_is_named_after_its_contract_action():
+    from harness.chaos import ALIASES, PLAYS
+    from harness.profile import OPTIONAL_ACTIONS, REQUIRED_ACTIONS
     from harness.schedule import KINDS
 
-    assert [kind for kind in KINDS if not callable(getattr(_Player, f"_{kind}", None))] == []
+    assert sorted(PLAYS) == sorted(KINDS)
+    contract = set(REQUIRED_ACTIONS) | set(OPTIONAL_ACTIONS) | {"backoffice_edit"}
+    work = [k for k in KINDS if not k.startswith(("server_", "offline", "online", "toxic", "clear", "kill", "pause",
+                                                   "reopen"))]
+    assert set(work) <= contract, set(work) - contract
+    assert set(ALIASES.values()) <= set(PLAYS)
 
 
 def test_fault_steps_are_injections_not_heals():

@@ -52,7 +52,8 @@ def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | 
         "test": item.nodeid,
         "passed": report.passed and not inconclusive,
         "inconclusive": inconclusive,
-        "not_exercisable": bool(not_exercisable),
+        "not_exercisable": bool(not_exercisable) or any(
+            why.startswith("not exercisable") for why in (session.inconclusive if session else [])),
         "timing_only": (not report.passed) and timing_only(anomalies),
         "duration_s": round(report.duration, 2),
         "offline_create_refused": session.offline_create_refused if session else None,

@@ -613,19 +613,29 @@ TARGETS = {"log_visit": "account_id", "take_order": "account_id", "write_note": 
 
 def refused(history: History) -> list[Anomaly]:
     """Offline-first: a write made while its device was cut off (airplane mode, server down) must
-    be saved, not refused. A write on a record somebody had deleted may be refused."""
+    be saved, not refused; and no write may end without saying whether it saved (an *unknown*
+    outcome the harness did not cause by a kill: a write that waited on the network and timed
+    out). A write on a record somebody had deleted may be refused."""
     deleted = {(str(op.args.get("record_id")), op.seq) for op in history.operations("delete_record")
                if op.outcome != "fail"}
+    kills = {e.device: [] for e in history.kills()}
+    for e in history.kills():
+        kills[e.device].append(e.seq)
     found = []
     for op in history.operations(*CREATES, *TARGETS):
-        if op.outcome != "fail" or op.device == "server" or not history.offline_at(op.device, op.seq):
+        if op.device == "server":
+            continue
+        unconfirmed = (op.outcome == "unknown" and op.completion is not None
+                       and not any(op.seq < k < op.done_seq for k in kills.get(op.device, [])))
+        if not unconfirmed and (op.outcome != "fail" or not history.offline_at(op.device, op.seq)):
             continue
         target = str(op.args.get(TARGETS.get(op.action, ""), ""))
         if target and any(rid == target and seq < op.seq for rid, seq in deleted):
             continue
         code = op.completion.exit if op.completion else None
-        found.append(Anomaly("refused", f"{op.action} #{op.seq} on {op.device} was refused (exit {code}) while the "
-                             "device was offline: offline work must be saved and synced later",
+        why = ("ended without saying whether it saved: a write must not wait on the network" if unconfirmed
+               else "was refused while the device was offline: offline work must be saved and synced later")
+        found.append(Anomaly("refused", f"{op.action} #{op.seq} on {op.device} {why} (exit {code})",
                              {"seq": op.seq, "device": op.device, "action": op.action, "args": op.args,
                               "exit": code}))
     return found

@@ -575,3 +575,13 @@ def test_a_write_refused_offline_is_reported_unless_its_record_was_deleted(offli
         act(h, "d1", "delete_record", {"entity": "account", "record_id": "a1"}, result={"id": "a1"})
     act(h, "d1", "log_visit", {"account_id": "a1", "outcome": "met"}, outcome="fail")
     assert [a.check for a in checkers.refused(h)] == expected
+
+
+@pytest.mark.parametrize(("killed", "expected"), [(False, ["refused"]), (True, [])])
+def test_a_write_that_ends_unknown_without_a_kill_is_refused(killed, expected):
+    h = History()
+    inv = h.invoke("d1", "create_account", {"name": "A", "city": "Leeds"})
+    if killed:
+        h.append("d1", "fault", "kill")
+    h.complete(inv, "unknown", exit=None if killed else 21)
+    assert [a.check for a in checkers.refused(h)] == expected

@@ -45,7 +45,7 @@ def sut_version(profile) -> str:
     if profile.version is None:
         return "unknown"
     try:
-        done = processes.run(profile.version.render(**profile.base_values), env=profile.environ(), timeout=30)
+        done = processes.run(profile.command(profile.version), env=profile.environ(), timeout=30)
     except Exception as exc:  # noqa: BLE001 - a version is a label; its absence must not stop a run
         return f"unknown ({exc})"
     return (done.stdout.strip().splitlines() or ["unknown"])[-1][:200]

@@ -8,6 +8,7 @@ and the scenario's history saved next to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -78,7 +79,7 @@ def pytest_runtest_makereport(item, call):
     if folder and session is not None:
         out = Path(folder)
         (out / "histories").mkdir(parents=True, exist_ok=True)
-        slug = re.sub(r"[^a-z0-9]+", "-", item.name.lower()).strip("-")[:100]
+        slug = _slug(item.name)
         session.history.save(out / "histories" / f"{slug}.jsonl")
         verdict["history"] = f"histories/{slug}.jsonl"
         fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -86,6 +87,14 @@ def pytest_runtest_makereport(item, call):
             os.write(fd, (json.dumps(verdict) + "\n").encode())
         finally:
             os.close(fd)
+
+
+def _slug(name: str) -> str:
+    """A file name for a test's history: readable, and unique even when long names share a start."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if len(slug) <= 100:
+        return slug
+    return f"{slug[:60]}-{slug[-30:]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _reason(report: pytest.TestReport) -> str:

@@ -17,10 +17,11 @@ from .driver import ActionResult
 from .session import ScenarioFailure, Session
 from .toxiproxy import Toxic, latency, limit_data, reset_peer, timeout
 
-HOLD_MS = 3000  # answers held back this long leave time to see the server commit before they arrive
+HOLD_MS = 5000  # answers held back this long leave time to see the server commit before they arrive,
+# even when each look at the server's export (a process of the SUT's) takes a second or two under load
 CUTS: dict[str, Callable[[], Toxic]] = {
-    "reset_peer": lambda: reset_peer(0, stream="downstream", name="answers"),
-    "limit_data": lambda: limit_data(1, stream="downstream", name="answers"),
+    "reset_peer": lambda: reset_peer(0, stream="downstream", name="answers-reset"),
+    "limit_data": lambda: limit_data(1, stream="downstream", name="answers-truncate"),
 }
 
 
@@ -53,10 +54,27 @@ def _fingerprint(session: Session) -> str:
 
 
 def hold_answers(session: Session, name: str) -> None:
-    """Answers held back, and the server's state noted: whatever commits the work from now on
-    (a manual sync, or background sync as soon as the device is online) changes it."""
+    """Answers held back, with every cut armed behind the hold but disabled (toxicity 0), and the
+    server's state noted: whatever commits the work from now on (a manual sync, or background sync
+    as soon as the device is online) changes it. A cut is switched on in place when it is due:
+    adding a toxic would make Toxiproxy flush the held answer through first."""
     session.add_toxic(name, latency(HOLD_MS, stream="downstream", name="answers-hold"))
+    device = session.device(name)
+    for make in CUTS.values():
+        toxic = make()
+        toxic.toxicity = 0.0
+        session.toxiproxy.add_toxic(device.proxy, toxic)
+        device.toxics.append(toxic.name)
     session.baseline = _fingerprint(session)
+
+
+def _arm(session: Session, name: str, cut: str) -> None:
+    device = session.device(name)
+    toxic = CUTS[cut]()
+    if toxic.name not in device.toxics:
+        raise ScenarioFailure(f"the answers to {name} must be held back before they can be cut")
+    session.history.append(name, "fault", toxic.type, detail=f"{toxic.stream} {toxic.attributes} armed")
+    session.toxiproxy.update_toxic(device.proxy, toxic.name, toxicity=1.0)
 
 
 def cut_committing_answer(session: Session, name: str, cut: str, *, bound: float = 40.0) -> bool:
@@ -70,17 +88,17 @@ def cut_committing_answer(session: Session, name: str, cut: str, *, bound: float
     sync = _InFlight(session, name)
     changed = _wait_for_change(session, before, sync, bound)
     if changed:
-        session.add_toxic(name, CUTS[cut]())
+        _arm(session, name, cut)
     sync.join(session)
     if not changed:
         session.mark_inconclusive(f"the server's state never changed while {name} synced, so no answer "
                                   "that committed work could be cut")
         return False
-    # Reached: the sync did not see its answer (manual), or work is still queued (background).
+    # Reached: the acknowledgement was lost, so work the server holds is still queued on the device
+    # (and a manual sync did not report success).
+    reached = (session.quiet_pending(name) or 0) > 0
     if sync.thread is not None:
-        reached = sync.result is None or not sync.result.ok
-    else:
-        reached = (session.quiet_pending(name) or 0) > 0
+        reached = reached and (sync.result is None or not sync.result.ok)
     if not reached:
         session.mark_inconclusive(f"the answer that committed {name}'s work arrived before it could be cut")
     return reached

@@ -180,6 +180,14 @@ class Toxiproxy:
                           f"/proxies/{proxy}/toxics", body).json()
         return Toxic(**data)
 
+    def update_toxic(self, proxy: str, name: str, *, toxicity: float) -> Toxic:
+        """Change a toxic in place. Toxiproxy restarts only that toxic's stage of each link, so data
+        an earlier toxic holds (a latency toxic's delayed answer) stays held and then meets it;
+        adding a toxic instead would flush what is held straight through."""
+        data = self._call(f"update toxic {name!r} of proxy {proxy!r}", "POST", f"/proxies/{proxy}/toxics/{name}",
+                          {"toxicity": toxicity}).json()
+        return Toxic(**data)
+
     def toxics(self, proxy: str) -> dict[str, Toxic]:
         data = self._call(f"list toxics of proxy {proxy!r}", "GET", f"/proxies/{proxy}/toxics").json()
         return {item["name"]: Toxic(**item) for item in data}

@@ -199,7 +199,7 @@ def chaos_stage(profile_path: Path, *, runs: int, seed: int, report_dir: Path,
 def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path = "reports",
             select: str | None = None, live: Callable[[dict[str, Any]], None] | None = None,
             workers: int = DEFAULT_WORKERS, chaos_runs: int = DEFAULT_CHAOS_RUNS,
-            say: Callable[[str], None] | None = None) -> Certificate:
+            say: Callable[[str], None] | None = None, reruns: int = RERUNS) -> Certificate:
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
     profile_path = Path(profile_path).resolve()
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
@@ -212,7 +212,8 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     if not verdicts:
         log = (report_dir / "raw" / "pytest.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the conformance suite ran no scenario (pytest exit {code}):\n{log}")
-    verdicts = rerun(profile_path, verdicts, seed=seed, report_dir=report_dir, live=live, workers=workers)
+    verdicts = rerun(profile_path, verdicts, seed=seed, report_dir=report_dir, live=live, workers=workers,
+                     reruns=reruns)
     if chaos_runs > 0 and not select:
         verdict, chaos = chaos_stage(profile_path, runs=chaos_runs, seed=seed, report_dir=report_dir / "chaos",
                                      say=say)

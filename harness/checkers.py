@@ -353,15 +353,18 @@ def _side(conflict: dict[str, Any], side: str) -> Any:
     return value.get("value") if isinstance(value, dict) else None
 
 
+def _standing_edits(history: History) -> list[Operation]:
+    """The ok edits no later edit knowingly replaced: each must still be seen at the end."""
+    edits = history.edits()
+    return [op for op in edits if op.outcome == "ok" and not _superseded(history, op, edits)]
+
+
 def lost_edit(history: History) -> list[Anomaly]:
     """An ok edit must be its field's final value, or the loser of a true conflict in the log
     (against a value written concurrently with it), unless a later edit knowingly replaced it."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
-    edits = history.edits()
     found = []
-    for op in edits:
-        if op.outcome != "ok" or _superseded(history, op, edits):
-            continue
+    for op in _standing_edits(history):
         entity, rid = op.args.get("entity"), op.args.get("record_id")
         name, value = op.args.get("field"), op.args.get("value")
         base = {"seq": op.seq, "done_seq": op.done_seq, "device": op.device, "entity": entity, "id": rid,
@@ -439,9 +442,7 @@ def not_merged(history: History) -> list[Anomaly]:
     exports, export_seqs = history.final_exports(), history.export_seqs()
     edits = history.edits()
     found = []
-    for op in edits:
-        if op.outcome != "ok" or _superseded(history, op, edits):
-            continue
+    for op in _standing_edits(history):
         entity, rid, name = op.args.get("entity"), op.args.get("record_id"), op.args.get("field")
         rivals = [w for w in _writes_of(history, entity, rid, name)
                   if w.seq != op.seq and not certainly_knew(history, w, op)]

@@ -50,6 +50,12 @@ SLOTS: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {
     ("server", "backoffice_edit"): (False, SERVER | {"org", "entity", "record_id", "field", "value"}),
     ("server", "export"): (True, SERVER | {"org"}),
     ("device", "init"): (True, DEVICE),
+    # Life events (docs/driver-contract.md): how to back up and restore state where a plain copy of
+    # {home} / {server_dir} while the process is stopped is not right (optional).
+    ("device", "backup"): (False, DEVICE | {"backup_dir"}),
+    ("device", "restore"): (False, DEVICE | {"backup_dir"}),
+    ("server", "backup"): (False, SERVER | {"backup_dir"}),
+    ("server", "restore"): (False, SERVER | {"backup_dir"}),
     **{("actions", name): (name in REQUIRED_ACTIONS, DEVICE | args) for name, args in ACTION_ARGS.items()},
 }
 KNOWN = frozenset().union(*(names for _, names in SLOTS.values()))
@@ -157,6 +163,8 @@ class Profile:
     # An environment variable the SUT reads as a clock offset in milliseconds (a device whose
     # clock is wrong); without it the clock-skew scenario cannot run and fails saying so.
     clock_skew_env: str | None = None
+    # Optional life-event commands: {backup_dir} is where the copy goes and comes from.
+    life: dict[str, Template] = field(default_factory=dict)  # "device.backup", "server.restore", ...
 
     @property
     def base_values(self) -> dict[str, str]:
@@ -283,6 +291,8 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         action_timeout_s=_seconds(path, data, "action_s", 30.0),
         ready_timeout_s=_seconds(path, data, "ready_s", 30.0),
         env=env, fixtures_dir=Path(fixtures_dir or FIXTURES), clock_skew_env=skew_env,
+        life={f"{section}.{key}": t for section in ("device", "server") for key in ("backup", "restore")
+              if (t := template(section, key)) is not None},
     )
 
 

@@ -186,61 +186,99 @@ class Session:
         self.history.append(name, "fault", "clock_skew", detail=f"{hours:+g} h")
 
     # -- life events: backups, restores, a copied home (docs/driver-contract.md) ------------------
-    def _snapshot(self, source: Path, label: str) -> Path:
+    def _snapshot_dir(self, label: str) -> Path:
         target = self.workdir / "backups" / f"{label}-{len(self._backups) + 1}"
-        shutil.copytree(source, target, symlinks=True)
         self._backups.append(target)
         return target
 
-    @staticmethod
-    def _put_back(snapshot: Path, target: Path) -> None:
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(snapshot, target, symlinks=True)
+    def _life_command(self, key: str, values: dict[str, Any], env: dict[str, str] | None = None) -> bool:
+        """Run the profile's ``[device|server] backup|restore`` command if it has one (True), or
+        leave the plain copy to the caller (False). A command that fails stops the scenario."""
+        template = self.profile.life.get(key)
+        if template is None:
+            return False
+        done = processes.run(self.profile.command(template, **values), env={**self.profile.environ(), **(env or {})},
+                             timeout=self.profile.action_timeout_s)
+        if done.returncode != 0:
+            raise ScenarioFailure(f"the profile's {key} command failed (exit {done.returncode}): "
+                                  f"{(done.stderr or done.stdout).strip()[-300:]}")
+        return True
+
+    def _device_values(self, device: Device, home: Path, backup_dir: Path) -> dict[str, Any]:
+        d = device.driver
+        return {"home": str(home), "server_url": d.server_url, "rep": device.rep, "org": self.org,
+                "token": d.token, "backup_dir": str(backup_dir)}
 
     def backup_device(self, name: str) -> Path:
-        """A copy of the device's home, taken as a phone backup is: with no process of the app
-        running (it is force-quit first, so nothing is half-written on disk)."""
+        """A backup of the device's home, taken as a phone backup is: with no process of the app
+        running (it is force-quit first, so nothing is half-written on disk). The profile's
+        ``[device] backup`` command makes it if there is one, else a plain copy of ``{home}``."""
         device = self.device(name)
         self.force_quit(name)
-        snapshot = self._snapshot(device.driver.home, name)
-        self.history.append(name, "life", "backup", detail=f"home copied to {snapshot.name}")
+        snapshot = self._snapshot_dir(name)
+        how = "by the profile's backup command"
+        if not self._life_command("device.backup", self._device_values(device, device.driver.home, snapshot),
+                                  device.driver.env):
+            shutil.copytree(device.driver.home, snapshot, symlinks=True)
+            how = "home copied"
+        self.history.append(name, "life", "backup", detail=f"{how} to {snapshot.name}")
         return snapshot
+
+    def _restore_home(self, device: Device, snapshot: Path, home: Path) -> str:
+        if self._life_command("device.restore", self._device_values(device, home, snapshot), device.driver.env):
+            return "by the profile's restore command"
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.copytree(snapshot, home, symlinks=True)
+        return "home copied back"
 
     def restore_device(self, name: str, snapshot: Path) -> None:
         """The device's home replaced by an older backup of it (what a restored phone holds)."""
         device = self.device(name)
         self.force_quit(name)
-        self._put_back(snapshot, device.driver.home)
-        self.history.append(name, "life", "restore", detail=f"home restored from {snapshot.name}")
+        how = self._restore_home(device, snapshot, device.driver.home)
+        self.history.append(name, "life", "restore", detail=f"{how} from {snapshot.name}")
 
     def clone_device(self, name: str, clone: str) -> Device:
-        """A second device made by copying ``name``'s home (a phone cloned onto another): same
-        rep, same token, same stored server URL, so it shares ``name``'s proxy."""
+        """A second device made from ``name``'s home (a phone cloned onto another: a backup of it
+        restored onto a new phone): same rep, same token, same stored server URL, so it shares
+        ``name``'s proxy."""
         device = self.device(name)
-        self.force_quit(name)
+        snapshot = self.backup_device(name)
         home = self.workdir / clone
-        shutil.copytree(device.driver.home, home, symlinks=True)
+        self._restore_home(device, snapshot, home)
         driver = Driver(self.profile, device=clone, home=home, server_url=device.driver.server_url,
                         rep=device.rep, token=device.driver.token, org=self.org, record=self.history.record,
                         env={**device.driver.env, processes.MARKER_ENV: self._marker(clone)})
         self.devices[clone] = copy = Device(clone, device.rep, driver, device.proxy)
-        self.history.append(clone, "life", "clone", detail=f"home copied from {name}")
+        self.history.append(clone, "life", "clone", detail=f"home restored from a backup of {name}")
         return copy
 
+    def _server_values(self, backup_dir: Path) -> dict[str, Any]:
+        return {"server_dir": str(self.server.server_dir), "port": self.server.port, "backup_dir": str(backup_dir)}
+
     def backup_server(self) -> Path:
-        """A copy of the server's data directory, taken while the server is stopped."""
+        """A backup of the server's data, taken while the server is stopped: the profile's
+        ``[server] backup`` command, else a copy of ``{server_dir}``."""
         self.server.stop()
-        snapshot = self._snapshot(self.server.server_dir, "server")
+        snapshot = self._snapshot_dir("server")
+        how = "by the profile's backup command"
+        if not self._life_command("server.backup", self._server_values(snapshot)):
+            shutil.copytree(self.server.server_dir, snapshot, symlinks=True)
+            how = "data copied"
         self.server.start()
-        self.history.append("server", "life", "backup", detail=f"data copied to {snapshot.name}")
+        self.history.append("server", "life", "backup", detail=f"{how} to {snapshot.name}")
         return snapshot
 
     def restore_server(self, snapshot: Path) -> None:
         """The server's data put back to an older backup, while devices hold newer work."""
         self.server.stop()
-        self._put_back(snapshot, self.server.server_dir)
+        how = "by the profile's restore command"
+        if not self._life_command("server.restore", self._server_values(snapshot)):
+            shutil.rmtree(self.server.server_dir, ignore_errors=True)
+            shutil.copytree(snapshot, self.server.server_dir, symlinks=True)
+            how = "data copied back"
         self.server.start()
-        self.history.append("server", "life", "restore", detail=f"data restored from {snapshot.name}")
+        self.history.append("server", "life", "restore", detail=f"{how} from {snapshot.name}")
 
     def force_quit(self, name: str) -> None:
         device = self.device(name)

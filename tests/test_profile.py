@@ -236,3 +236,21 @@ def test_command_is_the_one_place_a_command_line_is_built(tmp_path, reference_da
     del reference_data["actions"]["sync"]
     with pytest.raises(MissingAction):
         load_profile(write(tmp_path, reference_data)).command("sync", **device)
+
+
+COPY = ["{python}", "-c", "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"]
+
+
+def test_life_event_commands_are_optional_and_take_a_backup_dir(tmp_path, reference_data):
+    assert load_profile(write(tmp_path, reference_data)).life == {}
+    reference_data["device"]["backup"] = [*COPY, "{home}", "{backup_dir}"]
+    reference_data["device"]["restore"] = [*COPY, "{backup_dir}", "{home}"]
+    reference_data["server"]["backup"] = [*COPY, "{server_dir}", "{backup_dir}"]
+    profile = load_profile(write(tmp_path, reference_data))
+    assert sorted(profile.life) == ["device.backup", "device.restore", "server.backup"]
+    argv = profile.command(profile.life["device.restore"], home="/h", backup_dir="/b", server_url="u", rep="r",
+                           org="o", token="t")
+    assert argv[-2:] == ["/b", "/h"]
+    reference_data["server"]["restore"] = [*COPY, "{backup_dir}", "{home}"]
+    with pytest.raises(ProfileError, match=r"server.restore: placeholder \{home\} has no value here"):
+        load_profile(write(tmp_path, reference_data))

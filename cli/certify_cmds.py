@@ -285,3 +285,35 @@ def try_cmd(
         given[key] = value
     if not _contract_check(lambda: check.try_action(profile, action, given), as_json=as_json):
         raise typer.Exit(CONTRACT_VIOLATION)
+
+
+@certify_app.command("compare")
+def compare_cmd(
+    folders: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Certificate folders (crm certify --report)")],
+    report: Annotated[Path, typer.Option("--report", metavar="DIR",
+                                         help="Where comparison.html, .md and .json go")] = Path("reports/compare"),
+    as_json: Json = False,
+) -> None:
+    """Compare several certificates side by side: levels, each scenario per SUT, anomalies by check.
+
+    Writes comparison.html (a grid of SUT columns by scenario rows, one coloured cell per verdict),
+    comparison.md and comparison.json to the report folder. A folder without a certificate.json
+    is exit 3.
+
+    \b
+    Example:
+      crm certify compare reports/reference reports/fragile reports/readonly --report reports/compare
+    """
+    from crm.errors import ValidationError
+    from harness import compare
+
+    try:
+        data = compare.compare(folders)
+    except compare.CompareError as exc:
+        raise ValidationError(str(exc)) from None
+    page = compare.write(data, report)
+    lines = [f"{s['label']}: {s['verdict']} ({s['summary'].get('passed', 0)} passed, "
+             f"{s['summary'].get('failed', 0)} failed, {s['summary'].get('inconclusive', 0)} inconclusive)"
+             for s in data["suts"]]
+    output.emit({**data, "report": str(page.resolve())}, as_json=as_json,
+                text="\n".join([*lines, f"comparison: {page.resolve()}"]))

@@ -9,15 +9,22 @@ from typing import Annotated
 import typer
 
 from cli import output
-from cli.common import Json, sub_app
+from cli.common import Json
 
-certify_app = sub_app("Certify an offline-first client as level 1, 2 or 3.")
+# A group whose callback is the certification itself (`crm certify --sut X ...`), with
+# subcommands that try a profile before a full run (`check`, `try`) and compare certificates.
+certify_app = typer.Typer(invoke_without_command=True,
+                          no_args_is_help=False, add_completion=False, rich_markup_mode=None,
+                          pretty_exceptions_enable=False)
 BELOW_REQUIRED_LEVEL = 30
 CHAOS_ANOMALY = 31
+CONTRACT_VIOLATION = 32  # `crm certify check` / `try`: the SUT broke the driver contract
+SMOKE_FAILED = 33  # `crm certify --smoke`: the round trip failed
 
 
-@certify_app.command("certify")
+@certify_app.callback()
 def certify(
+    ctx: typer.Context,
     sut: Annotated[Path | None, typer.Option(
         "--sut", metavar="PROFILE",
         help="SUT profile (TOML) [default: fixtures/sut/reference.toml, or the one a --replay file names]")] = None,
@@ -49,12 +56,22 @@ def certify(
     chaos_runs: Annotated[int, typer.Option(
         "--chaos-runs", min=0, max=1000, help="Seeded chaos runs after the scenarios (level 3 needs them "
                                              "clean; 0 skips the stage, which the certificate records)")] = 3,
+    list_: Annotated[bool, typer.Option(
+        "--list", help="Print the scenarios the selection (-k) matches, without running anything")] = False,
+    smoke: Annotated[bool, typer.Option(
+        "--smoke", help=f"A ten-second round trip instead: server, one device, one write, a sync, both exports; "
+                        f"exit {SMOKE_FAILED} if the id is not in both")] = False,
     as_json: Json = False,
 ) -> None:
     """Run the airplane-mode checklist and the fault scenarios against a SUT and certify it.
 
     Prints one line per scenario as it finishes and writes certificate.json, certificate.md,
-    certificate.html and junit.xml to the report folder.
+    certificate.html and junit.xml to the report folder. A selection (-k) certifies no level: its
+    certificate is marked PARTIAL and names the scenarios that ran.
+
+    Before a full run: `crm certify check PROFILE` runs every action once and names each contract
+    violation; `crm certify try PROFILE ACTION key=value...` runs one; --smoke does one round trip;
+    --list shows what -k selects.
 
     With --chaos it runs --runs randomized histories instead (run i plays the schedule of seed
     --seed + i - 1), shrinks every kind of anomaly to a minimal schedule and writes each to a JSON
@@ -65,12 +82,26 @@ def certify(
       crm certify --sut fixtures/sut/reference.toml --report reports/reference --require-level 3
       crm certify --sut fixtures/sut/reference.toml --chaos --runs 100 --devices 5 --seed 1
       crm certify --replay reports/chaos/chaos-lost-write-seed-3.json
+      crm certify --list -k airplane
+      crm certify --sut fixtures/sut/reference.toml --smoke
     """
-    from crm.errors import ValidationError
+    if ctx.invoked_subcommand is not None:
+        return
+    from crm.errors import EmptySelectionError, ToxiproxyMissingError, UsageError, ValidationError
+    from harness.certify import SelectionError
     from harness.certify import certify as run_certification
     from harness.profile import ProfileError
     from harness.report import mark
+    from harness.toxiproxy import ToxiproxyError
 
+    if list_:
+        _list(select, as_json=as_json)
+        return
+    if smoke:
+        _smoke(sut or Path("fixtures/sut/reference.toml"), as_json=as_json)
+        return
+    if select is not None and require_level is not None:
+        raise UsageError("--require-level needs the whole suite: a selection (-k) certifies no level")
     chaos_only = {"--runs": runs, "--devices": devices, "--steps": steps, "--shrink-budget": shrink_budget}
     if chaos or replay is not None:
         if select is not None or require_level is not None:
@@ -96,12 +127,18 @@ def certify(
                                  chaos_runs=chaos_runs, say=output.message)
     except ProfileError as exc:
         raise ValidationError(str(exc)) from None
-    summary = {"level": cert.level, "level_name": cert.data["level_name"], "sut": cert.data["sut"]["name"],
+    except ToxiproxyError as exc:
+        raise ToxiproxyMissingError(str(exc)) from None
+    except SelectionError as exc:
+        raise (EmptySelectionError if exc.empty else UsageError)(str(exc)) from None
+    summary = {"level": cert.level, "level_name": cert.data["level_name"], "partial": cert.partial,
+               "sut": cert.data["sut"]["name"],
                "passed": cert.data["summary"]["passed"], "failed": cert.data["summary"]["failed"],
                "inconclusive": cert.data["summary"]["inconclusive"],
                "duration_s": cert.data["duration_s"], "report": str(report.resolve() / "certificate.html")}
+    verdict = f"PARTIAL (no level; -k {select!r})" if cert.partial else f"level {cert.level} ({cert.data['level_name']})"
     output.emit(summary, as_json=as_json,
-                text=f"level {cert.level} ({cert.data['level_name']}) for {summary['sut']}: "
+                text=f"{verdict} for {summary['sut']}: "
                      f"{summary['passed']} passed, {summary['failed']} failed, {summary['inconclusive']} "
                      f"inconclusive in {summary['duration_s']} s\n"
                      f"certificate: {summary['report']}")
@@ -114,7 +151,7 @@ def certify(
 def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devices: int | None,
            steps: int | None, shrink_budget: int | None, replay: Path | None, as_json: bool) -> None:
     """`crm certify --chaos` and `--replay`: the harness runs the histories, this prints the verdict."""
-    from crm.errors import CrmError, ValidationError
+    from crm.errors import ToxiproxyMissingError, ValidationError
     from harness import chaos
     from harness.profile import ProfileError
     from harness.schedule import Schedule, ScheduleError
@@ -132,7 +169,7 @@ def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devic
     except (ProfileError, ScheduleError) as exc:
         raise ValidationError(str(exc)) from None
     except ToxiproxyError as exc:  # no Toxiproxy, no chaos: say how to get it
-        raise CrmError(str(exc)) from None
+        raise ToxiproxyMissingError(str(exc)) from None
     s = data["summary"]
     summary = {"mode": data["mode"], "passed": data["passed"], "sut": data["sut"]["name"], "seed": data["seed"],
                "runs": s["runs"], "failed_runs": s["failed_runs"], "errored_runs": s["errored_runs"],
@@ -151,3 +188,132 @@ def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devic
     if not data["passed"]:
         sys.stdout.flush()
         raise typer.Exit(CHAOS_ANOMALY)
+
+
+def _list(select: str | None, *, as_json: bool) -> None:
+    """`crm certify --list [-k EXPR]`: what a selection runs, as pytest collects it; nothing runs."""
+    from crm.errors import EmptySelectionError, UsageError
+    from harness.certify import SelectionError, selection
+
+    try:
+        found = selection(select)
+    except SelectionError as exc:
+        raise (EmptySelectionError if exc.empty else UsageError)(str(exc)) from None
+    rows = [{"test": sc["test"], "name": sc["name"], "feature": sc["feature"]} for sc in found]
+    output.emit(rows, as_json=as_json,
+                text="\n".join(f"{sc['test']}\t{sc['name']}" for sc in rows)
+                + f"\n{len(rows)} scenario(s)" + (f" selected by -k {select!r}" if select else ""))
+
+
+def _contract_check(run, *, as_json: bool) -> bool:
+    """Run a check/try/smoke and print its report (JSON or text); whether it found no violation."""
+    from crm.errors import UsageError, ValidationError
+    from harness import check
+    from harness.profile import MissingAction, ProfileError
+
+    try:
+        report = run()
+    except ProfileError as exc:
+        raise ValidationError(str(exc)) from None
+    except MissingAction as exc:
+        raise ValidationError(str(exc).replace("this scenario needs", "`crm certify try` was asked for")) from None
+    except check.CheckUsageError as exc:
+        raise UsageError(str(exc)) from None
+    output.emit(report.to_json(), as_json=as_json, text=check.text(report))
+    return report.ok
+
+
+def _smoke(sut: Path, *, as_json: bool) -> None:
+    from harness import check
+
+    if not _contract_check(lambda: check.smoke(sut), as_json=as_json):
+        raise typer.Exit(SMOKE_FAILED)
+
+
+@certify_app.command("check")
+def check_cmd(
+    profile: Annotated[Path, typer.Argument(metavar="PROFILE", help="SUT profile (TOML) to check")],
+    as_json: Json = False,
+) -> None:
+    """Check a SUT profile against the driver contract in seconds, without a certification.
+
+    Validates the profile, starts the SUT's server, provisions a rep, sets one device up and runs
+    every action the profile defines once (create_account, log_visit, take_order, add_order_line,
+    write_note, edit_field, delete_record, outbox, sync, export, the server's export, start and
+    stop background sync). Prints per action the command line, its exit code, what the harness
+    understood from stdout and every contract violation with the section of
+    docs/driver-contract.md to read. Exit 32 on any violation.
+
+    \b
+    Example:
+      crm certify check fixtures/sut/reference.toml
+      crm certify check my-client.toml --json
+    """
+    from harness import check
+
+    if not _contract_check(lambda: check.check(profile), as_json=as_json):
+        raise typer.Exit(CONTRACT_VIOLATION)
+
+
+@certify_app.command("try")
+def try_cmd(
+    profile: Annotated[Path, typer.Argument(metavar="PROFILE", help="SUT profile (TOML)")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="A contract action, e.g. create_account")],
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="KEY=VALUE...", help="The action's arguments (the rest take defaults; ids are made first)")] = None,
+    as_json: Json = False,
+) -> None:
+    """Run one contract action against a fresh server and device (after init) and show it.
+
+    Arguments not given take defaults; an id argument not given (account_id, order_id,
+    record_id) names a record made first, in setup steps that are shown too. A write is then
+    looked for in the device's export. Exit 32 on a contract violation.
+
+    \b
+    Example:
+      crm certify try fixtures/sut/reference.toml create_account name="Corner Store" city=Leeds
+      crm certify try fixtures/sut/reference.toml log_visit outcome="met the buyer"
+    """
+    from crm.errors import UsageError
+    from harness import check
+
+    given = {}
+    for item in args or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{item!r}: give each argument as KEY=VALUE, e.g. name=\"Corner Store\"")
+        given[key] = value
+    if not _contract_check(lambda: check.try_action(profile, action, given), as_json=as_json):
+        raise typer.Exit(CONTRACT_VIOLATION)
+
+
+@certify_app.command("compare")
+def compare_cmd(
+    folders: Annotated[list[Path], typer.Argument(metavar="DIR...", help="Certificate folders (crm certify --report)")],
+    report: Annotated[Path, typer.Option("--report", metavar="DIR",
+                                         help="Where comparison.html, .md and .json go")] = Path("reports/compare"),
+    as_json: Json = False,
+) -> None:
+    """Compare several certificates side by side: levels, each scenario per SUT, anomalies by check.
+
+    Writes comparison.html (a grid of SUT columns by scenario rows, one coloured cell per verdict),
+    comparison.md and comparison.json to the report folder. A folder without a certificate.json
+    is exit 3.
+
+    \b
+    Example:
+      crm certify compare reports/reference reports/fragile reports/readonly --report reports/compare
+    """
+    from crm.errors import ValidationError
+    from harness import compare
+
+    try:
+        data = compare.compare(folders)
+    except compare.CompareError as exc:
+        raise ValidationError(str(exc)) from None
+    page = compare.write(data, report)
+    lines = [f"{s['label']}: {s['verdict']} ({s['summary'].get('passed', 0)} passed, "
+             f"{s['summary'].get('failed', 0)} failed, {s['summary'].get('inconclusive', 0)} inconclusive)"
+             for s in data["suts"]]
+    output.emit({**data, "report": str(page.resolve())}, as_json=as_json,
+                text="\n".join([*lines, f"comparison: {page.resolve()}"]))

@@ -144,6 +144,21 @@ class OpsRejectedError(CrmError):
     kind = "ops_rejected"
 
 
+# `crm certify`'s own failures (cli/certify_cmds.py raises them; the harness never imports crm).
+class ToxiproxyMissingError(CrmError):
+    """No toxiproxy-server to break the network with: a certification cannot start."""
+
+    exit_code = 40
+    kind = "no_toxiproxy"
+
+
+class EmptySelectionError(CrmError):
+    """`crm certify -k EXPR` (or `--list -k EXPR`) selects no scenario."""
+
+    exit_code = 41
+    kind = "empty_selection"
+
+
 class InterruptedError_(CrmError):
     """Ctrl-C: whatever was committed stays, the rest was rolled back."""
 

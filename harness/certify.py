@@ -37,8 +37,14 @@ class Certificate:
     data: dict[str, Any]
 
     @property
-    def level(self) -> int:
-        return int(self.data["level"])
+    def level(self) -> int | None:
+        """The certified level; None for a partial run (a ``-k`` selection), which certifies none."""
+        level = self.data.get("level")
+        return None if level is None else int(level)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.data.get("partial"))
 
 
 def sut_version(profile) -> str:
@@ -203,6 +209,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
     profile_path = Path(profile_path).resolve()
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
+    planned = preflight(select)  # no Toxiproxy, or a selection of nothing: fail before anything starts
     report_dir = Path(report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -222,19 +229,17 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
             live(verdict)
     else:  # recorded, so a certificate without the stage says so
         chaos = {"runs": 0, "skipped": "a selection (-k) runs no chaos stage" if select else "--chaos-runs 0"}
-    level, reasons = certify_level(verdicts)
     for verdict in verdicts:
         history_file = verdict.get("history")
         if history_file:
             verdict["timeline"] = _timeline_data(History.load(report_dir / "raw" / history_file))
     data = {
-        "level": level,
-        "level_name": LEVEL_NAMES[level],
-        "reasons": reasons,
+        **level_fields(verdicts, select, planned),
         "sut": {"name": profile.name, "version": sut_version(profile), "profile": str(profile_path)},
         "suite": {"name": "crm offline-first conformance", "version": SUITE_VERSION,
                   "selection": select or "all"},
         "seed": seed,
+        "provenance": provenance(profile_path, seed),
         "workers": workers,
         "started_at": started_at,
         "duration_s": round(time.monotonic() - started, 1),
@@ -289,3 +294,125 @@ def _timeline_data(history: History) -> dict[str, Any]:
         if action != "kill":
             lanes.setdefault(device, []).append({"kind": "fault", "label": action, "start": start, "end": end})
     return {"lanes": lanes, "actions": actions, "faults": faults, "span_s": round(end, 3)}
+
+
+# -- what a run covers, and where it ran (issue 13) -------------------------------------------------
+class SelectionError(ValueError):
+    """A ``-k`` expression pytest refuses (a syntax error) or one that selects no scenario."""
+
+    def __init__(self, message: str, *, empty: bool = False) -> None:
+        super().__init__(message)
+        self.empty = empty
+
+
+def selection(select: str | None = None) -> list[dict[str, str]]:
+    """The scenarios ``-k select`` picks (every one without it), in suite order, as pytest itself
+    collects them (``pytest --collect-only -k``, so the expression means exactly what it means in a
+    run): each one's test id, name and feature. Nothing runs. Raises SelectionError when the
+    expression is malformed or selects nothing."""
+    from . import coverage
+
+    argv = [sys.executable, "-m", "pytest", str(FEATURES), "--collect-only", "-q", "-p", "no:cacheprovider",
+            "--no-header", f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/"]
+    if select:
+        argv += ["-k", select]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    ids = [line.strip() for line in done.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    if done.returncode not in (0, 5):  # 4: a malformed expression
+        said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        why = next((line for line in said if "ERROR" in line or "Error" in line), said[-1] if said else "")
+        raise SelectionError(f"-k {select!r}: pytest could not use it (exit {done.returncode}): {why.strip()[:300]}")
+    if not ids:
+        raise SelectionError(f"-k {select!r} selects no scenario; `crm certify --list` shows them all",
+                             empty=True)
+    by_test = {sc.test: sc for sc in coverage.scenarios(FEATURES)}
+    out = []
+    for node in ids:
+        test = node.rsplit("::", 1)[-1]
+        sc = by_test.get(test)
+        out.append({"test": test, "name": sc.name if sc else test, "feature": sc.feature if sc else "",
+                    "node": node})
+    return out
+
+
+def preflight(select: str | None) -> list[dict[str, str]] | None:
+    """What must hold before a certification starts anything: a Toxiproxy to break the network
+    with (ToxiproxyError naming how to get one), and a selection that selects something
+    (SelectionError). Returns the selected scenarios, or None for the whole suite."""
+    from .toxiproxy import find_server_binary
+
+    find_server_binary()
+    return selection(select) if select else None
+
+
+def level_fields(verdicts: list[dict[str, Any]], select: str | None,
+                 planned: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The certificate's verdict. The whole suite earns a level (docs/levels.md). A selection
+    (``-k``) earns none: a level is a claim about every scenario, so a partial run is marked
+    ``partial`` with ``level`` null; what the level rule says of the scenarios that ran stays
+    available as ``partial_level`` and ``partial_reasons`` (evidence, not a certification)."""
+    level, reasons = certify_level(verdicts)
+    if not select:
+        return {"level": level, "level_name": LEVEL_NAMES[level], "reasons": reasons, "partial": False}
+    from . import coverage
+
+    ran = [v["name"] for v in verdicts]
+    total = len(coverage.scenarios(FEATURES))
+    return {
+        "level": None, "level_name": "PARTIAL", "partial": True,
+        "reasons": [f"a selection (-k {select!r}) ran {len(ran)} of the suite's {total} scenarios and no chaos "
+                    "stage: no level is certified on a partial run; run `crm certify` without -k for one"],
+        "partial_level": level, "partial_reasons": reasons,
+        "selection": {"expression": select, "scenarios": ran,
+                      "tests": [p["test"] for p in planned] if planned else [v.get("test", "") for v in verdicts]},
+    }
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The harness's git commit, and whether its tree had uncommitted changes; None outside a checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, stdin=subprocess.DEVNULL)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def harness_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crm-offline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def provenance(profile_path: str | Path, seed: int) -> dict[str, Any]:
+    """Where a certificate comes from, so a reader can tell two runs apart and redo one: the harness
+    (version, suite version, git commit when it runs from a checkout), the exact profile (its
+    SHA-256), the seed, and the machine."""
+    import hashlib
+    import os
+    import platform
+    import socket
+
+    profile_path = Path(profile_path)
+    try:
+        digest = hashlib.sha256(profile_path.read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    git = _git_commit()
+    return {
+        "harness": {"version": harness_version(), "suite_version": SUITE_VERSION,
+                    "commit": git["commit"] if git else None, "dirty": git["dirty"] if git else None},
+        "profile": {"path": str(profile_path), "sha256": digest},
+        "seed": seed,
+        "machine": {"hostname": socket.gethostname(), "cpus": os.cpu_count(),  # os.uname: platform's may fork
+                    "os": " ".join((os.uname().sysname, os.uname().release, os.uname().machine)),
+                    "python": platform.python_version()},
+    }

@@ -54,14 +54,21 @@ def _evidence(verdict: dict[str, Any]) -> str:
 
 def markdown(cert: dict[str, Any]) -> str:
     s = cert["summary"]
-    out = [f"# Conformance certificate: level {cert['level']} ({cert['level_name']})", "",
+    partial = cert.get("partial")
+    title = "PARTIAL, no level" if partial else f"level {cert['level']} ({cert['level_name']})"
+    out = [f"# Conformance certificate: {title}", "",
            f"* SUT: **{cert['sut']['name']}** {cert['sut']['version']}",
            f"* Suite: {cert['suite']['name']} {cert['suite']['version']} (selection: {cert['suite']['selection']})",
            f"* Seed: {cert['seed']} · started {cert['started_at']} · {cert['duration_s']} s",
            f"* Scenarios: {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive"
            f" ({s.get('rerun', 0)} run again) · {s['actions']} actions, {s['faults']} faults",
-           "", "## Why this level", ""]
+           "", "## Why no level" if partial else "## Why this level", ""]
     out += [f"* {reason}" for reason in cert["reasons"]]
+    if partial:
+        out += ["", "## Scenarios that ran", ""]
+        out += [f"* `{test}`" for test in cert["selection"]["tests"]]
+        out += ["", "## What the selected scenarios show (not a certification)", ""]
+        out += [f"* {reason}" for reason in cert.get("partial_reasons", [])]
     out += ["", "## Scenarios", "", "| | feature | scenario | time | evidence |", "|---|---|---|---|---|"]
     for v in cert["scenarios"]:
         evidence = _evidence(v).replace("|", "\\|").replace("\n", " ")[:400]
@@ -77,7 +84,22 @@ def markdown(cert: dict[str, Any]) -> str:
             for a in v.get("anomalies", []):
                 out += [f"* **{a['check']}**: {a['message']}", "",
                         "  ```json", "  " + json.dumps(a.get("evidence", {}), default=str)[:1500], "  ```"]
+    out += ["", "## Provenance", "", "| | |", "|---|---|"]
+    out += [f"| {name} | {value} |" for name, value in provenance_rows(cert)]
     return "\n".join(out) + "\n"
+
+
+def provenance_rows(cert: dict[str, Any]) -> list[tuple[str, str]]:
+    """The provenance of a certificate as (label, text) rows; empty for an older certificate."""
+    p = cert.get("provenance")
+    if not p:
+        return []
+    h, m = p["harness"], p["machine"]
+    commit = (h["commit"] or "not a git checkout") + (" (uncommitted changes)" if h.get("dirty") else "")
+    return [("harness", f"{h['version']} (suite {h['suite_version']})"), ("harness commit", commit),
+            ("profile", p["profile"]["path"]), ("profile SHA-256", p["profile"]["sha256"] or "unreadable"),
+            ("seed", str(p["seed"])), ("machine", m["hostname"]), ("OS", m["os"]),
+            ("CPUs", str(m["cpus"])), ("Python", m["python"])]
 
 
 def timeline_svg(timeline: dict[str, Any], width: int = 900) -> str:
@@ -118,7 +140,18 @@ def timeline_svg(timeline: dict[str, Any], width: int = 900) -> str:
 
 def page(cert: dict[str, Any]) -> str:
     esc = html.escape
-    level_colour = {1: "#c62828", 2: "#ef6c00", 3: "#2e7d32"}[cert["level"]]
+    partial = cert.get("partial")
+    level_colour = "#546e7a" if partial else {1: "#c62828", 2: "#ef6c00", 3: "#2e7d32"}[cert["level"]]
+    badge = "PARTIAL" if partial else f"Level {cert['level']}"
+    heading = "Partial run, no level" if partial else cert["level_name"]
+    ran = ""
+    if partial:
+        ran = (f"<p><b>A partial run</b>: the selection <code>-k {esc(cert['selection']['expression'])}</code> ran "
+               f"these scenarios only:</p><ul>"
+               + "".join(f"<li><code>{esc(t)}</code></li>" for t in cert["selection"]["tests"]) + "</ul>"
+               "<h2>What the selected scenarios show (not a certification)</h2><ul>"
+               + "".join(f"<li>{esc(r)}</li>" for r in cert.get("partial_reasons", [])) + "</ul>")
+    prov = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in provenance_rows(cert))
     rows = []
     for v in cert["scenarios"]:
         word = mark(v)
@@ -147,12 +180,13 @@ tr.fail td:first-child {{ color: #c62828; font-weight: 700; }}
 pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8rem; }}
 .legend span {{ display: inline-block; padding: 0 .5rem; margin-right: .5rem; color: white; }}
 </style></head><body>
-<p class="level">Level {cert['level']}</p>
-<h1>{esc(cert['level_name'])}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
+<p class="level">{badge}</p>
+<h1>{esc(heading)}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
 <p>Suite {esc(cert['suite']['name'])} {esc(cert['suite']['version'])} · seed {cert['seed']} ·
 {esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
 {s['actions']} actions, {s['faults']} faults</p>
 <ul>{''.join(f'<li>{esc(r)}</li>' for r in cert['reasons'])}</ul>
+{ran}
 <h2>The checklist and the fault scenarios</h2>
 <table><tr><th></th><th>feature</th><th>scenario</th><th>time</th><th>evidence</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2>
@@ -162,6 +196,8 @@ pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8
 <span style="background:#ef6c00">unknown</span><span style="background:#90a4ae">fault (offline, toxic, server down)</span>
 <span style="background:#d32f2f">SIGKILL</span></p>
 {''.join(timelines)}
+<h2>Provenance</h2>
+<table>{prov or '<tr><td>not recorded</td></tr>'}</table>
 </body></html>
 """
 

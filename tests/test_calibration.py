@@ -52,9 +52,20 @@ class TestReadonlyCacheGetsLevel1:
         _gets_its_level(tmp_path, "readonly-cache")
 
 
+# The read-only cache is certified with --require-level 2: its level 1 must exit 30 (a level
+# needs the whole suite, so this is checked on the full run, not on a -k selection).
+REQUIRE = {"readonly-cache": 2}
+
+
 def _gets_its_level(tmp_path, sut):
-    proc, cert = certify(tmp_path, sut, "--seed", "7", *CHAOS_RUNS[sut])
+    required = ["--require-level", str(REQUIRE[sut])] if sut in REQUIRE else []
+    proc, cert = certify(tmp_path, sut, "--seed", "7", *CHAOS_RUNS[sut], *required)
     assert cert, f"no certificate written: {proc.stderr[-2000:]}"
+    if sut in REQUIRE:
+        assert proc.returncode == 30 and "below the required level" in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cert["partial"] is False and cert["provenance"]["profile"]["sha256"]
     assert cert["level"] == SUTS[sut], f"{sut}: level {cert['level']}: {cert['reasons']}\n{proc.stderr[-3000:]}"
     summary = json.loads(proc.stdout)
     assert summary["level"] == SUTS[sut]
@@ -79,10 +90,10 @@ def _gets_its_level(tmp_path, sut):
     assert cert["chaos"]["runs"] == (int(CHAOS_RUNS[sut][1]) if CHAOS_RUNS[sut] else 3), "the chaos stage ran"
 
 
-def test_require_level_sets_the_exit_code(tmp_path):
+def test_require_level_with_a_selection_is_a_usage_error(tmp_path):
     proc, cert = certify(tmp_path, "readonly-cache", "--require-level", "2", "-k", "create_a_new_account")
-    assert cert["level"] == 1 and proc.returncode == 30
-    assert "below the required level" in proc.stderr
+    assert proc.returncode == 2 and not cert
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no level" in proc.stderr
 
 
 def test_a_broken_profile_is_refused_before_anything_starts(tmp_path):

@@ -447,9 +447,15 @@ def test_exit_code_table_matches_the_errors() -> None:
     raised = {cls.exit_code: cls.kind for cls in vars(errors).values()
               if isinstance(cls, type) and issubclass(cls, errors.CrmError) and cls is not errors.CrmError}
     assert {code: documented.get(code) for code in raised} == raised
-    from cli.certify_cmds import BELOW_REQUIRED_LEVEL, CHAOS_ANOMALY  # crm certify's verdicts, not errors
+    from cli.certify_cmds import (  # crm certify's verdicts, not errors
+        BELOW_REQUIRED_LEVEL,
+        CHAOS_ANOMALY,
+        CONTRACT_VIOLATION,
+        SMOKE_FAILED,
+    )
 
-    assert documented.keys() == raised.keys() | {0, 1, 2, BELOW_REQUIRED_LEVEL, CHAOS_ANOMALY}
+    assert documented.keys() == raised.keys() | {0, 1, 2, BELOW_REQUIRED_LEVEL, CHAOS_ANOMALY, CONTRACT_VIOLATION,
+                                                  SMOKE_FAILED}
     assert (documented[1], documented[2]) == ("internal", "usage")
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import processes
-from .checkers import same_value
-from .driver import EXPORT_FORMAT, ActionResult, Driver, DriverError, ServerHandle, parse_json
+from .checkers import format_errors, same_value
+from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
 from .profile import ACTION_ARGS, MissingAction, Profile, load_profile
 
 CONTRACT = "docs/driver-contract.md"
@@ -130,23 +130,18 @@ def _summary(value: Any) -> Any:
 
 
 def export_problems(parsed: Any) -> list[str]:
-    """What is wrong with an export against "The export format" (empty: nothing)."""
+    """What is wrong with an export against "The export format": its JSON Schema
+    (harness/schemas/export.schema.json, each problem naming the field), then what a schema cannot
+    say (records sorted by id). Empty: nothing."""
     if not isinstance(parsed, dict):
         return [f"an export is a JSON object, not {type(parsed).__name__}"]
-    problems = []
-    if parsed.get("format") != EXPORT_FORMAT:
-        problems.append(f'"format" is {parsed.get("format")!r}, not {EXPORT_FORMAT!r}')
+    problems = format_errors(parsed)
     for section in EXPORT_SECTIONS:
         records = parsed.get(section)
-        if not isinstance(records, list):
-            problems.append(f'"{section}" is missing or not a list')
-            continue
-        if section == "conflicts":
+        if section == "conflicts" or not isinstance(records, list):
             continue
         ids = [r.get("id") for r in records if isinstance(r, dict)]
-        if len(ids) != len(records) or any(i is None for i in ids):
-            problems.append(f'"{section}": every record is an object with an "id"')
-        elif [str(i) for i in ids] != sorted(str(i) for i in ids):
+        if len(ids) == len(records) and None not in ids and [str(i) for i in ids] != sorted(str(i) for i in ids):
             problems.append(f'"{section}": records are not sorted by id')
     return problems
 

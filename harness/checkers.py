@@ -11,11 +11,13 @@ be present zero times or once, never twice.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from .history import CREATES, EDITS, History, Operation
@@ -642,8 +644,42 @@ def refused(history: History) -> list[Anomaly]:
     return found
 
 
+# -- export_format ---------------------------------------------------------------------------------
+EXPORT_SCHEMA = Path(__file__).resolve().parent / "schemas" / "export.schema.json"
+
+
+@functools.cache
+def _export_validator():
+    import jsonschema  # only the checkers need it; the engine never imports the harness
+
+    schema = json.loads(EXPORT_SCHEMA.read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def format_errors(export: Any) -> list[str]:
+    """Where ``export`` departs from crm-export/1 (harness/schemas/export.schema.json): one line
+    per problem, naming the field by its JSON path."""
+    errors = sorted(_export_validator().iter_errors(export), key=lambda e: list(e.absolute_path))
+    return [f"{e.json_path}: {e.message}"[:300] for e in errors]
+
+
+def export_format(history: History) -> list[Anomaly]:
+    """Every final export follows the export's JSON Schema: a malformed export is a format error
+    naming the field, never mistaken for a divergence between replicas."""
+    export_seqs = history.export_seqs()
+    found = []
+    for where, export in history.final_exports().items():
+        problems = format_errors(export)
+        if problems:
+            found.append(Anomaly("export_format", f"{where}'s final export is not crm-export/1: {problems[0]}"
+                                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                                 {"export": where, "export_seq": export_seqs[where], "problems": problems[:20]}))
+    return found
+
+
 # -- all of them -----------------------------------------------------------------------------------
 CHECKS: dict[str, Callable[[History], list[Anomaly]]] = {
+    "export_format": export_format,
     "lost_write": lost_write,
     "duplicate": duplicate,
     "lost_edit": lost_edit,
@@ -669,8 +705,16 @@ def missing_exports(history: History) -> list[Anomaly]:
 
 
 def run_all(history: History) -> list[Anomaly]:
-    """Every check over one history, in a fixed order; an empty list means a clean run."""
+    """Every check over one history, in a fixed order; an empty list means a clean run. A
+    replica whose export is malformed is named by ``export_format``; the divergences it would
+    cause are not reported on top (they say nothing about sync)."""
     found = missing_exports(history)
+    malformed = set()
     for check in CHECKS.values():
-        found.extend(check(history))
+        anomalies = check(history)
+        if check is export_format:
+            malformed = {a.evidence["export"] for a in anomalies}
+        elif check is divergence and malformed:
+            anomalies = [a for a in anomalies if a.evidence.get("device") not in malformed and "server" not in malformed]
+        found.extend(anomalies)
     return found

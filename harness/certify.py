@@ -22,10 +22,11 @@ from typing import Any
 from . import checkers, processes
 from .history import History
 from .levels import LEVEL_NAMES, certify_level
+from .locations import features_dir, resolve_profile, suite_root
 from .profile import load_profile
 
-ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ROOT / "features"
+FEATURES = features_dir()  # the checkout's features/, or the copy the wheel ships (harness/features)
+ROOT = suite_root()  # the suite's rootdir and working directory: node ids are relative to it
 SUITE_VERSION = "1.0"
 # The certificate's Checks table: the checkers', then the session's (a missed timing bound:
 # ``stuck``, ``slow_write``) and ``history`` (a replica with no final export).
@@ -82,7 +83,7 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     raw.mkdir(parents=True, exist_ok=True)
     junit = report_dir / ("junit.xml" if attempt == 1 else f"junit-attempt-{attempt}.xml")
     argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-p", "no:cacheprovider", "-q",
-            "--no-header", f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/", "--sut",
+            "--no-header", f"--rootdir={ROOT}", "--sut",
             str(profile_path), "--seed", str(seed), "--attempt", str(attempt), "--results", str(raw),
             f"--junitxml={junit}"]
     if select:
@@ -201,7 +202,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
             workers: int = DEFAULT_WORKERS, chaos_runs: int = DEFAULT_CHAOS_RUNS,
             say: Callable[[str], None] | None = None) -> Certificate:
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
-    profile_path = Path(profile_path).resolve()
+    profile_path = resolve_profile(profile_path)  # a file, or a shipped profile's name ("reference")
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
     report_dir = Path(report_dir).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ scenario's verdict and history arrive through ``--results`` and are echoed live,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -82,10 +83,11 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     (raw / "results.jsonl").unlink(missing_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
     junit = report_dir / ("junit.xml" if attempt == 1 else f"junit-attempt-{attempt}.xml")
-    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-p", "no:cacheprovider", "-q",
-            "--no-header", f"--rootdir={ROOT}", "--sut",
-            str(profile_path), "--seed", str(seed), "--attempt", str(attempt), "--results", str(raw),
-            f"--junitxml={junit}"]
+    # Plain pytest with the crm plugin's options (harness/pytest_plugin.py), as a QA engineer runs it;
+    # ``-c devnull``: no pytest configuration found around an installed package applies to a certification.
+    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-c", os.devnull, "-p", "no:cacheprovider",
+            "-q", "--no-header", f"--rootdir={ROOT}", "--crm-sut", str(profile_path), "--crm-seed", str(seed),
+            "--crm-attempt", str(attempt), "--crm-results", str(raw), f"--junitxml={junit}"]
     if select:
         argv += ["-k", select]
     if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one

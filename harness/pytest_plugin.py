@@ -10,6 +10,8 @@ conftest.py (``features/conftest.py``), which pytest loads only when it collects
 
 from __future__ import annotations
 
+import pytest
+
 from .locations import resolve_profile
 
 DEFAULT_SUT = "reference"
@@ -30,6 +32,14 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     # An absolute path before anything runs, so xdist workers and every fixture see one profile
-    # whatever their working directory. Loading (and checking) it is the features' business.
+    # whatever their working directory.
     sut = config.getoption("crm_sut")
     config.option.crm_sut = str(resolve_profile(sut if sut is not None else DEFAULT_SUT))
+    if sut is not None:  # asked for: a profile that cannot be used stops the run here, saying why
+        # Imported only then (standard library only): a run without --crm-sut loads nothing more.
+        from .profile import ProfileError, load_profile
+
+        try:
+            load_profile(config.option.crm_sut)
+        except ProfileError as exc:
+            raise pytest.UsageError(f"--crm-sut: {exc}") from None

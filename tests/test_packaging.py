@@ -71,14 +71,25 @@ def test_the_plugin_is_registered_and_light(request):
     assert request.config.pluginmanager.get_plugin("harness.pytest_plugin") is pytest_plugin
     assert Path(request.config.getoption("crm_sut")) == ROOT / "fixtures" / "sut" / "reference.toml"
     assert request.config.getoption("crm_seed") == 1 and request.config.getoption("crm_results") is None
-    for module in (pytest_plugin, locations):
+    for module in (pytest_plugin, locations):  # at import time (the plugin checks a profile given it lazily)
         tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+        imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {node.module.split(".")[0] if node.level == 0 else f".{node.module}"
-                     for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-        assert imported <= {"__future__", "pathlib", ".locations"}, f"{module.__name__} imports {imported}"
+                     for node in tree.body if isinstance(node, ast.ImportFrom)}
+        assert imported <= {"__future__", "pathlib", "pytest", ".locations"}, f"{module.__name__} imports {imported}"
     assert not any(hasattr(pytest_plugin, hook) for hook in ("pytest_runtest_makereport", "pytest_collection_modifyitems"))
+
+
+@pytest.mark.process
+def test_plain_pytest_refuses_a_profile_it_cannot_use_before_any_scenario(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nstart = ["no-such-program-xyz"]\n')
+    for sut, says in (("no-such-sut", "a bare name picks a shipped profile"), (str(bad), "server.ready")):
+        done = subprocess.run([sys.executable, "-m", "pytest", "features", "-p", "no:cacheprovider", "-q",
+                               "--crm-sut", sut, "-n", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 4 and "--crm-sut: " in done.stderr and says in done.stderr, done.stderr[-2000:]
+        assert "INTERNALERROR" not in done.stdout + done.stderr
 
 
 # -- the wheel, installed: slow -----------------------------------------------------------------

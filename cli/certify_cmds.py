@@ -27,7 +27,8 @@ def certify(
     ctx: typer.Context,
     sut: Annotated[Path | None, typer.Option(
         "--sut", metavar="PROFILE",
-        help="SUT profile (TOML) [default: fixtures/sut/reference.toml, or the one a --replay file names]")] = None,
+        help="SUT profile (TOML), or a shipped profile's name: reference, reference-postgres, fragile-sync, "
+             "readonly-cache [default: reference, or the one a --replay file names]")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault schedule and the data")] = 1,
     report: Annotated[Path | None, typer.Option(
         "--report", metavar="DIR",
@@ -114,7 +115,7 @@ def certify(
     given = [name for name, value in chaos_only.items() if value is not None]
     if given:
         raise typer.BadParameter(f"{', '.join(given)} only apply with --chaos")
-    sut = sut or Path("fixtures/sut/reference.toml")
+    sut = sut or Path("reference")  # the shipped reference profile, from any folder
     report = report or Path("reports/certificate")
 
     def live(verdict: dict) -> None:
@@ -160,8 +161,7 @@ def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devic
     try:
         schedule = Schedule.load(replay) if replay is not None else None
         if sut is None:
-            sut = Path(schedule.meta["sut"]) if schedule and schedule.meta.get("sut") else Path(
-                "fixtures/sut/reference.toml")
+            sut = Path(schedule.meta["sut"]) if schedule and schedule.meta.get("sut") else Path("reference")
         data = chaos.campaign(
             sut, runs=runs or chaos.DEFAULT_RUNS, seed=seed, devices=devices or chaos.DEFAULT_DEVICES,
             steps=steps or chaos.DEFAULT_STEPS, report_dir=report, replay=schedule, live=output.message,

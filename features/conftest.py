@@ -1,8 +1,10 @@
 """Step definitions for every feature, each defined once, over harness.session.Session.
 
-The SUT comes from ``--sut PROFILE`` (default: the reference CRM), the fault schedule from
-``--seed``. With ``--results DIR`` each scenario's verdict and history are written there for
-`crm certify` to turn into a certificate.
+The options come from the crm pytest plugin (harness/pytest_plugin.py, loaded in every pytest run
+where crm-offline is installed): the SUT from ``--crm-sut PROFILE`` (a file, or a shipped profile's
+name; default: the reference CRM), the fault schedule from ``--crm-seed``. With ``--crm-results DIR``
+each scenario's verdict and history are written there for `crm certify` to turn into a certificate.
+This conftest is loaded only when the features are collected, so everything heavy stays here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from pytest_bdd import given, parsers, then, when
@@ -20,9 +21,6 @@ from harness.bdd_results import SCENARIO, SESSION, pytest_bdd_before_scenario, p
 from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
 from harness.toxiproxy import ToxiproxyServer, latency
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 __all__ = ["pytest_bdd_before_scenario", "pytest_runtest_makereport"]  # the results plugin's hooks
 
@@ -39,20 +37,10 @@ def step(parser):
 WHAT = {"account": "create_account", "visit": "log_visit", "order": "take_order", "note": "write_note"}
 
 
-def pytest_addoption(parser):
-    group = parser.getgroup("conformance")
-    group.addoption("--sut", default=str(ROOT / "fixtures" / "sut" / "reference.toml"),
-                    help="SUT profile (TOML) to certify")
-    group.addoption("--seed", type=int, default=1, help="seed of every fault schedule and data set")
-    group.addoption("--results", default=None, help="folder for per-scenario verdicts and histories")
-    group.addoption("--attempt", type=int, default=1,
-                    help="the attempt of a re-run (crm certify); seeds each scenario's faults anew")
-
-
 # -- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def profile(request):
-    return load_profile(request.config.getoption("--sut"))
+    return load_profile(request.config.getoption("crm_sut"))  # absolute: the plugin resolved it
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +57,9 @@ def scenario_name(request):
 # -- the world ---------------------------------------------------------------------------------
 @given(parsers.parse('a sync server for the organisation "{org}"'), target_fixture="world")
 def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
-    attempt = request.config.getoption("--attempt")
+    attempt = request.config.getoption("crm_attempt")
     session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
-                      seed=request.config.getoption("--seed"),
+                      seed=request.config.getoption("crm_seed"),
                       scenario=scenario_name if attempt == 1 else f"{scenario_name} (attempt {attempt})")
     request.node.stash[SESSION] = session
     request.addfinalizer(session.close)

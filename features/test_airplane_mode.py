@@ -1,5 +1,8 @@
 """Binds features/airplane_mode.feature; the steps live in features/conftest.py."""
 
+from pathlib import Path
+
 from pytest_bdd import scenarios
 
-scenarios("airplane_mode.feature")
+# The feature next to this module, whatever bdd_features_base_dir the surrounding pytest config sets.
+scenarios("airplane_mode.feature", features_base_dir=str(Path(__file__).parent))

@@ -1,5 +1,8 @@
 """Binds features/fault_matrix.feature; the steps live in features/conftest.py."""
 
+from pathlib import Path
+
 from pytest_bdd import scenarios
 
-scenarios("fault_matrix.feature")
+# The feature next to this module, whatever bdd_features_base_dir the surrounding pytest config sets.
+scenarios("fault_matrix.feature", features_base_dir=str(Path(__file__).parent))

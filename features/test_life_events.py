@@ -1,5 +1,8 @@
 """Binds features/life_events.feature; the steps live in features/conftest.py."""
 
+from pathlib import Path
+
 from pytest_bdd import scenarios
 
-scenarios("life_events.feature")
+# The feature next to this module, whatever bdd_features_base_dir the surrounding pytest config sets.
+scenarios("life_events.feature", features_base_dir=str(Path(__file__).parent))

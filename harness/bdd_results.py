@@ -1,7 +1,7 @@
 """A small pytest plugin: each conformance scenario's verdict, for `crm certify`.
 
 features/conftest.py imports its hooks. State travels in ``item.stash`` under the keys below,
-never in private node attributes. With ``--results DIR`` every verdict is appended to
+never in private node attributes. With ``--crm-results DIR`` every verdict is appended to
 ``DIR/results.jsonl`` (one write(2) with O_APPEND, so parallel workers' lines never interleave)
 and the scenario's history saved next to it.
 """
@@ -75,7 +75,7 @@ def pytest_runtest_makereport(item, call):
     if report.failed and report.when == "call" and session is not None and missing is None:
         session.evidence()  # a failed step is explained by the checkers too (docs/levels.md)
     verdict = item.stash[VERDICT] = verdict_of(item, report, session, str(missing or ""))
-    folder = item.config.getoption("--results")
+    folder = item.config.getoption("crm_results")
     if folder and session is not None:
         out = Path(folder)
         (out / "histories").mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ scenario's verdict and history arrive through ``--results`` and are echoed live,
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from typing import Any
 from . import checkers, processes
 from .history import History
 from .levels import LEVEL_NAMES, certify_level
+from .locations import features_dir, resolve_profile, suite_root
 from .profile import load_profile
 
-ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ROOT / "features"
+FEATURES = features_dir()  # the checkout's features/, or the copy the wheel ships (harness/features)
+ROOT = suite_root()  # the suite's rootdir and working directory: node ids are relative to it
 SUITE_VERSION = "1.0"
 # The certificate's Checks table: the checkers', then the session's (a missed timing bound:
 # ``stuck``, ``slow_write``) and ``history`` (a replica with no final export).
@@ -87,10 +89,11 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     (raw / "results.jsonl").unlink(missing_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
     junit = report_dir / ("junit.xml" if attempt == 1 else f"junit-attempt-{attempt}.xml")
-    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-p", "no:cacheprovider", "-q",
-            "--no-header", f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/", "--sut",
-            str(profile_path), "--seed", str(seed), "--attempt", str(attempt), "--results", str(raw),
-            f"--junitxml={junit}"]
+    # Plain pytest with the crm plugin's options (harness/pytest_plugin.py), as a QA engineer runs it;
+    # ``-c devnull``: no pytest configuration found around an installed package applies to a certification.
+    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-c", os.devnull, "-p", "no:cacheprovider",
+            "-q", "--no-header", f"--rootdir={ROOT}", "--crm-sut", str(profile_path), "--crm-seed", str(seed),
+            "--crm-attempt", str(attempt), "--crm-results", str(raw), f"--junitxml={junit}"]
     if select:
         argv += ["-k", select]
     if workers > 1:  # pytest-xdist: each worker has its own Toxiproxy; a scenario never shares one
@@ -207,7 +210,7 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
             workers: int = DEFAULT_WORKERS, chaos_runs: int = DEFAULT_CHAOS_RUNS,
             say: Callable[[str], None] | None = None, reruns: int = RERUNS) -> Certificate:
     """Run the suite against a profile and write the certificate files into ``report_dir``."""
-    profile_path = Path(profile_path).resolve()
+    profile_path = resolve_profile(profile_path)  # a file, or a shipped profile's name ("reference")
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
     planned = preflight(select)  # no Toxiproxy, or a selection of nothing: fail before anything starts
     report_dir = Path(report_dir).resolve()

@@ -24,6 +24,7 @@ from . import checkers
 from .checkers import Anomaly
 from .driver import DriverError
 from .history import OUTCOMES, History
+from .locations import resolve_profile
 from .profile import Profile, load_profile
 from .schedule import Capabilities, Schedule, generate, is_fault
 from .session import ScenarioFailure, Session
@@ -340,7 +341,7 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
     from .report import write_reports
 
     live = live or (lambda _: None)
-    profile_path = Path(profile_path).resolve()
+    profile_path = resolve_profile(profile_path)  # a file, or a shipped profile's name
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
     report_dir = Path(report_dir).resolve()
     raw = report_dir / "raw"

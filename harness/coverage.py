@@ -19,9 +19,11 @@ from pathlib import Path
 from gherkin.parser import Parser
 from gherkin.token_scanner import TokenScanner
 
-ROOT = Path(__file__).resolve().parent.parent
-FEATURES = ROOT / "features"
-DOCS = ROOT / "docs"
+from .locations import features_dir, suite_root
+
+FEATURES = features_dir()  # the checkout's features/, or the copy the wheel ships
+ROOT = suite_root()
+DOCS = ROOT / "docs"  # a checkout's: the generated sections are written there (--write)
 
 WRITES = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
           "delete_record")

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from .locations import SHIPPED_PROFILES, fixtures_dir
+
+FIXTURES = fixtures_dir()  # {fixtures}: the checkout's fixtures/, or the copy the wheel ships
 
 # Placeholders the harness itself fills in everywhere.
 COMMON = frozenset({"python", "fixtures", "profile_dir"})
@@ -231,7 +233,8 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ProfileError(path, None, "no such file") from None
+        raise ProfileError(path, None, "no such file (a bare name picks a shipped profile: "
+                                       f"{', '.join(SHIPPED_PROFILES)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(path, None, f"cannot read it ({exc})") from None
     except tomllib.TOMLDecodeError as exc:

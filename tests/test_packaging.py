@@ -2,7 +2,9 @@
 and plain pytest find them from any folder, and the pytest plugin every pytest run loads stays light.
 
 The slow test is the real thing: it builds the wheel, installs it into a fresh virtual environment
-outside the checkout, and certifies from a temporary folder.
+outside the checkout, and from a temporary folder lists the whole shipped suite, certifies the
+shipped calibration SUT and the reference by name on a selection (their full certifications run
+from the checkout in tests/test_calibration.py), and runs the features under plain pytest.
 """
 
 from __future__ import annotations
@@ -133,17 +135,25 @@ def test_the_installed_wheel_certifies_from_any_folder(tmp_path):
                  cwd=anywhere, env=env, timeout=60)
     assert where.returncode == 0 and all(Path(line).is_relative_to(venv) for line in where.stdout.split()), where
 
-    # The weak calibration SUT, by its bare name: level 1.
-    done = _run([str(bindir / "crm"), "certify", "--sut", "readonly-cache", "--report", "R", "--chaos-runs", "0",
-                 "--json"], cwd=anywhere, env=env, timeout=1200)
+    # Every feature shipped: --list collects the whole suite from the installed package.
+    listed = _run([str(bindir / "crm"), "certify", "--sut", "readonly-cache", "--list"], cwd=anywhere, env=env,
+                  timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert sum(1 for sc in coverage.scenarios() if sc.test in listed.stdout) == len(coverage.scenarios()), \
+        listed.stdout[-3000:]
+
+    # The weak calibration SUT, by its bare name, on the airplane-mode checklist's offline create
+    # and force-quit (its full calibration runs from the checkout in tests/test_calibration.py).
+    done = _run([str(bindir / "crm"), "certify", "--sut", "readonly-cache", "--report", "R", "-k",
+                 "create_a_new_account_in_airplane_mode or forcequit_and_reopen", "--json"],
+                cwd=anywhere, env=env, timeout=1200)
     cert_file = anywhere / "R" / "certificate.json"
     assert cert_file.exists(), done.stderr[-3000:]
     cert = json.loads(cert_file.read_text())
-    assert cert["level"] == 1, f"{cert['reasons']}\n{done.stderr[-3000:]}"
+    assert cert["partial"] and cert["partial_level"] == 1, f"{cert.get('partial_reasons')}\n{done.stderr[-3000:]}"
     assert Path(cert["sut"]["profile"]).is_relative_to(venv), "the shipped profile, not the checkout's"
     junit = ET.parse(anywhere / "R" / "junit.xml").getroot().find("testsuite")
-    assert int(junit.get("tests")) == len(coverage.scenarios()), "every feature shipped and collected"
-    assert json.loads(done.stdout)["level"] == 1
+    assert int(junit.get("tests")) == 2
 
     # The reference, by name, one scenario: the offline create saves.
     done = _run([str(bindir / "crm"), "certify", "--sut", "reference", "-k", "create_a_new_account_in_airplane_mode",

@@ -316,13 +316,13 @@ def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp
     report = tmp_path / "report"
     try:
         proc = subprocess.run([*CRM, "certify", "--sut", str(root / "fixtures" / "sut" / "reference-postgres.toml"),
-                               "--report", str(report), "--json", "--seed", "7"],
+                               "--report", str(report), "--json", "--seed", "7", "--chaos-runs", "1"],
                               capture_output=True, text=True, cwd=root, timeout=600,
                               env={**os.environ, "CRM_TEST_PG_DSN": admin_dsn, "CRM_SUT_DB_PREFIX": prefix})
         cert = json.loads((report / "certificate.json").read_text()) if (report / "certificate.json").exists() else {}
         assert cert, f"no certificate written: {proc.stderr[-2000:]}"
         assert cert["level"] == 3, f"level {cert['level']}: {cert['reasons']}\n{proc.stderr[-3000:]}"
-        assert all(s["passed"] for s in cert["scenarios"]) and len(cert["scenarios"]) >= 19
+        assert all(s["passed"] for s in cert["scenarios"]) and len(cert["scenarios"]) >= 38
         assert len(sut_databases()) >= 19, "every session ran on a PostgreSQL database of its own"
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:

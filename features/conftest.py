@@ -17,12 +17,18 @@ import pytest
 from pytest_bdd import given, parsers, then, when
 
 from harness import faults
-from harness.bdd_results import SCENARIO, SESSION, pytest_bdd_before_scenario, pytest_runtest_makereport
+from harness.bdd_results import (
+    SCENARIO,
+    SESSION,
+    pytest_bdd_before_scenario,
+    pytest_bdd_step_error,
+    pytest_runtest_makereport,
+)
 from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
 from harness.toxiproxy import ToxiproxyServer, latency
 
-__all__ = ["pytest_bdd_before_scenario", "pytest_runtest_makereport"]  # the results plugin's hooks
+__all__ = ["pytest_bdd_before_scenario", "pytest_bdd_step_error", "pytest_runtest_makereport"]  # the results plugin's hooks
 
 
 def step(parser):

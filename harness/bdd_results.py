@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ SCENARIO = pytest.StashKey[str]()
 FEATURE = pytest.StashKey[str]()
 SESSION = pytest.StashKey[Session]()
 VERDICT = pytest.StashKey[dict[str, Any]]()
+FAILED_STEP = pytest.StashKey[dict[str, Any]]()
 # Anomalies of a timing bound of the contract (delivery within N s, a write within 2 s): a
 # scenario failing only on these is run again before the failure counts (docs/levels.md).
 TIMING_CHECKS = ("stuck", "slow_write")
@@ -37,6 +39,20 @@ def pytest_bdd_before_scenario(request, feature, scenario):
     request.node.stash[FEATURE] = feature.name
 
 
+def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func_args, exception):
+    request.node.stash[FAILED_STEP] = {"type": step.type, "keyword": step.keyword.strip(), "text": step.name,
+                                       "line": step.line_number, "background": step.background is not None}
+
+
+def blocked(item: pytest.Item, anomalies: list[dict[str, Any]]) -> str:
+    """A scenario that failed in its setup (a Given step) with nothing the checkers can name is
+    *blocked*: it says nothing about the behaviour it is named after (docs/levels.md)."""
+    step = item.stash.get(FAILED_STEP, None)
+    if step is None or step["type"] != "given" or anomalies:
+        return ""
+    return f"blocked: its setup failed at \"{step['keyword']} {step['text']}\""
+
+
 def timing_only(anomalies: list[dict[str, Any]]) -> bool:
     """Every anomaly is a missed timing bound that quiescence then made good."""
     return bool(anomalies) and all(a.get("check") in TIMING_CHECKS and (a.get("evidence") or {}).get("step")
@@ -47,6 +63,10 @@ def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | 
                not_exercisable: str = "") -> dict[str, Any]:
     anomalies = [a.to_json() for a in session.anomalies] if session else []
     inconclusive = not_exercisable or ("; ".join(session.inconclusive) if session and report.passed else "")
+    setup = "" if report.passed or not_exercisable else blocked(item, anomalies)
+    if setup:
+        inconclusive = f"{setup}: {_reason(report)[:300]}"
+    sut, seed = item.config.getoption("crm_sut", None), item.config.getoption("crm_seed", None)
     return {
         "name": scenario_name(item),
         "feature": item.stash.get(FEATURE, ""),
@@ -61,6 +81,10 @@ def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | 
         "anomalies": anomalies,
         "reason": "" if report.passed else _reason(report),
         "seed": session.seed if session else None,
+        "blocked": bool(setup),
+        "failed_step": item.stash.get(FAILED_STEP, None),
+        # the scenario alone, as it ran (its moments are seeded from the run's seed and its name)
+        "reproduce": f"crm certify --sut {sut} --seed {seed} -k '{item.name}' --report reports/reproduce",
     }
 
 
@@ -82,11 +106,27 @@ def pytest_runtest_makereport(item, call):
         slug = _slug(item.name)
         session.history.save(out / "histories" / f"{slug}.jsonl")
         verdict["history"] = f"histories/{slug}.jsonl"
+        if not verdict["passed"]:
+            verdict["evidence_dir"] = _keep_evidence(session, out / "evidence" / slug, out)
         fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(verdict) + "\n").encode())
         finally:
             os.close(fd)
+
+
+def _keep_evidence(session: Session, target: Path, root: Path) -> str:
+    """What a vendor debugs from, kept next to the history: the server's and each device's
+    stderr and logs, and a copy of each device's home as the scenario left it."""
+    ignore = shutil.ignore_patterns("*.sock", "*.pid", "*.lock")
+    for source, name in [(session.workdir / "logs", "logs"),
+                         *((d.driver.home, f"home-{n}") for n, d in session.devices.items())]:
+        try:
+            if Path(source).is_dir():
+                shutil.copytree(source, target / name, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+        except (OSError, shutil.Error):
+            continue  # evidence is best effort: a file that vanished mid-copy must not hide the verdict
+    return str(target.relative_to(root))
 
 
 def _slug(name: str) -> str:

@@ -127,8 +127,9 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     if attempt > 1:
         for verdict in verdicts:
             verdict["attempts"] = attempt
-            if verdict.get("history"):
-                verdict["history"] = f"attempt-{attempt}/{verdict['history']}"
+            for key in ("history", "evidence_dir"):
+                if verdict.get(key):
+                    verdict[key] = f"attempt-{attempt}/{verdict[key]}"
     return verdicts, code
 
 
@@ -137,7 +138,7 @@ RERUNS = 2  # further attempts for a scenario that was inconclusive or failed on
 
 def needs_rerun(verdict: dict[str, Any]) -> bool:
     """Inconclusive (its fault missed) or failed only on a timing bound: not yet a verdict."""
-    return (bool(verdict.get("test")) and not verdict.get("not_exercisable")
+    return (bool(verdict.get("test")) and not verdict.get("not_exercisable") and not verdict.get("blocked")
             and bool(verdict.get("inconclusive") or verdict.get("timing_only")))
 
 

@@ -34,7 +34,8 @@ def write_reports(cert: dict[str, Any], folder: Path) -> None:
 def mark(verdict: dict[str, Any]) -> str:
     """PASS, FAIL or INCONCLUSIVE (its fault never reached the state it tests), and the attempt
     that gave it when the scenario was run again."""
-    word = "PASS" if verdict["passed"] else "INCONCLUSIVE" if verdict.get("inconclusive") else "FAIL"
+    word = ("PASS" if verdict["passed"] else "BLOCKED" if verdict.get("blocked")
+            else "INCONCLUSIVE" if verdict.get("inconclusive") else "FAIL")
     return word + (f" (attempt {verdict['attempts']})" if verdict.get("attempts", 1) > 1 else "")
 
 
@@ -80,7 +81,18 @@ def markdown(cert: dict[str, Any]) -> str:
     if failing:
         out += ["", "## Evidence", ""]
         for v in failing:
-            out += [f"### {v['name']}", "", "```", (v.get("reason") or "")[:3000], "```", ""]
+            out += [f"### {v['name']}", ""]
+            step = v.get("failed_step")
+            if step:
+                out += [f"Failed at line {step['line']}: **{step['keyword']} {step['text']}**", ""]
+            out += ["```", (v.get("reason") or "")[:3000], "```", ""]
+            if v.get("reproduce"):
+                out += ["Run it alone: `" + v["reproduce"] + "`", ""]
+            if v.get("evidence_dir") or v.get("history"):
+                out += ["Evidence: " + ", ".join(f"[{label}](raw/{v[key]})" for key, label in
+                                                 (("history", "history"), ("evidence_dir", "server and device logs, "
+                                                                                           "device homes"))
+                                                 if v.get(key)), ""]
             for a in v.get("anomalies", []):
                 out += [f"* **{a['check']}**: {a['message']}", "",
                         "  ```json", "  " + json.dumps(a.get("evidence", {}), default=str)[:1500], "  ```"]

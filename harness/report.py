@@ -53,11 +53,56 @@ def _evidence(verdict: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# What each check means for a rep in the field, in plain words (docs/levels.md has the exact rule).
+IN_THE_FIELD = {
+    "lost_write": "work a rep saved (an account, a visit, an order, an order line or a note) never reached "
+                  "every device and the office",
+    "duplicate": "a record a rep saved once turned up twice: someone has to clean up by hand",
+    "lost_edit": "a change a rep saved was overwritten without a trace",
+    "not_merged": "two people changed different fields of one customer and one change was thrown away",
+    "conflict_log": "the conflict list shows clashes that never happened, so nobody can trust it",
+    "lost_delete": "a customer a rep deleted came back",
+    "divergence": "two devices, or a device and the office, ended up showing different data",
+    "orphan": "a visit, order or note points at a customer that is not there",
+    "queue_lost": "work waiting to sync vanished when the app was force-quit",
+    "refused": "the app refused to save work (or could not say whether it did) without a network",
+    "stuck": "work stayed stuck on the phone instead of syncing by itself in time",
+    "slow_write": "saving waited on the network",
+    "export_format": "the app's data export is malformed, so it could not be checked",
+    "history": "a device or the office could not be checked at all",
+}
+
+
+def plain_words(cert: dict[str, Any]) -> list[str]:
+    """The verdict as a field manager would want it: what failed, why it matters, where."""
+    if cert.get("partial"):
+        return ["This is a partial run (a selection of scenarios): it certifies no level."]
+    found = {name: c for name, c in cert.get("checks", {}).items() if c.get("anomalies")}
+    lines = []
+    if cert.get("level") == 3:
+        lines.append("Everything a rep did offline was kept, synced by itself once the network was back, and "
+                     "ended the same on every device and in the office: no duplicates, no lost edits, no "
+                     "manual clean-up.")
+    elif cert.get("level") == 1:
+        lines.append("Without a network this app cannot be trusted to save a rep's work.")
+    else:
+        lines.append("Reps can work offline, but some of what they do can go wrong later:")
+    for name, c in found.items():
+        where = ", ".join(c["scenarios"][:3]) + (" …" if len(c["scenarios"]) > 3 else "")
+        meaning = IN_THE_FIELD.get(name, name)
+        lines.append(f"{meaning[0].upper()}{meaning[1:]} ({name}: {c['anomalies']} finding(s), in {where}).")
+    unproven = [v["name"] for v in cert.get("scenarios", []) if not v["passed"] and v.get("inconclusive")]
+    if unproven:
+        lines.append(f"{len(unproven)} scenario(s) could not be judged (inconclusive or blocked), so they count "
+                     "as no evidence either way.")
+    return lines
+
+
 def markdown(cert: dict[str, Any]) -> str:
     s = cert["summary"]
     partial = cert.get("partial")
     title = "PARTIAL, no level" if partial else f"level {cert['level']} ({cert['level_name']})"
-    out = [f"# Conformance certificate: {title}", "",
+    out = [f"# Conformance certificate: {title}", "", *(f"> {line}" for line in plain_words(cert)), "",
            f"* SUT: **{cert['sut']['name']}** {cert['sut']['version']}",
            f"* Suite: {cert['suite']['name']} {cert['suite']['version']} (selection: {cert['suite']['selection']})",
            f"* Seed: {cert['seed']} · started {cert['started_at']} · {cert['duration_s']} s",
@@ -194,6 +239,7 @@ pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8
 </style></head><body>
 <p class="level">{badge}</p>
 <h1>{esc(heading)}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
+{''.join(f'<p class="plain">{esc(line)}</p>' for line in plain_words(cert))}
 <p>Suite {esc(cert['suite']['name'])} {esc(cert['suite']['version'])} · seed {cert['seed']} ·
 {esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
 {s['actions']} actions, {s['faults']} faults</p>

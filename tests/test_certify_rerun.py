@@ -47,3 +47,16 @@ def test_a_scenario_still_inconclusive_after_every_attempt_stays_so(monkeypatch)
     assert final[0]["inconclusive"] == "still missed" and final[0]["attempts"] == 3
     assert [e["attempt"] for e in final[0]["earlier"]] == [1, 2]
     assert not certify.needs_rerun(verdict("x", passed=False, reason="lost_edit"))
+
+
+def test_the_certificate_opens_with_the_verdict_in_plain_words():
+    from harness.report import IN_THE_FIELD, plain_words
+
+    assert set(IN_THE_FIELD) >= set(certify.CHECKS), "every check has a plain meaning"
+    clean = {"level": 3, "checks": {}, "scenarios": []}
+    assert plain_words(clean)[0].startswith("Everything a rep did offline was kept")
+    broken = {"level": 2, "scenarios": [verdict("x", passed=False, reason="")],
+              "checks": {"duplicate": {"anomalies": 2, "scenarios": ["Lost answer"]}}}
+    lines = plain_words(broken)
+    assert lines[1].startswith("A record a rep saved once turned up twice") and "Lost answer" in lines[1]
+    assert plain_words({"partial": True})[0].startswith("This is a partial run")

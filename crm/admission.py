@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .domain import DELETED, ENTITIES, LINE_FIELD, Field, normalize_value
+from .domain import _EMAIL, DELETED, ENTITIES, LINE_FIELD, MAX_TEXT, Field, normalize_value
 from .domain import entity as entity_spec
 from .errors import ValidationError
 from .hlc import MAX_AHEAD_MS, MAX_DRIFT_MS, server_now_ms
@@ -35,6 +35,7 @@ _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}
 
 
 CLOCK_AHEAD = "clock_ahead"
+_REQUIRED = {name: tuple(f.name for f in spec.fields if f.required) for name, spec in ENTITIES.items()}
 
 
 class InvalidOp(ValidationError):
@@ -120,11 +121,24 @@ def parse(raw: Any, *, now: int | None = None) -> Op:
     return op
 
 
+def _plainly_canonical(f: Field, value: Any) -> bool:
+    """Whether ``value`` is one ``normalize_value(f, value)`` gives back unchanged, decided without
+    building it, for the common case only: ASCII text (or email) with nothing to strip. False
+    means "not known here", not "not canonical": normalize_value decides then."""
+    if type(value) is not str or not value.isascii() or "\x00" in value or value != value.strip() or not value:
+        return False
+    if f.kind == "text":
+        return len(value) <= MAX_TEXT
+    return f.kind == "email" and len(value) <= 254 and _EMAIL.match(value) is not None
+
+
 def _canonical(entity: str, f: Field, value: Any) -> None:
     name = f.name
     if value is None:
         if f.required:
             raise ValidationError(f"{entity}.{name} is required and cannot be cleared")
+        return
+    if _plainly_canonical(f, value):
         return
     if normalize_value(f, value) != value:
         raise ValidationError(f"{entity}.{name}: value {value!r:.60} is not in canonical form")
@@ -148,7 +162,7 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
             raise ValidationError("a create has no base")
         if DELETED in fields:
             raise ValidationError("a create cannot set _deleted")
-        missing = [f.name for f in spec.fields if f.required and f.name not in fields]
+        missing = [name for name in _REQUIRED[op.entity] if name not in fields]
         if missing:
             raise ValidationError(f"{op.entity} create is missing required fields: {', '.join(missing)}")
         for name, value in fields.items():

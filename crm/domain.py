@@ -221,11 +221,14 @@ def _utf8(text: str) -> bool:
 
 def normalize_value(f: Field, value: Any) -> Any:
     """One field's value in its canonical replicated form, or a ValidationError saying why not."""
+    kind = f.kind
+    if (kind == "text" and type(value) is str and value.isascii() and 0 < len(value) <= MAX_TEXT
+            and "\x00" not in value and value == value.strip()):
+        return value  # the common case, already canonical: what the checks below would give back
     if value is None or (isinstance(value, str) and value.strip() == "" and f.kind != "long_text"):
         if f.required:
             raise _bad(f, "is required", value)
         return None
-    kind = f.kind
     if kind in ("text", "long_text", "email", "ref", "enum", "currency", "sku", "datetime"):
         if not isinstance(value, str):
             raise _bad(f, "must be text", value)

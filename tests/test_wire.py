@@ -1,0 +1,94 @@
+"""crm.wire, the typed fast path for pushed ops, never accepts what admission.parse refuses, and
+builds the very Op parse builds (it is a fast path, never a second rule book)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crm import wire
+from crm.admission import InvalidOp, parse
+from crm.hlc import server_now_ms
+
+NOW = server_now_ms()
+STAMP = f"{NOW:013d}.00000@dev-1"
+LINE = "line:0b9f3a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+VALID = [
+    {"op": "op-1", "dev": "dev-1", "hlc": STAMP, "kind": "create", "entity": "account", "id": "acc-1",
+     "fields": {"name": "Acme", "city": "Porto", "email": "a@b.co"}, "base": {}},
+    {"op": "op-2", "dev": "dev-1", "hlc": STAMP, "kind": "update", "entity": "visit", "id": "v1",
+     "fields": {"duration_min": 5, "lat": 1.5, "notes": None}, "base": {"notes": [f"{NOW:013d}.00001@x"]}},
+    {"op": "op-3", "dev": "dev-1", "hlc": STAMP, "kind": "update", "entity": "order", "id": "o1",
+     "fields": {LINE: {"sku": "A-1", "quantity": 2, "unit_price": "1.50"}}, "base": {LINE: []}},
+    {"op": "op-4", "dev": "dev-1", "hlc": STAMP, "kind": "delete", "entity": "account", "id": "acc-1",
+     "fields": {"_deleted": True}, "base": {"_deleted": []}},
+    {"op": "op-5", "dev": "dev-1", "hlc": STAMP, "entity": "contact", "id": "c1"},
+]
+ODD_VALUES = [None, True, False, 0, -1, 2**63, 2**64, 2**70, 1.5, -0.0, "", " x", "x\n", "\x00", "é", "a@b.co",
+              [], {}, ["x"], {"sku": "A"}, {"sku": 1}, {"quantity": True}, {"quantity": 2**65},
+              {"sku": "A", "quantity": 1, "unit_price": "1.00", "x": 1}, "0000000000001.00000@d", "op\n"]
+KEYS = ["op", "dev", "hlc", "kind", "entity", "id", "fields", "base", "extra"]
+NAMES = ["name", "city", "email", "duration_min", "lat", "_deleted", LINE, "line:nope", "", "x" * 101, "nope"]
+
+
+def _body(raw: object) -> bytes:
+    return json.dumps({"protocol": 1, "ops": [raw]}).encode()
+
+
+def _fast(raw: object) -> object:
+    body = _body(raw)
+    typed = wire.decode_push(body)
+    if typed is None:
+        return None
+    return wire.shape(typed.ops[0], NOW)
+
+
+def _slow(raw: object) -> object:
+    """What the slow path makes of ``raw``: parse of what orjson reads in its body."""
+    try:
+        return parse(orjson.loads(_body(raw))["ops"][0], now=NOW)
+    except (InvalidOp, orjson.JSONDecodeError):
+        return None
+
+
+def test_valid_ops_take_the_fast_path_and_give_parse_s_op() -> None:
+    for raw in VALID:
+        fast = _fast(raw)
+        assert fast is not None, raw
+        assert fast == parse(raw, now=NOW)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(VALID), st.lists(st.tuples(st.sampled_from(["key", "field", "base", "drop"]),
+                                                  st.sampled_from(KEYS), st.sampled_from(NAMES),
+                                                  st.sampled_from(ODD_VALUES)), min_size=1, max_size=3))
+def test_what_the_fast_path_accepts_parse_accepts_alike(start: dict, changes: list) -> None:
+    raw = copy.deepcopy(start)
+    for where, key, name, shared in changes:
+        value = copy.deepcopy(shared)  # ODD_VALUES' lists and dicts are shared between examples
+        if where == "key":
+            raw[key] = value
+        elif where == "drop":
+            raw.pop(key, None)
+        elif where == "field" and isinstance(raw.get("fields"), dict):
+            raw["fields"][name] = value
+        elif where == "base" and isinstance(raw.get("base"), dict):
+            raw["base"][name] = value if isinstance(value, list) else [STAMP if value else value]
+    fast = _fast(raw)
+    if fast is not None:
+        assert fast == _slow(raw), raw
+
+
+def test_the_fast_path_refuses_what_parse_refuses() -> None:
+    for raw, change in [(VALID[0], {"hlc": f"{NOW:013d}.00000@other"}),
+                        (VALID[0], {"id": "Upper"}), (VALID[0], {"op": "op-1\n"}),
+                        (VALID[0], {"hlc": f"{NOW + 400 * 86_400_000:013d}.00000@dev-1"}),
+                        (VALID[0], {"fields": {"nope": "x"}}), (VALID[1], {"fields": {"duration_min": True}}),
+                        (VALID[1], {"fields": {"duration_min": 2**64}}), (VALID[0], {"kind": None}),
+                        (VALID[2], {"fields": {LINE: {"sku": "A", "qty": 1}}}), (VALID[0], {"extra": 1})]:
+        broken = {**raw, **change}
+        assert _fast(broken) is None, change

@@ -282,3 +282,19 @@ class AppServer(Server):
     def crm(self, *args: str, home: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 60) -> Result:
         return crm_inprocess(*args, home=home, env=env)
+
+
+def reference_profile_with(tmp_path: Path, name: str, change) -> Path:
+    """A copy of fixtures/sut/reference.toml with ``change(data)`` applied, written as TOML."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    data = tomllib.loads((root / "fixtures" / "sut" / "reference.toml").read_text())
+    change(data)
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from harness.history import History
+from tests.support import reference_profile_with
 
 ROOT = Path(__file__).resolve().parent.parent
 COPY = ["{python}", "-c", "import pathlib, shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True); "
@@ -19,20 +19,16 @@ COPY = ["{python}", "-c", "import pathlib, shutil, sys; shutil.copytree(sys.argv
 
 
 def _profile(tmp_path: Path) -> Path:
-    data = tomllib.loads((ROOT / "fixtures" / "sut" / "reference.toml").read_text())
     marks = tmp_path / "marks"
     marks.mkdir()
-    data["device"]["backup"] = [*COPY, "{home}", "{backup_dir}", f"{marks}/device-backup"]
-    data["device"]["restore"] = [*COPY, "{backup_dir}", "{home}", f"{marks}/device-restore"]
-    data["server"]["backup"] = [*COPY, "{server_dir}", "{backup_dir}", f"{marks}/server-backup"]
-    data["server"]["restore"] = [*COPY, "{backup_dir}", "{server_dir}", f"{marks}/server-restore"]
-    lines = []
-    for section, table in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
-    path = tmp_path / "with-life-commands.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+
+    def change(data: dict) -> None:
+        data["device"]["backup"] = [*COPY, "{home}", "{backup_dir}", f"{marks}/device-backup"]
+        data["device"]["restore"] = [*COPY, "{backup_dir}", "{home}", f"{marks}/device-restore"]
+        data["server"]["backup"] = [*COPY, "{server_dir}", "{backup_dir}", f"{marks}/server-backup"]
+        data["server"]["restore"] = [*COPY, "{backup_dir}", "{server_dir}", f"{marks}/server-restore"]
+
+    return reference_profile_with(tmp_path, "with-life-commands", change)
 
 
 @pytest.mark.process

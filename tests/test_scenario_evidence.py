@@ -8,25 +8,21 @@ import json
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.support import reference_profile_with
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _refusing_profile(tmp_path: Path) -> Path:
     """The reference, except that every create is refused (exit 3, not saved), online or not."""
-    data = tomllib.loads((ROOT / "fixtures" / "sut" / "reference.toml").read_text())
-    data["actions"]["create_account"] = ["{python}", "-c", "import sys; sys.exit(3)"]
-    lines = []
-    for section, table in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
-    path = tmp_path / "refusing.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    def change(data: dict) -> None:
+        data["actions"]["create_account"] = ["{python}", "-c", "import sys; sys.exit(3)"]
+
+    return reference_profile_with(tmp_path, "refusing", change)
 
 
 def _certify(profile: Path, report: Path, *args: str) -> dict:

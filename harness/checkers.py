@@ -100,15 +100,27 @@ def lost_write(history: History) -> list[Anomaly]:
             continue
         for where, export in exports.items():
             if rid not in _by_id(export, entity):
+                elsewhere = _same_payload(history, op, export, entity)
+                hint = (f"; a record with the same content is there as {entity} {', '.join(elsewhere[:3])}: "
+                        "the SUT stored it under another id") if elsewhere else ""
                 found.append(Anomaly(
                     "lost_write",
                     f"{op.action} #{op.seq} on {op.device} reported {entity} {rid} saved, "
-                    f"but the final export of {where} has no such record",
-                    {**evidence, "id": rid, "export": where, "export_seq": export_seqs[where]}))
+                    f"but the final export of {where} has no such record{hint}",
+                    {**evidence, "id": rid, "export": where, "export_seq": export_seqs[where],
+                     "same_payload_ids": elsewhere}))
     for op in history.line_adds():
         if op.outcome == "ok":
             found.extend(_lost_line(op, exports, export_seqs))
     return found
+
+
+def _same_payload(history: History, op: Operation, export: dict[str, Any], entity: str) -> list[str]:
+    """Ids of records in ``export`` that carry ``op``'s payload: the root cause of a lost write is
+    often a record stored under an id of the server's own, not a record gone."""
+    payloads = _Payloads(history, export)
+    wanted = payloads.of_action(op)
+    return sorted(str(rec.get("id")) for rec in _records(export, entity) if wanted in payloads.of_record(entity, rec))
 
 
 def _line_payload(line: Any) -> tuple:

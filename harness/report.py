@@ -138,9 +138,17 @@ def markdown(cert: dict[str, Any]) -> str:
                                                  (("history", "history"), ("evidence_dir", "server and device logs, "
                                                                                            "device homes"))
                                                  if v.get(key)), ""]
+            by_check: dict[str, list[dict[str, Any]]] = {}
             for a in v.get("anomalies", []):
-                out += [f"* **{a['check']}**: {a['message']}", "",
-                        "  ```json", "  " + json.dumps(a.get("evidence", {}), default=str)[:1500], "  ```"]
+                by_check.setdefault(a["check"], []).append(a)
+            for check, group in by_check.items():  # one root cause often shows as many anomalies
+                out += [f"* **{check}** ({len(group)}): {IN_THE_FIELD.get(check, check)}", ""]
+                for a in group[:3]:
+                    out += [f"  * {a['message']}", "", "    ```json",
+                            "    " + json.dumps(a.get("evidence", {}), default=str, indent=None)[:1500], "    ```"]
+                if len(group) > 3:
+                    out += [f"  * … and {len(group) - 3} more {check} finding(s) of this scenario "
+                            "(all in certificate.json)", ""]
     out += ["", "## Provenance", "", "| | |", "|---|---|"]
     out += [f"| {name} | {value} |" for name, value in provenance_rows(cert)]
     return "\n".join(out) + "\n"

@@ -585,3 +585,13 @@ def test_a_write_that_ends_unknown_without_a_kill_is_refused(killed, expected):
         h.append("d1", "fault", "kill")
     h.complete(inv, "unknown", exit=None if killed else 21)
     assert [a.check for a in checkers.refused(h)] == expected
+
+
+def test_a_lost_write_names_the_record_that_carries_its_payload_under_another_id():
+    h = History()
+    create(h, "d1", "a1", name="Corner Shop", city="Leeds")
+    state = export(account=[acct("srv-9", name="Corner Shop", city="Leeds")])
+    finish(h, d1=state, server=state)
+    found = checkers.lost_write(h)
+    assert {a.evidence["same_payload_ids"][0] for a in found} == {"srv-9"}
+    assert all("under another id" in a.message for a in found)

@@ -7,26 +7,37 @@ import key (its external ref, else a hash of its fields) kept in ``records.ikey`
 import, even one killed halfway, updates or skips what is already there instead of duplicating it.
 A row with an external ref also finds a record that carries that ref but no key yet (added by
 hand, or pulled from another device: keys are device-local) and takes it over.
+
+What spreadsheets export is read as it is: the file is decoded once (UTF-8 with or without a BOM
+by default, a UTF-16 BOM recognised, any other encoding named), an Excel ``sep=`` first line or
+the header's shape gives the delimiter, and then a plain ``csv`` reader does the rest. Columns can
+be renamed (``mapping``) or unknown ones skipped; a dry run plans the batches without writing; the
+rejected rows can go to an errors file (written atomically) to be fixed and imported again.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
+import os
+import re
 import sqlite3
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import merge
 from .device import Change, Device
+from .domain import ENTITIES, validate_create
 from .domain import entity as entity_spec
-from .domain import validate_create
-from .errors import CrmError, ImportFileError, InterruptedError_, ValidationError
+from .errors import CrmError, DiskFullError, ImportFileError, InterruptedError_, UsageError, ValidationError
 from .ids import new_id
 from .merge import Record
 from .ops import dumps
@@ -35,7 +46,13 @@ from .records import record_from_row
 __all__ = ["IMPORTABLE", "ImportReport", "RowError", "import_file"]
 
 IMPORTABLE = {"accounts": "account", "account": "account", "contacts": "contact", "contact": "contact"}
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".tab": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+SNIFFED = (",", ";", "\t", "|")  # the delimiters a header's shape can pick, in order of preference
+DELIMITER_WORDS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+# the columns (keys) an errors file adds to the rejected rows; an import skips them, so a fixed
+# errors file imports as it is
+TOOL_COLUMNS = ("crm_line", "crm_reason", "crm_raw")
+_SEP_LINE = re.compile(r'"?sep=([^\r\n])"?(?:\r\n|\n|\r|$)', re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -55,11 +72,46 @@ class ImportReport:
     unchanged: int = 0
     invalid: list[RowError] = field(default_factory=list)
     total_rows: int = 0
+    # how the file was read
+    format: str = "csv"
+    encoding: str = "utf-8"
+    delimiter: str | None = None  # CSV only
+    delimiter_from: str | None = None  # "--delimiter", "sep= line" or "sniffed"
+    ignored_columns: list[str] | None = None  # None unless columns could be ignored (the options)
+    dry_run: bool = False
+    errors_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"entity": self.entity, "created": self.created, "updated": self.updated,
-                "unchanged": self.unchanged, "invalid": [e.to_json() for e in self.invalid],
-                "total_rows": self.total_rows}
+        """The plain import's keys; the new options add theirs only when they are used."""
+        out: dict[str, Any] = {
+            "entity": self.entity, "created": self.created, "updated": self.updated,
+            "unchanged": self.unchanged, "invalid": [e.to_json() for e in self.invalid],
+            "total_rows": self.total_rows}
+        if self.ignored_columns is not None:
+            out["ignored_columns"] = self.ignored_columns
+        if self.errors_file is not None:
+            out["errors_file"] = self.errors_file
+        if self.dry_run:
+            out["dry_run"] = True
+            read: dict[str, Any] = {"format": self.format, "encoding": self.encoding}
+            if self.format == "csv":
+                read |= {"delimiter": self.delimiter, "delimiter_from": self.delimiter_from}
+            out["read"] = read
+        return out
+
+
+@dataclass
+class _Reading:
+    """How to read the file (from the options), and what reading it found (the header)."""
+
+    entity: str
+    encoding: str | None = None  # None: UTF-8, or what a byte order mark says
+    delimiter: str | None = None  # None: a sep= line, else sniffed
+    mapping: dict[str, str | None] = field(default_factory=dict)  # canonical column -> field; None drops
+    mapped_as_given: dict[str, str] = field(default_factory=dict)  # canonical column -> as on the command line
+    ignore_unknown: bool = False
+    header: list[str] | None = None  # the CSV header's cells as written
+    ignored: dict[str, None] = field(default_factory=dict)  # columns (keys) left out, in order met
 
 
 @dataclass(frozen=True)
@@ -72,11 +124,22 @@ class _Row:
 
 def import_file(device: Device, entity: str, path: Path, *, skip_invalid: bool = False,
                 fmt: str | None = None, batch_size: int = 1000,
-                progress: Callable[[int, int | None], None] | None = None) -> ImportReport:
+                progress: Callable[[int, int | None], None] | None = None,
+                encoding: str | None = None, delimiter: str | None = None,
+                mapping: Iterable[str] = (), ignore_unknown_columns: bool = False,
+                dry_run: bool = False, errors_path: Path | None = None) -> ImportReport:
     """Import ``path`` into ``device``; see the module docstring for the guarantees.
 
-    Raises ImportFileError for an unreadable or malformed file, and for invalid rows unless
-    ``skip_invalid``; InterruptedError_ on Ctrl-C, after which the committed batches stay.
+    ``encoding`` (default UTF-8, or what a byte order mark says), ``delimiter`` (default: an
+    Excel ``sep=`` line, else sniffed from the header), ``mapping`` (``COLUMN=FIELD`` strings;
+    ``COLUMN=`` leaves a column out) and ``ignore_unknown_columns`` say how to read the file.
+    ``dry_run`` validates and plans without writing to the store. ``errors_path`` receives the
+    rejected rows (with ``crm_line`` and ``crm_reason``) whenever the rows were judged, before any
+    batch is written.
+
+    Raises UsageError for unusable options, ImportFileError for an unreadable or malformed file,
+    and for invalid rows unless ``skip_invalid``; InterruptedError_ on Ctrl-C, after which the
+    committed batches stay.
     """
     name = IMPORTABLE.get((entity or "").strip().lower())
     if name is None:
@@ -85,17 +148,80 @@ def import_file(device: Device, entity: str, path: Path, *, skip_invalid: bool =
         raise ImportFileError("batch size must be at least 1")
     path = Path(path)
     fmt = _format(path, fmt)
-    report = ImportReport(entity=name + "s")
-    rows = _validate(device, name, path, fmt, report)
+    reading = _reading(name, fmt, encoding, delimiter, mapping, ignore_unknown_columns)
+    if errors_path is not None:
+        errors_path = Path(errors_path)
+        if _same_file(errors_path, path):
+            raise UsageError(f"--errors {errors_path}: that would overwrite the file being imported; "
+                             "name another file")
+    report = ImportReport(entity=name + "s", format=fmt, dry_run=dry_run,
+                          errors_file=None if errors_path is None else str(errors_path))
+    rows, rejected = _validate(device, name, path, fmt, reading, report)
+    if mapping or ignore_unknown_columns:
+        report.ignored_columns = list(reading.ignored)
+    if errors_path is not None:
+        _write_errors(errors_path, fmt, reading, report.invalid, rejected)
     if report.invalid and not skip_invalid:
         bad = len(report.invalid)
+        where = (f" The rejected rows are in {errors_path}, each with its reason."
+                 if errors_path is not None else "")
         raise ImportFileError(
             f"{path}: {bad} of {report.total_rows} rows are invalid (first: line "
             f"{report.invalid[0].line}: {report.invalid[0].reason}); nothing was imported. "
-            "Fix them, or skip them with --skip-invalid",
+            f"Fix them, or skip them with --skip-invalid.{where}",
             details=[e.to_json() for e in report.invalid])
-    _write(device, name, rows, batch_size, report, progress)
+    if dry_run:
+        _plan(device, name, rows, report)
+    else:
+        _write(device, name, rows, batch_size, report, progress)
     return report
+
+
+def _reading(entity: str, fmt: str, encoding: str | None, delimiter: str | None,
+             mapping: Iterable[str], ignore_unknown: bool) -> _Reading:
+    """The options, checked: an unusable one is a usage error before the file is read."""
+    reading = _Reading(entity, ignore_unknown=ignore_unknown)
+    if encoding is not None:
+        try:
+            info = codecs.lookup(encoding)
+        except LookupError:
+            raise UsageError(f"--encoding {encoding!r}: unknown encoding {encoding!r}; common ones are "
+                             "utf-8, cp1252 (Excel on Windows), latin-1 and utf-16") from None
+        if not getattr(info, "_is_text_encoding", True):
+            raise UsageError(f"--encoding {encoding!r}: {info.name} is not a text encoding") from None
+        reading.encoding = encoding
+    if delimiter is not None:
+        if fmt != "csv":
+            raise UsageError("--delimiter applies to CSV files only, not JSON lines")
+        chosen = DELIMITER_WORDS.get(delimiter.strip().lower(), delimiter) if len(delimiter) > 1 else delimiter
+        if len(chosen) != 1:
+            raise UsageError(f"--delimiter {delimiter!r}: give one character (such as ';' or '|'), or tab")
+        if chosen in '"\r\n':
+            raise UsageError(f"--delimiter {delimiter!r}: a delimiter cannot be a quote or a line break")
+        reading.delimiter = chosen
+    names = entity_spec(entity).field_names
+    for item in mapping:
+        column, equals, target = item.partition("=")
+        if not equals or not column.strip():
+            raise UsageError(f"--map {item!r}: give COLUMN=FIELD (such as 'Company=name'), or COLUMN= "
+                             "to leave a column out")
+        key = _canonical(column)
+        if key in reading.mapping:
+            raise UsageError(f"--map {item!r}: maps column {column.strip()!r} twice")
+        if target.strip() and _canonical(target) not in names:
+            article = "an" if entity[0] in "aeiou" else "a"
+            raise UsageError(f"--map {item!r}: {target.strip()!r} is not {article} {entity} field; the "
+                             f"fields are {', '.join(names)}")
+        reading.mapping[key] = _canonical(target) if target.strip() else None
+        reading.mapped_as_given[key] = column.strip()
+    return reading
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -112,12 +238,11 @@ def _format(path: Path, fmt: str | None) -> str:
     return guessed
 
 
-def _line_of(raw: bytes, offset: int) -> int:
-    return raw.count(b"\n", 0, offset) + 1
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
-def _read_text(path: Path) -> str:
-    """The file as text, refusing what is not UTF-8 text with the line where it goes wrong."""
+def _read_text(path: Path, reading: _Reading, report: ImportReport) -> str:
+    """The file as text, decoded once; refusing what does not decode with the line and byte."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -126,59 +251,150 @@ def _read_text(path: Path) -> str:
         raise ImportFileError(f"{path} is a directory, not a file to import") from None
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
-    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ImportFileError(f"{path} is UTF-16 text; save it as UTF-8 and import it again")
-    if not raw.strip():
-        raise ImportFileError(f"{path} is empty: nothing to import")
-    nul = raw.find(b"\x00")
-    if nul >= 0:
-        raise ImportFileError(f"{path} line {_line_of(raw, nul)}: contains NUL bytes; "
-                              "this is not a text file")
+    given = reading.encoding
+    skip, codec = 0, given or "utf-8"
+    for mark, marked in _BOMS:
+        if raw.startswith(mark):
+            label = marked[:6].upper()  # UTF-8 or UTF-16
+            if given is not None and not codecs.lookup(given).name.startswith(label.lower()):
+                raise ImportFileError(
+                    f"{path} starts with a {label} byte order mark, but --encoding {given} was given; "
+                    f"leave --encoding out (the mark says how to read the file) or give {label.lower()}")
+            skip, codec = len(mark), marked
+            break
+    body = raw[skip:] if skip else raw
+    report.encoding = (codec[:6] if skip else codecs.lookup(codec).name)
     try:
-        return raw.decode("utf-8")
+        text = body.decode(codec)
     except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{path} line {_line_of(raw, exc.start)}: not valid UTF-8 "
-                              f"({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+        line = body[:exc.start].decode(codec, "replace").count("\n") + 1
+        hint = ("if the file was saved by Excel on Windows, give --encoding cp1252 (or the encoding it was "
+                "saved in)" if given is None else "give the encoding the file was saved in")
+        raise ImportFileError(
+            f"{path} line {line}: not valid {given or 'UTF-8'}: byte 0x{body[exc.start]:02x} at byte "
+            f"offset {skip + exc.start} ({exc.reason}); {hint}") from None
+    if not text.strip():
+        raise ImportFileError(f"{path} is empty: nothing to import")
+    nul = text.find("\x00")
+    if nul >= 0:
+        looks_utf16 = given is None and not skip and raw.count(b"\x00") * 4 >= len(raw)
+        hint = ("; UTF-16 text without a byte order mark? give --encoding utf-16-le (or utf-16-be)"
+                if looks_utf16 else "; this is not a text file")
+        raise ImportFileError(f"{path} line {text.count(chr(10), 0, nul) + 1}: contains NUL bytes{hint}")
+    return text
+
+
+_SQUEEZED = {name.replace("_", ""): name for entity in set(IMPORTABLE.values())
+             for name in ENTITIES[entity].field_names}
 
 
 def _canonical(column: str) -> str:
-    """``External Ref``, ``external-ref`` and ``external_ref`` all name the same field."""
-    return column.strip().lower().replace("-", "_").replace(" ", "_")
+    """``External Ref``, ``external-ref``, ``ExternalRef`` and ``external_ref`` all name the same
+    field, as ``E-mail`` and ``Post Code`` name ``email`` and ``postcode``."""
+    name = column.strip().lower().replace("-", "_").replace(" ", "_")
+    return _SQUEEZED.get(name.replace("_", ""), name)
 
 
-def _csv_rows(path: Path, text: str, entity: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line, fields) per data row, or (line, reason) for a row of the wrong width."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _csv_text(path: Path, text: str, reading: _Reading, report: ImportReport) -> tuple[str, int]:
+    """The CSV without an Excel ``sep=`` line, and the physical line its first line is on; the
+    delimiter chosen: --delimiter, else the sep= line, else sniffed."""
+    first = 1
+    sep = _SEP_LINE.match(text)
+    if sep is not None:
+        text, first = text[sep.end():], 2
+    if reading.delimiter is not None:
+        report.delimiter, report.delimiter_from = reading.delimiter, "--delimiter"
+    elif sep is not None:
+        report.delimiter, report.delimiter_from = sep.group(1), "sep= line"
+    else:
+        report.delimiter, report.delimiter_from = _sniff(text), "sniffed"
+    return text, first
+
+
+def _sniff(text: str, rows: int = 20, size: int = 65_536) -> str:
+    """The delimiter that reads the first rows as a table: a header of more than one column,
+    then the most rows as wide as the header, then the widest header; a comma on a tie."""
+    sample = text[:size]
+    if len(text) > size:
+        sample = sample[:sample.rfind("\n") + 1]  # no half row at the end
+    best, best_score = ",", (False, -1, 0, 0)
+    for order, candidate in enumerate(SNIFFED):
+        widths: list[int] = []
+        reader = csv.reader(io.StringIO(sample, newline=""), delimiter=candidate)
+        with contextlib.suppress(csv.Error):
+            for cells in reader:
+                if cells and (len(cells) > 1 or cells[0].strip()):
+                    widths.append(len(cells))
+                    if len(widths) > rows:
+                        break
+        if not widths:
+            continue
+        header = widths[0]
+        score = (header > 1, sum(width == header for width in widths[1:]), header, -order)
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
+
+
+def _csv_rows(path: Path, text: str, reading: _Reading, report: ImportReport,
+              ) -> Iterator[tuple[int, dict[str, Any] | str, list[str]]]:
+    """(line, fields, cells) per data row, or (line, reason, cells) for a row of the wrong width."""
+    text, first = _csv_text(path, text, reading, report)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=report.delimiter, strict=True)
     columns: tuple[str, ...] | None = None
-    start = 1
+    keep: list[tuple[str, int]] | None = None  # (field, cell index) when some cells are left out
+    width = 0
+    start = first
     try:
         for cells in reader:
-            line, start = start, reader.line_num + 1
+            line, start = start, reader.line_num + first
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue  # a blank line
             if columns is None:
-                columns = _header(path, entity, cells, line)
-            elif len(cells) != len(columns):
-                yield line, f"has {len(cells)} values but the header has {len(columns)} columns"
+                columns, keep = _header(path, cells, line, reading)
+                width = len(cells)
+            elif len(cells) != width:
+                yield line, f"has {len(cells)} values but the header has {width} columns", cells
+            elif keep is None:
+                yield line, dict(zip(columns, cells, strict=True)), cells
             else:
-                yield line, dict(zip(columns, cells, strict=True))
+                yield line, {name: cells[i] for name, i in keep}, cells
     except csv.Error as exc:
         raise ImportFileError(f"{path} line {start}: malformed CSV ({exc})") from None
     if columns is None:
         raise ImportFileError(f"{path} is empty: nothing to import")
 
 
-def _header(path: Path, entity: str, cells: list[str], line: int) -> tuple[str, ...]:
+def _header(path: Path, cells: list[str], line: int,
+            reading: _Reading) -> tuple[tuple[str, ...], list[tuple[str, int]] | None]:
+    """The fields of the header's columns, and which cells to keep when some are left out."""
+    entity = reading.entity
     spec = entity_spec(entity)
-    columns = tuple(_canonical(c) for c in cells)
-    unknown = [raw for raw, name in zip(cells, columns, strict=True) if name not in spec.field_names]
+    reading.header = cells
+    canonical = [_canonical(c) for c in cells]
+    for key, shown in reading.mapped_as_given.items():
+        if key not in canonical:
+            raise ImportFileError(f"{path} line {line}: --map names column {shown!r} but the header has no "
+                                  f"such column; its columns are: {', '.join(cells)}")
+    names: list[str | None] = []
+    unknown: list[str] = []
+    for raw, key in zip(cells, canonical, strict=True):
+        name = reading.mapping.get(key, key) if reading.mapping else key
+        if key in TOOL_COLUMNS:
+            name = None  # an errors file's own columns
+        elif name is None or (name not in spec.field_names and reading.ignore_unknown):
+            reading.ignored[raw] = None
+            name = None
+        elif name not in spec.field_names:
+            unknown.append(raw)
+        names.append(name)
     if unknown:
         raise ImportFileError(
             f"{path} line {line}: unknown column(s) {', '.join(repr(u) for u in unknown)}; the first "
-            f"line must be a header naming {entity} fields: {', '.join(spec.field_names)}",
+            f"line must be a header naming {entity} fields: {', '.join(spec.field_names)}. Rename a "
+            "column with --map COLUMN=FIELD, or leave unknown columns out with --ignore-unknown-columns",
             details={"unknown": unknown, "known": list(spec.field_names)})
+    columns = tuple(name for name in names if name is not None)
     twice = sorted({name for name in columns if columns.count(name) > 1})
     if twice:
         raise ImportFileError(f"{path} line {line}: column(s) {', '.join(twice)} appear more than once")
@@ -186,10 +402,13 @@ def _header(path: Path, entity: str, cells: list[str], line: int) -> tuple[str, 
     if missing:
         raise ImportFileError(f"{path} line {line}: the header lacks the required column(s) "
                               f"{', '.join(missing)}")
-    return columns
+    if len(columns) == len(cells):
+        return columns, None
+    return columns, [(name, i) for i, name in enumerate(names) if name is not None]
 
 
-def _jsonl_rows(text: str, entity: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _jsonl_rows(text: str, reading: _Reading) -> Iterator[tuple[int, dict[str, Any] | str, str]]:
+    entity = reading.entity
     names = entity_spec(entity).field_names
     # split on \n only: str.splitlines would also break at U+2028, which is legal inside JSON text
     for line, raw in enumerate(text.split("\n"), 1):
@@ -198,21 +417,34 @@ def _jsonl_rows(text: str, entity: str) -> Iterator[tuple[int, dict[str, Any] | 
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            yield line, f"not valid JSON: {exc.msg} at column {exc.colno}"
+            yield line, f"not valid JSON: {exc.msg} at column {exc.colno}", raw
             continue
         except (ValueError, RecursionError) as exc:  # a 5,000-digit number; nesting past the stack
-            yield line, f"not usable JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
+            yield line, f"not usable JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}", raw
             continue
         if not isinstance(obj, dict):
-            yield line, f"must be a JSON object with {entity} fields, not {type(obj).__name__}"
+            yield line, f"must be a JSON object with {entity} fields, not {type(obj).__name__}", raw
             continue
-        fields = {_canonical(str(key)): value for key, value in obj.items()}
-        unknown = sorted(key for key in obj if _canonical(str(key)) not in names)
-        if unknown or len(fields) != len(obj):
-            yield line, (f"unknown field(s) {', '.join(unknown)}; {entity} fields are {', '.join(names)}"
-                         if unknown else "names a field twice")
+        fields: dict[str, Any] = {}
+        unknown: list[str] = []
+        twice = False
+        for key, value in obj.items():
+            canonical = _canonical(str(key))
+            name = reading.mapping.get(canonical, canonical) if reading.mapping else canonical
+            if canonical in TOOL_COLUMNS:
+                continue  # an errors file's own keys
+            if name is None or (name not in names and reading.ignore_unknown):
+                reading.ignored[str(key)] = None
+            elif name not in names:
+                unknown.append(str(key))
+            else:
+                twice = twice or name in fields
+                fields[name] = value
+        if unknown or twice:
+            yield line, (f"unknown field(s) {', '.join(sorted(unknown))}; {entity} fields are {', '.join(names)}"
+                         if unknown else "names a field twice"), raw
             continue
-        yield line, fields
+        yield line, fields, raw
 
 
 # -- validating ------------------------------------------------------------------------------
@@ -257,9 +489,11 @@ def _import_key(values: dict[str, Any]) -> str:
     return "hash:" + hashlib.sha256(dumps(values).encode()).hexdigest()
 
 
-def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportReport) -> list[_Row]:
-    text = _read_text(path)
-    source = _csv_rows(path, text, entity) if fmt == "csv" else _jsonl_rows(text, entity)
+def _validate(device: Device, entity: str, path: Path, fmt: str, reading: _Reading,
+              report: ImportReport) -> tuple[list[_Row], list[Any]]:
+    """The rows to write, and what each rejected row was in the file (its cells, or its line)."""
+    text = _read_text(path, reading, report)
+    source = _csv_rows(path, text, reading, report) if fmt == "csv" else _jsonl_rows(text, reading)
     if entity == "contact":
         with device.snapshot() as conn:
             refs: _Refs | None = _Refs(conn)
@@ -267,10 +501,12 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
         refs = None
     defaulted = "owner" if entity == "account" else None  # filled with the device's rep when empty
     rows: list[_Row] = []
-    for line, fields in source:
+    rejected: list[Any] = []  # in step with report.invalid
+    for line, fields, raw in source:
         report.total_rows += 1
         if isinstance(fields, str):
             report.invalid.append(RowError(line, fields))
+            rejected.append(raw)
             continue
         try:
             if refs is not None and "account" in fields:
@@ -287,6 +523,7 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
                                           f"account {owner}; a contact cannot move to another account")
         except ValidationError as exc:
             report.invalid.append(RowError(line, exc.message))
+            rejected.append(raw)
             continue
         rows.append(_Row(line, values, given, ikey))
     if report.total_rows == 0:
@@ -295,7 +532,76 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, report: ImportR
     last = {row.ikey: i for i, row in enumerate(rows) if row.ikey.startswith("ref:")}
     kept = [row for i, row in enumerate(rows) if last.get(row.ikey, i) == i]
     report.unchanged += len(rows) - len(kept)
-    return kept
+    return kept, rejected
+
+
+# -- the errors file -------------------------------------------------------------------------
+def _write_errors(path: Path, fmt: str, reading: _Reading, invalid: list[RowError], rejected: list[Any]) -> None:
+    """The rejected rows, each with its line and reason, written whole or not at all: CSV (UTF-8
+    with a BOM, commas) under the file's own header, or JSON lines for a JSON-lines file."""
+    directory = path.absolute().parent
+    kept = f"{path} was not written; nothing was imported"
+    try:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError.at(directory, exc.strerror, kept=kept) from None
+        raise ImportFileError(f"cannot write the errors file {path} ({exc.strerror or exc}); "
+                              "nothing was imported") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8-sig" if fmt == "csv" else "utf-8", newline="") as handle:
+            if fmt == "csv":
+                header = reading.header or []
+                own = {i for i, cell in enumerate(header) if _canonical(cell) in TOOL_COLUMNS}
+                writer = csv.writer(handle)
+                writer.writerow(["crm_line", "crm_reason", *(c for i, c in enumerate(header) if i not in own)])
+                for error, cells in zip(invalid, rejected, strict=True):
+                    writer.writerow([error.line, error.reason, *(c for i, c in enumerate(cells) if i not in own)])
+            else:
+                for error, raw in zip(invalid, rejected, strict=True):
+                    handle.write(json.dumps(_rejected_line(error, raw), ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(exc, OSError):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError.at(directory, exc.strerror, kept=kept) from None
+            raise ImportFileError(f"cannot write the errors file {path} ({exc.strerror or exc}); "
+                                  "nothing was imported") from None
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _rejected_line(error: RowError, raw: str) -> dict[str, Any]:
+    """A rejected JSON line: its object with the line and reason first, else the text as it was."""
+    head: dict[str, Any] = {"crm_line": error.line, "crm_reason": error.reason}
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict):
+        return head | {key: value for key, value in obj.items() if _canonical(str(key)) not in TOOL_COLUMNS}
+    return head | {"crm_raw": raw}
+
+
+# -- planning (a dry run) --------------------------------------------------------------------
+def _plan(device: Device, entity: str, rows: list[_Row], report: ImportReport) -> None:
+    """Count what writing ``rows`` would do, in one read-only snapshot: all rows as one batch,
+    which counts as the batches would (a key repeated across batches finds its record)."""
+    with device.snapshot() as conn:
+        unkeyed = _unkeyed_refs(conn, entity)
+        _, _, created, updated, unchanged = _plan_batch(conn, entity, rows, unkeyed)
+    report.created += created
+    report.updated += updated
+    report.unchanged += unchanged
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -368,6 +674,18 @@ def _adopt(conn: sqlite3.Connection, entity: str, unkeyed: dict[str, str],
 
 def _write_batch(device: Device, conn: sqlite3.Connection, entity: str, batch: list[_Row],
                  unkeyed: dict[str, str]) -> tuple[int, int, int]:
+    pending, adopted, created, updated, unchanged = _plan_batch(conn, entity, batch, unkeyed)
+    if pending:
+        device.write(pending, conn)
+    # an adopted record that needed no change still takes its key: device-local, so no op
+    conn.executemany("UPDATE records SET ikey = ? WHERE entity = ? AND id = ?",
+                     [(key, entity, rec.id) for key, rec in adopted.items()])
+    return created, updated, unchanged
+
+
+def _plan_batch(conn: sqlite3.Connection, entity: str, batch: list[_Row], unkeyed: dict[str, str],
+                ) -> tuple[list[Change], dict[str, Record], int, int, int]:
+    """The changes a batch makes, the records it adopts without changing them, and its counts."""
     spec = entity_spec(entity)
     keys = [row.ikey for row in batch]
     existing = _existing(conn, entity, keys)
@@ -395,9 +713,4 @@ def _write_batch(device: Device, conn: sqlite3.Connection, entity: str, batch: l
                 adopted.pop(row.ikey, None)
             else:
                 unchanged += 1
-    if pending:
-        device.write(pending, conn)
-    # an adopted record that needed no change still takes its key: device-local, so no op
-    conn.executemany("UPDATE records SET ikey = ? WHERE entity = ? AND id = ?",
-                     [(key, entity, rec.id) for key, rec in adopted.items()])
-    return created, updated, unchanged
+    return pending, adopted, created, updated, unchanged

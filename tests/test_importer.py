@@ -89,7 +89,7 @@ def test_imported_records_behave_like_created_ones(device: Device) -> None:
     assert [op["kind"] for op in ops_for(device, rid)] == ["create", "update"]
 
 
-@pytest.mark.parametrize("header", ["external_ref", "External Ref", "EXTERNAL-REF", " external ref "])
+@pytest.mark.parametrize("header", ["external_ref", "External Ref", "EXTERNAL-REF", " external ref ", "ExternalRef"])
 def test_external_ref_header_spellings(device: Device, tmp_path: Path, header: str) -> None:
     path = write(tmp_path, "a.csv", f"Name,{header}\nAcme,R-1\n")
     assert import_file(device, "accounts", path).created == 1
@@ -160,7 +160,7 @@ def test_jsonl_syntax_errors_are_bad_rows_with_their_line(device: Device, tmp_pa
     ("header_only.csv", b"name,city\n", "no rows"),
     ("nul.csv", b"name\nAcme\nBad\x00Row\n", "line 3: contains NUL bytes"),
     ("latin1.csv", b"name\nAcme\nCaf\xe9\n", "line 3: not valid UTF-8"),
-    ("utf16.csv", "name\nAcme\n".encode("utf-16"), "UTF-16"),
+    ("utf16.csv", "name\nAcme\n".encode("utf-16-le"), "line 1: contains NUL bytes"),  # no BOM: say it
     ("noheader.csv", b"Acme,Bristol\nBeta,Leeds\n", "unknown column(s) 'Acme', 'Bristol'"),
     ("unknown.csv", b"name,colour,size\nAcme,red,9\n", "unknown column(s) 'colour', 'size'"),
     ("twice.csv", b"name,Name\nA,B\n", "appear more than once"),
@@ -401,3 +401,340 @@ def test_a_lock_after_a_committed_batch_says_exactly_what_was_committed(device: 
     assert len(device.list("account")) == 2
     again = import_file(device, "accounts", path, batch_size=2)
     assert (again.created, again.unchanged) == (4, 2) and len(device.list("account")) == 6
+
+
+# -- what spreadsheets export (issue 14 item 4) ----------------------------------------------
+def total_changes(device: Device) -> int:
+    """Rows SQLite changed on this connection: a dry run must leave it where it was."""
+    return device.store.conn.execute("SELECT total_changes()").fetchone()[0]
+
+
+def read_errors(path: Path) -> list[dict[str, str]]:
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf"), "a spreadsheet opens the errors file as UTF-8 only with a BOM"
+    import csv
+    import io
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+
+
+def test_an_excel_semicolon_cp1252_file_with_a_sep_line(device: Device) -> None:
+    path = CSV_DIR / "accounts_excel_semicolon.csv"
+    report = import_file(device, "accounts", path, encoding="cp1252")
+    assert (report.created, report.invalid, report.total_rows) == (4, [], 4)
+    assert (report.encoding, report.delimiter, report.delimiter_from) == ("cp1252", ";", "sep= line")
+    refs = by_ref(device)
+    assert refs["ACC-5001"]["name"] == "Müller’s Bäckerei"  # ’ is 0x92: cp1252, not latin-1
+    assert refs["ACC-5001"]["email"] == "info@mueller.example"  # the E-mail column
+    assert refs["ACC-5002"]["address"] == "1; rue du Port" and refs["ACC-5002"]["name"] == "Crêperie « Bretonne »"
+    assert refs["ACC-5003"]["address"] == "Place de l'Église\r\nBâtiment B"
+    assert refs["ACC-5004"]["name"] == "Señor Pérez, S.L."
+    assert import_file(device, "accounts", path, encoding="windows-1252").unchanged == 4
+
+
+def test_bytes_that_do_not_decode_name_the_line_and_the_byte(device: Device, tmp_path: Path) -> None:
+    path = CSV_DIR / "accounts_excel_semicolon.csv"
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "accounts", path)  # the default: UTF-8
+    offset = path.read_bytes().index(b"\xfc")  # the ü of Müller, on line 3 (sep= is line 1)
+    assert f"line 3: not valid UTF-8: byte 0xfc at byte offset {offset}" in info.value.message
+    assert "--encoding cp1252" in info.value.message
+    assert counts(device) == (0, 0)
+    undefined = write(tmp_path, "a.csv", b"name\r\nAcme\r\nBad \x81 Byte\r\n")  # 0x81: no cp1252 character
+    with pytest.raises(ImportFileError, match=r"line 3: not valid cp1252: byte 0x81 at byte offset 16"):
+        import_file(device, "accounts", undefined, encoding="cp1252", skip_invalid=True)
+    assert counts(device) == (0, 0)
+    assert import_file(device, "accounts", undefined, encoding="latin-1").created == 2  # every byte is latin-1
+
+
+def test_a_utf16_tab_separated_export_needs_no_options(device: Device) -> None:
+    path = CSV_DIR / "accounts_unicode.tsv"
+    report = import_file(device, "accounts", path)
+    assert (report.created, report.total_rows) == (3, 3)
+    assert (report.encoding, report.delimiter, report.delimiter_from) == ("utf-16", "\t", "sniffed")
+    refs = by_ref(device)
+    assert refs["ACC-6001"]["name"] == "Zoë's Deli" and refs["ACC-6002"]["name"] == "Łódź Import"
+    assert refs["ACC-6003"]["name"] == "東京 Sushi, Ltd" and refs["ACC-6003"]["phone"] == "020 7946 0000"
+    assert import_file(device, "accounts", path, encoding="utf-16", delimiter="tab").unchanged == 3
+
+
+def test_an_encoding_that_contradicts_the_byte_order_mark_is_refused(device: Device, tmp_path: Path) -> None:
+    with pytest.raises(ImportFileError, match="starts with a UTF-16 byte order mark.*--encoding cp1252"):
+        import_file(device, "accounts", CSV_DIR / "accounts_unicode.tsv", encoding="cp1252")
+    utf8 = write(tmp_path, "a.csv", "\ufeffname\nAcme\n".encode())
+    with pytest.raises(ImportFileError, match="UTF-8 byte order mark"):
+        import_file(device, "accounts", utf8, encoding="latin-1")
+    assert import_file(device, "accounts", utf8, encoding="utf-8").created == 1
+    no_bom = write(tmp_path, "b.csv", "name\nAcme\n".encode("utf-16-le"))
+    with pytest.raises(ImportFileError, match="contains NUL bytes.*--encoding utf-16-le"):
+        import_file(device, "accounts", no_bom)
+    assert import_file(device, "accounts", no_bom, encoding="utf-16-le").unchanged == 1
+    assert counts(device) == (1, 1)
+
+
+@pytest.mark.parametrize(("text", "delimiter"), [
+    ("name;city;address\nAcme, Ltd;Leeds;1, High St\nBeta;York;\n", ";"),
+    ("name|city\nAcme; Ltd|Leeds\nBeta, Inc|York\n", "|"),
+    ("name\tcity\nAcme, Ltd\tLeeds\nBeta;Inc\tYork\n", "\t"),
+    ('"name","city"\n"Acme; Ltd","Leeds"\n"Beta","York"\n', ","),
+    ("name\nAcme, Ltd\nBeta\n", ";"),  # one column: commas in values would split it, so not a comma
+])
+def test_the_delimiter_is_sniffed_when_not_given(device: Device, tmp_path: Path, text: str, delimiter: str) -> None:
+    report = import_file(device, "accounts", write(tmp_path, "a.csv", text))
+    assert (report.created, report.invalid, report.delimiter) == (2, [], delimiter)
+    assert sorted(a["name"] for a in device.list("account"))[0].startswith("Acme")
+
+
+@pytest.mark.parametrize(("text", "delimiter"), [
+    ("sep=,\r\nname,city\r\nAcme;Ltd,Leeds\r\n", ","),
+    ('"sep=;"\r\nname;city\r\nAcme, Ltd;Leeds\r\n', ";"),
+    ("SEP=\t\nname\tcity\nAcme\tLeeds\n", "\t"),
+    ("\ufeffsep=|\nname|city\nAcme|Leeds\n", "|"),
+])
+def test_an_excel_sep_line_gives_the_delimiter_and_is_not_the_header(device: Device, tmp_path: Path, text: str,
+                                                                     delimiter: str) -> None:
+    report = import_file(device, "accounts", write(tmp_path, "a.csv", text))
+    assert (report.delimiter, report.delimiter_from, report.created, report.invalid) == \
+        (delimiter, "sep= line", 1, [])
+    assert device.list("account")[0]["city"] == "Leeds"
+
+
+def test_the_delimiter_option_wins_over_a_sep_line(device: Device, tmp_path: Path) -> None:
+    report = import_file(device, "accounts", write(tmp_path, "a.csv", "sep=;\nname|city\nZed|Hull\n"),
+                         delimiter="|")
+    assert (report.delimiter, report.delimiter_from, report.created) == ("|", "--delimiter", 1)
+    assert device.list("account")[0]["city"] == "Hull"
+
+
+def test_line_numbers_count_the_sep_line(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "sep=;\nname;email\nGood;a@b.example\nBad;nope\n")
+    report = import_file(device, "accounts", path, skip_invalid=True)
+    assert [e.line for e in report.invalid] == [4]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("delimiter", '"', "--delimiter"), ("delimiter", "ab", "one character"), ("delimiter", "\n", "--delimiter"),
+    ("delimiter", "", "one character"),
+    ("encoding", "klingon", "unknown encoding 'klingon'"), ("encoding", "base64", "not a text encoding"),
+    ("mapping", ["Company"], "COLUMN=FIELD"), ("mapping", ["Company=nme"], "'nme' is not an account field"),
+    ("mapping", ["Company=name", "company=city"], "maps column 'company' twice"),
+])
+def test_unusable_options_are_usage_errors(device: Device, option: str, value, message: str) -> None:
+    from crm.errors import UsageError
+    with pytest.raises(UsageError) as info:
+        import_file(device, "accounts", CSV_DIR / "accounts.csv", **{option: value})
+    assert message in info.value.message and info.value.exit_code == 2
+    assert counts(device) == (0, 0)
+
+
+def test_the_delimiter_applies_to_csv_only(device: Device) -> None:
+    from crm.errors import UsageError
+    with pytest.raises(UsageError, match="CSV"):
+        import_file(device, "accounts", CSV_DIR / "accounts.jsonl", delimiter=";")
+
+
+def test_extra_columns_are_refused_unless_ignored_and_columns_can_be_mapped(device: Device) -> None:
+    path = CSV_DIR / "accounts_extra_columns.csv"
+    with pytest.raises(ImportFileError) as info:
+        import_file(device, "accounts", path)
+    assert "unknown column(s) 'Company', 'Account No', 'Region', 'Sales YTD', ''" in info.value.message
+    assert "--ignore-unknown-columns" in info.value.message and "--map" in info.value.message
+    with pytest.raises(ImportFileError, match="lacks the required column"):
+        import_file(device, "accounts", path, ignore_unknown_columns=True)  # Company is not name
+    report = import_file(device, "accounts", path, ignore_unknown_columns=True, skip_invalid=True,
+                         mapping=["Company=name", "account no=external_ref"])
+    assert (report.created, report.total_rows) == (2, 4)
+    assert [(e.line, e.reason.split(":")[0]) for e in report.invalid] == [(4, "name"), (5, "email")]
+    assert report.ignored_columns == ["Region", "Sales YTD", ""]
+    assert report.to_json()["ignored_columns"] == ["Region", "Sales YTD", ""]
+    refs = by_ref(device)
+    assert refs["ACC-1001"]["name"] == "Harbour Deli" and refs["ACC-1001"]["city"] == "Bristol"
+    assert set(refs) == {"ACC-1001", "ACC-7002"}
+
+
+def test_a_mapping_can_drop_a_column_and_must_name_one_the_file_has(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.csv", "Company,Notes,city\nAcme,call Tuesday,Leeds\n")
+    report = import_file(device, "accounts", path, mapping=["Company=name", "Notes="])
+    assert report.created == 1 and report.ignored_columns == ["Notes"]
+    with pytest.raises(ImportFileError, match="--map names column 'Firm'.*Company, Notes, city"):
+        import_file(device, "accounts", path, mapping=["Firm=name"])
+    with pytest.raises(ImportFileError, match="city appear more than once"):
+        import_file(device, "accounts", path, mapping=["Company=name", "Notes=city"])
+
+
+def test_mapping_and_ignoring_apply_to_json_lines_keys(device: Device, tmp_path: Path) -> None:
+    path = write(tmp_path, "a.jsonl", '{"Company": "Acme", "Region": "North"}\n{"Company": "Beta"}\n')
+    with pytest.raises(ImportFileError):
+        import_file(device, "accounts", path, mapping=["Company=name"])
+    report = import_file(device, "accounts", path, mapping=["Company=name"], ignore_unknown_columns=True)
+    assert report.created == 2 and report.ignored_columns == ["Region"]
+
+
+def test_a_dry_run_writes_nothing_and_reports_what_the_import_will_do(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", write(tmp_path, "old.csv", "name,phone,external_ref\nAcme,1,R1\nBeta,2,R2\n"))
+    device.delete("account", by_ref(device)["R2"]["id"])
+    path = write(tmp_path, "a.csv", "name,phone,external_ref\nAcme,9,R1\nBeta,2,R2\nGamma,3,R3\n"
+                                    "Plain,,\nPlain,,\nBad,,R4\n,,R5\n")
+    before, changes, exported = counts(device), total_changes(device), device.export()
+    dry = import_file(device, "accounts", path, dry_run=True, skip_invalid=True, batch_size=2)
+    assert (counts(device), total_changes(device), device.export()) == (before, changes, exported)
+    assert (dry.created, dry.updated, dry.unchanged, [e.line for e in dry.invalid]) == (3, 1, 2, [8])
+    assert dry.to_json()["dry_run"] is True
+    real = import_file(device, "accounts", path, skip_invalid=True, batch_size=2)
+    assert {k: v for k, v in dry.to_json().items() if k not in ("dry_run", "read")} == real.to_json()
+    again = import_file(device, "accounts", path, dry_run=True, skip_invalid=True)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 6)
+    with pytest.raises(ImportFileError, match="1 of 7 rows are invalid.*nothing was imported"):
+        import_file(device, "accounts", path, dry_run=True)
+
+
+def test_a_dry_run_says_how_the_file_was_read(device: Device) -> None:
+    report = import_file(device, "accounts", CSV_DIR / "accounts_excel_semicolon.csv", encoding="cp1252",
+                         dry_run=True)
+    assert report.to_json()["read"] == {"format": "csv", "encoding": "cp1252", "delimiter": ";",
+                                        "delimiter_from": "sep= line"}
+    assert counts(device) == (0, 0)
+
+
+def test_the_errors_file_holds_the_rejected_rows_ready_to_fix_and_import(device: Device, tmp_path: Path) -> None:
+    errors = tmp_path / "rejected.csv"
+    report = import_file(device, "accounts", CSV_DIR / "accounts_excel_semicolon.csv", encoding="cp1252",
+                         errors_path=errors)
+    assert report.invalid == [] and read_errors(errors) == []  # written even when empty: no stale rows
+    source = write(tmp_path, "src.csv", "sep=;\r\nName;E-mail;Region;External Ref\r\n"
+                                        "Good;g@example.com;N;R1\r\n;x@example.com;S;R2\r\n"
+                                        "Bad Mail;nope;E;R3\r\nShort;only\r\n")
+    report = import_file(device, "accounts", source, skip_invalid=True, ignore_unknown_columns=True,
+                         errors_path=errors)
+    assert report.created == 1 and report.to_json()["errors_file"] == str(errors)
+    rows = read_errors(errors)
+    assert [r["crm_line"] for r in rows] == ["4", "5", "6"]
+    assert [list(r)[:2] for r in rows][0] == ["crm_line", "crm_reason"]
+    assert rows[0]["Name"] == "" and rows[0]["Region"] == "S" and "name" in rows[0]["crm_reason"]
+    assert rows[1]["E-mail"] == "nope" and "email" in rows[1]["crm_reason"]
+    assert "has 2 values" in rows[2]["crm_reason"]
+    assert b";" not in errors.read_bytes().split(b"\n")[0]  # a plain comma CSV whatever the source used
+    fixed = errors.read_text(encoding="utf-8-sig").replace(",,x@example.com", ",Named,x@example.com")
+    fixed = fixed.replace(",nope,", ",ok@example.com,").replace("Short,only", "Short,s@example.com,W,R6")
+    errors.write_text(fixed, encoding="utf-8-sig")
+    again = import_file(device, "accounts", errors, ignore_unknown_columns=True)  # crm_ columns are skipped
+    assert (again.created, again.invalid, again.ignored_columns) == (3, [], ["Region"])
+    assert set(by_ref(device)) >= {"R1", "R2", "R3", "R6"}
+
+
+def test_a_refused_import_still_writes_its_errors_file(device: Device, tmp_path: Path) -> None:
+    errors = tmp_path / "rejected.csv"
+    errors.write_text("stale\n")
+    with pytest.raises(ImportFileError, match=f"rejected rows are in {errors}"):
+        import_file(device, "accounts", CSV_DIR / "accounts_invalid.csv", errors_path=errors)
+    assert [r["crm_line"] for r in read_errors(errors)] == ["3", "4"]
+    assert read_errors(errors)[1]["email"] == "not-an-email"
+    assert counts(device) == (0, 0)
+    dry = tmp_path / "dry.csv"
+    import_file(device, "accounts", CSV_DIR / "accounts_invalid.csv", errors_path=dry, dry_run=True,
+                skip_invalid=True)
+    assert read_errors(dry) == read_errors(errors) and counts(device) == (0, 0)
+
+
+def test_json_lines_errors_file_keeps_each_rejected_line(device: Device, tmp_path: Path) -> None:
+    errors = tmp_path / "rejected.jsonl"
+    path = write(tmp_path, "a.jsonl", '{"name": "Good"}\n{"name": "Bad", "email": "nope"}\n[1]\n')
+    import_file(device, "accounts", path, skip_invalid=True, errors_path=errors)
+    lines = [json.loads(line) for line in errors.read_text(encoding="utf-8").splitlines()]
+    assert [(x["crm_line"], x.get("email"), x.get("crm_raw")) for x in lines] == [(2, "nope", None), (3, None, "[1]")]
+    fixed = write(tmp_path, "b.jsonl", json.dumps({**lines[0], "email": "a@b.example"}) + "\n")
+    assert import_file(device, "accounts", fixed).created == 1
+
+
+def test_the_errors_file_is_written_whole_or_not_at_all(device: Device, tmp_path: Path, monkeypatch) -> None:
+    from crm.errors import UsageError
+    with pytest.raises(ImportFileError, match="cannot write the errors file"):
+        import_file(device, "accounts", CSV_DIR / "accounts_invalid.csv", skip_invalid=True,
+                    errors_path=tmp_path / "no-such-dir" / "rejected.csv")
+    assert counts(device) == (0, 0)  # refused before any batch
+    source = write(tmp_path, "a.csv", "name,email\nGood,g@example.com\nBad,nope\n")
+    with pytest.raises(UsageError, match="would overwrite the file being imported"):
+        import_file(device, "accounts", source, skip_invalid=True, errors_path=source)
+    errors = tmp_path / "rejected.csv"
+    errors.write_text("the previous run's rows\n")
+    import os as _os
+    real_replace = _os.replace
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # killed just before the rename
+
+    monkeypatch.setattr("crm.importer.os.replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        import_file(device, "accounts", source, skip_invalid=True, errors_path=errors)
+    monkeypatch.setattr("crm.importer.os.replace", real_replace)
+    assert errors.read_text() == "the previous run's rows\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "home", "rejected.csv"]
+    assert counts(device) == (0, 0)
+
+
+def test_a_spreadsheet_export_and_its_plain_csv_import_as_the_same_records(device: Device, tmp_path: Path) -> None:
+    """The import key is a hash of the values, not of the bytes: the same rows from Excel and from
+    a UTF-8 comma file are one set of records, so switching exports never duplicates."""
+    rows = [["name", "city", "address"], ["Café, Ltd", "Köln", "Line 1\nLine 2"], ["Plain", "Ely", ""]]
+    import csv
+    import io
+    plain = io.StringIO()
+    csv.writer(plain).writerows(rows)
+    excel = io.StringIO()
+    csv.writer(excel, delimiter=";", lineterminator="\r\n").writerows(rows)
+    first = import_file(device, "accounts", write(tmp_path, "a.csv", plain.getvalue()))
+    second = import_file(device, "accounts", write(tmp_path, "b.csv", ("sep=;\r\n" + excel.getvalue()).encode("cp1252")),
+                         encoding="cp1252")
+    assert (first.created, second.created, second.unchanged) == (2, 0, 2)
+
+
+def test_tsv_files_are_csv_with_tabs(device: Device, tmp_path: Path) -> None:
+    report = import_file(device, "accounts", write(tmp_path, "a.tsv", "name\tcity\nAcme\tLeeds\n"))
+    assert (report.created, report.delimiter) == (1, "\t")
+
+
+# -- the same through the command line -------------------------------------------------------
+def cli(home: Path, *args: str):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    return CliRunner().invoke(app, ["--home", str(home), "import", *args])
+
+
+def test_cli_imports_a_spreadsheet_export_with_every_new_option(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Device.init(home, rep="Ann").close()
+    errors = tmp_path / "rejected.csv"
+    args = ["accounts", str(CSV_DIR / "accounts_extra_columns.csv"), "--map", "Company=name",
+            "--map", "Account No=external_ref", "--ignore-unknown-columns", "--skip-invalid",
+            "--errors", str(errors)]
+    dry = cli(home, *args, "--dry-run", "--delimiter", ",", "--encoding", "utf-8", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert (report["dry_run"], report["created"], len(report["invalid"])) == (True, 2, 2)
+    assert report["read"] == {"format": "csv", "encoding": "utf-8", "delimiter": ",", "delimiter_from": "--delimiter"}
+    assert [r["crm_line"] for r in read_errors(errors)] == ["4", "5"]
+    dev = Device.open(home)
+    assert counts(dev) == (0, 0)
+    dev.close()
+    text = cli(home, *args, "--dry-run")
+    assert text.exit_code == 0, text.stderr
+    assert "dry run" in text.stdout and "2 would be created" in text.stdout and "line 5:" in text.stdout
+    assert "ignored columns: Region, Sales YTD, ''" in text.stdout
+    done = cli(home, *args, "--json")
+    assert done.exit_code == 0 and json.loads(done.stdout)["created"] == 2
+    assert "dry_run" not in json.loads(done.stdout)
+
+
+def test_cli_reads_a_semicolon_cp1252_file_and_refuses_unusable_options(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Device.init(home, rep="Ann").close()
+    path = str(CSV_DIR / "accounts_excel_semicolon.csv")
+    refused = cli(home, "accounts", path)
+    assert refused.exit_code == 9 and "line 3: not valid UTF-8" in refused.stderr and "Traceback" not in refused.stderr
+    ok = cli(home, "accounts", path, "--encoding", "cp1252", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["created"] == 4
+    for option, value in [("--delimiter", "ab"), ("--encoding", "klingon"), ("--map", "nonsense")]:
+        bad = cli(home, "accounts", path, option, value)
+        assert bad.exit_code == 2 and option in bad.stderr and bad.stdout == "", (option, bad.stderr)
+    tab = cli(home, "accounts", str(CSV_DIR / "accounts_unicode.tsv"), "--delimiter", "\\t", "--json")
+    assert tab.exit_code == 0 and json.loads(tab.stdout)["created"] == 3

@@ -2,8 +2,15 @@
 
 Whatever the file holds (random bytes, random headers and values, huge fields, NUL, other
 encodings, deep or odd JSON), ``import_file`` ends in a report or in a CrmError (exit code 9 or
-3), never another exception; a refused import writes nothing (records and outbox as before), and
-a finished one writes exactly one queued op per record it created or updated.
+3; 2 for an unusable option), never another exception; a refused import writes nothing (records
+and outbox as before), and a finished one writes exactly one queued op per record it created or
+updated.
+
+The spreadsheet options (issue 14 item 4) are fuzzed too: any mix of --encoding, --delimiter,
+sep= lines, --map, --ignore-unknown-columns, --dry-run and --errors keeps those rules; a dry run
+changes nothing at all; the same rows written in another dialect (delimiter, encoding, BOM, sep=
+line) read as the same rows; and the errors file holds exactly the rejected rows, which read
+back as the same rejections.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from hypothesis import strategies as st
 from crm import Device
 from crm.domain import ENTITIES
 from crm.errors import CrmError
-from crm.importer import import_file
+from crm.importer import ImportReport, import_file
 from tests.support import examples
 
 TRIED: Counter[str] = Counter()  # outcome -> inputs
@@ -56,22 +63,27 @@ def _counts(dev: Device) -> tuple[int, int, int]:
 
 
 def _import(dev: Device, folder: Path, name: str, data: bytes, entity: str, skip_invalid: bool,
-            fmt: str | None = None) -> None:
+            fmt: str | None = None, **options) -> ImportReport | None:
     path = folder / name
     path.write_bytes(data)
-    records, outbox, _ = _counts(dev)
+    records, outbox, changes = _counts(dev)
     try:
-        report = import_file(dev, entity, path, skip_invalid=skip_invalid, fmt=fmt, batch_size=7)
+        report = import_file(dev, entity, path, skip_invalid=skip_invalid, fmt=fmt, batch_size=7, **options)
     except CrmError as exc:
-        assert exc.exit_code in (3, 9) and exc.message, exc
+        assert exc.exit_code in ((2, 3, 9) if options else (3, 9)) and exc.message, exc
         assert _counts(dev)[:2] == (records, outbox), "a refused import wrote something"
         TRIED["refused with a documented error"] += 1
-        return
-    after_records, after_outbox, _ = _counts(dev)
+        return None
+    after_records, after_outbox, after_changes = _counts(dev)
+    if options.get("dry_run"):
+        assert after_changes == changes, "a dry run changed the store"
+        TRIED["dry run"] += 1
+        return report
     assert after_records - records == report.created
     assert after_outbox - outbox == report.created + report.updated, "one queued op per record written"
     assert report.total_rows >= report.created + report.updated + len(report.invalid)
     TRIED["imported" if report.created or report.updated else "imported nothing new"] += 1
+    return report
 
 
 @pytest.fixture
@@ -147,6 +159,104 @@ def test_mostly_valid_rows_and_reruns(device, folder, rows):
     records = _counts(device)[0]
     _import(device, folder, "rows.jsonl", data, "accounts", True)
     assert _counts(device)[0] == records, "re-importing the same file duplicated records"
+
+
+# -- the spreadsheet options ------------------------------------------------------------------
+DELIMITERS = [",", ";", "\t", "|"]
+option_map = st.lists(st.sampled_from(["Company=name", "company=name", "Account No=external_ref", "Notes=",
+                                       "city=city", "Region=", "x=nme", "nonsense", "=name", "e-mail=email"]),
+                      max_size=3)
+
+
+@FUZZ
+@given(header=st.lists(st.sampled_from([*COLUMNS, "Company", "Account No", "Notes", "Region", "crm_line",
+                                        "crm_reason"]) | st.text(max_size=12), min_size=1, max_size=6),
+       rows=st.lists(st.lists(cell, min_size=0, max_size=7), max_size=10),
+       written=st.sampled_from(DELIMITERS), sep_line=st.sampled_from([None, "sep={}", '"sep={}"', "sep=;"]),
+       encoding=st.sampled_from(ENCODINGS), say_encoding=st.sampled_from([None, "same", "cp1252", "utf-16", "x"]),
+       delimiter=st.sampled_from([None, None, ",", ";", "\t", "tab", "|", "ab", '"']),
+       mapping=option_map, ignore=st.booleans(), dry_run=st.booleans(), errors=st.booleans(),
+       entity=st.sampled_from(["accounts", "contacts"]), skip=st.booleans())
+def test_random_csv_with_the_spreadsheet_options(device, folder, header, rows, written, sep_line, encoding,
+                                                 say_encoding, delimiter, mapping, ignore, dry_run, errors,
+                                                 entity, skip):
+    buffer = io.StringIO()
+    if sep_line is not None:
+        buffer.write(sep_line.format(written) + "\r\n")
+    csv.writer(buffer, delimiter=written).writerows([header, *rows])
+    options = {"encoding": encoding if say_encoding == "same" else say_encoding, "delimiter": delimiter,
+               "mapping": mapping, "ignore_unknown_columns": ignore, "dry_run": dry_run}
+    errors_path = folder / "rejected.csv"
+    errors_path.unlink(missing_ok=True)
+    if errors:
+        options["errors_path"] = errors_path
+    report = _import(device, folder, "options.csv", buffer.getvalue().encode(encoding, "replace"), entity, skip,
+                     **options)
+    if errors and report is not None:
+        rejected = list(csv.reader(io.StringIO(errors_path.read_bytes().decode("utf-8-sig"), newline="")))
+        assert rejected[0][:2] == ["crm_line", "crm_reason"]
+        assert [(int(r[0]), r[1]) for r in rejected[1:]] == [(e.line, e.reason) for e in report.invalid]
+    if report is None or not errors:
+        assert not errors_path.exists() or errors, "an errors file nobody asked for"
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == [], "a temporary file was left"
+
+
+plain = st.text(alphabet=string.ascii_letters + string.digits + " .,;|\t\"'\r\néüß€’«»ñ-@", max_size=25)
+valid_ish = st.fixed_dictionaries({"name": plain}, optional={
+    "city": plain, "email": st.sampled_from(["", "a@b.example", "not-an-email", "x@y.example"]),
+    "external_ref": st.sampled_from(["", "R1", "R2", "R3", "R;4", "R,5"]), "phone": plain})
+
+
+@FUZZ
+@given(rows=st.lists(valid_ish, min_size=1, max_size=8), written=st.sampled_from(DELIMITERS),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]),
+       sep_line=st.booleans(), say_delimiter=st.booleans())
+def test_the_same_rows_in_any_dialect_read_the_same(device, folder, rows, written, encoding, sep_line,
+                                                    say_delimiter):
+    """Delimiter, encoding, BOM, a sep= line or sniffing: the dry run's report is the plain CSV's."""
+    columns = ["name", "city", "email", "external_ref", "phone"]
+    table = [columns, *([row.get(c, "") for c in columns] for row in rows)]
+    canonical = io.StringIO()
+    csv.writer(canonical).writerows(table)
+    variant = io.StringIO()
+    if sep_line:
+        variant.write(f"sep={written}\r\n")
+    csv.writer(variant, delimiter=written).writerows(table)
+    expected = _import(device, folder, "plain.csv", canonical.getvalue().encode(), "accounts", True, dry_run=True)
+    options = {"dry_run": True, "delimiter": written if say_delimiter else None,
+               "encoding": "cp1252" if encoding == "cp1252" else None}
+    got = _import(device, folder, "variant.csv", variant.getvalue().encode(encoding), "accounts", True, **options)
+    assert expected is not None and got is not None
+    assert (got.created, got.updated, got.unchanged, got.total_rows) == \
+        (expected.created, expected.updated, expected.unchanged, expected.total_rows)
+    assert [(e.line - sep_line, e.reason) for e in got.invalid] == [(e.line, e.reason) for e in expected.invalid]
+
+
+@FUZZ
+@given(rows=st.lists(valid_ish | st.fixed_dictionaries({"name": plain, "colour": plain}), min_size=1, max_size=8),
+       short=st.lists(st.integers(0, 7), max_size=2), written=st.sampled_from(DELIMITERS))
+def test_the_errors_file_reads_back_as_the_same_rejections(device, folder, rows, short, written):
+    columns = ["name", "city", "email", "external_ref", "Region"]
+    table = [columns, *([row.get(c, "") for c in columns] for row in rows)]
+    for i in short:  # a row cut short: the wrong width
+        if i + 1 < len(table):
+            table[i + 1] = table[i + 1][:2]
+    source = io.StringIO()
+    source.write(f"sep={written}\n")
+    csv.writer(source, delimiter=written).writerows(table)
+    errors_path = folder / "rejected.csv"
+    first = _import(device, folder, "source.csv", source.getvalue().encode("cp1252"), "accounts", True,
+                    encoding="cp1252", ignore_unknown_columns=True, dry_run=True, errors_path=errors_path)
+    assert first is not None
+    if not first.invalid:
+        assert errors_path.read_bytes() == b"\xef\xbb\xbfcrm_line,crm_reason,name,city,email,external_ref,Region\r\n"
+        return
+    again = import_file(device, "accounts", errors_path, skip_invalid=True, ignore_unknown_columns=True,
+                        dry_run=True)
+    assert again.total_rows == len(first.invalid)
+    assert [e.reason for e in again.invalid if "values but the header" not in e.reason] == \
+        [e.reason for e in first.invalid if "values but the header" not in e.reason]
+    assert len(again.invalid) == len(first.invalid), "a rejected row was accepted when read back"
 
 
 def test_known_nasty_inputs_end_in_documented_errors(device, folder):

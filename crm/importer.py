@@ -157,7 +157,7 @@ def import_file(device: Device, entity: str, path: Path, *, skip_invalid: bool =
     report = ImportReport(entity=name + "s", format=fmt, dry_run=dry_run,
                           errors_file=None if errors_path is None else str(errors_path))
     rows, rejected = _validate(device, name, path, fmt, reading, report)
-    if mapping or ignore_unknown_columns:
+    if reading.mapping or reading.ignore_unknown:
         report.ignored_columns = list(reading.ignored)
     if errors_path is not None:
         _write_errors(errors_path, fmt, reading, report.invalid, rejected)

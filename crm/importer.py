@@ -52,7 +52,7 @@ DELIMITER_WORDS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pi
 # the columns (keys) an errors file adds to the rejected rows; an import skips them, so a fixed
 # errors file imports as it is
 TOOL_COLUMNS = ("crm_line", "crm_reason", "crm_raw")
-_SEP_LINE = re.compile(r'"?sep=([^\r\n])"?(?:\r\n|\n|\r|$)', re.IGNORECASE)
+_SEP_LINE = re.compile(r'"?sep=([^\r\n"])"?(?:\r\n|\n|\r|$)', re.IGNORECASE)  # Excel's first line
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ option_map = st.lists(st.sampled_from(["Company=name", "company=name", "Account 
 @given(header=st.lists(st.sampled_from([*COLUMNS, "Company", "Account No", "Notes", "Region", "crm_line",
                                         "crm_reason"]) | st.text(max_size=12), min_size=1, max_size=6),
        rows=st.lists(st.lists(cell, min_size=0, max_size=7), max_size=10),
-       written=st.sampled_from(DELIMITERS), sep_line=st.sampled_from([None, "sep={}", '"sep={}"', "sep=;"]),
+       written=st.sampled_from(DELIMITERS), sep_line=st.sampled_from([None, "sep={}", '"sep={}"', "sep=;", 'sep="', "sep=a", "sep= ", "sep=", "sep=\x0b"]),
        encoding=st.sampled_from(ENCODINGS), say_encoding=st.sampled_from([None, "same", "cp1252", "utf-16", "x"]),
        delimiter=st.sampled_from([None, None, ",", ";", "\t", "tab", "|", "ab", '"']),
        mapping=option_map, ignore=st.booleans(), dry_run=st.booleans(), errors=st.booleans(),

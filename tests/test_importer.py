@@ -498,6 +498,11 @@ def test_an_excel_sep_line_gives_the_delimiter_and_is_not_the_header(device: Dev
     assert device.list("account")[0]["city"] == "Leeds"
 
 
+def test_a_quote_is_no_delimiter_even_on_a_sep_line(device: Device, tmp_path: Path) -> None:
+    with pytest.raises(ImportFileError, match="line 1: unknown column"):
+        import_file(device, "accounts", write(tmp_path, "a.csv", 'sep="\nname\nAcme\n'))
+
+
 def test_the_delimiter_option_wins_over_a_sep_line(device: Device, tmp_path: Path) -> None:
     report = import_file(device, "accounts", write(tmp_path, "a.csv", "sep=;\nname|city\nZed|Hull\n"),
                          delimiter="|")

@@ -743,3 +743,20 @@ def test_cli_reads_a_semicolon_cp1252_file_and_refuses_unusable_options(tmp_path
         assert bad.exit_code == 2 and option in bad.stderr and bad.stdout == "", (option, bad.stderr)
     tab = cli(home, "accounts", str(CSV_DIR / "accounts_unicode.tsv"), "--delimiter", "\\t", "--json")
     assert tab.exit_code == 0 and json.loads(tab.stdout)["created"] == 3
+
+
+def test_contacts_from_a_spreadsheet_name_their_account_through_a_mapped_column(device: Device, tmp_path: Path) -> None:
+    import_file(device, "accounts", CSV_DIR / "accounts.csv")
+    text = ("sep=;\r\nKunde;Name;Rolle;E-Mail\r\nACC-1001;Jürgen Weiß;Einkäufer;jw@example.com\r\n"
+            "ACC-9999;Zoë Brandt;Inhaberin;\r\nACC-1002;Anne Roß;;\r\n")
+    path = write(tmp_path, "kontakte.csv", text.encode("cp1252"))
+    errors = tmp_path / "abgelehnt.csv"
+    report = import_file(device, "contacts", path, encoding="cp1252", mapping=["Kunde=account", "Rolle=role"],
+                         skip_invalid=True, errors_path=errors)
+    assert (report.created, [e.line for e in report.invalid]) == (2, [4])
+    contacts = {c["name"]: c for c in device.list("contact")}
+    assert contacts["Jürgen Weiß"]["role"] == "Einkäufer"
+    assert contacts["Jürgen Weiß"]["account"] == by_ref(device)["ACC-1001"]["id"]
+    rows = read_errors(errors)
+    assert [(r["Kunde"], r["Name"]) for r in rows] == [("ACC-9999", "Zoë Brandt")]
+    assert "no account 'ACC-9999'" in rows[0]["crm_reason"]

@@ -20,7 +20,9 @@ from harness import faults
 from harness.bdd_results import (
     SCENARIO,
     SESSION,
+    pytest_bdd_after_step,
     pytest_bdd_before_scenario,
+    pytest_bdd_before_step,
     pytest_bdd_step_error,
     pytest_runtest_makereport,
 )
@@ -28,7 +30,8 @@ from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
 from harness.toxiproxy import ToxiproxyServer, latency
 
-__all__ = ["pytest_bdd_before_scenario", "pytest_bdd_step_error", "pytest_runtest_makereport"]  # the results plugin's hooks
+__all__ = ["pytest_bdd_before_scenario", "pytest_bdd_before_step", "pytest_bdd_after_step",  # the results
+           "pytest_bdd_step_error", "pytest_runtest_makereport"]  # plugin's hooks  # the results plugin's hooks
 
 
 def step(parser):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ FEATURE = pytest.StashKey[str]()
 SESSION = pytest.StashKey[Session]()
 VERDICT = pytest.StashKey[dict[str, Any]]()
 FAILED_STEP = pytest.StashKey[dict[str, Any]]()
+STEPS = pytest.StashKey[list[dict[str, Any]]]()  # each step's text and span (time.monotonic, the history's clock)
 # Anomalies of a timing bound of the contract (delivery within N s, a write within 2 s): a
 # scenario failing only on these is run again before the failure counts (docs/levels.md).
 TIMING_CHECKS = ("stuck", "slow_write")
@@ -39,9 +41,26 @@ def pytest_bdd_before_scenario(request, feature, scenario):
     request.node.stash[FEATURE] = feature.name
 
 
+def pytest_bdd_before_step(request, feature, scenario, step, step_func):
+    request.node.stash.setdefault(STEPS, []).append(
+        {"keyword": step.keyword.strip(), "text": step.name, "line": step.line_number, "t": time.monotonic(),
+         "t_end": None, "failed": False})
+
+
+def pytest_bdd_after_step(request, feature, scenario, step, step_func, step_func_args):
+    _end_step(request.node)
+
+
+def _end_step(item: pytest.Item, *, failed: bool = False) -> None:
+    steps = item.stash.get(STEPS, [])
+    if steps and steps[-1]["t_end"] is None:
+        steps[-1].update(t_end=time.monotonic(), failed=failed)
+
+
 def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func_args, exception):
     request.node.stash[FAILED_STEP] = {"type": step.type, "keyword": step.keyword.strip(), "text": step.name,
                                        "line": step.line_number, "background": step.background is not None}
+    _end_step(request.node, failed=True)
 
 
 def blocked(item: pytest.Item, anomalies: list[dict[str, Any]]) -> str:
@@ -83,6 +102,7 @@ def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | 
         "seed": session.seed if session else None,
         "blocked": bool(setup),
         "failed_step": item.stash.get(FAILED_STEP, None),
+        "steps": item.stash.get(STEPS, []),  # for the timeline: which step ran when, which one failed
         # the scenario alone, as it ran (its moments are seeded from the run's seed and its name)
         "reproduce": f"crm certify --sut {sut} --seed {seed} -k '{item.name}' --report reports/reproduce",
     }

@@ -25,6 +25,7 @@ from .history import History
 from .levels import LEVEL_NAMES, certify_level
 from .locations import features_dir, resolve_profile, suite_root
 from .profile import load_profile
+from .timeline import timeline_data
 
 FEATURES = features_dir()  # the checkout's features/, or the copy the wheel ships (harness/features)
 ROOT = suite_root()  # the suite's rootdir and working directory: node ids are relative to it
@@ -236,7 +237,8 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     for verdict in verdicts:
         history_file = verdict.get("history")
         if history_file:
-            verdict["timeline"] = _timeline_data(History.load(report_dir / "raw" / history_file))
+            verdict["timeline"] = timeline_data(History.load(report_dir / "raw" / history_file),
+                                                verdict.get("steps"))
     data = {
         **level_fields(verdicts, select, planned),
         "sut": {"name": profile.name, "version": sut_version(profile), "profile": str(profile_path)},
@@ -262,42 +264,6 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
 
     write_reports(certificate.data, report_dir)
     return certificate
-
-
-def _timeline_data(history: History) -> dict[str, Any]:
-    """Per participant: action spans (invoke to outcome) and fault spans (fault to heal)."""
-    if not history.events:
-        return {"lanes": {}, "actions": 0, "faults": 0, "span_s": 0}
-    t0 = history.events[0].t
-    lanes: dict[str, list[dict[str, Any]]] = {}
-    invokes = {e.seq: e for e in history.events if e.type == "invoke"}
-    open_faults: dict[tuple[str, str], float] = {}
-    actions = faults = 0
-    end = history.events[-1].t - t0
-    for e in history.events:
-        t = round(e.t - t0, 3)
-        if e.type in ("ok", "fail", "unknown") and e.ref in invokes:
-            start = round(invokes[e.ref].t - t0, 3)
-            lanes.setdefault(e.device, []).append({"kind": "action", "label": e.action, "start": start, "end": t,
-                                                   "outcome": e.type})
-            actions += 1
-        elif e.type == "fault":
-            faults += 1
-            open_faults[(e.device, e.action or "")] = t
-            if e.action in ("kill",):
-                lanes.setdefault(e.device, []).append({"kind": "fault", "label": "SIGKILL", "start": t, "end": t})
-        elif e.type == "life":
-            lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": t, "end": t})
-            faults += 1
-        elif e.type == "heal":
-            key = (e.device, e.action or "")
-            if key in open_faults:
-                lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": open_faults.pop(key),
-                                                       "end": t})
-    for (device, action), start in open_faults.items():
-        if action != "kill":
-            lanes.setdefault(device, []).append({"kind": "fault", "label": action, "start": start, "end": end})
-    return {"lanes": lanes, "actions": actions, "faults": faults, "span_s": round(end, 3)}
 
 
 # -- what a run covers, and where it ran (issue 13) -------------------------------------------------

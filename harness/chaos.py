@@ -29,6 +29,7 @@ from .profile import Profile, load_profile
 from .schedule import Capabilities, Schedule, generate, is_fault
 from .session import ScenarioFailure, Session
 from .shrink import ddmin
+from .timeline import timeline_data
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, ToxiproxyServer
 
 DEFAULT_RUNS = 10
@@ -251,12 +252,14 @@ class Counterexample:
     reproduced: bool | None = None  # did the minimal schedule fail again when replayed once more
     file: str = ""
     anomalies: list[dict[str, Any]] = field(default_factory=list)  # what the minimal schedule showed
+    timeline: dict[str, Any] = field(default_factory=dict)  # the minimal schedule's run, for the certificate
 
     def to_json(self) -> dict[str, Any]:
         return {"check": self.check, "run": self.run, "seed": self.seed, "message": self.message,
                 "original_steps": len(self.original.steps), "minimal_steps": len(self.minimal.steps),
                 "shrink_runs": self.tests, "shrink_exhausted": self.exhausted, "reproduced": self.reproduced,
-                "replay_file": self.file, "schedule": self.minimal.to_json(), "anomalies": self.anomalies}
+                "replay_file": self.file, "schedule": self.minimal.to_json(), "anomalies": self.anomalies,
+                "timeline": self.timeline}
 
 
 class Chaos:
@@ -302,7 +305,8 @@ class Chaos:
         first = next(a for a in shown.anomalies if a.check == check)
         return Counterexample(check, int(result.schedule.meta.get("run", 0)), result.schedule.seed, first.message,
                               result.schedule, minimal, shrunk.tests, shrunk.exhausted,
-                              anomalies=[a.to_json() for a in shown.anomalies if a.check == check])
+                              anomalies=[a.to_json() for a in shown.anomalies if a.check == check],
+                              timeline=timeline_data(shown.history))
 
     # -- figures -------------------------------------------------------------------------------------
     def totals(self, results: list[RunResult]) -> dict[str, Any]:
@@ -410,7 +414,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
         "duration_s": round(time.monotonic() - started, 1),
         "summary": {**totals, "shrink_runs": shrink_runs,
                     "checks": dict(sorted(Counter(a["check"] for a in anomalies).items()))},
-        "runs": [{"run": r.schedule.meta.get("run"), **r.summary()} for r in results],
+        "runs": [{"run": r.schedule.meta.get("run"), **r.summary(),  # a timeline for each run that went wrong
+                  **({"timeline": timeline_data(r.history)} if r.failed or r.error else {})} for r in results],
         "counterexamples": [c.to_json() for c in found],
         "anomalies": anomalies,
     }

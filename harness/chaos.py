@@ -332,6 +332,36 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
+class ReplayFolderError(ValueError):
+    """A replay asked to write where a campaign's (or a certification's) certificate is."""
+
+
+def replay_folder(replay_file: str | Path) -> Path:
+    """Where a replay's certificate goes by default: a folder of its own next to the schedule file
+    (``chaos-lost-write-seed-5.json`` -> ``replay-chaos-lost-write-seed-5/``), so replaying a minimal
+    schedule never touches the certificate of the campaign that found it."""
+    path = Path(replay_file)
+    return path.parent / f"replay-{path.stem}"
+
+
+def check_replay_folder(report_dir: str | Path) -> None:
+    """A replay never overwrites a certificate that is not a replay's: ReplayFolderError if
+    ``report_dir`` holds one (a chaos campaign's, a certification's)."""
+    import json
+
+    existing = Path(report_dir) / "certificate.json"
+    try:
+        mode = json.loads(existing.read_text(encoding="utf-8")).get("mode", "certification")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError):
+        mode = "unreadable"
+    if mode != "replay":
+        raise ReplayFolderError(f"{report_dir} holds the certificate of a {mode} run, which a replay never "
+                                f"overwrites; give the replay a folder of its own with --report "
+                                f"(by default it writes next to the schedule file: replay-<file name>/)")
+
+
 def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 1,
              devices: int = DEFAULT_DEVICES, steps: int = DEFAULT_STEPS, report_dir: str | Path = "reports/chaos",
              shrink_budget: int = DEFAULT_SHRINK_BUDGET, replay: Schedule | None = None,
@@ -345,6 +375,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
     from .report import write_reports
 
     live = live or (lambda _: None)
+    if replay is not None:
+        check_replay_folder(report_dir)  # before anything is read, started or written
     profile_path = resolve_profile(profile_path)  # a file, or a shipped profile's name
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
     report_dir = Path(report_dir).resolve()

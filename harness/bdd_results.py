@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from .pytest_plugin import FEATURE_PROPERTY, SCENARIO_PROPERTY
 from .session import NotExercisable, Session
 
 SCENARIO = pytest.StashKey[str]()
@@ -39,6 +40,11 @@ def scenario_name(item: pytest.Item) -> str:
 def pytest_bdd_before_scenario(request, feature, scenario):
     request.node.stash[SCENARIO] = scenario.name
     request.node.stash[FEATURE] = feature.name
+    # for the JUnit file: "<feature> :: <scenario>" (harness/pytest_plugin.py renames the testcase)
+    callspec = getattr(request.node, "callspec", None)
+    label = scenario.name + (f" [{callspec.id}]" if callspec is not None else "")
+    if (FEATURE_PROPERTY, feature.name) not in request.node.user_properties:
+        request.node.user_properties += [(FEATURE_PROPERTY, feature.name), (SCENARIO_PROPERTY, label)]
 
 
 def pytest_bdd_before_step(request, feature, scenario, step, step_func):

@@ -40,11 +40,10 @@ def scenario_name(item: pytest.Item) -> str:
 def pytest_bdd_before_scenario(request, feature, scenario):
     request.node.stash[SCENARIO] = scenario.name
     request.node.stash[FEATURE] = feature.name
-    # for the JUnit file: "<feature> :: <scenario>" (harness/pytest_plugin.py renames the testcase)
-    callspec = getattr(request.node, "callspec", None)
-    label = scenario.name + (f" [{callspec.id}]" if callspec is not None else "")
+    # for the JUnit file: "<feature> :: <scenario>" (harness/pytest_plugin.py renames the testcase);
+    # an outline's name is rendered with its example's values, so each example reads apart
     if (FEATURE_PROPERTY, feature.name) not in request.node.user_properties:
-        request.node.user_properties += [(FEATURE_PROPERTY, feature.name), (SCENARIO_PROPERTY, label)]
+        request.node.user_properties += [(FEATURE_PROPERTY, feature.name), (SCENARIO_PROPERTY, scenario.name)]
 
 
 def pytest_bdd_before_step(request, feature, scenario, step, step_func):
@@ -85,7 +84,7 @@ def timing_only(anomalies: list[dict[str, Any]]) -> bool:
 
 
 def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | None,
-               not_exercisable: str = "") -> dict[str, Any]:
+               not_exercisable: str = "", limit: str = "") -> dict[str, Any]:
     anomalies = [a.to_json() for a in session.anomalies] if session else []
     inconclusive = not_exercisable or ("; ".join(session.inconclusive) if session and report.passed else "")
     setup = "" if report.passed or not_exercisable else blocked(item, anomalies)
@@ -100,6 +99,9 @@ def verdict_of(item: pytest.Item, report: pytest.TestReport, session: Session | 
         "inconclusive": inconclusive,
         "not_exercisable": bool(not_exercisable) or any(
             why.startswith("not exercisable") for why in (session.inconclusive if session else [])),
+        # a limit the profile declares ("hosted": its server cannot be crashed or restored), which the
+        # level rule names instead of counting the scenario as inconclusive (docs/levels.md)
+        "limit": limit if not_exercisable else "",
         "timing_only": (not report.passed) and timing_only(anomalies),
         "duration_s": round(report.duration, 2),
         "offline_create_refused": session.offline_create_refused if session else None,
@@ -124,7 +126,8 @@ def pytest_runtest_makereport(item, call):
     missing = call.excinfo.value if call.excinfo is not None and call.excinfo.errisinstance(NotExercisable) else None
     if report.failed and report.when == "call" and session is not None and missing is None:
         session.evidence()  # a failed step is explained by the checkers too (docs/levels.md)
-    verdict = item.stash[VERDICT] = verdict_of(item, report, session, str(missing or ""))
+    verdict = item.stash[VERDICT] = verdict_of(item, report, session, str(missing or ""),
+                                               getattr(missing, "limit", ""))
     folder = item.config.getoption("crm_results")
     if folder and session is not None:
         out = Path(folder)

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import checkers, processes
 from .history import History
-from .levels import LEVEL_NAMES, certify_level
+from .levels import LEVEL_NAMES, certify_level, claim_limits
 from .locations import features_dir, resolve_profile, suite_root
 from .profile import load_profile
 from .timeline import timeline_data
@@ -323,8 +323,10 @@ def level_fields(verdicts: list[dict[str, Any]], select: str | None,
     ``partial`` with ``level`` null; what the level rule says of the scenarios that ran stays
     available as ``partial_level`` and ``partial_reasons`` (evidence, not a certification)."""
     level, reasons = certify_level(verdicts)
+    limits = claim_limits(verdicts)  # a hosted server: what the claim was made without (docs/levels.md)
     if not select:
-        return {"level": level, "level_name": LEVEL_NAMES[level], "reasons": reasons, "partial": False}
+        name = LEVEL_NAMES[level] + "".join(f" ({limit['qualifier']})" for limit in limits)
+        return {"level": level, "level_name": name, "reasons": reasons, "partial": False, "limits": limits}
     from . import coverage
 
     ran = [v["name"] for v in verdicts]
@@ -333,7 +335,7 @@ def level_fields(verdicts: list[dict[str, Any]], select: str | None,
         "level": None, "level_name": "PARTIAL", "partial": True,
         "reasons": [f"a selection (-k {select!r}) ran {len(ran)} of the suite's {total} scenarios and no chaos "
                     "stage: no level is certified on a partial run; run `crm certify` without -k for one"],
-        "partial_level": level, "partial_reasons": reasons,
+        "partial_level": level, "partial_reasons": reasons, "limits": limits,
         "selection": {"expression": select, "scenarios": ran,
                       "tests": [p["test"] for p in planned] if planned else [v.get("test", "") for v in verdicts]},
     }

@@ -27,7 +27,7 @@ from .history import OUTCOMES, History
 from .locations import resolve_profile
 from .profile import Profile, load_profile
 from .schedule import Capabilities, Schedule, generate, is_fault
-from .session import ScenarioFailure, Session
+from .session import NotExercisable, ScenarioFailure, Session
 from .shrink import ddmin
 from .timeline import timeline_data
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, ToxiproxyServer
@@ -227,8 +227,8 @@ def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, 
             except (ScenarioFailure, DriverError) as exc:
                 anomalies = [Anomaly("quiescence", str(exc), {"steps": len(schedule.steps)}),
                              *checkers.run_all(session.history)]
-    except (ToxiproxyError, DriverError, ScenarioFailure) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except (ToxiproxyError, DriverError, ScenarioFailure, NotExercisable) as exc:  # e.g. a replayed
+        error = f"{type(exc).__name__}: {exc}"  # server_kill on a hosted server
     finally:
         player.join()
         session.close()

@@ -58,6 +58,7 @@ def mark(verdict: dict[str, Any]) -> str:
     """PASS, FAIL or INCONCLUSIVE (its fault never reached the state it tests), and the attempt
     that gave it when the scenario was run again."""
     word = ("PASS" if verdict["passed"] else "BLOCKED" if verdict.get("blocked")
+            else "NOT EXERCISED" if verdict.get("limit") and not verdict.get("anomalies")
             else "INCONCLUSIVE" if verdict.get("inconclusive") else "FAIL")
     return word + (f" (attempt {verdict['attempts']})" if verdict.get("attempts", 1) > 1 else "")
 
@@ -114,11 +115,20 @@ def plain_words(cert: dict[str, Any]) -> list[str]:
         where = ", ".join(c["scenarios"][:3]) + (" …" if len(c["scenarios"]) > 3 else "")
         meaning = IN_THE_FIELD.get(name, name)
         lines.append(f"{meaning[0].upper()}{meaning[1:]} ({name}: {c['anomalies']} finding(s), in {where}).")
-    unproven = [v["name"] for v in cert.get("scenarios", []) if not v["passed"] and v.get("inconclusive")]
+    unproven = [v["name"] for v in cert.get("scenarios", []) if not v["passed"] and v.get("inconclusive")
+                and not v.get("limit")]
     if unproven:
         lines.append(f"{len(unproven)} scenario(s) could not be judged (inconclusive or blocked), so they count "
                      "as no evidence either way.")
+    lines += [limit_line(limit) for limit in cert.get("limits", [])]
     return lines
+
+
+def limit_line(limit: dict[str, Any]) -> str:
+    """One declared limit of the claim (a hosted server), in plain words with the scenarios it left out."""
+    names = limit["scenarios"]
+    return (f"Not exercised, because of {limit['what']}: {len(names)} scenario(s) ("
+            + ", ".join(names[:4]) + (" …" if len(names) > 4 else "") + ").")
 
 
 def markdown(cert: dict[str, Any]) -> str:
@@ -133,6 +143,10 @@ def markdown(cert: dict[str, Any]) -> str:
            f" ({s.get('rerun', 0)} run again) · {s['actions']} actions, {s['faults']} faults",
            "", "## Why no level" if partial else "## Why this level", ""]
     out += [f"* {reason}" for reason in cert["reasons"]]
+    if cert.get("limits"):
+        out += ["", "## What this claim was made without", ""]
+        out += [f"* **{limit['qualifier']}**: {limit['what']}. Not exercised: "
+                + ", ".join(limit["scenarios"]) for limit in cert["limits"]]
     if partial:
         out += ["", "## Scenarios that ran", ""]
         out += [f"* `{test}`" for test in cert["selection"]["tests"]]
@@ -213,6 +227,11 @@ def page(cert: dict[str, Any]) -> str:
                "<h2>What the selected scenarios show (not a certification)</h2><ul>"
                + "".join(f"<li>{esc(r)}</li>" for r in cert.get("partial_reasons", [])) + "</ul>")
     prov = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in provenance_rows(cert))
+    limits = "".join(f'<div class="limits"><h2>What this claim was made without: {esc(limit["qualifier"])}</h2>'
+                     f'<p>{esc(limit["what"])}.</p><p>Not exercised:</p><ul>'
+                     + "".join(f'<li><a href="#{anchor(v)}">{esc(v["name"])}</a></li>' for v in cert["scenarios"]
+                               if v["name"] in limit["scenarios"])
+                     + "</ul></div>" for limit in cert.get("limits", []))
     rows = []
     for v in cert["scenarios"]:
         word = mark(v)
@@ -251,6 +270,8 @@ table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
 td, th {{ border-bottom: 1px solid #eceff1; padding: .35rem .5rem; text-align: left; vertical-align: top; font-size: .9rem; }}
 tr.pass td:first-child {{ color: #2e7d32; font-weight: 700; }}
 tr.fail td:first-child {{ color: #c62828; font-weight: 700; }}
+tr.not td:first-child {{ color: #546e7a; font-weight: 700; }}
+.limits {{ border-left: 4px solid #546e7a; padding-left: 1rem; }}
 pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8rem; }}
 .legend span {{ display: inline-block; padding: 0 .5rem; margin-right: .5rem; color: white; }}
 .failed-step {{ color: #b71c1c; }}
@@ -264,7 +285,7 @@ ol.findings li {{ font-size: .85rem; margin: .2rem 0; }}
 {esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
 {s['actions']} actions, {s['faults']} faults</p>
 <ul>{''.join(f'<li>{esc(r)}</li>' for r in cert['reasons'])}</ul>
-{ran}
+{limits}{ran}
 <h2>The checklist and the fault scenarios</h2>
 <table><tr><th></th><th>feature</th><th>scenario</th><th>time</th><th>evidence</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2>

@@ -39,12 +39,14 @@ svg.timeline .seq { font-size: 8px; fill: #37474f; }
 svg.timeline .act { font-size: 9px; fill: #37474f; }
 svg.timeline .step { fill: #eceff1; stroke: white; }
 svg.timeline .step.alt { fill: #f5f7f8; }
+svg.timeline .step.after { fill: #fafafa; stroke: #cfd8dc; stroke-dasharray: 3 2; }
 svg.timeline .step-text { font-size: 9px; fill: #546e7a; }
 svg.timeline .step.step-failed { fill: #ffcdd2; stroke: #c62828; stroke-width: 1.5; }
 svg.timeline .step-text.step-failed { fill: #b71c1c; font-weight: 700; }
 svg.timeline .failed-at { stroke: #c62828; stroke-dasharray: 4 3; stroke-width: 1.5; }
 svg.timeline .ev-fault { opacity: .6; }
 svg.timeline .ev-flagged { stroke: #ffd600; stroke-width: 2.5; }
+.legend .flagged { color: #263238 !important; outline: 2.5px solid #ffd600; }
 svg.timeline .server-up { stroke: #81c784; stroke-width: 3; }
 """ + "".join(f"svg.timeline .{name}, .legend .{name} {{ fill: {colour}; background: {colour}; }}\n"
               for name, (colour, _) in CLASSES.items())
@@ -159,11 +161,18 @@ def timeline_svg(timeline: dict[str, Any], *, anchor: str = "tl", flagged: froze
                      f'height="{top - 8}" data-line="{step["line"] or ""}"><title>{title}</title></rect>')
         if failed:
             parts.append(f'<line class="failed-at" x1="{x:.1f}" x2="{x:.1f}" y1="2" y2="{height - 18}"/>')
-        if w > 6 * min(len(text), 12) or failed:
-            shown = ("✗ " if failed else "") + text
-            room = max(int(w / 5.5), 12 if failed else 0)
-            parts.append(f'<text class="step-text{failed}" x="{x + 2:.1f}" y="{top - 12}">'
-                         f'{esc(shown[:room] + ("…" if len(shown) > room else ""))}</text>')
+        if w > 6 * min(len(text), 12) or failed:  # as much of the step as its band holds
+            shown, room = ("✗ " if failed else "") + text, int((w - 4) / 5.5)
+            shown = shown if len(shown) <= room else ("✗" if failed else "") if room < 6 else shown[:room - 1] + "…"
+            parts.append(f'<text class="step-text{failed}" x="{x + 2:.1f}" y="{top - 12}">{esc(shown)}</text>')
+    failed_step = next((step for step in steps if step["failed"]), None)
+    if failed_step is not None and span - failed_step["end"] > 0.05:  # what the harness did after it
+        x = x_of(failed_step["end"])
+        parts.append(f'<rect class="step after" x="{x:.1f}" y="2" width="{max(1.0, width - 10 - x):.1f}" '
+                     f'height="{top - 8}"><title>after the failure: every fault healed, every device synced to '
+                     f'quiescence, the final exports taken: what the checkers judged</title></rect>'
+                     f'<text class="step-text" x="{x + 2:.1f}" y="{top - 12}">after the failure: heal, sync, '
+                     f'export, check</text>')
     for i, name in enumerate(order):
         y = top + i * lane_h
         mid = y + lane_h / 2
@@ -184,8 +193,9 @@ def timeline_svg(timeline: dict[str, Any], *, anchor: str = "tl", flagged: froze
                 klass = "ev-server-down" if item["kind"] == "down" else "ev-fault"
                 title = esc(f"{tag}{item['label']} {item['start']:.2f}-{item['end']:.2f} s"
                             + (f" (healed at #{item['healed']})" if item.get("healed") else ""))
+                top_, tall = (y + 10, lane_h - 20) if item["kind"] == "down" else (y + 3, lane_h - 6)
                 parts.append(f'<rect{ident(seq)} class="{cls(klass, seq)}" data-seq="{seq}" x="{x:.1f}" '
-                             f'y="{y + 3}" width="{w:.1f}" height="{lane_h - 6}"><title>{title}</title></rect>')
+                             f'y="{top_}" width="{w:.1f}" height="{tall}"><title>{title}</title></rect>')
             elif item["kind"] in ("kill", "life", "export"):
                 klass = {"kill": "ev-kill", "life": "ev-life", "export": "ev-export"}[item["kind"]]
                 title = esc(f"{tag}{item['label']} at {item['start']:.2f} s")
@@ -218,4 +228,5 @@ def legend() -> str:
     return ('<p class="legend">' + "".join(
         f'<span class="{name}"{" style=color:#263238" if name in ("ev-fault", "step-failed") else ""}>{html.escape(text)}</span>'
         for name, (_, text) in CLASSES.items())
+        + '<span class="flagged">outlined: an event a finding cites</span>'
         + ' <small>#n: the event\'s sequence number in the history, as the findings cite it</small></p>')

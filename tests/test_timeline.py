@@ -93,7 +93,8 @@ def test_the_failing_step_is_marked_on_the_timeline(monkeypatch):
     rects = [a for a in failed if "step" in a.get("class", "").split()]
     assert len(rects) == 1 and rects[0]["data-line"] == "12"
     assert any(t.startswith("FAILED at this step: When the rep logs a visit") for t in found.titles)
-    assert len(found.with_class("step")) == 2 + 0  # both steps drawn; only one marked
+    assert len(found.with_class("step")) == 3  # both steps, and what the harness did after the failure
+    assert len(found.with_class("after")) == 1
     assert found.with_class("failed-at")  # the line down every lane at the moment it failed
 
 

@@ -172,3 +172,21 @@ def test_the_chaos_certificate_draws_a_timeline_for_each_failing_run_and_counter
     links = [a["href"] for tag, a in found.elements if tag == "a" and a.get("href", "").startswith("#")]
     assert "#run-2-e1" in links and all(link[1:] in found.ids for link in links)
     assert found.with_class("ev-kill") and found.with_class("step-failed") == []
+
+
+def test_the_comparison_links_each_anomaly_to_its_timeline_in_that_suts_certificate(tmp_path, monkeypatch):
+    from harness import compare
+    from tests.test_compare import write
+
+    verdict = failing_verdict()
+    folder = write(tmp_path / "fragile", "fragile", [OFFLINE_CREATE, verdict], None, monkeypatch)
+    out = tmp_path / "compare"
+    compare.write(compare.compare([folder]), out)
+    found = elements((out / "comparison.html").read_text())
+    links = [a["href"] for tag, a in found.elements if tag == "a"]
+    assert sorted(links) == sorted(["../fragile/certificate.html#" + anchor(verdict) + "-e4",  # refused: cites #4
+                                    "../fragile/certificate.html#" + anchor(verdict)])  # lost_write: cites none
+    target = elements((folder / "certificate.html").read_text())
+    for link in links:
+        assert (out / link.split("#")[0]).resolve() == (folder / "certificate.html").resolve()
+        assert link.split("#")[1] in target.ids

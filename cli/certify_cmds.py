@@ -140,12 +140,15 @@ def certify(
                "sut": cert.data["sut"]["name"],
                "passed": cert.data["summary"]["passed"], "failed": cert.data["summary"]["failed"],
                "inconclusive": cert.data["summary"]["inconclusive"],
+               "not_exercised": cert.data["summary"].get("not_exercised", 0),
                "duration_s": cert.data["duration_s"], "report": str(report.resolve() / "certificate.html")}
     verdict = f"PARTIAL (no level; -k {select!r})" if cert.partial else f"level {cert.level} ({cert.data['level_name']})"
     output.emit(summary, as_json=as_json,
                 text=f"{verdict} for {summary['sut']}: "
                      f"{summary['passed']} passed, {summary['failed']} failed, {summary['inconclusive']} "
-                     f"inconclusive in {summary['duration_s']} s\n"
+                     f"inconclusive"
+                     + (f", {summary['not_exercised']} not exercised (hosted server)" if summary["not_exercised"] else "")
+                     + f" in {summary['duration_s']} s\n"
                      f"certificate: {summary['report']}")
     if require_level is not None and cert.level < require_level:
         output.message(f"crm: level {cert.level} is below the required level {require_level}")

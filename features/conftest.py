@@ -25,6 +25,7 @@ from harness.bdd_results import (
     pytest_bdd_before_step,
     pytest_bdd_step_error,
     pytest_runtest_makereport,
+    refuse_on_hosted,
 )
 from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
@@ -66,6 +67,7 @@ def scenario_name(request):
 # -- the world ---------------------------------------------------------------------------------
 @given(parsers.parse('a sync server for the organisation "{org}"'), target_fixture="world")
 def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
+    refuse_on_hosted(request.node, profile)  # a hosted server cannot be crashed or restored: not exercised
     attempt = request.config.getoption("crm_attempt")
     session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
                       seed=request.config.getoption("crm_seed"),

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from .pytest_plugin import FEATURE_PROPERTY, SCENARIO_PROPERTY
-from .session import NotExercisable, Session
+from .session import HostedLimit, NotExercisable, Session
 
 SCENARIO = pytest.StashKey[str]()
 FEATURE = pytest.StashKey[str]()
@@ -28,6 +28,10 @@ SESSION = pytest.StashKey[Session]()
 VERDICT = pytest.StashKey[dict[str, Any]]()
 FAILED_STEP = pytest.StashKey[dict[str, Any]]()
 STEPS = pytest.StashKey[list[dict[str, Any]]]()  # each step's text and span (time.monotonic, the history's clock)
+SERVER_FAULTS = pytest.StashKey[list[str]]()  # the scenario's steps that crash, back up or restore the server
+# Steps the harness can only take on a server it runs: on a hosted one (profile [server] url) their
+# scenario is not exercised, and says so before anything starts (the step itself refuses too).
+SERVER_FAULT_STEP = re.compile(r"^(the server is (killed|restarted|restored)|a backup of the server is taken)")
 # Anomalies of a timing bound of the contract (delivery within N s, a write within 2 s): a
 # scenario failing only on these is run again before the failure counts (docs/levels.md).
 TIMING_CHECKS = ("stuck", "slow_write")
@@ -40,6 +44,8 @@ def scenario_name(item: pytest.Item) -> str:
 def pytest_bdd_before_scenario(request, feature, scenario):
     request.node.stash[SCENARIO] = scenario.name
     request.node.stash[FEATURE] = feature.name
+    request.node.stash[SERVER_FAULTS] = [f"{step.keyword.strip()} {step.name}" for step in scenario.steps
+                                         if SERVER_FAULT_STEP.match(step.name)]
     # for the JUnit file: "<feature> :: <scenario>" (harness/pytest_plugin.py renames the testcase);
     # an outline's name is rendered with its example's values, so each example reads apart
     if (FEATURE_PROPERTY, feature.name) not in request.node.user_properties:
@@ -66,6 +72,17 @@ def pytest_bdd_step_error(request, feature, scenario, step, step_func, step_func
     request.node.stash[FAILED_STEP] = {"type": step.type, "keyword": step.keyword.strip(), "text": step.name,
                                        "line": step.line_number, "background": step.background is not None}
     _end_step(request.node, failed=True)
+
+
+def refuse_on_hosted(item: pytest.Item, profile) -> None:
+    """HostedLimit before anything starts, for a scenario that must crash, back up or restore a
+    server the harness does not run (a hosted profile)."""
+    steps = item.stash.get(SERVER_FAULTS, [])
+    if profile.hosted and steps:
+        from .driver import HOSTED_LIMIT
+
+        raise HostedLimit(HOSTED_LIMIT.format(url=profile.server_url, what="crash, restart, back up or restore")
+                          + f" (this scenario's step \"{steps[0]}\")")
 
 
 def blocked(item: pytest.Item, anomalies: list[dict[str, Any]]) -> str:
@@ -129,14 +146,16 @@ def pytest_runtest_makereport(item, call):
     verdict = item.stash[VERDICT] = verdict_of(item, report, session, str(missing or ""),
                                                getattr(missing, "limit", ""))
     folder = item.config.getoption("crm_results")
-    if folder and session is not None:
+    if folder and (session is not None or missing is not None):  # not exercised before its world began: no history
         out = Path(folder)
-        (out / "histories").mkdir(parents=True, exist_ok=True)
-        slug = _slug(item.name)
-        session.history.save(out / "histories" / f"{slug}.jsonl")
-        verdict["history"] = f"histories/{slug}.jsonl"
-        if not verdict["passed"]:
-            verdict["evidence_dir"] = _keep_evidence(session, out / "evidence" / slug, out)
+        out.mkdir(parents=True, exist_ok=True)
+        if session is not None:
+            (out / "histories").mkdir(parents=True, exist_ok=True)
+            slug = _slug(item.name)
+            session.history.save(out / "histories" / f"{slug}.jsonl")
+            verdict["history"] = f"histories/{slug}.jsonl"
+            if not verdict["passed"]:
+                verdict["evidence_dir"] = _keep_evidence(session, out / "evidence" / slug, out)
         fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(verdict) + "\n").encode())

@@ -140,6 +140,7 @@ def markdown(cert: dict[str, Any]) -> str:
            f"* Suite: {cert['suite']['name']} {cert['suite']['version']} (selection: {cert['suite']['selection']})",
            f"* Seed: {cert['seed']} · started {cert['started_at']} · {cert['duration_s']} s",
            f"* Scenarios: {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive"
+           + (f", {s['not_exercised']} not exercised" if s.get("not_exercised") else "") +
            f" ({s.get('rerun', 0)} run again) · {s['actions']} actions, {s['faults']} faults",
            "", "## Why no level" if partial else "## Why this level", ""]
     out += [f"* {reason}" for reason in cert["reasons"]]
@@ -282,7 +283,7 @@ ol.findings li {{ font-size: .85rem; margin: .2rem 0; }}
 <h1>{esc(heading)}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
 {''.join(f'<p class="plain">{esc(line)}</p>' for line in plain_words(cert))}
 <p>Suite {esc(cert['suite']['name'])} {esc(cert['suite']['version'])} · seed {cert['seed']} ·
-{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
+{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive{f", {s['not_exercised']} not exercised" if s.get('not_exercised') else ""} ·
 {s['actions']} actions, {s['faults']} faults</p>
 <ul>{''.join(f'<li>{esc(r)}</li>' for r in cert['reasons'])}</ul>
 {limits}{ran}

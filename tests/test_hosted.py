@@ -183,6 +183,9 @@ def test_a_hosted_certification_exercises_device_faults_and_names_the_server_fau
     for v in (crash, restore):
         assert v["limit"] == "hosted" and not v["passed"] and not v["anomalies"], v
         assert v["inconclusive"].startswith("not exercisable on a hosted server")
+        assert "history" not in v  # refused at its first step: no device was set up for nothing
+    assert cert["summary"]["not_exercised"] == 2 and cert["summary"]["inconclusive"] == 0
+    assert "2 not exercised (hosted server)" in done.stdout
     assert cert["partial_level"] == 3  # what the selection shows: nothing failed, two not exercised
     assert [x["scenarios"] for x in cert["limits"]] == [sorted([crash["name"], restore["name"]],
                                                                key=[v["name"] for v in cert["scenarios"]].index)]

@@ -248,7 +248,10 @@ def page(cert: dict[str, Any]) -> str:
         tl_id = anchor(v)
         step = v.get("failed_step")
         failed_at = (f'<p class="failed-step">Failed at line {step["line"]}: <b>{esc(step["keyword"])} '
-                     f'{esc(step["text"])}</b> (marked on the timeline)</p>') if step and not v["passed"] else ""
+                     f'{esc(step["text"])}</b>{" (marked on the timeline)" if v.get("timeline") else ""}</p>'
+                     ) if step and not v["passed"] and not v.get("not_exercisable") else ""
+        if v.get("not_exercisable"):
+            failed_at = f'<p class="not-exercised">Not exercised: {esc(v.get("inconclusive") or "")}</p>'
         findings = "".join(
             f'<li id="{tl_id}-a{k}"><b>{esc(a["check"])}</b>: {esc(a["message"][:600])} '
             f'<a class="to-timeline" href="{esc(anomaly_target(v, a))}">'
@@ -259,7 +262,8 @@ def page(cert: dict[str, Any]) -> str:
         timelines.append(f'<section id="{tl_id}"><h3>{esc(v["name"])} <small>({mark(v)})</small></h3>'
                          f'{failed_at}{drawn}'
                          + (f'<ol class="findings">{findings}</ol>' if findings else "")
-                         + (f'<pre>{esc((v.get("reason") or "")[:3000])}</pre>' if not v["passed"] else "")
+                         + (f'<pre>{esc((v.get("reason") or "")[:3000])}</pre>'
+                            if not v["passed"] and not v.get("not_exercisable") else "")
                          + "</section>")
     s = cert["summary"]
     return f"""<!doctype html>

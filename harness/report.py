@@ -421,7 +421,8 @@ code {{ font-size: .8rem; }}
 <h2>Runs</h2>
 <table><tr><th></th><th>run</th><th>seed</th><th>steps</th><th>actions</th><th>faults</th><th>time</th>
 <th>anomalies</th></tr>{rows}</table>
-<h2>Anomalies and their minimal schedules</h2>{"".join(examples) or "<p>none</p>"}
+<h2>Anomalies and their minimal schedules</h2>{(legend() if any(c.get("timeline") for c in cert["counterexamples"])
+                                                 else "") + "".join(examples) or "<p>none</p>"}
 <h2>Every anomaly</h2><ul>{every or "<li>none</li>"}</ul>
 <h2>Timelines of the runs that went wrong</h2>{(legend() + run_timelines) if run_timelines else "<p>none</p>"}
 </body></html>

@@ -196,3 +196,26 @@ def test_a_hosted_certification_exercises_device_faults_and_names_the_server_fau
     assert not any(json.loads(plain.stdout or "{}").get(k) for k in ("account", "visit", "order", "note")), plain
     junit = (report / "junit.xml").read_text()
     assert 'name="The airplane-mode checklist :: Create a new account in airplane mode"' in junit
+
+
+def test_the_scenarios_a_hosted_server_cannot_run_are_found_from_their_steps():
+    """The server-fault steps (bdd_results.SERVER_FAULT_STEP) pick out exactly the scenarios that
+    crash, restart, back up or restore the server; every other one runs against a hosted server."""
+    from harness import coverage
+    from harness.bdd_results import SERVER_FAULT_STEP
+
+    def server_steps(sc):
+        return [step for step in sc.steps if SERVER_FAULT_STEP.match(step.split(" ", 1)[1])]
+
+    found = {sc.test for sc in coverage.scenarios() if server_steps(sc)}
+    assert {"test_the_server_is_killed_right_after_a_sync_said_everything_was_saved",
+            "test_every_kind_of_write_survives_a_server_crash_in_the_middle_of_a_sync_with_mode_sync"
+            "[server_crash-manual]",
+            "test_every_kind_of_write_survives_a_server_crash_in_the_middle_of_a_sync_with_mode_sync"
+            "[server_crash-background]",
+            "test_the_server_is_restored_from_an_older_backup_while_phones_hold_newer_work"} <= found
+    for sc in coverage.scenarios():  # a scenario that touches the server's process or data is among them
+        if any(word in step for step in sc.steps for word in ("server is killed", "server is restored",
+                                                              "backup of the server")):
+            assert sc.test in found, sc.test
+    assert not any("airplane" in sc.file for sc in coverage.scenarios() if sc.test in found)

@@ -190,3 +190,12 @@ def test_the_comparison_links_each_anomaly_to_its_timeline_in_that_suts_certific
     for link in links:
         assert (out / link.split("#")[0]).resolve() == (folder / "certificate.html").resolve()
         assert link.split("#")[1] in target.ids
+
+
+def test_the_chaos_stages_anomalies_link_to_their_runs_in_the_chaos_report(monkeypatch):
+    stage = {"name": "chaos stage: 3 seeded run(s) of 3 devices (seed 1)", "feature": "Chaos", "passed": False,
+             "offline_create_refused": None, "duration_s": 30.0, "reason": "1 anomaly",
+             "anomalies": [{"run": 2, "seed": 2, "check": "duplicate", "message": "m", "evidence": {"seq": 9}}]}
+    found = elements(page(certificate([OFFLINE_CREATE, stage], None, monkeypatch)))
+    assert [a["href"] for _, a in found.elements if "to-timeline" in a.get("class", "")] == [
+        "chaos/certificate.html#run-2"]  # the chaos report (report/chaos/) draws run 2's timeline there

@@ -326,7 +326,7 @@ def level_fields(verdicts: list[dict[str, Any]], select: str | None,
     level, reasons = certify_level(verdicts)
     limits = claim_limits(verdicts)  # a hosted server: what the claim was made without (docs/levels.md)
     if not select:
-        name = LEVEL_NAMES[level] + "".join(f" ({limit['qualifier']})" for limit in limits)
+        name = LEVEL_NAMES[level] + "".join(f", {limit['qualifier']}" for limit in limits)
         return {"level": level, "level_name": name, "reasons": reasons, "partial": False, "limits": limits}
     from . import coverage
 

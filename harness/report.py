@@ -127,8 +127,9 @@ def plain_words(cert: dict[str, Any]) -> list[str]:
 def limit_line(limit: dict[str, Any]) -> str:
     """One declared limit of the claim (a hosted server), in plain words with the scenarios it left out."""
     names = limit["scenarios"]
-    return (f"Not exercised, because of {limit['what']}: {len(names)} scenario(s) ("
-            + ", ".join(names[:4]) + (" …" if len(names) > 4 else "") + ").")
+    what = limit["what"]
+    return (f"{what[0].upper()}{what[1:]}. Not exercised ({len(names)}): "
+            + ", ".join(names[:4]) + (" …" if len(names) > 4 else "") + ".")
 
 
 def markdown(cert: dict[str, Any]) -> str:

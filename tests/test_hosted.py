@@ -112,7 +112,7 @@ def test_hosted_not_exercised_scenarios_leave_level_3_standing_but_named():
     assert [(x["limit"], x["scenarios"]) for x in limits] == [("hosted", [CRASH["name"]])]
     assert "without server-crash and server-restore evidence" in limits[0]["what"]
     fields = certify_mod.level_fields([OFFLINE_CREATE, CRASH], None)
-    assert fields["level_name"] == "offline-first (hosted: server faults not exercised)"
+    assert fields["level_name"] == "offline-first, hosted: server faults not exercised"
 
 
 def test_an_inconclusive_scenario_still_caps_the_level_and_a_failure_still_counts():
@@ -129,13 +129,13 @@ def test_the_certificate_says_not_exercised_and_what_the_claim_was_made_without(
     cert = certificate([OFFLINE_CREATE, CRASH], None, monkeypatch)
     assert mark(CRASH) == "NOT EXERCISED"
     md = markdown(cert)
-    assert "level 3 (offline-first (hosted: server faults not exercised))" in md
+    assert "level 3 (offline-first, hosted: server faults not exercised)" in md
     assert "## What this claim was made without" in md and CRASH["name"] in md.split("## What this claim")[1]
     assert "| NOT EXERCISED |" in md
     html = page(cert)
     parse(html)
     assert "What this claim was made without: hosted: server faults not exercised" in html
-    assert "Not exercised, because of a hosted server" in html  # in the plain words at the top
+    assert "A hosted server (profile [server] url): scenarios that" in html  # in the plain words at the top
 
 
 # -- end to end: the reference server started by the test, as if it were the vendor's staging ------------

@@ -219,7 +219,7 @@ def page(cert: dict[str, Any]) -> str:
     esc = html.escape
     partial = cert.get("partial")
     level_colour = "#546e7a" if partial else {1: "#c62828", 2: "#ef6c00", 3: "#2e7d32"}[cert["level"]]
-    badge = "PARTIAL" if partial else f"Level {cert['level']}"
+    badge = "PARTIAL" if partial else f"Level {cert['level']}" + ("*" if cert.get("limits") else "")  # * see the limits
     heading = "Partial run, no level" if partial else cert["level_name"]
     ran = ""
     if partial:
@@ -229,7 +229,7 @@ def page(cert: dict[str, Any]) -> str:
                "<h2>What the selected scenarios show (not a certification)</h2><ul>"
                + "".join(f"<li>{esc(r)}</li>" for r in cert.get("partial_reasons", [])) + "</ul>")
     prov = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in provenance_rows(cert))
-    limits = "".join(f'<div class="limits"><h2>What this claim was made without: {esc(limit["qualifier"])}</h2>'
+    limits = "".join(f'<div class="limits"><h2>* What this claim was made without: {esc(limit["qualifier"])}</h2>'
                      f'<p>{esc(limit["what"])}.</p><p>Not exercised:</p><ul>'
                      + "".join(f'<li><a href="#{anchor(v)}">{esc(v["name"])}</a></li>' for v in cert["scenarios"]
                                if v["name"] in limit["scenarios"])

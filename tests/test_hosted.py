@@ -135,6 +135,7 @@ def test_the_certificate_says_not_exercised_and_what_the_claim_was_made_without(
     html = page(cert)
     parse(html)
     assert "What this claim was made without: hosted: server faults not exercised" in html
+    assert '<p class="level">Level 3*</p>' in html  # the badge points at it
     assert "A hosted server (profile [server] url): scenarios that" in html  # in the plain words at the top
 
 

@@ -52,7 +52,7 @@ OPTIONAL_ACTIONS = ("sync", "start_background_sync", "stop_background_sync", "de
 # Every template slot of a profile: (section, key) -> (required, placeholders it may use).
 SLOTS: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {
     ("sut", "version"): (False, COMMON),
-    ("server", "start"): (True, SERVER),  # required unless the profile names a hosted server (url)
+    ("server", "start"): (True, SERVER),
     ("server", "provision"): (True, SERVER | {"org", "rep"}),
     ("server", "backoffice_edit"): (False, SERVER | {"org", "entity", "record_id", "field", "value"}),
     ("server", "export"): (True, SERVER | {"org"}),

@@ -2,7 +2,8 @@
 
 The HTML is one self-contained file (inline CSS and SVG): the level in large type, the checklist
 as a pass/fail table with its evidence, and per scenario a timeline of every participant's
-actions and the faults injected into it.
+actions and the faults injected into it (harness/timeline.py), each finding linked to the event
+it cites. A chaos campaign's page draws the runs that went wrong and each minimal schedule.
 """
 
 from __future__ import annotations

@@ -220,3 +220,15 @@ def test_the_scenarios_a_hosted_server_cannot_run_are_found_from_their_steps():
                                                               "backup of the server")):
             assert sc.test in found, sc.test
     assert not any("airplane" in sc.file for sc in coverage.scenarios() if sc.test in found)
+
+
+def test_a_comparison_shows_a_hosted_certificates_not_exercised_scenarios(tmp_path, monkeypatch):
+    from harness import compare
+    from tests.test_compare import write
+
+    folder = write(tmp_path / "hosted", "vendor", [OFFLINE_CREATE, CRASH], None, monkeypatch)
+    data = compare.compare([folder])
+    assert {r["scenario"]: r["cells"]["vendor"]["verdict"] for r in data["scenarios"]}[CRASH["name"]] == "NOT EXERCISED"
+    html = compare.page(data)
+    parse(html)
+    assert ">n/e<" in html and compare.COLOURS["NOT EXERCISED"] in html

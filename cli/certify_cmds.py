@@ -32,7 +32,8 @@ def certify(
     seed: Annotated[int, typer.Option(help="Seed of the fault schedule and the data")] = 1,
     report: Annotated[Path | None, typer.Option(
         "--report", metavar="DIR",
-        help="Where the certificate goes [default: reports/certificate, with --chaos/--replay reports/chaos]")] = None,
+        help="Where the certificate goes [default: reports/certificate, with --chaos reports/chaos, with --replay "
+             "replay-<file name>/ next to the file; a replay never overwrites another run's certificate]")] = None,
     require_level: Annotated[int | None, typer.Option(
         "--require-level", min=1, max=3, help=f"Exit {BELOW_REQUIRED_LEVEL} if the level is below this")] = None,
     select: Annotated[str | None, typer.Option(
@@ -109,7 +110,10 @@ def certify(
             raise typer.BadParameter("-k/--select and --require-level apply to the scenarios, not to --chaos/--replay")
         if replay is not None and (runs is not None or devices is not None or steps is not None):
             raise typer.BadParameter("--replay plays the file's own schedule: drop --runs, --devices and --steps")
-        _chaos(sut, seed=seed, report=report or Path("reports/chaos"), runs=runs, devices=devices, steps=steps,
+        from harness.chaos import replay_folder
+
+        default = replay_folder(replay) if replay is not None else Path("reports/chaos")
+        _chaos(sut, seed=seed, report=report or default, runs=runs, devices=devices, steps=steps,
                shrink_budget=shrink_budget, replay=replay, as_json=as_json)
         return
     given = [name for name, value in chaos_only.items() if value is not None]
@@ -136,12 +140,15 @@ def certify(
                "sut": cert.data["sut"]["name"],
                "passed": cert.data["summary"]["passed"], "failed": cert.data["summary"]["failed"],
                "inconclusive": cert.data["summary"]["inconclusive"],
+               "not_exercised": cert.data["summary"].get("not_exercised", 0),
                "duration_s": cert.data["duration_s"], "report": str(report.resolve() / "certificate.html")}
     verdict = f"PARTIAL (no level; -k {select!r})" if cert.partial else f"level {cert.level} ({cert.data['level_name']})"
     output.emit(summary, as_json=as_json,
                 text=f"{verdict} for {summary['sut']}: "
                      f"{summary['passed']} passed, {summary['failed']} failed, {summary['inconclusive']} "
-                     f"inconclusive in {summary['duration_s']} s\n"
+                     f"inconclusive"
+                     + (f", {summary['not_exercised']} not exercised (hosted server)" if summary["not_exercised"] else "")
+                     + f" in {summary['duration_s']} s\n"
                      f"certificate: {summary['report']}")
     if require_level is not None and cert.level < require_level:
         output.message(f"crm: level {cert.level} is below the required level {require_level}")
@@ -152,7 +159,7 @@ def certify(
 def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devices: int | None,
            steps: int | None, shrink_budget: int | None, replay: Path | None, as_json: bool) -> None:
     """`crm certify --chaos` and `--replay`: the harness runs the histories, this prints the verdict."""
-    from crm.errors import ToxiproxyMissingError, ValidationError
+    from crm.errors import ToxiproxyMissingError, UsageError, ValidationError
     from harness import chaos
     from harness.profile import ProfileError
     from harness.schedule import Schedule, ScheduleError
@@ -168,6 +175,8 @@ def _chaos(sut: Path | None, *, seed: int, report: Path, runs: int | None, devic
             shrink_budget=chaos.DEFAULT_SHRINK_BUDGET if shrink_budget is None else shrink_budget)
     except (ProfileError, ScheduleError) as exc:
         raise ValidationError(str(exc)) from None
+    except chaos.ReplayFolderError as exc:
+        raise UsageError(str(exc)) from None
     except ToxiproxyError as exc:  # no Toxiproxy, no chaos: say how to get it
         raise ToxiproxyMissingError(str(exc)) from None
     s = data["summary"]

@@ -20,15 +20,19 @@ from harness import faults
 from harness.bdd_results import (
     SCENARIO,
     SESSION,
+    pytest_bdd_after_step,
     pytest_bdd_before_scenario,
+    pytest_bdd_before_step,
     pytest_bdd_step_error,
     pytest_runtest_makereport,
+    refuse_on_hosted,
 )
 from harness.profile import load_profile
 from harness.session import ScenarioFailure, Session
 from harness.toxiproxy import ToxiproxyServer, latency
 
-__all__ = ["pytest_bdd_before_scenario", "pytest_bdd_step_error", "pytest_runtest_makereport"]  # the results plugin's hooks
+__all__ = ["pytest_bdd_before_scenario", "pytest_bdd_before_step", "pytest_bdd_after_step",  # the results
+           "pytest_bdd_step_error", "pytest_runtest_makereport"]  # plugin's hooks  # the results plugin's hooks
 
 
 def step(parser):
@@ -63,6 +67,7 @@ def scenario_name(request):
 # -- the world ---------------------------------------------------------------------------------
 @given(parsers.parse('a sync server for the organisation "{org}"'), target_fixture="world")
 def world(request, profile, toxiproxy, tmp_path, scenario_name, org):
+    refuse_on_hosted(request.node, profile)  # a hosted server cannot be crashed or restored: not exercised
     attempt = request.config.getoption("crm_attempt")
     session = Session(profile=profile, toxiproxy=toxiproxy, workdir=tmp_path, org=org,
                       seed=request.config.getoption("crm_seed"),

@@ -22,9 +22,10 @@ from typing import Any
 
 from . import checkers, processes
 from .history import History
-from .levels import LEVEL_NAMES, certify_level
+from .levels import LEVEL_NAMES, certify_level, claim_limits
 from .locations import features_dir, resolve_profile, suite_root
 from .profile import load_profile
+from .timeline import timeline_data
 
 FEATURES = features_dir()  # the checkout's features/, or the copy the wheel ships (harness/features)
 ROOT = suite_root()  # the suite's rootdir and working directory: node ids are relative to it
@@ -236,7 +237,8 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
     for verdict in verdicts:
         history_file = verdict.get("history")
         if history_file:
-            verdict["timeline"] = _timeline_data(History.load(report_dir / "raw" / history_file))
+            verdict["timeline"] = timeline_data(History.load(report_dir / "raw" / history_file),
+                                                verdict.get("steps"))
     data = {
         **level_fields(verdicts, select, planned),
         "sut": {"name": profile.name, "version": sut_version(profile), "profile": str(profile_path)},
@@ -250,7 +252,8 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
         "chaos": chaos,
         "summary": {"scenarios": len(verdicts), "passed": sum(1 for v in verdicts if v["passed"]),
                     "failed": sum(1 for v in verdicts if not v["passed"] and not v.get("inconclusive")),
-                    "inconclusive": sum(1 for v in verdicts if v.get("inconclusive")),
+                    "inconclusive": sum(1 for v in verdicts if v.get("inconclusive") and not v.get("limit")),
+                    "not_exercised": sum(1 for v in verdicts if v.get("limit") and not v["passed"]),
                     "rerun": sum(1 for v in verdicts if v.get("earlier")),
                     "actions": sum(v.get("timeline", {}).get("actions", 0) for v in verdicts),
                     "faults": sum(v.get("timeline", {}).get("faults", 0) for v in verdicts)},
@@ -262,42 +265,6 @@ def certify(profile_path: str | Path, *, seed: int = 1, report_dir: str | Path =
 
     write_reports(certificate.data, report_dir)
     return certificate
-
-
-def _timeline_data(history: History) -> dict[str, Any]:
-    """Per participant: action spans (invoke to outcome) and fault spans (fault to heal)."""
-    if not history.events:
-        return {"lanes": {}, "actions": 0, "faults": 0, "span_s": 0}
-    t0 = history.events[0].t
-    lanes: dict[str, list[dict[str, Any]]] = {}
-    invokes = {e.seq: e for e in history.events if e.type == "invoke"}
-    open_faults: dict[tuple[str, str], float] = {}
-    actions = faults = 0
-    end = history.events[-1].t - t0
-    for e in history.events:
-        t = round(e.t - t0, 3)
-        if e.type in ("ok", "fail", "unknown") and e.ref in invokes:
-            start = round(invokes[e.ref].t - t0, 3)
-            lanes.setdefault(e.device, []).append({"kind": "action", "label": e.action, "start": start, "end": t,
-                                                   "outcome": e.type})
-            actions += 1
-        elif e.type == "fault":
-            faults += 1
-            open_faults[(e.device, e.action or "")] = t
-            if e.action in ("kill",):
-                lanes.setdefault(e.device, []).append({"kind": "fault", "label": "SIGKILL", "start": t, "end": t})
-        elif e.type == "life":
-            lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": t, "end": t})
-            faults += 1
-        elif e.type == "heal":
-            key = (e.device, e.action or "")
-            if key in open_faults:
-                lanes.setdefault(e.device, []).append({"kind": "fault", "label": e.action, "start": open_faults.pop(key),
-                                                       "end": t})
-    for (device, action), start in open_faults.items():
-        if action != "kill":
-            lanes.setdefault(device, []).append({"kind": "fault", "label": action, "start": start, "end": end})
-    return {"lanes": lanes, "actions": actions, "faults": faults, "span_s": round(end, 3)}
 
 
 # -- what a run covers, and where it ran (issue 13) -------------------------------------------------
@@ -357,8 +324,10 @@ def level_fields(verdicts: list[dict[str, Any]], select: str | None,
     ``partial`` with ``level`` null; what the level rule says of the scenarios that ran stays
     available as ``partial_level`` and ``partial_reasons`` (evidence, not a certification)."""
     level, reasons = certify_level(verdicts)
+    limits = claim_limits(verdicts)  # a hosted server: what the claim was made without (docs/levels.md)
     if not select:
-        return {"level": level, "level_name": LEVEL_NAMES[level], "reasons": reasons, "partial": False}
+        name = LEVEL_NAMES[level] + "".join(f", {limit['qualifier']}" for limit in limits)
+        return {"level": level, "level_name": name, "reasons": reasons, "partial": False, "limits": limits}
     from . import coverage
 
     ran = [v["name"] for v in verdicts]
@@ -367,7 +336,7 @@ def level_fields(verdicts: list[dict[str, Any]], select: str | None,
         "level": None, "level_name": "PARTIAL", "partial": True,
         "reasons": [f"a selection (-k {select!r}) ran {len(ran)} of the suite's {total} scenarios and no chaos "
                     "stage: no level is certified on a partial run; run `crm certify` without -k for one"],
-        "partial_level": level, "partial_reasons": reasons,
+        "partial_level": level, "partial_reasons": reasons, "limits": limits,
         "selection": {"expression": select, "scenarios": ran,
                       "tests": [p["test"] for p in planned] if planned else [v.get("test", "") for v in verdicts]},
     }

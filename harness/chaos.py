@@ -27,8 +27,9 @@ from .history import OUTCOMES, History
 from .locations import resolve_profile
 from .profile import Profile, load_profile
 from .schedule import Capabilities, Schedule, generate, is_fault
-from .session import ScenarioFailure, Session
+from .session import NotExercisable, ScenarioFailure, Session
 from .shrink import ddmin
+from .timeline import timeline_data
 from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, ToxiproxyServer
 
 DEFAULT_RUNS = 10
@@ -226,8 +227,8 @@ def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, 
             except (ScenarioFailure, DriverError) as exc:
                 anomalies = [Anomaly("quiescence", str(exc), {"steps": len(schedule.steps)}),
                              *checkers.run_all(session.history)]
-    except (ToxiproxyError, DriverError, ScenarioFailure) as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except (ToxiproxyError, DriverError, ScenarioFailure, NotExercisable) as exc:  # e.g. a replayed
+        error = f"{type(exc).__name__}: {exc}"  # server_kill on a hosted server
     finally:
         player.join()
         session.close()
@@ -251,12 +252,14 @@ class Counterexample:
     reproduced: bool | None = None  # did the minimal schedule fail again when replayed once more
     file: str = ""
     anomalies: list[dict[str, Any]] = field(default_factory=list)  # what the minimal schedule showed
+    timeline: dict[str, Any] = field(default_factory=dict)  # the minimal schedule's run, for the certificate
 
     def to_json(self) -> dict[str, Any]:
         return {"check": self.check, "run": self.run, "seed": self.seed, "message": self.message,
                 "original_steps": len(self.original.steps), "minimal_steps": len(self.minimal.steps),
                 "shrink_runs": self.tests, "shrink_exhausted": self.exhausted, "reproduced": self.reproduced,
-                "replay_file": self.file, "schedule": self.minimal.to_json(), "anomalies": self.anomalies}
+                "replay_file": self.file, "schedule": self.minimal.to_json(), "anomalies": self.anomalies,
+                "timeline": self.timeline}
 
 
 class Chaos:
@@ -302,7 +305,8 @@ class Chaos:
         first = next(a for a in shown.anomalies if a.check == check)
         return Counterexample(check, int(result.schedule.meta.get("run", 0)), result.schedule.seed, first.message,
                               result.schedule, minimal, shrunk.tests, shrunk.exhausted,
-                              anomalies=[a.to_json() for a in shown.anomalies if a.check == check])
+                              anomalies=[a.to_json() for a in shown.anomalies if a.check == check],
+                              timeline=timeline_data(shown.history))
 
     # -- figures -------------------------------------------------------------------------------------
     def totals(self, results: list[RunResult]) -> dict[str, Any]:
@@ -328,6 +332,36 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
+class ReplayFolderError(ValueError):
+    """A replay asked to write where a campaign's (or a certification's) certificate is."""
+
+
+def replay_folder(replay_file: str | Path) -> Path:
+    """Where a replay's certificate goes by default: a folder of its own next to the schedule file
+    (``chaos-lost-write-seed-5.json`` -> ``replay-chaos-lost-write-seed-5/``), so replaying a minimal
+    schedule never touches the certificate of the campaign that found it."""
+    path = Path(replay_file)
+    return path.parent / f"replay-{path.stem}"
+
+
+def check_replay_folder(report_dir: str | Path) -> None:
+    """A replay never overwrites a certificate that is not a replay's: ReplayFolderError if
+    ``report_dir`` holds one (a chaos campaign's, a certification's)."""
+    import json
+
+    existing = Path(report_dir) / "certificate.json"
+    try:
+        mode = json.loads(existing.read_text(encoding="utf-8")).get("mode", "certification")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError):
+        mode = "unreadable"
+    if mode != "replay":
+        raise ReplayFolderError(f"{report_dir} holds the certificate of a {mode} run, which a replay never "
+                                f"overwrites; give the replay a folder of its own with --report "
+                                f"(by default it writes next to the schedule file: replay-<file name>/)")
+
+
 def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 1,
              devices: int = DEFAULT_DEVICES, steps: int = DEFAULT_STEPS, report_dir: str | Path = "reports/chaos",
              shrink_budget: int = DEFAULT_SHRINK_BUDGET, replay: Schedule | None = None,
@@ -341,6 +375,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
     from .report import write_reports
 
     live = live or (lambda _: None)
+    if replay is not None:
+        check_replay_folder(report_dir)  # before anything is read, started or written
     profile_path = resolve_profile(profile_path)  # a file, or a shipped profile's name
     profile = load_profile(profile_path)  # a broken profile fails here, before anything starts
     report_dir = Path(report_dir).resolve()
@@ -410,7 +446,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
         "duration_s": round(time.monotonic() - started, 1),
         "summary": {**totals, "shrink_runs": shrink_runs,
                     "checks": dict(sorted(Counter(a["check"] for a in anomalies).items()))},
-        "runs": [{"run": r.schedule.meta.get("run"), **r.summary()} for r in results],
+        "runs": [{"run": r.schedule.meta.get("run"), **r.summary(),  # a timeline for each run that went wrong
+                  **({"timeline": timeline_data(r.history)} if r.failed or r.error else {})} for r in results],
         "counterexamples": [c.to_json() for c in found],
         "anomalies": anomalies,
     }

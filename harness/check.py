@@ -26,7 +26,7 @@ from typing import Any
 
 from . import processes
 from .checkers import format_errors, same_value
-from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
+from .driver import ActionResult, Driver, DriverError, HostedServer, ServerHandle, parse_json
 from .profile import ACTION_ARGS, MissingAction, Profile, load_profile
 
 CONTRACT = "docs/driver-contract.md"
@@ -157,6 +157,8 @@ class Bench:
         self.driver: Driver | None = None
         self.token: str | None = None
         self.marker = f"crm-check-{uuid.uuid4().hex[:12]}"
+        # a hosted server is shared: each check provisions a fresh organisation
+        self.org = f"{ORG}-{uuid.uuid4().hex[:8]}" if profile.hosted else ORG
 
     def __enter__(self) -> Bench:
         return self
@@ -174,6 +176,8 @@ class Bench:
 
     # -- the server and the device ---------------------------------------------------------------
     def start_server(self) -> bool:
+        if self.profile.hosted:
+            return self.reach_hosted_server()
         self.server = ServerHandle(self.profile, server_dir=self.workdir / "server", log_dir=self.workdir / "logs")
         step = self._add(Step("server.start", self.server.command(self.profile.server_start)))
         started = time.monotonic()
@@ -189,6 +193,24 @@ class Bench:
             step.duration_s = time.monotonic() - started
         step.outcome = "ok"
         step.understood = {"ready": self.profile.ready_url(self.server.port), "pid": self.server.process.pid}
+        return True
+
+    def reach_hosted_server(self) -> bool:
+        """A hosted server (``[server] url``) is not started: its ``ready`` URL, if any, must answer."""
+        self.server = HostedServer(self.profile, server_dir=self.workdir / "server")
+        ready = self.profile.ready_url()
+        step = self._add(Step("server.ready", ["GET", ready] if ready else []))
+        started = time.monotonic()
+        try:
+            self.server.start()
+        except DriverError as exc:
+            step.outcome = "fail"
+            step.violate(str(exc)[:400], PROFILE)
+            return False
+        finally:
+            step.duration_s = time.monotonic() - started
+        step.outcome = "ok"
+        step.understood = {"hosted": self.profile.server_url, "ready": ready or "no ready URL given"}
         return True
 
     def _run(self, step: Step, env: dict[str, str] | None = None) -> tuple[Any, str]:
@@ -210,7 +232,7 @@ class Bench:
 
     def provision(self) -> bool:
         assert self.server is not None
-        step = self._add(Step("server.provision", self.server.command(self.profile.provision, org=ORG, rep=REP)))
+        step = self._add(Step("server.provision", self.server.command(self.profile.provision, org=self.org, rep=REP)))
         parsed, problem = self._run(step)
         token = parsed.get("token") if isinstance(parsed, dict) else None
         if step.outcome == "ok" and problem:
@@ -225,7 +247,7 @@ class Bench:
     def init_device(self) -> bool:
         assert self.server is not None and self.token is not None
         self.driver = Driver(self.profile, device="device", home=self.workdir / "device", server_url=self.server.url,
-                             rep=REP, org=ORG, token=self.token, env={processes.MARKER_ENV: self.marker})
+                             rep=REP, org=self.org, token=self.token, env={processes.MARKER_ENV: self.marker})
         self.driver.home.mkdir(parents=True, exist_ok=True)
         step = self._add(Step("device.init", self.driver.command(self.profile.device_init)))
         parsed, problem = self._run(step, self.driver.env)
@@ -297,7 +319,7 @@ class Bench:
 
     def server_export(self) -> tuple[Step, Any]:
         assert self.server is not None
-        step = self._add(Step("server.export", self.server.command(self.profile.server_export, org=ORG)))
+        step = self._add(Step("server.export", self.server.command(self.profile.server_export, org=self.org)))
         parsed, problem = self._run(step)
         if step.outcome == "ok":
             if problem:

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .report import _atomic_write, mark
+from .report import _atomic_write, anchor, anomaly_target, mark
 
-COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "INCONCLUSIVE": "#ef6c00", "": "#cfd8dc"}
+COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "INCONCLUSIVE": "#ef6c00", "BLOCKED": "#ef6c00",
+           "NOT EXERCISED": "#78909c", "": "#cfd8dc"}
 
 
 class CompareError(ValueError):
@@ -54,9 +55,12 @@ def compare(folders: list[str | Path]) -> dict[str, Any]:
     for label, cert in zip(labels, certs, strict=True):
         for v in cert["scenarios"]:
             row = rows.setdefault(_key(v), {"scenario": _key(v), "feature": v.get("feature", ""), "cells": {}})
-            row["cells"][label] = {"verdict": mark(v).split()[0], "attempts": v.get("attempts", 1),
+            row["cells"][label] = {"verdict": mark(v).split(" (attempt")[0], "attempts": v.get("attempts", 1),
                                    "duration_s": v.get("duration_s"),
                                    "checks": sorted({a["check"] for a in v.get("anomalies", [])}),
+                                   # where each check's first anomaly is drawn, in that certificate.html
+                                   "links": {a["check"]: anomaly_target(v, a) for a in reversed(v.get("anomalies", []))},
+                                   "timeline": anchor(v),
                                    "why": (v.get("inconclusive") or (v.get("reason") or "").splitlines()[0]
                                            if not v["passed"] and (v.get("inconclusive") or v.get("reason")) else "")[:300]}
     checks: dict[str, dict[str, int]] = {}
@@ -109,9 +113,23 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def page(data: dict[str, Any]) -> str:
+def page(data: dict[str, Any], folder: str | Path | None = None) -> str:
+    """comparison.html; with ``folder`` (where it is written) each anomaly links to its timeline in its
+    certificate.html by a relative path (an absolute file URL without it)."""
+    import os
+
     esc = html.escape
     suts = data["suts"]
+
+    def certificate_page(s: dict[str, Any]) -> str:
+        target = Path(s["folder"]) / "certificate.html"
+        return os.path.relpath(target, Path(folder).resolve()) if folder is not None else target.as_uri()
+
+    def href(s: dict[str, Any], target: str) -> str:
+        page_path = certificate_page(s)
+        if target.startswith("#"):
+            return page_path + target
+        return page_path.rsplit("certificate.html", 1)[0] + target  # the chaos stage's report
     head = "".join(f"<th>{esc(s['label'])}</th>" for s in suts)
 
     def level_cell(s: dict[str, Any]) -> str:
@@ -133,9 +151,11 @@ def page(data: dict[str, Any]) -> str:
             word = cell["verdict"] if cell else ""
             title = "not run" if cell is None else " ".join(
                 p for p in (word, f"{cell['duration_s']} s", ", ".join(cell["checks"]), cell["why"]) if p)
-            text = {"PASS": "✓", "FAIL": "✗", "INCONCLUSIVE": "?", "": "–"}[word]
+            text = {"PASS": "✓", "FAIL": "✗", "INCONCLUSIVE": "?", "BLOCKED": "?", "NOT EXERCISED": "n/e", "": "–"}[word]
+            checks = ", ".join(f'<a href="{esc(href(s, cell.get("links", {}).get(c, "#" + cell.get("timeline", ""))))}">'
+                               f'{esc(c)}</a>' for c in cell["checks"]) if cell and cell["checks"] else ""
             cells.append(f'<td class="cell" style="background:{COLOURS[word]}" title="{esc(title)}">{text}'
-                         + (f"<small>{esc(', '.join(cell['checks']))}</small>" if cell and cell["checks"] else "")
+                         + (f"<small>{checks}</small>" if checks else "")
                          + "</td>")
         grid.append(f"<tr><th>{esc(row['scenario'])}</th>{''.join(cells)}</tr>")
     checks = "".join(
@@ -151,6 +171,7 @@ td, th {{ border: 1px solid #eceff1; padding: .3rem .5rem; text-align: left; fon
 td.verdict {{ font-size: 1.6rem; font-weight: 800; }}
 td.cell {{ color: white; text-align: center; font-weight: 700; min-width: 6rem; }}
 td.cell small {{ display: block; font-weight: 400; font-size: .7rem; }}
+td.cell a {{ color: white; }}
 td.bad {{ color: #c62828; font-weight: 700; }}
 .legend span {{ display: inline-block; padding: 0 .5rem; margin-right: .5rem; color: white; }}
 </style></head><body>
@@ -174,5 +195,5 @@ def write(data: dict[str, Any], folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(folder / "comparison.json", json.dumps(data, indent=2, default=str) + "\n")
     _atomic_write(folder / "comparison.md", markdown(data))
-    _atomic_write(folder / "comparison.html", page(data))
+    _atomic_write(folder / "comparison.html", page(data, folder))
     return folder / "comparison.html"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,8 +271,8 @@ class ServerHandle:
         self.profile = profile
         self.server_dir = Path(server_dir)
         self.port = port or free_port()
-        self._runner = _Runner(profile, "server", server_values(server_dir=self.server_dir, port=self.port),
-                               record)
+        self._runner = _Runner(profile, "server", {**server_values(server_dir=self.server_dir, port=self.port),
+                                                   "server_url": f"http://{HOST}:{self.port}"}, record)
         self.process = ManagedProcess(self.command(profile.server_start), name="server", env=profile.environ(), log_dir=log_dir)
         self._killed = False
 
@@ -345,8 +346,100 @@ class ServerHandle:
         """The organisation's state on the server, recorded as the server's ``export`` event."""
         return _export(self._runner, self.profile.server_export, {"org": org}, "server")
 
+    def device_url(self, proxy_listen: str) -> str:
+        """The URL a device uses to reach this server through its proxy listening on host:port."""
+        return f"http://{proxy_listen}"
+
     def __enter__(self) -> ServerHandle:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+HOSTED_LIMIT = ("not exercisable on a hosted server: the SUT's server is the vendor's own ([server] url "
+                "{url}), which the harness reaches but cannot {what}")
+
+
+class HostedServer(ServerHandle):
+    """The vendor's own server (``[server] url``, e.g. staging): reached, never started or stopped.
+
+    Provisioning, the back office and the export are the profile's commands as for a local server
+    (with ``{server_url}``, not ``{server_dir}`` or ``{port}``). Crashing, restarting, backing up or
+    restoring it raises HostedLimit: those scenarios are not exercised (docs/levels.md). Devices reach
+    it through their Toxiproxy proxies, whose upstream is the URL's host and port.
+    """
+
+    def __init__(self, profile: Profile, *, server_dir: str | Path | None = None, log_dir: str | Path | None = None,
+                 record: Record | None = None, **_: Any) -> None:
+        from urllib.parse import urlsplit
+
+        self.profile = profile
+        self.url_parts = urlsplit(profile.server_url or "")
+        self.server_dir = Path(server_dir) if server_dir else Path()
+        self.port = self.url_parts.port or (443 if self.url_parts.scheme == "https" else 80)
+        self._runner = _Runner(profile, "server", {"server_url": profile.server_url}, record)
+        self.process = None
+        self._killed = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.url_parts.hostname}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.profile.server_url or ""
+
+    @property
+    def running(self) -> bool:
+        return True  # as far as the harness knows: it never stops it
+
+    def device_url(self, proxy_listen: str) -> str:
+        return f"{self.url_parts.scheme}://{proxy_listen}{self.url_parts.path}"
+
+    def start(self) -> HostedServer:
+        """Wait for the ``ready`` URL to answer 200, if the profile gives one."""
+        ready = self.profile.ready_url()
+        if ready is not None:
+            import urllib.error
+            import urllib.request
+
+            deadline, last = time.monotonic() + self.profile.ready_timeout_s, "no answer"
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            while True:
+                try:
+                    with opener.open(ready, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                        last = f"HTTP {response.status}"
+                except urllib.error.HTTPError as exc:
+                    last = f"HTTP {exc.code}"
+                except (OSError, ValueError) as exc:
+                    last = str(exc)
+                if time.monotonic() >= deadline:
+                    raise DriverError(f"the hosted SUT server did not answer 200 at {ready} within "
+                                      f"{self.profile.ready_timeout_s:g} s (last: {last})")
+                time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        pass  # not ours to stop
+
+    def _cannot(self, what: str):
+        from .session import HostedLimit
+
+        return HostedLimit(HOSTED_LIMIT.format(url=self.url, what=what))
+
+    def kill(self) -> None:
+        raise self._cannot("crash (SIGKILL) and restart")
+
+    def restart(self, *, crash: bool = False) -> ServerHandle:
+        raise self._cannot("restart")
+
+
+def server_for(profile: Profile, *, server_dir: str | Path, log_dir: str | Path | None = None,
+               record: Record | None = None) -> ServerHandle:
+    """The SUT's server for one scenario: started on a free loopback port, or the hosted one."""
+    if profile.hosted:
+        return HostedServer(profile, server_dir=server_dir, log_dir=log_dir, record=record)
+    return ServerHandle(profile, server_dir=server_dir, log_dir=log_dir, record=record)

@@ -11,6 +11,11 @@ A scenario is *inconclusive* when its fault never reached the state it tests (th
 had already arrived, the sync to interrupt had already finished). It is neither a pass nor a
 failure, and never enough for level 3: the certificate stays at level 2 until a run reaches it.
 
+A scenario *not exercised* because of a limit the profile declares (``limit``: "hosted", the SUT's
+server is the vendor's own and cannot be crashed or restored) is not inconclusive: the level is
+claimed on the other scenarios, and ``claim_limits`` says what the claim lacks (docs/levels.md,
+"Hosted servers").
+
 Pure: no I/O, so the rule table in docs/levels.md is tested directly (tests/test_levels.py).
 """
 
@@ -21,6 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LEVEL_NAMES = {1: "online-only", 2: "offline writes", 3: "offline-first"}
+# What each declared limit leaves out of a level claim, and the qualifier of the level's name.
+LIMITS = {"hosted": ("a hosted server (profile [server] url): scenarios that crash, restart, back up or "
+                     "restore the server were not exercised and chaos schedules crashed no server, so the level "
+                     "is claimed without server-crash and server-restore evidence",
+                     "hosted: server faults not exercised")}
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class ScenarioResult:
     anomalies: list[Any] = field(default_factory=list)
     reason: str = ""
     inconclusive: str = ""
+    limit: str = ""  # not exercised because of a limit the profile declares ("hosted")
 
     @classmethod
     def coerce(cls, value: ScenarioResult | Mapping[str, Any]) -> ScenarioResult:
@@ -46,7 +57,7 @@ class ScenarioResult:
             return cls(name=str(value["name"]), passed=bool(value["passed"]),
                        offline_create_refused=value.get("offline_create_refused"),
                        anomalies=list(value.get("anomalies") or ()), reason=str(value.get("reason") or ""),
-                       inconclusive=str(value.get("inconclusive") or ""))
+                       inconclusive=str(value.get("inconclusive") or ""), limit=str(value.get("limit") or ""))
         raise TypeError(f"a scenario result is a ScenarioResult or a mapping, not {type(value).__name__}")
 
     @property
@@ -57,6 +68,11 @@ class ScenarioResult:
     @property
     def failed(self) -> bool:
         return not self.ok and not (self.inconclusive and not self.anomalies)
+
+    @property
+    def not_exercised(self) -> bool:
+        """Left out by a declared limit, with nothing found: neither evidence nor an inconclusive run."""
+        return bool(self.limit) and not self.passed and not self.anomalies
 
 
 def _check_name(anomaly: Any) -> str:
@@ -89,9 +105,26 @@ def certify_level(scenario_results: Iterable[ScenarioResult | Mapping[str, Any]]
                    + [_why_failed(r) for r in results if r.failed and r not in refused])
     failures = [_why_failed(r) for r in results if r.failed]
     unproven = [f"scenario {r.name!r} was inconclusive: {r.inconclusive}" for r in results
-                if not r.failed and r.inconclusive]
+                if not r.failed and r.inconclusive and not r.not_exercised]
     if not any(r.offline_create_refused is False for r in results):
         return 1, ["no scenario showed an offline create being saved", *failures, *unproven]
     if failures or unproven:
         return 2, [*failures, *unproven]
+    skipped = [r for r in results if r.not_exercised]
+    if skipped:
+        return 3, [f"all {len(results) - len(skipped)} scenarios that could run passed with no anomaly; "
+                   f"{len(skipped)} not exercised ({', '.join(sorted({r.limit for r in skipped}))}): "
+                   + ", ".join(repr(r.name) for r in skipped)]
     return 3, [f"all {len(results)} scenarios passed with no anomaly"]
+
+
+def claim_limits(scenario_results: Iterable[ScenarioResult | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What a level claim lacks: per declared limit, what it leaves out and the scenarios it kept
+    from running (``[]`` when every scenario could run)."""
+    results = [ScenarioResult.coerce(r) for r in scenario_results]
+    out = []
+    for limit in sorted({r.limit for r in results if r.not_exercised}):
+        what, qualifier = LIMITS.get(limit, (f"{limit}: some scenarios were not exercised", limit))
+        out.append({"limit": limit, "what": what, "qualifier": qualifier,
+                    "scenarios": [r.name for r in results if r.not_exercised and r.limit == limit]})
+    return out

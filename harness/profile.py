@@ -23,7 +23,12 @@ FIXTURES = fixtures_dir()  # {fixtures}: the checkout's fixtures/, or the copy t
 
 # Placeholders the harness itself fills in everywhere.
 COMMON = frozenset({"python", "fixtures", "profile_dir"})
-SERVER = COMMON | {"server_dir", "port"}
+# {server_url} in a server command is the server's own URL (not a device's proxy): the hosted
+# server's ``url``, or http://127.0.0.1:{port} for a server the harness starts.
+SERVER = COMMON | {"server_dir", "port", "server_url"}
+# A hosted server (``[server] url``, docs/driver-contract.md "Hosted vendors"): the harness starts
+# nothing, so there is no {server_dir} or {port} to fill in.
+HOSTED_SERVER = COMMON | {"server_url"}
 DEVICE = COMMON | {"home", "server_url", "rep", "org", "token"}
 
 # Each action and the arguments the harness passes it (beyond DEVICE).
@@ -149,8 +154,8 @@ class ExitCodes:
 class Profile:
     path: Path
     name: str
-    server_start: Template
-    server_ready: str
+    server_start: Template | None  # None for a hosted server (server_url)
+    server_ready: str | None  # optional for a hosted server
     provision: Template
     server_export: Template
     device_init: Template
@@ -167,6 +172,13 @@ class Profile:
     clock_skew_env: str | None = None
     # Optional life-event commands: {backup_dir} is where the copy goes and comes from.
     life: dict[str, Template] = field(default_factory=dict)  # "device.backup", "server.restore", ...
+    # The vendor's own server (e.g. staging), which the harness reaches but does not start, crash or
+    # restore: ``[server] url``. Its scenarios that need those are not exercised (docs/levels.md).
+    server_url: str | None = None
+
+    @property
+    def hosted(self) -> bool:
+        return self.server_url is not None
 
     @property
     def base_values(self) -> dict[str, str]:
@@ -190,9 +202,13 @@ class Profile:
             template = self.action(template)
         return render(template, **{**self.base_values, **values})
 
-    def ready_url(self, port: int) -> str:
-        """The URL polled until the server started on ``port`` answers (``server.ready``)."""
-        return _substitute(self.server_ready, {**self.base_values, "port": port}, "server.ready")
+    def ready_url(self, port: int | None = None) -> str | None:
+        """The URL polled until the server started on ``port`` answers (``server.ready``); for a
+        hosted server, its ``ready`` URL if the profile gives one (None otherwise)."""
+        if self.server_ready is None:
+            return None
+        return _substitute(self.server_ready, {**self.base_values, "port": port, "server_url": self.server_url},
+                           "server.ready")
 
     def action(self, name: str) -> Template:
         if name not in ACTION_ARGS:
@@ -266,17 +282,23 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
 
     for section in ("server", "device", "actions"):
         extra = sorted(set(data.get(section, {})) - {k for s, k in SLOTS if s == section}
-                       - {"ready", "clock_skew_env"})
+                       - {"ready", "clock_skew_env", "url"})
         if extra:
             known = ", ".join(k for s, k in SLOTS if s == section)
             raise ProfileError(path, f"{section}.{extra[0]}", f"unknown key (known: {known})")
 
     server = data.get("server", {})
+    hosted = _hosted_url(path, server)
     ready = server.get("ready")
-    if not isinstance(ready, str) or not ready:
+    if hosted is not None and ready is None:
+        pass  # a hosted server need not offer a health URL: provisioning a rep shows it answers
+    elif not isinstance(ready, str) or not ready:
         raise ProfileError(path, "server.ready", 'missing: a URL polled until it answers 200, '
                                                  'e.g. "http://127.0.0.1:{port}/health"')
-    _check_placeholders(path, "server.ready", [ready], COMMON | {"port"})
+    else:
+        _check_placeholders(path, "server.ready", [ready], HOSTED_SERVER if hosted else COMMON | {"port"})
+    if hosted is not None:
+        _check_hosted(path, server, data)
 
     skew_env = data.get("device", {}).get("clock_skew_env")
     if skew_env is not None and (not isinstance(skew_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", skew_env)):
@@ -287,7 +309,7 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         raise ProfileError(path, "sut.name", "must be a string")
     return Profile(
         path=path, name=name, version=template("sut", "version"),
-        server_start=template("server", "start"), server_ready=ready,
+        server_start=None if hosted else template("server", "start"), server_ready=ready, server_url=hosted,
         provision=template("server", "provision"), server_export=template("server", "export"),
         backoffice_edit=template("server", "backoffice_edit"), device_init=template("device", "init"),
         actions=actions, exit_codes=_exit_codes(path, data.get("exit_codes", {})),
@@ -297,6 +319,38 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         life={f"{section}.{key}": t for section in ("device", "server") for key in ("backup", "restore")
               if (t := template(section, key)) is not None},
     )
+
+
+def _hosted_url(path: Path, server: dict) -> str | None:
+    """``[server] url``: the vendor's hosted server, http(s)://host[:port][/path]; None without it."""
+    url = server.get("url")
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url) if isinstance(url, str) else None
+    try:
+        port = parts.port if parts else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or port == 0:
+        raise ProfileError(path, "server.url", 'must be the hosted server\'s http(s) URL, e.g. '
+                                              '"https://staging.vendor.example" or "http://10.0.0.5:8080/api"')
+    return url.rstrip("/")
+
+
+def _check_hosted(path: Path, server: dict, data: dict) -> None:
+    """A hosted profile starts, crashes and restores nothing: those commands cannot be given, and
+    its server commands have no {server_dir} or {port} to use."""
+    for key in ("start", "backup", "restore"):
+        if key in server:
+            raise ProfileError(path, f"server.{key}", "a hosted server (server.url) is not started, backed up "
+                                                      "or restored by the harness: remove this key or server.url")
+    for key in ("provision", "export", "backoffice_edit"):
+        value = server.get(key)
+        if isinstance(value, list):
+            _check_placeholders(path, f"server.{key}", [v for v in value if isinstance(v, str)],
+                                SLOTS[("server", key)][1] - {"server_dir", "port"})
 
 
 def _check_placeholders(path: Path, key: str, argv: list[str], allowed: frozenset[str]) -> None:

@@ -6,6 +6,11 @@ That is why it only adds the suite's options and resolves the profile: the step 
 fixtures that start servers and Toxiproxy, and the results hooks live in the features package's
 conftest.py (``features/conftest.py``), which pytest loads only when it collects the features.
 `crm certify` runs the same suite with the same options (harness/certify.py, ``run_suite``).
+
+With ``--junitxml`` it also makes the report read like the features: each scenario's testcase is
+named ``<feature> :: <scenario>`` (classname: the feature) instead of its pytest function name,
+which stays in the testcase's ``pytest_test`` property. The results hooks give each scenario the
+``crm_feature`` and ``crm_scenario`` properties this reads; other tests are left as they are.
 """
 
 from __future__ import annotations
@@ -43,3 +48,46 @@ def pytest_configure(config):
             load_profile(config.option.crm_sut)
         except ProfileError as exc:
             raise pytest.UsageError(f"--crm-sut: {exc}") from None
+
+
+# The properties harness/bdd_results.py gives every scenario (item.user_properties: they reach the
+# JUnit file through xdist too) and the one that keeps the pytest name once the name is rewritten.
+FEATURE_PROPERTY, SCENARIO_PROPERTY, PYTEST_NAME_PROPERTY = "crm_feature", "crm_scenario", "pytest_test"
+
+
+@pytest.hookimpl(trylast=True)  # after junitxml's own pytest_sessionfinish wrote the file
+def pytest_sessionfinish(session):
+    from _pytest.junitxml import xml_key
+
+    xml = session.config.stash.get(xml_key, None)  # only where the JUnit file is written (not on xdist workers)
+    if xml is not None and getattr(xml, "logfile", None):
+        readable_junit_names(xml.logfile)
+
+
+def readable_junit_names(path) -> int:
+    """Rename each scenario's testcase in a JUnit XML file to ``<feature> :: <scenario>``; how many.
+    Idempotent; a file that is missing or not XML is left alone."""
+    import os
+    import xml.etree.ElementTree as ET
+
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError):
+        return 0
+    renamed = 0
+    for case in tree.iter("testcase"):
+        props = case.find("properties")
+        values = {p.get("name"): p.get("value") for p in (props if props is not None else [])}
+        feature, scenario = values.get(FEATURE_PROPERTY), values.get(SCENARIO_PROPERTY)
+        if not feature or not scenario:
+            continue
+        if PYTEST_NAME_PROPERTY not in values:
+            ET.SubElement(props, "property", name=PYTEST_NAME_PROPERTY, value=case.get("name", ""))
+        case.set("name", f"{feature} :: {scenario}")
+        case.set("classname", feature)
+        renamed += 1
+    if renamed:
+        tmp = f"{path}.tmp"
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)
+        os.replace(tmp, path)
+    return renamed

@@ -2,7 +2,8 @@
 
 The HTML is one self-contained file (inline CSS and SVG): the level in large type, the checklist
 as a pass/fail table with its evidence, and per scenario a timeline of every participant's
-actions and the faults injected into it.
+actions and the faults injected into it (harness/timeline.py), each finding linked to the event
+it cites. A chaos campaign's page draws the runs that went wrong and each minimal schedule.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-OUTCOME_COLOURS = {"ok": "#2e7d32", "fail": "#c62828", "unknown": "#ef6c00"}
-FAULT_COLOUR = "#b0bec5"
-LABELS = {"create_account": "account", "log_visit": "visit", "take_order": "order", "write_note": "note",
-          "add_order_line": "line", "edit_field": "edit", "backoffice_edit": "back office", "start_background_sync": "bg sync on"}
+from .timeline import TIMELINE_CSS, event_id, legend, timeline_svg
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -31,10 +29,37 @@ def write_reports(cert: dict[str, Any], folder: Path) -> None:
     _atomic_write(folder / "certificate.html", chaos_page(cert) if chaos else page(cert))
 
 
+def anchor(verdict: dict[str, Any]) -> str:
+    """The id of a scenario's timeline in certificate.html (stable: from its test id, else its name);
+    what the certificate's and the comparison's anomaly links point at."""
+    import hashlib
+    import re
+
+    key = verdict.get("test") or verdict["name"]
+    slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:60]
+    return f"tl-{slug}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+
+
+def anomaly_target(verdict: dict[str, Any], anomaly: dict[str, Any]) -> str:
+    """Where an anomaly of this scenario points in certificate.html: the event its evidence names
+    (``seq``), else the scenario's timeline. The chaos stage's point into the chaos report."""
+    if verdict.get("feature") == "Chaos":
+        run = anomaly.get("run")
+        return "chaos/certificate.html" + (f"#run-{run}" if run is not None else "")
+    seq = (anomaly.get("evidence") or {}).get("seq")
+    seqs = {item.get("seq") for items in (verdict.get("timeline") or {}).get("lanes", {}).values() for item in items}
+    return "#" + (event_id(anchor(verdict), seq) if isinstance(seq, int) and seq in seqs else anchor(verdict))
+
+
+def _flagged(anomalies: list[dict[str, Any]]) -> set[int]:
+    return {seq for a in anomalies for seq in [(a.get("evidence") or {}).get("seq")] if isinstance(seq, int)}
+
+
 def mark(verdict: dict[str, Any]) -> str:
     """PASS, FAIL or INCONCLUSIVE (its fault never reached the state it tests), and the attempt
     that gave it when the scenario was run again."""
     word = ("PASS" if verdict["passed"] else "BLOCKED" if verdict.get("blocked")
+            else "NOT EXERCISED" if verdict.get("limit") and not verdict.get("anomalies")
             else "INCONCLUSIVE" if verdict.get("inconclusive") else "FAIL")
     return word + (f" (attempt {verdict['attempts']})" if verdict.get("attempts", 1) > 1 else "")
 
@@ -91,11 +116,21 @@ def plain_words(cert: dict[str, Any]) -> list[str]:
         where = ", ".join(c["scenarios"][:3]) + (" …" if len(c["scenarios"]) > 3 else "")
         meaning = IN_THE_FIELD.get(name, name)
         lines.append(f"{meaning[0].upper()}{meaning[1:]} ({name}: {c['anomalies']} finding(s), in {where}).")
-    unproven = [v["name"] for v in cert.get("scenarios", []) if not v["passed"] and v.get("inconclusive")]
+    unproven = [v["name"] for v in cert.get("scenarios", []) if not v["passed"] and v.get("inconclusive")
+                and not v.get("limit")]
     if unproven:
         lines.append(f"{len(unproven)} scenario(s) could not be judged (inconclusive or blocked), so they count "
                      "as no evidence either way.")
+    lines += [limit_line(limit) for limit in cert.get("limits", [])]
     return lines
+
+
+def limit_line(limit: dict[str, Any]) -> str:
+    """One declared limit of the claim (a hosted server), in plain words with the scenarios it left out."""
+    names = limit["scenarios"]
+    what = limit["what"]
+    return (f"{what[0].upper()}{what[1:]}. Not exercised ({len(names)}): "
+            + ", ".join(names[:4]) + (" …" if len(names) > 4 else "") + ".")
 
 
 def markdown(cert: dict[str, Any]) -> str:
@@ -107,9 +142,14 @@ def markdown(cert: dict[str, Any]) -> str:
            f"* Suite: {cert['suite']['name']} {cert['suite']['version']} (selection: {cert['suite']['selection']})",
            f"* Seed: {cert['seed']} · started {cert['started_at']} · {cert['duration_s']} s",
            f"* Scenarios: {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive"
+           + (f", {s['not_exercised']} not exercised" if s.get("not_exercised") else "") +
            f" ({s.get('rerun', 0)} run again) · {s['actions']} actions, {s['faults']} faults",
            "", "## Why no level" if partial else "## Why this level", ""]
     out += [f"* {reason}" for reason in cert["reasons"]]
+    if cert.get("limits"):
+        out += ["", "## What this claim was made without", ""]
+        out += [f"* **{limit['qualifier']}**: {limit['what']}. Not exercised: "
+                + ", ".join(limit["scenarios"]) for limit in cert["limits"]]
     if partial:
         out += ["", "## Scenarios that ran", ""]
         out += [f"* `{test}`" for test in cert["selection"]["tests"]]
@@ -144,7 +184,9 @@ def markdown(cert: dict[str, Any]) -> str:
             for check, group in by_check.items():  # one root cause often shows as many anomalies
                 out += [f"* **{check}** ({len(group)}): {IN_THE_FIELD.get(check, check)}", ""]
                 for a in group[:3]:
-                    out += [f"  * {a['message']}", "", "    ```json",
+                    link = anomaly_target(v, a)
+                    out += [f"  * {a['message']} ([timeline]({'certificate.html' if link.startswith('#') else ''}"
+                            f"{link}))", "", "    ```json",
                             "    " + json.dumps(a.get("evidence", {}), default=str, indent=None)[:1500], "    ```"]
                 if len(group) > 3:
                     out += [f"  * … and {len(group) - 3} more {check} finding(s) of this scenario "
@@ -167,47 +209,18 @@ def provenance_rows(cert: dict[str, Any]) -> list[tuple[str, str]]:
             ("CPUs", str(m["cpus"])), ("Python", m["python"])]
 
 
-def timeline_svg(timeline: dict[str, Any], width: int = 900) -> str:
-    lanes = timeline.get("lanes", {})
-    if not lanes:
-        return "<p><em>no events recorded</em></p>"
-    span = max(timeline.get("span_s") or 0, 0.001)
-    lane_h, left = 30, 80
-    order = sorted(lanes, key=lambda n: (n in ("server", "harness"), n))
-    height = lane_h * len(order) + 24
-    scale = (width - left - 10) / span
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="timeline of actions and faults">']
-    for i, name in enumerate(order):
-        y = i * lane_h + 4
-        parts.append(f'<text x="4" y="{y + 16}" font-size="12">{html.escape(name)}</text>'
-                     f'<line x1="{left}" x2="{width - 10}" y1="{y + 12}" y2="{y + 12}" stroke="#eceff1"/>')
-        for item in sorted(lanes[name], key=lambda it: it["kind"] != "fault"):
-            x = left + item["start"] * scale
-            w = max(2.0, (item["end"] - item["start"]) * scale)
-            title = html.escape(f"{item['label']} {item.get('outcome', 'fault')} {item['start']:.2f}-{item['end']:.2f}s")
-            if item["kind"] == "fault":
-                colour = "#d32f2f" if item["label"] == "SIGKILL" else FAULT_COLOUR
-                parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{lane_h - 4}" fill="{colour}" '
-                             f'opacity="0.55"><title>{title}</title></rect>')
-            else:
-                colour = OUTCOME_COLOURS.get(item["outcome"], "#546e7a")
-                parts.append(f'<rect x="{x:.1f}" y="{y + 6}" width="{w:.1f}" height="{lane_h - 16}" '
-                             f'fill="{colour}" stroke="white" stroke-width="0.5"><title>{title}</title></rect>')
-                label = LABELS.get(item["label"], item["label"])
-                if w > 7 * len(label):  # name the action where the bar has room for it
-                    parts.append(f'<text x="{x + 2:.1f}" y="{y + 4}" font-size="9" fill="#37474f">'
-                                 f'{html.escape(label)}</text>')
-    parts.append(f'<text x="{left}" y="{height - 4}" font-size="10">0 s</text>'
-                 f'<text x="{width - 60}" y="{height - 4}" font-size="10">{span:.1f} s</text></svg>')
-    return "".join(parts)
+def _scenario_link(cert: dict[str, Any], name: str) -> str:
+    found = next((v for v in cert["scenarios"] if v["name"] == name), None)
+    if found is None:
+        return html.escape(name)
+    return f'<a href="#{anchor(found)}">{html.escape(name)}</a>'
 
 
 def page(cert: dict[str, Any]) -> str:
     esc = html.escape
     partial = cert.get("partial")
     level_colour = "#546e7a" if partial else {1: "#c62828", 2: "#ef6c00", 3: "#2e7d32"}[cert["level"]]
-    badge = "PARTIAL" if partial else f"Level {cert['level']}"
+    badge = "PARTIAL" if partial else f"Level {cert['level']}" + ("*" if cert.get("limits") else "")  # * see the limits
     heading = "Partial run, no level" if partial else cert["level_name"]
     ran = ""
     if partial:
@@ -217,20 +230,42 @@ def page(cert: dict[str, Any]) -> str:
                "<h2>What the selected scenarios show (not a certification)</h2><ul>"
                + "".join(f"<li>{esc(r)}</li>" for r in cert.get("partial_reasons", [])) + "</ul>")
     prov = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in provenance_rows(cert))
+    limits = "".join(f'<div class="limits"><h2>* What this claim was made without: {esc(limit["qualifier"])}</h2>'
+                     f'<p>{esc(limit["what"])}.</p><p>Not exercised:</p><ul>'
+                     + "".join(f'<li><a href="#{anchor(v)}">{esc(v["name"])}</a></li>' for v in cert["scenarios"]
+                               if v["name"] in limit["scenarios"])
+                     + "</ul></div>" for limit in cert.get("limits", []))
     rows = []
     for v in cert["scenarios"]:
         word = mark(v)
         rows.append(f'<tr class="{word.split()[0].lower()}"><td>{word}</td><td>{esc(v.get("feature", ""))}</td>'
                     f'<td>{esc(v["name"])}</td><td>{v.get("duration_s", "")} s</td>'
-                    f'<td>{esc(_evidence(v)[:600])}</td></tr>')
+                    f'<td>{esc(_evidence(v)[:600])} <a href="#{anchor(v)}">timeline</a></td></tr>')
     checks = "".join(f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{esc(name)}</td>'
                      f'<td>{"PASS" if c["passed"] else "FAIL"}</td><td>{c["anomalies"]}</td>'
-                     f'<td>{esc(", ".join(c["scenarios"]))}</td></tr>' for name, c in cert["checks"].items())
+                     f'<td>{", ".join(_scenario_link(cert, n) for n in c["scenarios"])}</td></tr>'
+                     for name, c in cert["checks"].items())
     timelines = []
     for v in cert["scenarios"]:
-        timelines.append(f'<section><h3>{esc(v["name"])} <small>({mark(v)})</small></h3>'
-                         f'{timeline_svg(v.get("timeline", {}))}'
-                         + (f'<pre>{esc((v.get("reason") or "")[:3000])}</pre>' if not v["passed"] else "")
+        tl_id = anchor(v)
+        step = v.get("failed_step")
+        failed_at = (f'<p class="failed-step">Failed at line {step["line"]}: <b>{esc(step["keyword"])} '
+                     f'{esc(step["text"])}</b>{" (marked on the timeline)" if v.get("timeline") else ""}</p>'
+                     ) if step and not v["passed"] and not v.get("not_exercisable") else ""
+        if v.get("not_exercisable"):
+            failed_at = f'<p class="not-exercised">Not exercised: {esc(v.get("inconclusive") or "")}</p>'
+        findings = "".join(
+            f'<li id="{tl_id}-a{k}"><b>{esc(a["check"])}</b>: {esc(a["message"][:600])} '
+            f'<a class="to-timeline" href="{esc(anomaly_target(v, a))}">'
+            f'{"on the timeline" if v.get("feature") != "Chaos" else "in the chaos report"}</a></li>'
+            for k, a in enumerate(v.get("anomalies", []), 1))
+        drawn = (timeline_svg(v["timeline"], anchor=tl_id, flagged=_flagged(v.get("anomalies", [])))
+                 if v.get("timeline") else "<p><em>no timeline recorded</em></p>")
+        timelines.append(f'<section id="{tl_id}"><h3>{esc(v["name"])} <small>({mark(v)})</small></h3>'
+                         f'{failed_at}{drawn}'
+                         + (f'<ol class="findings">{findings}</ol>' if findings else "")
+                         + (f'<pre>{esc((v.get("reason") or "")[:3000])}</pre>'
+                            if not v["passed"] and not v.get("not_exercisable") else "")
                          + "</section>")
     s = cert["summary"]
     return f"""<!doctype html>
@@ -242,25 +277,28 @@ table {{ border-collapse: collapse; width: 100%; margin: 1rem 0; }}
 td, th {{ border-bottom: 1px solid #eceff1; padding: .35rem .5rem; text-align: left; vertical-align: top; font-size: .9rem; }}
 tr.pass td:first-child {{ color: #2e7d32; font-weight: 700; }}
 tr.fail td:first-child {{ color: #c62828; font-weight: 700; }}
+tr.not td:first-child {{ color: #546e7a; font-weight: 700; }}
+.limits {{ border-left: 4px solid #546e7a; padding-left: 1rem; }}
 pre {{ background: #f5f5f5; padding: .5rem; white-space: pre-wrap; font-size: .8rem; }}
 .legend span {{ display: inline-block; padding: 0 .5rem; margin-right: .5rem; color: white; }}
+.failed-step {{ color: #b71c1c; }}
+ol.findings li {{ font-size: .85rem; margin: .2rem 0; }}
+{TIMELINE_CSS}
 </style></head><body>
 <p class="level">{badge}</p>
 <h1>{esc(heading)}: {esc(cert['sut']['name'])} <small>{esc(cert['sut']['version'])}</small></h1>
 {''.join(f'<p class="plain">{esc(line)}</p>' for line in plain_words(cert))}
 <p>Suite {esc(cert['suite']['name'])} {esc(cert['suite']['version'])} · seed {cert['seed']} ·
-{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive ·
+{esc(cert['started_at'])} · {cert['duration_s']} s · {s['passed']} passed, {s['failed']} failed, {s.get('inconclusive', 0)} inconclusive{f", {s['not_exercised']} not exercised" if s.get('not_exercised') else ""} ·
 {s['actions']} actions, {s['faults']} faults</p>
 <ul>{''.join(f'<li>{esc(r)}</li>' for r in cert['reasons'])}</ul>
-{ran}
+{limits}{ran}
 <h2>The checklist and the fault scenarios</h2>
 <table><tr><th></th><th>feature</th><th>scenario</th><th>time</th><th>evidence</th></tr>{''.join(rows)}</table>
 <h2>Checks</h2>
 <table><tr><th>check</th><th>result</th><th>anomalies</th><th>scenarios</th></tr>{checks}</table>
 <h2>Timelines</h2>
-<p class="legend"><span style="background:#2e7d32">ok</span><span style="background:#c62828">not saved</span>
-<span style="background:#ef6c00">unknown</span><span style="background:#90a4ae">fault (offline, toxic, server down)</span>
-<span style="background:#d32f2f">SIGKILL</span></p>
+{legend()}
 {''.join(timelines)}
 <h2>Provenance</h2>
 <table>{prov or '<tr><td>not recorded</td></tr>'}</table>
@@ -318,6 +356,10 @@ def chaos_markdown(cert: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _run_id(anomaly: dict[str, Any]) -> str:
+    return f"run-{anomaly.get('run')}"
+
+
 def chaos_page(cert: dict[str, Any]) -> str:
     esc = html.escape
     s = cert["summary"]
@@ -325,21 +367,41 @@ def chaos_page(cert: dict[str, Any]) -> str:
     rows = "".join(
         f'<tr class="{"pass" if r["passed"] else "fail"}"><td>{"PASS" if r["passed"] else "FAIL"}</td>'
         f'<td>{r["run"]}</td><td>{r["seed"]}</td><td>{r["steps"]}</td><td>{r["actions"]}</td><td>{r["faults"]}</td>'
-        f'<td>{r["duration_s"]} s</td><td>{esc(", ".join(r["checks"]) or r["error"][:300])}</td></tr>'
+        f'<td>{r["duration_s"]} s</td><td>{esc(", ".join(r["checks"]) or r["error"][:300])}'
+        + (f' <a href="#run-{r["run"]}">timeline</a>' if r.get("timeline") else "") + '</td></tr>'
         for r in cert["runs"])
+    drawn = {f'run-{r["run"]}': r["timeline"] for r in cert["runs"] if r.get("timeline")}
+
+    def target(a: dict[str, Any]) -> str:
+        """An anomaly's link: the event its evidence names in its run's timeline, else that timeline."""
+        tl_id = _run_id(a)
+        if tl_id not in drawn:
+            return ""
+        seq = (a.get("evidence") or {}).get("seq")
+        seqs = {item.get("seq") for items in drawn[tl_id].get("lanes", {}).values() for item in items}
+        return "#" + (event_id(tl_id, seq) if isinstance(seq, int) and seq in seqs else tl_id)
+
+    run_timelines = "".join(
+        f'<section id="{tl_id}"><h3>Run {esc(tl_id[4:])}</h3>'
+        f'{timeline_svg(tl, anchor=tl_id, flagged=_flagged([a for a in cert["anomalies"] if _run_id(a) == tl_id]))}'
+        '</section>' for tl_id, tl in drawn.items())
     kinds = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in
                     [*s["action_kinds"].items(), *(("fault: " + k, v) for k, v in s["fault_kinds"].items())])
     examples = []
-    for c in cert["counterexamples"]:
+    for k, c in enumerate(cert["counterexamples"], 1):
         steps = "".join(f"<li><code>{esc(_step_text(step))}</code></li>" for step in c["schedule"]["steps"])
+        minimal = (f'<p>The minimal schedule, as it last failed:</p>'
+                   f'{timeline_svg(c["timeline"], anchor=f"cx-{k}", flagged=_flagged(c.get("anomalies", [])))}'
+                   if c.get("timeline") else "")
         examples.append(
-            f'<section><h3>{esc(c["check"])} <small>run {c["run"]}, seed {c["seed"]}</small></h3>'
+            f'<section id="cx-{k}"><h3>{esc(c["check"])} <small>run {c["run"]}, seed {c["seed"]}</small></h3>'
             f'<p>{esc(c["message"])}</p><p>Shrunk from {c["original_steps"]} to {c["minimal_steps"]} step(s) in '
             f'{c["shrink_runs"]} re-runs; {"reproduced" if c["reproduced"] else "not reproduced"} on replay. '
             f'Replay: <code>crm certify --sut {esc(cert["sut"]["profile"])} --replay {esc(c["replay_file"])}</code>'
-            f'</p><ol>{steps}</ol></section>')
-    every = "".join(f'<li>run {a["run"]} (seed {a["seed"]}) <b>{esc(a["check"])}</b>: {esc(a["message"][:600])}</li>'
-                    for a in cert["anomalies"])
+            f'</p><ol>{steps}</ol>{minimal}</section>')
+    every = "".join(f'<li>run {a["run"]} (seed {a["seed"]}) <b>{esc(a["check"])}</b>: {esc(a["message"][:600])}'
+                    + (f' <a class="to-timeline" href="{target(a)}">on the timeline</a>' if target(a) else "")
+                    + "</li>" for a in cert["anomalies"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(_chaos_title(cert))}</title>
 <style>
@@ -350,6 +412,8 @@ td, th {{ border-bottom: 1px solid #eceff1; padding: .3rem .5rem; text-align: le
 tr.pass td:first-child {{ color: #2e7d32; font-weight: 700; }}
 tr.fail td:first-child {{ color: #c62828; font-weight: 700; }}
 code {{ font-size: .8rem; }}
+.legend span {{ display: inline-block; padding: 0 .5rem; margin-right: .5rem; color: white; }}
+{TIMELINE_CSS}
 </style></head><body>
 <p class="verdict">{"No anomaly" if cert["passed"] else f"{s['anomalies']} anomalies"}</p>
 <h1>{esc(_chaos_title(cert))} <small>{esc(cert["sut"]["version"])}</small></h1>
@@ -359,7 +423,9 @@ code {{ font-size: .8rem; }}
 <h2>Runs</h2>
 <table><tr><th></th><th>run</th><th>seed</th><th>steps</th><th>actions</th><th>faults</th><th>time</th>
 <th>anomalies</th></tr>{rows}</table>
-<h2>Anomalies and their minimal schedules</h2>{"".join(examples) or "<p>none</p>"}
+<h2>Anomalies and their minimal schedules</h2>{(legend() if any(c.get("timeline") for c in cert["counterexamples"])
+                                                 else "") + "".join(examples) or "<p>none</p>"}
 <h2>Every anomaly</h2><ul>{every or "<li>none</li>"}</ul>
+<h2>Timelines of the runs that went wrong</h2>{(legend() + run_timelines) if run_timelines else "<p>none</p>"}
 </body></html>
 """

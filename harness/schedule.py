@@ -54,13 +54,14 @@ class Capabilities:
     backoffice: bool = True
     delete: bool = True
     order_lines: bool = True
+    server_faults: bool = True  # the harness may crash the server (not a hosted one: [server] url)
 
     @classmethod
     def of(cls, profile: Any) -> Capabilities:
         return cls(sync=profile.has("sync"),
                    agent=profile.has("start_background_sync") and profile.has("stop_background_sync"),
                    backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"),
-                   order_lines=profile.has("add_order_line"))
+                   order_lines=profile.has("add_order_line"), server_faults=not getattr(profile, "hosted", False))
 
 
 @dataclass
@@ -362,7 +363,7 @@ class Generator:
 
     def _fault(self, device: str) -> dict[str, Any]:
         w = self.world
-        kinds, weights = ["kill", "server_kill"], [20, 9]
+        kinds, weights = (["kill", "server_kill"], [20, 9]) if self.caps.server_faults else (["kill"], [20])
         if device not in w.offline:
             kinds.append("offline")
             weights.append(25)

@@ -24,11 +24,11 @@ from faker import Faker
 
 from . import checkers, processes
 from .checkers import Anomaly
-from .driver import ActionResult, Driver, DriverError, ServerHandle, parse_json
+from .driver import ActionResult, Driver, DriverError, parse_json, server_for
 from .history import CREATES, History
 from .profile import MissingAction, Profile
 from .schedule import SKUS
-from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError, proxy_url
+from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError
 
 # Every contract write, in the order a matrix scenario makes them (docs/coverage.md).
 WRITE_ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
@@ -43,6 +43,16 @@ class ScenarioFailure(AssertionError):
 class NotExercisable(Exception):
     """The SUT's profile gives the harness no way to cause this scenario's fault (no clock hook):
     the scenario is inconclusive, neither passed nor failed."""
+
+    limit = ""  # a limit the profile declares (see HostedLimit), which the certificate names
+
+
+class HostedLimit(NotExercisable):
+    """The scenario needs the harness to crash, restart, back up or restore the SUT's server, and the
+    profile names a hosted server (``[server] url``) instead: *not exercised*, a declared limit of a
+    hosted certification (docs/levels.md, "Hosted servers"), not an inconclusive run."""
+
+    limit = "hosted"
 
 
 @dataclass
@@ -64,7 +74,9 @@ class Session:
         self.profile = profile
         self.toxiproxy = toxiproxy
         self.workdir = Path(workdir)
-        self.org = org
+        # A hosted server is shared: each scenario gets an organisation of its own (a fresh tenant
+        # the profile's provision command creates), so scenarios never see each other's data.
+        self.org = f"{org}-{uuid.uuid4().hex[:8]}" if profile.hosted else org
         # One seed for the run; each scenario derives its own, so reordering scenarios changes nothing.
         self.seed = (seed * 1_000_003 + zlib.crc32(scenario.encode())) % 2**32
         self.rng = random.Random(self.seed)
@@ -72,8 +84,8 @@ class Session:
         self.faker.seed_instance(self.seed)
         self.history = History()
         self.tag = uuid.uuid4().hex[:8]
-        self.server = ServerHandle(profile, server_dir=self.workdir / "server", log_dir=self.workdir / "logs",
-                                   record=self.history.record)
+        self.server = server_for(profile, server_dir=self.workdir / "server", log_dir=self.workdir / "logs",
+                                 record=self.history.record)
         self.devices: dict[str, Device] = {}
         self.account_id: str | None = None  # the account the scenario's steps talk about
         self.last: ActionResult | None = None
@@ -119,7 +131,7 @@ class Session:
     def add_device(self, name: str, rep: str) -> Device:
         token = self.server.provision(self.org, rep)
         proxy = self.toxiproxy.create_proxy(f"{name}-{self.tag}", self.server.address)
-        driver = Driver(self.profile, device=name, home=self.workdir / name, server_url=proxy_url(proxy),
+        driver = Driver(self.profile, device=name, home=self.workdir / name, server_url=self.server.device_url(proxy.listen),
                         rep=rep, token=token, org=self.org, record=self.history.record,
                         env={processes.MARKER_ENV: self._marker(name)})
         driver.init()
@@ -256,9 +268,16 @@ class Session:
     def _server_values(self, backup_dir: Path) -> dict[str, Any]:
         return {"server_dir": str(self.server.server_dir), "port": self.server.port, "backup_dir": str(backup_dir)}
 
+    def _own_server(self, what: str) -> None:
+        if self.profile.hosted:
+            from .driver import HOSTED_LIMIT
+
+            raise HostedLimit(HOSTED_LIMIT.format(url=self.profile.server_url, what=what))
+
     def backup_server(self) -> Path:
         """A backup of the server's data, taken while the server is stopped: the profile's
         ``[server] backup`` command, else a copy of ``{server_dir}``."""
+        self._own_server("back up and restore")
         self.server.stop()
         snapshot = self._snapshot_dir("server")
         how = "by the profile's backup command"
@@ -271,6 +290,7 @@ class Session:
 
     def restore_server(self, snapshot: Path) -> None:
         """The server's data put back to an older backup, while devices hold newer work."""
+        self._own_server("back up and restore")
         self.server.stop()
         how = "by the profile's restore command"
         if not self._life_command("server.restore", self._server_values(snapshot)):

@@ -23,6 +23,7 @@ from .domain import (
     LINE_PREFIX,
     MAX_ORDER_LINES,
     STATUS_RANK,
+    SUBMISSION,
     normalize_value,
     validate_create,
     validate_edit,
@@ -296,6 +297,8 @@ class Device:
         values = validate_edit(entity, changes)
         if "status" in values and entity == "order":
             raise ValidationError("change an order's status with `crm order submit` or `crm order cancel`")
+        if SUBMISSION in values and entity == "order":
+            raise ValidationError("an order's submission is written by `crm order submit` only")
         with self.store.write() as conn:
             rec = self._require(conn, entity, rid)
             for name, value in values.items():
@@ -367,6 +370,42 @@ class Device:
             self.write([Change("order", order.id, {name: value}, {}, "update")], conn)
         return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
 
+    def _order_line(self, conn: sqlite3.Connection, order_id: str, line_id: str) -> tuple[Record, str]:
+        """A draft order and the field of one of its lines (removed lines are not found)."""
+        order = self._require_draft(conn, order_id)
+        name = LINE_PREFIX + (line_id or "").strip().lower()
+        if order.values.get(name) is None:
+            raise NotFoundError(f"order {order.id} has no line {line_id!r}" +
+                                (" (it was removed)" if name in order.values else "") +
+                                " (see `crm order show`)", details={"id": order.id, "line": line_id})
+        return order, name
+
+    def edit_order_line(self, order_id: str, line_id: str, *, quantity: Any = None,
+                        unit_price: Any = None) -> dict[str, Any]:
+        """Change a draft order's line: its quantity, its unit price or both; one op on the line's
+        field, so a concurrent edit of the same line is a conflict (docs/merge-rules.md)."""
+        if quantity is None and unit_price is None:
+            raise ValidationError("nothing to change: give --quantity, --price or both")
+        with self.store.write() as conn:
+            order, name = self._order_line(conn, order_id, line_id)
+            line = dict(order.values[name])
+            if quantity is not None:
+                line["quantity"] = quantity
+            if unit_price is not None:
+                line["unit_price"] = unit_price
+            value = validate_edit("order", {name: line})[name]
+            self.write([Change("order", order.id, {name: value}, {name: merge.edit_base(order, name)},
+                               "update")], conn)
+        return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
+
+    def remove_order_line(self, order_id: str, line_id: str) -> dict[str, Any]:
+        """Remove a draft order's line (its field becomes null; docs/merge-rules.md)."""
+        with self.store.write() as conn:
+            order, name = self._order_line(conn, order_id, line_id)
+            self.write([Change("order", order.id, {name: None}, {name: merge.edit_base(order, name)},
+                               "update")], conn)
+        return {"id": name[len(LINE_PREFIX):], "order": order.id, "removed": True}
+
     def set_order_status(self, order_id: str, status: str) -> dict[str, Any]:
         with self.store.write() as conn:
             order = self._require(conn, "order", order_id)
@@ -376,8 +415,11 @@ class Device:
                                  "(draft -> submitted -> cancelled)", details={"id": order.id})
             if status == "submitted" and not present(order)["lines"]:
                 raise StateError(f"order {order.id} has no lines; add one before submitting")
-            self.write([Change("order", order.id, {"status": status},
-                               {"status": merge.edit_base(order, "status")}, "update")], conn)
+            if status == "submitted":  # with the lines it saw: what the submitted order holds
+                fields, base = merge.submit(order)
+            else:
+                fields, base = {"status": status}, {"status": merge.edit_base(order, "status")}
+            self.write([Change("order", order.id, fields, base, "update")], conn)
         return self.get("order", order.id)
 
     def add_note(self, text: str, *, account: str | None = None, visit: str | None = None,

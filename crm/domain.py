@@ -22,6 +22,9 @@ ORDER_STATUSES = ("draft", "submitted", "cancelled")
 STATUS_RANK = {name: rank for rank, name in enumerate(ORDER_STATUSES)}
 DELETED = "_deleted"
 LINE_PREFIX = "line:"
+# What the op that submits an order saw of its lines: {line id: line or null}, merged as a join
+# (docs/merge-rules.md, "Lines of a submitted order"); never shown as a field of its own.
+SUBMISSION = "submission"
 # Lines an order may have, removed ones included (each is a field for good); the server rejects an op
 # that would pass it, so no order grows without bound (docs/security.md).
 MAX_ORDER_LINES = 500
@@ -144,6 +147,7 @@ ENTITIES: dict[str, Entity] = {
                       default=lambda: "draft"),
                 Field("placed_at", "datetime", required=True, default=utc_now_iso),
                 Field("rep", "text", editable=False),
+                Field(SUBMISSION, "submission"),
             ),
             parent="account",
             has_lines=True,
@@ -278,6 +282,16 @@ def normalize_value(f: Field, value: Any) -> Any:
         if not isinstance(value, dict) or set(value) - {"sku", "quantity", "unit_price"}:
             raise _bad(f, "an order line is an object with sku, quantity and unit_price", value)
         return {part.name: normalize_value(part, value.get(part.name)) for part in _LINE_PARTS}
+    if kind == "submission":
+        if not isinstance(value, dict) or len(value) > MAX_ORDER_LINES:
+            raise _bad(f, f"the lines a submit saw are an object of at most {MAX_ORDER_LINES} "
+                          "line ids, each mapped to its line or null", value)
+        out = {}
+        for line_id, line in value.items():
+            if not isinstance(line_id, str) or not _LINE_ID.match(line_id):
+                raise _bad(f, f"{line_id!r:.60} is not a line id", value)
+            out[line_id] = None if line is None else normalize_value(LINE_FIELD, line)
+        return out
     if kind == "decimal":
         if isinstance(value, float) or isinstance(value, bool):
             raise _bad(f, "must be a decimal written as text, not a float", value)

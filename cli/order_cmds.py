@@ -18,6 +18,7 @@ from cli.common import (
     invalid,
     open_device,
     parse_assignments,
+    shown_local,
     sub_app,
 )
 from cli.output import emit
@@ -189,7 +190,7 @@ def order_ls(
     if as_json:
         emit(orders, as_json=True)
     else:
-        rows = [{**order, "lines": len(order["lines"])} for order in orders]
+        rows = [{**order, "lines": len(order["lines"])} for order in shown_local(ctx, "order", orders)]
         emit(rows, as_json=False,
              columns=("id", "account", "status", "lines", "total", "currency", "placed_at"))
 
@@ -204,4 +205,4 @@ def order_show(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -> 
     """
     with open_device(ctx) as device:
         order = device.get("order", order_id)
-    emit(order, as_json=as_json)
+    emit(order if as_json else shown_local(ctx, "order", order), as_json=as_json)

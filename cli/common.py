@@ -75,9 +75,35 @@ def open_device(ctx: typer.Context, *, reopen_agent: bool = True) -> Iterator[De
 
         ensure_running(home(ctx))
     try:
+        changes = device.store.conn.total_changes
         yield device
+        if device.store.conn.total_changes != changes:  # the command wrote: say if that work is stuck
+            warn_if_sync_failing(device)
     finally:
         device.close()
+
+
+SYNC_WARN_AFTER_ENV = "CRM_SYNC_WARN_AFTER_H"
+SYNC_WARN_AFTER_H = 24.0  # hours of failing syncs before every write says so (a refused token: at once)
+
+
+def warn_if_sync_failing(device: Device) -> None:
+    """One line on stderr when syncs have been failing too long or the token was refused
+    (docs/cli.md, "When sync is failing"); never on stdout, never a failure of its own."""
+    from datetime import UTC, datetime
+
+    from cli.output import message
+
+    try:
+        hours = float(os.environ.get(SYNC_WARN_AFTER_ENV) or SYNC_WARN_AFTER_H)
+    except ValueError:
+        hours = SYNC_WARN_AFTER_H
+    try:
+        warning = device.sync_warning(now=datetime.now(UTC), warn_after_s=max(0.0, hours) * 3600)
+    except Exception:  # noqa: BLE001 - a warning must never fail a write that succeeded
+        return
+    if warning:
+        message(f"crm: warning: {warning}")
 
 
 # -- local time (docs/cli.md, "Times") ---------------------------------------------------------------

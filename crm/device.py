@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ from .records import export_state, meta_column, present, record_from_row, row_of
 from .store import MetaKey, Store, meta_error, meta_problem, sqlite_errors
 
 __all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
+
+
+def _duration(seconds: float) -> str:
+    """A span as a person says it: 3 days, 26 h, 45 min."""
+    if seconds >= 2 * 86400:
+        return f"{int(seconds // 86400)} days"
+    if seconds >= 2 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{max(1, int(seconds // 60))} min"
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 
@@ -120,7 +130,7 @@ class Device:
 
     def login(self, server_url: str, token: str) -> None:
         """Sync with ``server_url`` from now on, presenting ``token``; queued changes are kept."""
-        self.set_settings({MetaKey.SERVER_URL: server_url, MetaKey.TOKEN: token})
+        self.set_settings({MetaKey.SERVER_URL: server_url, MetaKey.TOKEN: token, MetaKey.SYNC_FAILING: ""})
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(server URL, token) as ``login`` set them; None where not set."""
@@ -698,6 +708,32 @@ class Device:
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
             self._remember_server(conn, witness=witness, latest=latest)
         return len(rows)
+
+    def sync_warning(self, *, now: datetime, warn_after_s: float) -> str | None:
+        """One line for the rep when sync is failing: at once when the server refused the token,
+        else once syncs have failed for more than ``warn_after_s`` seconds; None when all is well.
+        Reads what every sync, the agent's included, records (``MetaKey.SYNC_FAILING``)."""
+        meta = dict(self.store.conn.execute(
+            "SELECT key, value FROM meta WHERE key IN (?, ?)", (MetaKey.SYNC_FAILING, MetaKey.LAST_SYNC_ERROR)))
+        since_text, _, kind = (meta.get(MetaKey.SYNC_FAILING) or "").partition(" ")
+        if not since_text:
+            return None
+        try:
+            since = datetime.strptime(since_text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        failing_s = max(0.0, (now - since).total_seconds())
+        if kind != "auth_refused" and failing_s <= warn_after_s:
+            return None
+        pending = self.store.conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        waiting = f"{pending} change{'' if pending == 1 else 's'} waiting to sync"
+        if kind == "auth_refused":
+            return (f"sync stopped: the server refused this device's token (since {since_text}); {waiting}. "
+                    "Ask for a new token and run `crm login`")
+        last = (meta.get(MetaKey.LAST_SYNC_ERROR) or "").partition(" ")[2]
+        return (f"sync has failed for {_duration(failing_s)} (since {since_text}); {waiting}"
+                + (f"; last error: {last}" if last else "")
+                + ". Check the network and run `crm sync`; `crm status` shows more")
 
     def status(self) -> dict[str, Any]:
         with self.store.read() as conn:

@@ -619,7 +619,11 @@ class Device:
                     fm["x"] = sorted(new(s) for s in fm["x"])
                 if "c" in fm:
                     fm["c"] = sorted(([new(leaf[0]), *leaf[1:]] for leaf in fm["c"]), key=lambda leaf: leaf[0])
-            conn.execute("UPDATE records SET meta = ? WHERE entity = ? AND id = ?", (meta_column(rec), entity, rid))
+            for name in rec.values:  # a joined field keeps each entry's stamp in its value (an order's submission)
+                if (entity, name) in merge.JOINED and isinstance(rec.values[name], dict):
+                    rec.values[name] = {key: [new(entry[0]), entry[1]] for key, entry in rec.values[name].items()}
+            conn.execute("UPDATE records SET data = ?, meta = ? WHERE entity = ? AND id = ?",
+                         (row_of(rec).data, meta_column(rec), entity, rid))
 
     def count_attempt(self, op_ids: list[str]) -> None:
         """One more attempt to send each of ``op_ids`` (``crm outbox`` shows the count): counted

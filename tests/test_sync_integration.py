@@ -103,6 +103,7 @@ def test_a_line_added_offline_to_an_order_submitted_elsewhere_is_a_conflict_not_
         ("edit_of_submitted", f"line:{line}", None)
     assert conflict["loser"]["value"] == {"sku": "SKU-3", "quantity": 2, "unit_price": "3.00"}
     assert state["conflicts"] == [conflict]
+    assert "edit_of_submitted" in server.crm("conflicts", "ls", home=d2).stdout, "the table says what kind"
 
     server.ok("conflicts", "resolve", conflict["id"], "--keep", keep, "--json", home=d2)
     for home in (d2, d1):

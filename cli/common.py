@@ -75,12 +75,13 @@ def open_device(ctx: typer.Context, *, reopen_agent: bool = True) -> Iterator[De
 
         ensure_running(home(ctx))
     try:
-        changes = device.store.conn.total_changes
         yield device
-        if device.store.conn.total_changes != changes:  # the command wrote: say if that work is stuck
-            warn_if_sync_failing(device)
     finally:
-        device.close()
+        try:  # a command that wrote (and did not fail) says if that work is stuck (opening writes nothing)
+            if sys.exc_info()[0] is None and device.store.conn.total_changes:
+                warn_if_sync_failing(device)
+        finally:
+            device.close()
 
 
 SYNC_WARN_AFTER_ENV = "CRM_SYNC_WARN_AFTER_H"

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,9 +40,11 @@ def sub_app(help: str, *, example: str | None = None) -> typer.Typer:
 
 @dataclass
 class Home:
-    """Where the store lives: --home, else CRM_HOME, else the platform's user data directory."""
+    """Where the store lives: --home, else CRM_HOME, else the platform's user data directory;
+    and the time zone given with --tz (None: the machine's)."""
 
     given: Path | None
+    tz: str | None = None
 
     @property
     def path(self) -> Path:
@@ -74,7 +77,113 @@ def open_device(ctx: typer.Context, *, reopen_agent: bool = True) -> Iterator[De
     try:
         yield device
     finally:
-        device.close()
+        try:  # a command that wrote (and did not fail) says if that work is stuck (opening writes nothing)
+            if sys.exc_info()[0] is None and device.store.conn.total_changes:
+                warn_if_sync_failing(device)
+        finally:
+            device.close()
+
+
+SYNC_WARN_AFTER_ENV = "CRM_SYNC_WARN_AFTER_H"
+SYNC_WARN_AFTER_H = 24.0  # hours of failing syncs before every write says so (a refused token: at once)
+
+
+def warn_if_sync_failing(device: Device) -> None:
+    """One line on stderr when syncs have been failing too long or the token was refused
+    (docs/cli.md, "When sync is failing"); never on stdout, never a failure of its own."""
+    from datetime import UTC, datetime
+
+    from cli.output import message
+
+    try:
+        hours = float(os.environ.get(SYNC_WARN_AFTER_ENV) or SYNC_WARN_AFTER_H)
+    except ValueError:
+        hours = SYNC_WARN_AFTER_H
+    try:
+        warning = device.sync_warning(now=datetime.now(UTC), warn_after_s=max(0.0, hours) * 3600)
+    except Exception:  # noqa: BLE001 - a warning must never fail a write that succeeded
+        return
+    if warning:
+        message(f"crm: warning: {warning}")
+
+
+# -- local time (docs/cli.md, "Times") ---------------------------------------------------------------
+def zone_named(name: str, source: str = "--tz") -> tzinfo:
+    """The IANA time zone ``name``; a UsageError (exit 2) naming ``source`` when there is none."""
+    from zoneinfo import ZoneInfo
+
+    from crm.errors import UsageError
+
+    try:
+        if os.path.isabs(name) and os.path.isfile(name):  # TZ=/usr/share/zoneinfo/Europe/London
+            with open(name, "rb") as handle:
+                return ZoneInfo.from_file(handle, key=name)
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        raise UsageError(f"{source} {name!r}: unknown time zone; give an IANA zone name such as "
+                         "Europe/London or America/New_York") from None
+
+
+def machine_zone() -> tzinfo:
+    """This machine's time zone: TZ when set (empty: UTC), else /etc/localtime, else UTC."""
+    from datetime import UTC
+
+    from crm.errors import UsageError
+
+    tz = os.environ.get("TZ")
+    if tz is not None:
+        name = tz[1:] if tz.startswith(":") else tz
+        return zone_named(name, "TZ") if name else UTC
+    try:
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            return zone_named(target.split("zoneinfo/", 1)[1], "/etc/localtime")
+    except (OSError, UsageError):  # no link, or a name zoneinfo lacks: read the file instead
+        pass
+    try:
+        from zoneinfo import ZoneInfo
+
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def local_zone(ctx: typer.Context) -> tzinfo:
+    """The zone a command reads and shows times in: ``crm --tz ZONE``, else the machine's."""
+    obj = ctx.find_root().obj
+    given = obj.tz if isinstance(obj, Home) else None
+    return zone_named(given) if given else machine_zone()
+
+
+def _datetime_fields(entity: str) -> list[str]:
+    from crm.domain import entity as entity_spec
+
+    return [f.name for f in entity_spec(entity).fields if f.kind == "datetime"]
+
+
+def local_times(ctx: typer.Context, entity: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each date-time given without an offset taken as local time (its offset added)."""
+    from crm.domain import localize_datetime
+
+    names = [name for name in _datetime_fields(entity) if isinstance(values.get(name), str) and values[name]]
+    if not names:
+        return values
+    zone = local_zone(ctx)
+    return {**values, **{name: localize_datetime(values[name], zone) for name in names}}
+
+
+def shown_local(ctx: typer.Context, entity: str, data: Any) -> Any:
+    """A record or list of records with its date-times in local time, for a table (never --json)."""
+    from crm.domain import in_zone
+
+    names = _datetime_fields(entity)
+    zone = local_zone(ctx)
+
+    def one(record: dict[str, Any]) -> dict[str, Any]:
+        return {key: in_zone(value, zone) if key in names else value for key, value in record.items()}
+
+    return [one(row) for row in data] if isinstance(data, list) else one(data)
 
 
 def invalid(message: str, **details: Any) -> Exception:
@@ -106,7 +215,7 @@ def edit_record(ctx: typer.Context, entity: str, record_id: str, changes: dict[s
     from cli.output import emit
 
     with open_device(ctx) as device:
-        record = device.edit(entity, record_id, changes)
+        record = device.edit(entity, record_id, local_times(ctx, entity, changes))
     emit(record, as_json=as_json, text=record["id"])
 
 

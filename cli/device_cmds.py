@@ -155,7 +155,7 @@ def conflicts_ls(ctx: typer.Context, as_json: Json = False) -> None:
         emit(found, as_json=True)
     else:
         rows = [{**c, "winner": c["winner"]["value"], "loser": c["loser"]["value"]} for c in found]
-        emit(rows, as_json=False, columns=("id", "entity", "record", "field", "winner", "loser"))
+        emit(rows, as_json=False, columns=("id", "entity", "record", "field", "kind", "winner", "loser"))
 
 
 @conflicts_app.command("resolve")

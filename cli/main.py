@@ -155,6 +155,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _zone(value: str | None) -> str | None:
+    if value is not None:  # a bad zone is a usage error whatever the command
+        from cli.common import zone_named
+        from crm.errors import UsageError
+
+        try:
+            zone_named(value)
+        except UsageError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return value
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -163,6 +175,10 @@ def main(
         help="Directory holding the store [default: the platform's user data dir for crm]")] = None,
     version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    tz: Annotated[str | None, typer.Option(
+        "--tz", metavar="ZONE", show_default=False, callback=_zone,
+        help="Time zone for times given without an offset and for times shown, e.g. Europe/London "
+             "[default: the machine's, TZ]")] = None,
 ) -> None:
     """Offline-first CRM for field sales: every change is stored locally and queued for sync.
 
@@ -171,7 +187,7 @@ def main(
       crm --home ~/crm init --rep rep-1
       crm account add --name "Corner Store 42" --city Leeds
     """
-    ctx.obj = Home(home)
+    ctx.obj = Home(home, tz)
 
 
 def run() -> None:

@@ -18,6 +18,7 @@ from cli.common import (
     invalid,
     open_device,
     parse_assignments,
+    shown_local,
     sub_app,
 )
 from cli.output import emit
@@ -105,6 +106,45 @@ def order_edit(ctx: typer.Context, order_id: OrderId, assignments: Assignments =
     edit_record(ctx, "order", order_id, parse_assignments(assignments or []), as_json)
 
 
+line_app = sub_app("Change or remove a line of a draft order.",
+                   example="crm order line edit ORDER LINE --quantity 4")
+order_app.add_typer(line_app, name="line")
+LineId = Annotated[str, typer.Argument(metavar="LINE", help="The line's id (as `crm order show` lists it).")]
+
+
+@line_app.command("edit")
+def order_line_edit(
+    ctx: typer.Context,
+    order_id: OrderId,
+    line_id: LineId,
+    quantity: Annotated[str | None, typer.Option(metavar="QTY", help="The new quantity.")] = None,
+    price: Annotated[str | None, typer.Option(metavar="PRICE", help="The new unit price.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Change a draft order's line: its quantity, its unit price or both; prints the line's id.
+
+    \b
+    Example:
+      crm order line edit 0190c3e5-... 0190c3e6-... --quantity 4 --price 2.40
+    """
+    with open_device(ctx) as device:
+        line = device.edit_order_line(order_id, line_id, quantity=quantity, unit_price=price)
+    emit(line, as_json=as_json, text=line["id"])
+
+
+@line_app.command("rm")
+def order_line_rm(ctx: typer.Context, order_id: OrderId, line_id: LineId, as_json: Json = False) -> None:
+    """Remove a line from a draft order.
+
+    \b
+    Example:
+      crm order line rm 0190c3e5-... 0190c3e6-...
+    """
+    with open_device(ctx) as device:
+        result = device.remove_order_line(order_id, line_id)
+    emit(result, as_json=as_json, text=f"removed line {result['id']}")
+
+
 def _set_status(ctx: typer.Context, order_id: str, status: str, as_json: bool) -> None:
     with open_device(ctx) as device:
         order = device.set_order_status(order_id, status)
@@ -150,7 +190,7 @@ def order_ls(
     if as_json:
         emit(orders, as_json=True)
     else:
-        rows = [{**order, "lines": len(order["lines"])} for order in orders]
+        rows = [{**order, "lines": len(order["lines"])} for order in shown_local(ctx, "order", orders)]
         emit(rows, as_json=False,
              columns=("id", "account", "status", "lines", "total", "currency", "placed_at"))
 
@@ -165,4 +205,4 @@ def order_show(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -> 
     """
     with open_device(ctx) as device:
         order = device.get("order", order_id)
-    emit(order, as_json=as_json)
+    emit(order if as_json else shown_local(ctx, "order", order), as_json=as_json)

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from cli.common import Assignments, Json, edit_record, fields, open_device, parse_assignments, sub_app
+from cli.common import (
+    Assignments,
+    Json,
+    edit_record,
+    fields,
+    local_times,
+    open_device,
+    parse_assignments,
+    shown_local,
+    sub_app,
+)
 from cli.output import emit
 
 AccountOpt = Annotated[str, typer.Option("--account", metavar="ID", help="The account's id.")]
@@ -202,8 +212,8 @@ def visit_log(
       crm visit log --account 0190c3e2-... --outcome "met the buyer" --duration 20
     """
     with open_device(ctx) as device:
-        visit = device.create("visit", fields(account=account, outcome=outcome, at=at, duration_min=duration,
-                                              notes=notes, lat=lat, lon=lon))
+        visit = device.create("visit", local_times(ctx, "visit", fields(
+            account=account, outcome=outcome, at=at, duration_min=duration, notes=notes, lat=lat, lon=lon)))
     emit(visit, as_json=as_json, text=visit["id"])
 
 
@@ -229,7 +239,8 @@ def visit_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = 
     """
     with open_device(ctx) as device:
         visits = device.list("visit", parent=account)
-    emit(visits, as_json=as_json, columns=("id", "account", "at", "outcome", "duration_min", "rep"))
+    emit(visits if as_json else shown_local(ctx, "visit", visits), as_json=as_json,
+         columns=("id", "account", "at", "outcome", "duration_min", "rep"))
 
 
 # -- notes ------------------------------------------------------------------------------------
@@ -267,7 +278,8 @@ def note_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = F
     """
     with open_device(ctx) as device:
         notes = device.list("note", parent=account)
-    emit(notes, as_json=as_json, columns=("id", "account", "at", "text", "visit", "order"))
+    emit(notes if as_json else shown_local(ctx, "note", notes), as_json=as_json,
+         columns=("id", "account", "at", "text", "visit", "order"))
 
 
 # -- products ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .domain import _EMAIL, DELETED, ENTITIES, LINE_FIELD, MAX_TEXT, Field, normalize_value
+from .domain import _EMAIL, DELETED, ENTITIES, LINE_FIELD, MAX_TEXT, SUBMISSION, Field, normalize_value
 from .domain import entity as entity_spec
 from .errors import ValidationError
 from .hlc import MAX_AHEAD_MS, MAX_DRIFT_MS, server_now_ms
@@ -30,7 +30,7 @@ from .ops import Op, OpFormatError, op_from_wire
 ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,63}")
 RECORD_ID = re.compile(r"[0-9a-z][0-9a-z-]{0,63}")
 _NUMBER = (int, float)
-_JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict}  # every other kind is text
+_JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict, "submission": dict}  # every other kind is text
 _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}
 
 
@@ -105,7 +105,8 @@ def _check_shape(op: Op, now: int | None) -> None:
         kind = "line" if f is LINE_FIELD else f.kind
         if not _json_type_ok(kind, value):
             expected = {"int": "a whole number", "float": "a number", "line": "an object with sku (text), "
-                        "quantity (whole number) and unit_price (text)"}.get(kind, "text")
+                        "quantity (whole number) and unit_price (text)",
+                        "submission": "an object of line ids"}.get(kind, "text")
             raise OpFormatError(f"op.fields.{name} must be {expected} or null, not {value!r:.80}")
 
 
@@ -162,6 +163,8 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
             raise ValidationError("a create has no base")
         if DELETED in fields:
             raise ValidationError("a create cannot set _deleted")
+        if SUBMISSION in fields:
+            raise ValidationError("a create cannot set submission: only the op that submits an order does")
         missing = [name for name in _REQUIRED[op.entity] if name not in fields]
         if missing:
             raise ValidationError(f"{op.entity} create is missing required fields: {', '.join(missing)}")

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .domain import (
     LINE_PREFIX,
     MAX_ORDER_LINES,
     STATUS_RANK,
+    SUBMISSION,
     normalize_value,
     validate_create,
     validate_edit,
@@ -39,6 +41,15 @@ from .records import export_state, meta_column, present, record_from_row, row_of
 from .store import MetaKey, Store, meta_error, meta_problem, sqlite_errors
 
 __all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
+
+
+def _duration(seconds: float) -> str:
+    """A span as a person says it: 3 days, 26 h, 45 min."""
+    if seconds >= 2 * 86400:
+        return f"{int(seconds // 86400)} days"
+    if seconds >= 2 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{max(1, int(seconds // 60))} min"
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 
@@ -119,7 +130,7 @@ class Device:
 
     def login(self, server_url: str, token: str) -> None:
         """Sync with ``server_url`` from now on, presenting ``token``; queued changes are kept."""
-        self.set_settings({MetaKey.SERVER_URL: server_url, MetaKey.TOKEN: token})
+        self.set_settings({MetaKey.SERVER_URL: server_url, MetaKey.TOKEN: token, MetaKey.SYNC_FAILING: ""})
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(server URL, token) as ``login`` set them; None where not set."""
@@ -296,6 +307,8 @@ class Device:
         values = validate_edit(entity, changes)
         if "status" in values and entity == "order":
             raise ValidationError("change an order's status with `crm order submit` or `crm order cancel`")
+        if SUBMISSION in values and entity == "order":
+            raise ValidationError("an order's submission is written by `crm order submit` only")
         with self.store.write() as conn:
             rec = self._require(conn, entity, rid)
             for name, value in values.items():
@@ -367,6 +380,42 @@ class Device:
             self.write([Change("order", order.id, {name: value}, {}, "update")], conn)
         return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
 
+    def _order_line(self, conn: sqlite3.Connection, order_id: str, line_id: str) -> tuple[Record, str]:
+        """A draft order and the field of one of its lines (removed lines are not found)."""
+        order = self._require_draft(conn, order_id)
+        name = LINE_PREFIX + (line_id or "").strip().lower()
+        if order.values.get(name) is None:
+            raise NotFoundError(f"order {order.id} has no line {line_id!r}" +
+                                (" (it was removed)" if name in order.values else "") +
+                                " (see `crm order show`)", details={"id": order.id, "line": line_id})
+        return order, name
+
+    def edit_order_line(self, order_id: str, line_id: str, *, quantity: Any = None,
+                        unit_price: Any = None) -> dict[str, Any]:
+        """Change a draft order's line: its quantity, its unit price or both; one op on the line's
+        field, so a concurrent edit of the same line is a conflict (docs/merge-rules.md)."""
+        if quantity is None and unit_price is None:
+            raise ValidationError("nothing to change: give --quantity, --price or both")
+        with self.store.write() as conn:
+            order, name = self._order_line(conn, order_id, line_id)
+            line = dict(order.values[name])
+            if quantity is not None:
+                line["quantity"] = quantity
+            if unit_price is not None:
+                line["unit_price"] = unit_price
+            value = validate_edit("order", {name: line})[name]
+            self.write([Change("order", order.id, {name: value}, {name: merge.edit_base(order, name)},
+                               "update")], conn)
+        return {"id": name[len(LINE_PREFIX):], "order": order.id, **value}
+
+    def remove_order_line(self, order_id: str, line_id: str) -> dict[str, Any]:
+        """Remove a draft order's line (its field becomes null; docs/merge-rules.md)."""
+        with self.store.write() as conn:
+            order, name = self._order_line(conn, order_id, line_id)
+            self.write([Change("order", order.id, {name: None}, {name: merge.edit_base(order, name)},
+                               "update")], conn)
+        return {"id": name[len(LINE_PREFIX):], "order": order.id, "removed": True}
+
     def set_order_status(self, order_id: str, status: str) -> dict[str, Any]:
         with self.store.write() as conn:
             order = self._require(conn, "order", order_id)
@@ -376,8 +425,11 @@ class Device:
                                  "(draft -> submitted -> cancelled)", details={"id": order.id})
             if status == "submitted" and not present(order)["lines"]:
                 raise StateError(f"order {order.id} has no lines; add one before submitting")
-            self.write([Change("order", order.id, {"status": status},
-                               {"status": merge.edit_base(order, "status")}, "update")], conn)
+            if status == "submitted":  # with the lines it saw: what the submitted order holds
+                fields, base = merge.submit(order)
+            else:
+                fields, base = {"status": status}, {"status": merge.edit_base(order, "status")}
+            self.write([Change("order", order.id, fields, base, "update")], conn)
         return self.get("order", order.id)
 
     def add_note(self, text: str, *, account: str | None = None, visit: str | None = None,
@@ -567,7 +619,11 @@ class Device:
                     fm["x"] = sorted(new(s) for s in fm["x"])
                 if "c" in fm:
                     fm["c"] = sorted(([new(leaf[0]), *leaf[1:]] for leaf in fm["c"]), key=lambda leaf: leaf[0])
-            conn.execute("UPDATE records SET meta = ? WHERE entity = ? AND id = ?", (meta_column(rec), entity, rid))
+            for name in rec.values:  # a joined field keeps each entry's stamp in its value (an order's submission)
+                if (entity, name) in merge.JOINED and isinstance(rec.values[name], dict):
+                    rec.values[name] = {key: [new(entry[0]), entry[1]] for key, entry in rec.values[name].items()}
+            conn.execute("UPDATE records SET data = ?, meta = ? WHERE entity = ? AND id = ?",
+                         (row_of(rec).data, meta_column(rec), entity, rid))
 
     def count_attempt(self, op_ids: list[str]) -> None:
         """One more attempt to send each of ``op_ids`` (``crm outbox`` shows the count): counted
@@ -656,6 +712,32 @@ class Device:
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
             self._remember_server(conn, witness=witness, latest=latest)
         return len(rows)
+
+    def sync_warning(self, *, now: datetime, warn_after_s: float) -> str | None:
+        """One line for the rep when sync is failing: at once when the server refused the token,
+        else once syncs have failed for more than ``warn_after_s`` seconds; None when all is well.
+        Reads what every sync, the agent's included, records (``MetaKey.SYNC_FAILING``)."""
+        meta = dict(self.store.conn.execute(
+            "SELECT key, value FROM meta WHERE key IN (?, ?)", (MetaKey.SYNC_FAILING, MetaKey.LAST_SYNC_ERROR)))
+        since_text, _, kind = (meta.get(MetaKey.SYNC_FAILING) or "").partition(" ")
+        if not since_text:
+            return None
+        try:
+            since = datetime.strptime(since_text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        failing_s = max(0.0, (now - since).total_seconds())
+        if kind != "auth_refused" and failing_s <= warn_after_s:
+            return None
+        pending = self.store.conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        waiting = f"{pending} change{'' if pending == 1 else 's'} waiting to sync"
+        if kind == "auth_refused":
+            return (f"sync stopped: the server refused this device's token (since {since_text}); {waiting}. "
+                    "Ask for a new token and run `crm login`")
+        last = (meta.get(MetaKey.LAST_SYNC_ERROR) or "").partition(" ")[2]
+        return (f"sync has failed for {_duration(failing_s)} (since {since_text}); {waiting}"
+                + (f"; last error: {last}" if last else "")
+                + ". Check the network and run `crm sync`; `crm status` shows more")
 
     def status(self) -> dict[str, Any]:
         with self.store.read() as conn:

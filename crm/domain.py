@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any
@@ -22,6 +22,9 @@ ORDER_STATUSES = ("draft", "submitted", "cancelled")
 STATUS_RANK = {name: rank for rank, name in enumerate(ORDER_STATUSES)}
 DELETED = "_deleted"
 LINE_PREFIX = "line:"
+# What the op that submits an order saw of its lines: {line id: line or null}, merged as a join
+# (docs/merge-rules.md, "Lines of a submitted order"); never shown as a field of its own.
+SUBMISSION = "submission"
 # Lines an order may have, removed ones included (each is a field for good); the server rejects an op
 # that would pass it, so no order grows without bound (docs/security.md).
 MAX_ORDER_LINES = 500
@@ -144,6 +147,7 @@ ENTITIES: dict[str, Entity] = {
                       default=lambda: "draft"),
                 Field("placed_at", "datetime", required=True, default=utc_now_iso),
                 Field("rep", "text", editable=False),
+                Field(SUBMISSION, "submission"),
             ),
             parent="account",
             has_lines=True,
@@ -278,6 +282,16 @@ def normalize_value(f: Field, value: Any) -> Any:
         if not isinstance(value, dict) or set(value) - {"sku", "quantity", "unit_price"}:
             raise _bad(f, "an order line is an object with sku, quantity and unit_price", value)
         return {part.name: normalize_value(part, value.get(part.name)) for part in _LINE_PARTS}
+    if kind == "submission":
+        if not isinstance(value, dict) or len(value) > MAX_ORDER_LINES:
+            raise _bad(f, f"the lines a submit saw are an object of at most {MAX_ORDER_LINES} "
+                          "line ids, each mapped to its line or null", value)
+        out = {}
+        for line_id, line in value.items():
+            if not isinstance(line_id, str) or not _LINE_ID.match(line_id):
+                raise _bad(f, f"{line_id!r:.60} is not a line id", value)
+            out[line_id] = None if line is None else normalize_value(LINE_FIELD, line)
+        return out
     if kind == "decimal":
         if isinstance(value, float) or isinstance(value, bool):
             raise _bad(f, "must be a decimal written as text, not a float", value)
@@ -322,6 +336,9 @@ def normalize_value(f: Field, value: Any) -> Any:
 
 
 def _normalize_datetime(f: Field, value: str) -> str:
+    """An ISO 8601 date-time to whole seconds, keeping its offset (UTC written ``Z``); one given
+    without an offset is UTC here: the CLI makes a rep's local time explicit first
+    (``localize_datetime``)."""
     text = value.strip()
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -329,9 +346,55 @@ def _normalize_datetime(f: Field, value: str) -> str:
         raise _bad(f, f"{value!r} is not an ISO 8601 date-time (e.g. 2026-11-26T14:30:00Z)", value) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    if not 1970 <= parsed.year <= 2200:
+    if not 1970 <= parsed.year <= 2200 or not 1970 <= parsed.astimezone(UTC).year <= 2200:
         raise _bad(f, "is out of range", value)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(parsed)
+
+
+def _iso(moment: datetime) -> str:
+    """``moment`` as stored: seconds, then ``Z`` for UTC or its offset as ``+HH:MM``."""
+    offset = moment.utcoffset()
+    seconds = int(offset.total_seconds()) if offset is not None else 0
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if seconds == 0:
+        return text + "Z"
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("+", seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs else "")
+
+
+def localize_datetime(value: str, zone: tzinfo) -> str:
+    """A date-time the rep typed: without an offset it is local time in ``zone`` and gets that
+    zone's offset on that date; with one it is left alone. A time the zone skips (clocks going
+    forward) is refused; one it has twice (clocks going back) is the first. Anything that is not
+    a date-time is returned unchanged, for ``normalize_value`` to refuse with its usual message."""
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, TypeError, AttributeError):
+        return value
+    if parsed.tzinfo is not None:
+        return value
+    local = parsed.replace(tzinfo=zone, fold=0)
+    if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != parsed:
+        raise ValidationError(f"{value!r} does not exist in {zone}: the clocks skip it (daylight saving "
+                              "time begins); give the time after the change, or an offset",
+                              details={"value": value[:100], "zone": str(zone)})
+    return _iso(local)
+
+
+def in_zone(value: Any, zone: tzinfo) -> Any:
+    """A stored date-time as local time in ``zone`` (for people to read); anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        return value
+    return _iso(parsed.astimezone(zone))
 
 
 def validate_create(entity_name: str, fields: dict[str, Any]) -> dict[str, Any]:

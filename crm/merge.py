@@ -12,6 +12,9 @@ with their table of cases, are in docs/merge-rules.md:
 * Delete is a write of the ``_deleted`` field whose base lists every version it saw. Delete wins;
   an edit the delete did not see stays a leaf and is reported as an edit of a deleted record,
   which resolving with ``--keep loser`` restores.
+* The op that submits an order also writes ``submission``, the lines it saw; that field is a join
+  (per line, the entry of the greatest stamp). A submitted order shows those lines, and a line
+  version the submission does not hold is reported as an edit of a submitted order.
 
 Per-field metadata (``Record.meta[field]``), keys present only when non-empty:
 ``s`` winner stamp, ``o`` winner op id, ``x`` stamps superseded (named in some op's base),
@@ -28,10 +31,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .domain import DELETED, STATUS_RANK
+from .domain import DELETED, LINE_PREFIX, STATUS_RANK, SUBMISSION
 from .ops import Op
 
 FORWARD_ONLY = {("order", "status")}
+# Fields merged as a join of every write rather than last-writer-wins (``_join``).
+JOINED = {("order", SUBMISSION)}
 # The most history entries (superseded stamps and open losing versions, over all its fields) a
 # record keeps; older ones fall behind its horizon (docs/merge-rules.md). A legitimate edit adds
 # about one; one op may name 64 x 256, so without a bound a record grew by 13.6 MB per push.
@@ -60,7 +65,7 @@ class Conflict:
     entity: str
     record_id: str
     field: str
-    kind: str  # concurrent_edit | edit_of_deleted
+    kind: str  # concurrent_edit | edit_of_deleted | edit_of_submitted
     winner_value: Any
     winner_stamp: str | None
     loser_value: Any
@@ -108,7 +113,25 @@ def _add_loser(fm: dict[str, Any], leaf: list[Any], horizon: str) -> None:
         leaves.sort(key=lambda item: item[0])
 
 
+def _join(rec: Record, name: str, stamp: str, op_id: str, value: Any) -> None:
+    """A write of a joined field: per key, the entry written by the greatest stamp, stored as
+    ``[stamp, value]``; the field's winner stamp is the greatest. Commutative and idempotent."""
+    fm = rec.meta.setdefault(name, {})
+    current = rec.values.get(name)
+    merged = dict(current) if isinstance(current, dict) else {}  # never change a dict a caller holds
+    for key, entry in (value or {}).items():
+        held = merged.get(key)
+        if held is None or stamp > held[0]:
+            merged[key] = [stamp, entry]
+    rec.values[name] = merged
+    if "s" not in fm or stamp > fm["s"]:
+        fm["s"], fm["o"] = stamp, op_id
+
+
 def _write(rec: Record, name: str, stamp: str, op_id: str, value: Any, horizon: str) -> None:
+    if (rec.entity, name) in JOINED:
+        _join(rec, name, stamp, op_id, value)
+        return
     fm = rec.meta.setdefault(name, {})
     cur = fm.get("s")
     if cur == stamp or any(leaf[0] == stamp for leaf in fm.get("c", ())):
@@ -225,33 +248,61 @@ def leaves(rec: Record, name: str) -> list[str]:
     return sorted(out)
 
 
+def submitted_lines(rec: Record) -> dict[str, tuple[str, Any]] | None:
+    """What an order out of draft shows of its lines: {line field: (stamp, line or None)}, from
+    the ``submission`` its submit wrote (joined with any other submit's and resolutions'). None when
+    that rule does not apply: another entity, a draft, an order no submit reached (cancelled from
+    draft)."""
+    if rec.entity != "order" or STATUS_RANK.get(rec.values.get("status"), 0) < STATUS_RANK["submitted"]:
+        return None
+    held = rec.values.get(SUBMISSION)
+    if not isinstance(held, dict):
+        return None
+    return {LINE_PREFIX + line_id: (entry[0], entry[1]) for line_id, entry in held.items()}
+
+
 def conflicts(rec: Record) -> list[Conflict]:
     """The record's open conflicts, derived from its state, so identical on every replica."""
     found: list[Conflict] = []
     deleted = rec.deleted
     horizon = _horizon(rec.meta)
+    submitted = None if deleted else submitted_lines(rec)
     for name in sorted(rec.meta):
-        if name == HORIZON:
-            continue
+        if name == HORIZON or (rec.entity, name) in JOINED:
+            continue  # a joined field keeps every write: nothing of it loses
         fm = rec.meta[name]
         winner_value = rec.values.get(name)
+        winner_stamp = fm.get("s")
         candidates = [list(leaf) for leaf in fm.get("c", ())]
         kind = "concurrent_edit"
         if deleted and name != DELETED:
             kind = "edit_of_deleted"
+            winner_value, winner_stamp = True, rec.meta.get(DELETED, {}).get("s")
             if is_leaf(fm, horizon):
-                candidates.append([fm["s"], fm["o"], winner_value])
+                candidates.append([fm["s"], fm["o"], rec.values.get(name)])
+        elif submitted is not None and name.startswith(LINE_PREFIX):
+            # a version of a line the submit did not see: the order shows the line as submitted
+            kind = "edit_of_submitted"
+            winner_stamp, winner_value = submitted.get(name, (rec.meta[SUBMISSION].get("s"), None))
+            if is_leaf(fm, horizon):
+                candidates.append([fm["s"], fm["o"], rec.values.get(name)])
         for stamp, op_id, value in candidates:
-            if kind == "concurrent_edit" and value == winner_value:
-                continue  # both sides wrote the same value: nothing to choose between
+            if kind != "edit_of_deleted" and value == winner_value:
+                continue  # both sides hold the same value: nothing to choose between
             found.append(Conflict(
                 id=f"{op_id}:{name}", entity=rec.entity, record_id=rec.id, field=name, kind=kind,
-                winner_value=(True if kind == "edit_of_deleted" else winner_value),
-                winner_stamp=(rec.meta.get(DELETED, {}).get("s") if kind == "edit_of_deleted"
-                              else fm.get("s")),
+                winner_value=winner_value, winner_stamp=winner_stamp,
                 loser_value=value, loser_stamp=stamp, loser_op=op_id,
             ))
     return found
+
+
+def submit(rec: Record) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The (fields, base) of the op that submits order ``rec``: the status, and the lines it shows
+    as ``submission`` (removed lines left out), which is what the order shows from then on."""
+    lines = {name[len(LINE_PREFIX):]: value for name, value in sorted(rec.values.items())
+             if name.startswith(LINE_PREFIX) and value is not None}
+    return {"status": "submitted", SUBMISSION: lines}, {"status": edit_base(rec, "status")}
 
 
 def delete_base(rec: Record) -> dict[str, list[str]]:
@@ -282,6 +333,13 @@ def resolution(rec: Record, conflict: Conflict, keep: str) -> tuple[dict[str, An
     if keep not in ("winner", "loser"):
         raise ValueError("keep must be winner or loser")
     name = conflict.field
+    if conflict.kind == "edit_of_submitted":  # keep loser: the change joins the submitted order
+        seen_loser = sorted({conflict.loser_stamp, *_leaves_valued(rec, name, [conflict.loser_value])})
+        if keep == "winner":
+            return {}, {name: seen_loser}
+        seen_winner = _leaves_valued(rec, name, [conflict.winner_value])
+        return ({name: conflict.loser_value, SUBMISSION: {name[len(LINE_PREFIX):]: conflict.loser_value}},
+                {name: sorted({*seen_loser, *seen_winner})})
     if conflict.kind == "edit_of_deleted":
         if keep == "winner":  # stay deleted: acknowledge the edit without applying it
             return {}, {name: [conflict.loser_stamp]}
@@ -319,7 +377,7 @@ def apply_all(load: Callable[[str, str], Record | None], ops: Iterable[Op]) -> d
 
 def conflict_count(rec: Record) -> int:
     """How many open conflicts ``rec`` has; cheap when it has none (the common case)."""
-    if not rec.deleted and not any("c" in fm for fm in rec.meta.values()):
+    if not rec.deleted and not any("c" in fm for fm in rec.meta.values()) and submitted_lines(rec) is None:
         return 0
     return len(conflicts(rec))
 

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from . import merge
-from .domain import DELETED, ENTITY_ORDER, LINE_PREFIX
+from .domain import DELETED, ENTITY_ORDER, LINE_PREFIX, SUBMISSION
 from .domain import entity as entity_spec
 from .merge import Record
 from .ops import Op, dumps, loads
@@ -81,14 +81,21 @@ def row_of_create(op: Op) -> StoredRecord:
 def present(rec: Record) -> dict[str, Any]:
     """A record as users and exports see it: id, then its fields; no merge bookkeeping.
 
-    An order's ``line:<id>`` fields become a ``lines`` list sorted by line id, with its total.
+    An order's ``line:<id>`` fields become a ``lines`` list sorted by line id, with its total; a
+    submitted order shows the lines its submit saw (``merge.submitted_lines``).
     """
     out: dict[str, Any] = {"id": rec.id}
     lines = []
+    submitted = merge.submitted_lines(rec)
+    if submitted is not None:
+        lines = [{"id": name[len(LINE_PREFIX):], **value} for name, (_, value) in submitted.items()
+                 if value is not None]
     for name, value in rec.values.items():
-        if name == DELETED:
+        if name == DELETED or name == SUBMISSION:
             continue
         if name.startswith(LINE_PREFIX):
+            if submitted is not None:
+                continue
             if value is not None:
                 lines.append({"id": name[len(LINE_PREFIX):], **value})
         else:

@@ -110,6 +110,9 @@ class MetaKey:
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"
     LAST_SYNC_REJECTED = "last_sync_rejected"
+    # "<since> <error kind>": syncs have failed since that time (UTC ISO), the latest with that
+    # kind; "" once one succeeds or after `crm login` (writes warn: Device.sync_warning)
+    SYNC_FAILING = "sync_failing"
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next

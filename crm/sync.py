@@ -354,13 +354,16 @@ def _sync_once(device: Device, client: SyncClient | None) -> SyncResult:
         try:
             _sync_with_recovery(device, client, result)
         except Exception as exc:
-            device.set_settings({MetaKey.LAST_SYNC_ERROR: f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                                                    f"{getattr(exc, 'message', str(exc))[:200]}",
+            now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+            since = (device.setting(MetaKey.SYNC_FAILING) or "").split(" ", 1)[0] or now  # the first failure
+            device.set_settings({MetaKey.LAST_SYNC_ERROR: f"{now} {getattr(exc, 'message', str(exc))[:200]}",
+                                 MetaKey.SYNC_FAILING: f"{since} {getattr(exc, 'kind', 'error')}",
                                  **_learnt(client)})
             raise
         result.seconds = time.monotonic() - started
         device.set_settings({MetaKey.LAST_SYNC: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              MetaKey.LAST_SYNC_ERROR: "", MetaKey.LAST_SYNC_REJECTED: str(result.rejected),
+                             MetaKey.SYNC_FAILING: "",
                              **_learnt(client)})
         return result
     finally:

@@ -75,7 +75,8 @@ _DECODER = msgspec.json.Decoder(PushBody)
 _LINE_PARTS = {"sku": str, "quantity": int, "unit_price": str}
 # entity -> field name -> the Python types its JSON value may have (None aside)
 _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
-    name: {f.name: {"int": (int,), "float": (int, float)}.get(f.kind, (str,)) for f in spec.fields}
+    name: {f.name: {"int": (int,), "float": (int, float), "submission": (dict,)}.get(f.kind, (str,))
+           for f in spec.fields}
     for name, spec in ENTITIES.items()
 }
 

@@ -154,7 +154,7 @@ def test_contacts_visits_and_notes_list_by_account(home: Path, account: str) -> 
     visit = ok_json(home, "visit", "log", "--account", account, "--outcome", "demo", "--at",
                     "2026-03-01T10:00:00+01:00", "--duration", "25", "--notes", "long chat",
                     "--lat", "53.8", "--lon", "-1.55")
-    assert (visit["at"], visit["duration_min"], visit["lat"]) == ("2026-03-01T09:00:00Z", 25, 53.8)
+    assert (visit["at"], visit["duration_min"], visit["lat"]) == ("2026-03-01T10:00:00+01:00", 25, 53.8)
     assert [v["id"] for v in ok_json(home, "visit", "ls", "--account", account)] == [visit["id"]]
     assert ok_json(home, "visit", "ls", "--account", other) == []
 
@@ -409,14 +409,17 @@ LOCAL = ("init", "account", "contact", "visit", "order", "note", "product", "out
 def _leaf_commands():
     import typer
 
-    root = typer.main.get_command(app)
-    for name in LOCAL:
-        command = root.get_command(None, name)
+    def walk(path, command):
         subs = getattr(command, "commands", None)
         if subs:
-            yield from ((name, sub) for sub in subs)
+            for sub, inner in subs.items():  # groups within groups too (crm order line edit)
+                yield from walk((*path, sub), inner)
         else:
-            yield (name,)
+            yield path
+
+    root = typer.main.get_command(app)
+    for name in LOCAL:
+        yield from walk((name,), root.get_command(None, name))
 
 
 @pytest.mark.parametrize("path", list(_leaf_commands()), ids=" ".join)

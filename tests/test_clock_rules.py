@@ -264,3 +264,28 @@ def test_an_op_already_logged_is_acknowledged_even_if_the_servers_clock_went_bac
 def test_parse_stamp_of_restamped_ops_round_trips():
     renamed = restamp([_s(T + Y, 3, "dev-a")], floor=(T, 0), physical=T + 7, device="dev-a")
     assert parse_stamp(renamed[_s(T + Y, 3, "dev-a")]).wall_ms == T + 7
+
+
+def test_restamping_a_submit_renames_the_stamps_its_submission_holds(tmp_path, monkeypatch):
+    """A submitted order's ``submission`` keeps, per line, the stamp of the op that wrote it: a
+    re-stamped submit must leave the device holding what a replay of the re-stamped ops gives
+    (else a later resolution joins differently on the device and on the server)."""
+    dev = Device.init(tmp_path / "a", rep="rep-a")
+    now = T + 10 * Y // 365
+    monkeypatch.setenv("CRM_CLOCK_SKEW_MS", str(now - 60 * S - _machine_ms()))
+    account = dev.create("account", {"name": "Acme"})["id"]
+    oid = dev.add_order({"account": account}, [{"sku": "SKU-1", "quantity": 2, "unit_price": "1.00"}])["id"]
+    created = [op_from_wire(_wire(dev, e["op"])) for e in dev.outbox()["entries"]]
+    dev.settle_pushed([op.op_id for op in created], [])
+    monkeypatch.setenv("CRM_CLOCK_SKEW_MS", str(now + Y - _machine_ms()))  # a year ahead
+    dev.set_order_status(oid, "submitted")
+    (submit,) = [op_from_wire(_wire(dev, e["op"])) for e in dev.outbox()["entries"]]
+    monkeypatch.setenv("CRM_CLOCK_SKEW_MS", str(now - _machine_ms()))
+    assert dev.restamp([(submit.op_id, submit.hlc)], ServerTime(now, now)) == 1
+    (renamed,) = [op_from_wire(_wire(dev, e["op"])) for e in dev.outbox()["entries"]]
+    with dev.store.read() as conn:
+        stored = dev._load(conn, "order", oid)
+    replayed = _replay([op for op in created if op.entity == "order"] + [renamed])
+    assert (replayed.values, replayed.meta) == (stored.values, stored.meta)
+    assert dev.get("order", oid)["total"] == "2.00"
+    dev.close()

@@ -74,7 +74,7 @@ def test_every_command_shows_an_example_in_its_help(path: tuple[str, ...]) -> No
 
 
 # -- docs/cli.md ------------------------------------------------------------------------------
-GLOBAL_WITH_VALUE = {"--home"}  # root options that come before the command and take a value
+GLOBAL_WITH_VALUE = {"--home", "--tz"}  # root options that come before the command and take a value
 _CRM = re.compile(r"(?<![\w/.-])crm(?=\s)")
 _STOP = re.compile(r"[|;&)`#>]")  # where an invocation ends on a line: a pipe, $( ), a code span...
 

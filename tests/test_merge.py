@@ -27,8 +27,10 @@ from crm.merge import (
     edit_base,
     leaves,
     resolution,
+    submit,
 )
 from crm.ops import Op
+from crm.records import present
 
 LINE_1 = "line:00000000-0000-4000-8000-000000000001"
 LINE_2 = "line:00000000-0000-4000-8000-000000000002"
@@ -43,7 +45,7 @@ class Write:
     op_id: str
     device: str
     wall: int
-    what: str  # create | edit | delete | resolve
+    what: str  # create | edit | delete | resolve | submit
     fields: dict[str, Any] = field(default_factory=dict)
     saw: tuple[str, ...] = ()
     conflict: str = ""  # resolve: the conflict id
@@ -60,6 +62,10 @@ def edit(op_id, device, wall, fields, saw):
 
 def delete(op_id, device, wall, saw):
     return Write(op_id, device, wall, "delete", {}, tuple(saw))
+
+
+def submit_order(op_id, device, wall, saw):
+    return Write(op_id, device, wall, "submit", {}, tuple(saw))
 
 
 def resolve(op_id, device, wall, conflict, keep, saw):
@@ -87,6 +93,8 @@ def build(entity: str, writes: list[Write]) -> dict[str, Op]:
             fields, base = dict(w.fields), {name: edit_base(seen, name) for name in w.fields}
         elif w.what == "delete":
             fields, base, kind = {"_deleted": True}, delete_base(seen), "delete"
+        elif w.what == "submit":
+            fields, base = submit(seen)
         else:
             (target,) = [c for c in conflicts(seen) if c.id == w.conflict]
             fields, base = resolution(seen, target, w.keep)
@@ -104,6 +112,7 @@ class Case:
     conflicts: dict[str, tuple[str, Any, Any]]  # id -> (kind, winner value, loser value)
     arrival: tuple[str, ...] = ()  # default: the order written
     entity: str = "account"
+    total: str | None = None  # an order's total as shown (and exported)
 
 
 C = create("c1", "A", 1000, name="Acme", city="Leeds")
@@ -206,6 +215,94 @@ CASES = [
 ]
 
 
+def stamp(wall: int, device: str) -> str:
+    return format_stamp(wall, 0, device)
+
+
+def line(sku: str, quantity: int, price: str) -> dict[str, Any]:
+    return {"sku": sku, "quantity": quantity, "unit_price": price}
+
+
+ID_1, ID_2 = LINE_1[len("line:"):], LINE_2[len("line:"):]
+P1, P1_MORE, P2 = line("P-1", 2, "1.00"), line("P-1", 5, "1.00"), line("P-2", 1, "9.50")
+ORDER_FIELDS = {"account": "a1", "currency": "GBP"}
+ADD_1 = edit("l1", "A", 1500, {LINE_1: P1}, saw=["c1"])
+SUBMIT_A = submit_order("s1", "A", 2000, saw=["c1", "l1"])
+ADD_2_LATE = edit("l2", "B", 2500, {LINE_2: P2}, saw=["c1", "l1"])  # B had not seen the submit
+SUBMITTED_1 = {"status": "submitted", "submission": {ID_1: [stamp(2000, "A"), P1]}}
+
+ORDER_CASES = [
+    Case("concurrent edits of one draft line: a conflict",
+         [ORDER, ADD_1, edit("e1", "A", 2000, {LINE_1: line("P-1", 3, "1.00")}, saw=["c1", "l1"]),
+          edit("e2", "B", 2500, {LINE_1: P1_MORE}, saw=["c1", "l1"])],
+         {**ORDER_FIELDS, "status": "draft", LINE_1: P1_MORE},
+         {"e1:" + LINE_1: ("concurrent_edit", P1_MORE, line("P-1", 3, "1.00"))}, entity="order", total="5.00"),
+    Case("a line removed on one device and edited later on another: the edit wins, the removal is a conflict",
+         [ORDER, ADD_1, edit("r", "A", 2000, {LINE_1: None}, saw=["c1", "l1"]),
+          edit("e2", "B", 2500, {LINE_1: P1_MORE}, saw=["c1", "l1"])],
+         {**ORDER_FIELDS, "status": "draft", LINE_1: P1_MORE},
+         {"r:" + LINE_1: ("concurrent_edit", P1_MORE, None)}, entity="order", total="5.00"),
+    Case("a line edited on one device and removed later on another: removed, the edit is a conflict",
+         [ORDER, ADD_1, edit("e2", "B", 2000, {LINE_1: P1_MORE}, saw=["c1", "l1"]),
+          edit("r", "A", 2500, {LINE_1: None}, saw=["c1", "l1"])],
+         {**ORDER_FIELDS, "status": "draft", LINE_1: None},
+         {"e2:" + LINE_1: ("concurrent_edit", None, P1_MORE)}, entity="order", total="0.00"),
+    Case("submit records the lines it saw; no conflict",
+         [ORDER, ADD_1, SUBMIT_A], {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1}, {}, entity="order", total="2.00"),
+    Case("a line added concurrently with a submit is held back as edit_of_submitted",
+         [ORDER, ADD_1, SUBMIT_A, ADD_2_LATE],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1, LINE_2: P2},
+         {"l2:" + LINE_2: ("edit_of_submitted", None, P2)}, entity="order", total="2.00"),
+    Case("a concurrent line stamped before the submit is held back too",
+         [ORDER, ADD_1, edit("l2", "B", 1800, {LINE_2: P2}, saw=["c1", "l1"]), SUBMIT_A],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1, LINE_2: P2},
+         {"l2:" + LINE_2: ("edit_of_submitted", None, P2)}, entity="order", total="2.00"),
+    Case("a line edited concurrently with a submit: the order keeps the line as submitted",
+         [ORDER, ADD_1, SUBMIT_A, edit("e2", "B", 2500, {LINE_1: P1_MORE}, saw=["c1", "l1"])],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1_MORE},
+         {"e2:" + LINE_1: ("edit_of_submitted", P1, P1_MORE)}, entity="order", total="2.00"),
+    Case("a line removed concurrently with a submit: the order keeps the line",
+         [ORDER, ADD_1, SUBMIT_A, edit("r", "B", 2500, {LINE_1: None}, saw=["c1", "l1"])],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: None},
+         {"r:" + LINE_1: ("edit_of_submitted", P1, None)}, entity="order", total="2.00"),
+    Case("a line added after a submit, resolve keeping the winner: the submitted order stands",
+         [ORDER, ADD_1, SUBMIT_A, ADD_2_LATE,
+          resolve("k", "A", 3000, "l2:" + LINE_2, "winner", saw=["c1", "l1", "s1", "l2"])],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1, LINE_2: P2}, {}, entity="order", total="2.00"),
+    Case("a line added after a submit, resolve keeping the loser: the line joins the submitted order",
+         [ORDER, ADD_1, SUBMIT_A, ADD_2_LATE,
+          resolve("k", "A", 3000, "l2:" + LINE_2, "loser", saw=["c1", "l1", "s1", "l2"])],
+         {**ORDER_FIELDS, "status": "submitted", LINE_1: P1, LINE_2: P2,
+          "submission": {ID_1: [stamp(2000, "A"), P1], ID_2: [stamp(3000, "A"), P2]}},
+         {}, entity="order", total="11.50"),
+    Case("a line removed after a submit, resolve keeping the loser: the line leaves the submitted order",
+         [ORDER, ADD_1, SUBMIT_A, edit("r", "B", 2500, {LINE_1: None}, saw=["c1", "l1"]),
+          resolve("k", "B", 3000, "r:" + LINE_1, "loser", saw=["c1", "l1", "s1", "r"])],
+         {**ORDER_FIELDS, "status": "submitted", LINE_1: None,
+          "submission": {ID_1: [stamp(3000, "B"), None]}}, {}, entity="order", total="0.00"),
+    Case("two devices submit concurrently having seen different lines: the order holds both",
+         [ORDER, ADD_1, edit("l2", "B", 1600, {LINE_2: P2}, saw=["c1"]),
+          SUBMIT_A, submit_order("s2", "B", 2100, saw=["c1", "l2"])],
+         {**ORDER_FIELDS, "status": "submitted", LINE_1: P1, LINE_2: P2,
+          "submission": {ID_1: [stamp(2000, "A"), P1], ID_2: [stamp(2100, "B"), P2]}},
+         {}, entity="order", total="11.50"),
+    Case("a line added concurrently with a cancel from draft joins the cancelled order",
+         [ORDER, ADD_1, edit("x1", "A", 2000, {"status": "cancelled"}, saw=["c1", "l1"]), ADD_2_LATE],
+         {**ORDER_FIELDS, "status": "cancelled", LINE_1: P1, LINE_2: P2}, {}, entity="order", total="11.50"),
+    Case("a submitted order cancelled later keeps the submitted lines",
+         [ORDER, ADD_1, SUBMIT_A, edit("x1", "A", 3000, {"status": "cancelled"}, saw=["c1", "l1", "s1"]),
+          ADD_2_LATE],
+         {**ORDER_FIELDS, **SUBMITTED_1, "status": "cancelled", LINE_1: P1, LINE_2: P2},
+         {"l2:" + LINE_2: ("edit_of_submitted", None, P2)}, entity="order", total="2.00"),
+    Case("a submit arriving after the late line still holds it back",
+         [ORDER, ADD_1, SUBMIT_A, ADD_2_LATE],
+         {**ORDER_FIELDS, **SUBMITTED_1, LINE_1: P1, LINE_2: P2},
+         {"l2:" + LINE_2: ("edit_of_submitted", None, P2)}, arrival=("l2", "c1", "l1", "s1"),
+         entity="order", total="2.00"),
+]
+CASES += ORDER_CASES
+
+
 def _summary(rec: Record) -> tuple[dict, dict, list]:
     return rec.values, rec.meta, [c.to_json() for c in conflicts(rec)]
 
@@ -217,6 +314,8 @@ def test_case(case: Case) -> None:
     assert rec.values == case.values
     found = {c.id: (c.kind, c.winner_value, c.loser_value) for c in conflicts(rec)}
     assert found == case.conflicts
+    if case.total is not None:
+        assert present(rec)["total"] == case.total
     for conflict in conflicts(rec):  # a conflict names the op that lost, with what it wrote
         assert ops[conflict.loser_op].fields[conflict.field] == conflict.loser_value
         assert ops[conflict.loser_op].hlc == conflict.loser_stamp

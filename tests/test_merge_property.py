@@ -8,7 +8,9 @@ with duplicates and re-deliveries; at the end everything reaches everyone. Then:
 * every replica holds the same values, metadata and conflicts (and so does a replay in write order);
 * no field write is silently discarded: each one is its field's current value, an open conflict,
   seen by a later op (named in its base), or, for the forward-only order status, behind the
-  status that won;
+  status that won; a line of a submitted order counts as current only when the order shows it
+  (the line as submitted), and every entry of a submit's ``submission`` is held unless a later
+  stamp wrote that line;
 * resolving the remaining conflicts one by one on one replica and syncing settles all of them.
 """
 
@@ -20,10 +22,21 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from crm.domain import DELETED, STATUS_RANK
+from crm.domain import DELETED, LINE_PREFIX, STATUS_RANK, SUBMISSION
 from crm.hlc import HybridClock
-from crm.merge import Record, apply_op, conflict_count, conflicts, delete_base, edit_base, resolution
+from crm.merge import (
+    Record,
+    apply_op,
+    conflict_count,
+    conflicts,
+    delete_base,
+    edit_base,
+    resolution,
+    submit,
+    submitted_lines,
+)
 from crm.ops import Op
+from crm.records import present
 from tests.support import examples
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
@@ -124,7 +137,11 @@ def do_status(data, world: World, r: Replica) -> None:
     ahead = [s for s in STATUS_RANK if STATUS_RANK[s] > STATUS_RANK.get(rec.values.get("status"), 0)]
     if ahead:  # a device only moves its own view of the status forward
         status = data.draw(st.sampled_from(ahead))
-        r.write("order", rec.id, {"status": status}, {"status": edit_base(rec, "status")}, "update")
+        if status == "submitted":  # as the device does: with the lines it shows
+            fields, base = submit(rec)
+        else:
+            fields, base = {"status": status}, {"status": edit_base(rec, "status")}
+        r.write("order", rec.id, fields, base, "update")
 
 
 def do_line(data, world: World, r: Replica) -> None:
@@ -132,13 +149,15 @@ def do_line(data, world: World, r: Replica) -> None:
     if not orders:
         return
     rec = data.draw(st.sampled_from(orders))
-    existing = sorted(name for name in rec.values if name.startswith("line:"))
-    if existing and data.draw(st.booleans()):  # change a line's quantity
+    existing = sorted(name for name in rec.values if name.startswith("line:") and rec.values[name] is not None)
+    value: dict | None = {"sku": "P-1", "quantity": data.draw(st.integers(1, 3)), "unit_price": "2.50"}
+    if existing and data.draw(st.booleans()):  # change a line's quantity, or remove it
         name = data.draw(st.sampled_from(existing))
+        if data.draw(st.booleans()):
+            value = None
     else:
         world.lines += 1
         name = f"line:00000000-0000-4000-8000-{world.lines:012d}"
-    value = {"sku": "P-1", "quantity": data.draw(st.integers(1, 3)), "unit_price": "2.50"}
     r.write("order", rec.id, {name: value}, {name: edit_base(rec, name)}, "update")
 
 
@@ -161,13 +180,13 @@ def do_clock(data, world: World, r: Replica) -> None:
 
 WRITES = {"create": do_create, "edit": do_edit, "delete": do_delete, "resolve": do_resolve,
           "status": do_status, "line": do_line, "clock": do_clock}
-ACTIONS = ["create", "edit", "edit", "edit", "edit", "delete", "resolve", "resolve", "status", "line",
+ACTIONS = ["create", "edit", "edit", "edit", "edit", "delete", "resolve", "resolve", "status", "line", "line",
            "clock", "sync", "sync", "sync"]
 
 
 # -- what must hold -------------------------------------------------------------------------------
 def state(replica: Replica) -> dict:
-    return {rid: (rec.values, rec.meta, [c.to_json() for c in conflicts(rec)])
+    return {rid: (rec.values, rec.meta, [c.to_json() for c in conflicts(rec)], present(rec))
             for rid, rec in sorted(replica.records.items())}
 
 
@@ -189,7 +208,7 @@ def assert_converged(world: World, replicas: list[Replica]) -> None:
     for op in world.ops:
         reference[op.record_id] = apply_op(reference.get(op.record_id), op)
     assert {rid: (rec.values, rec.meta) for rid, rec in sorted(reference.items())} == \
-        {rid: (v, m) for rid, (v, m, _) in first.items()}
+        {rid: (v, m) for rid, (v, m, _, _) in first.items()}
 
 
 def assert_nothing_silently_discarded(world: World, replica: Replica) -> None:
@@ -205,6 +224,16 @@ def assert_nothing_silently_discarded(world: World, replica: Replica) -> None:
             if (rec.entity, name) == ("order", "status"):
                 if STATUS_RANK[value] <= STATUS_RANK[rec.values[name]]:
                     continue  # the join: a status at or behind the winning one is part of it
+            elif (rec.entity, name) == ("order", SUBMISSION):
+                held = rec.values[name]
+                for line_id, line in value.items():  # the join: each entry held, or a later one wrote it
+                    entry = held[line_id]
+                    assert entry == [op.hlc, line] or entry[0] > op.hlc, (op.op_id, line_id, entry)
+                continue
+            elif name.startswith(LINE_PREFIX) and (shown := submitted_lines(rec)) is not None \
+                    and not rec.deleted:
+                if shown.get(name, (None, None))[1] == value:
+                    continue  # the line as the submitted order shows it
             elif rec.values.get(name) == value and not (rec.deleted and name != DELETED):
                 continue  # the field's current value (a deleted record's edits must show as conflicts)
             raise AssertionError(f"{op.op_id} wrote {rec.entity}.{name}={value!r} on {op.record_id} and "

@@ -563,3 +563,32 @@ def test_a_device_refuses_a_line_past_the_cap(tmp_path, monkeypatch):
         device.add_order_line(order["id"], {"sku": "P-1", "quantity": 1, "unit_price": "1.00"})
     assert device.outbox()["pending"] == pending
     device.close()
+
+
+def test_a_submission_names_only_lines_the_order_has(store):
+    """A submit's ``submission`` is joined into the order for good, key by key: one naming lines the
+    order does not have would grow it past the line cap without a line field. The server rejects
+    such an op; an honest submit (its lines pushed before it) and a submit naming lines the same op
+    writes (a resolution keeping a change) pass."""
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    rid = "order-2"
+    create = op_to_wire(Op(op_id="c-order-2", device="dev-1", hlc=format_stamp(now_ms() - 90_000, 0, "dev-1"),
+                           entity="order", record_id=rid, kind="create",
+                           fields={"account": "acct-1", "currency": "GBP", "status": "draft",
+                                   "placed_at": "2026-01-01T00:00:00Z"}))
+    lines = _lines_op(0, rid, 2)
+    line = {"sku": "P-1", "quantity": 1, "unit_price": "1.00"}
+    known = [name[len("line:"):] for name in lines["fields"]]
+
+    def submit(op_id: str, counter: int, names: list[str], fields: dict | None = None) -> dict:
+        return op_to_wire(Op(op_id=op_id, device="dev-1", hlc=format_stamp(now_ms() - 60_000, counter, "dev-1"),
+                             entity="order", record_id=rid, kind="update",
+                             fields={"status": "submitted", "submission": {n: line for n in names}, **(fields or {})}))
+
+    stranger = "00000000-0000-4000-8000-999999999999"
+    result = store.push(who, [create, lines, submit("s-bad", 200, [*known, stranger]), submit("s-ok", 201, known)])
+    assert [op_id for op_id, _ in result.rejected] == ["s-bad"]
+    assert "does not have" in result.rejected[0][1]
+    with_its_line = submit("s-too", 202, [stranger], {f"line:{stranger}": line})
+    assert store.push(who, [with_its_line]).rejected == []

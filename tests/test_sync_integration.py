@@ -78,6 +78,64 @@ def test_conflict_resolution_syncs_to_every_replica(tmp_path, server):
     assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
 
 
+@pytest.mark.parametrize(("keep", "total"), [("winner", "42.48"), ("loser", "48.48")])
+def test_a_line_added_offline_to_an_order_submitted_elsewhere_is_a_conflict_not_a_new_total(
+        tmp_path, server, keep, total):
+    """Issue 14: one device submits an order while another, offline, adds a line to it."""
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    d2 = server.device(tmp_path, "d2", server.add_rep(ORG, "d2"))
+    acc = _account(server, d1)
+    order_id = server.ok("order", "add", "--account", acc, "--line", "SKU-1:12:2.99", "--line", "SKU-2:3:2.20",
+                         "--json", home=d1)["id"]
+    for home in (d1, d2):
+        server.ok("sync", home=home)
+    server.ok("order", "submit", order_id, "--json", home=d1)
+    line = server.ok("order", "add-line", order_id, "--line", "SKU-3:2:3.00", "--json", home=d2)["id"]
+    for home in (d1, d2, d1):
+        server.ok("sync", home=home)
+
+    assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
+    state = json.loads(server.export(ORG))
+    (the_order,) = state["order"]
+    assert (the_order["status"], the_order["total"], len(the_order["lines"])) == ("submitted", "42.48", 2)
+    (conflict,) = server.ok("conflicts", "ls", "--json", home=d2)
+    assert (conflict["kind"], conflict["field"], conflict["winner"]["value"]) == \
+        ("edit_of_submitted", f"line:{line}", None)
+    assert conflict["loser"]["value"] == {"sku": "SKU-3", "quantity": 2, "unit_price": "3.00"}
+    assert state["conflicts"] == [conflict]
+    assert "edit_of_submitted" in server.crm("conflicts", "ls", home=d2).stdout, "the table says what kind"
+
+    server.ok("conflicts", "resolve", conflict["id"], "--keep", keep, "--json", home=d2)
+    for home in (d2, d1):
+        server.ok("sync", home=home)
+    assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
+    state = json.loads(server.export(ORG))
+    assert state["conflicts"] == [] and state["order"][0]["total"] == total
+
+
+def test_concurrent_edits_of_one_order_line_are_a_conflict_and_a_removal_is_kept(tmp_path, server):
+    d1 = server.device(tmp_path, "d1", server.add_rep(ORG, "d1"))
+    d2 = server.device(tmp_path, "d2", server.add_rep(ORG, "d2"))
+    acc = _account(server, d1)
+    order = server.ok("order", "add", "--account", acc, "--line", "SKU-1:3:2.50", "--line", "SKU-2:1:1.00",
+                      "--json", home=d1)
+    first, second = (line["id"] for line in order["lines"])
+    for home in (d1, d2):
+        server.ok("sync", home=home)
+    server.ok("order", "line", "edit", order["id"], first, "--quantity", "4", "--json", home=d1)
+    server.ok("order", "line", "edit", order["id"], first, "--quantity", "30", "--price", "2.40", "--json", home=d2)
+    server.ok("order", "line", "rm", order["id"], second, "--json", home=d2)
+    for home in (d1, d2, d1):
+        server.ok("sync", home=home)
+    assert server.export_home(d1) == server.export_home(d2) == server.export(ORG)
+    state = json.loads(server.export(ORG))
+    (conflict,) = state["conflicts"]
+    assert (conflict["kind"], conflict["field"]) == ("concurrent_edit", f"line:{first}")
+    quantities = {conflict["winner"]["value"]["quantity"], conflict["loser"]["value"]["quantity"]}
+    assert quantities == {4, 30}, "both edits are kept: one shown, one as the conflict"
+    assert [line["id"] for line in state["order"][0]["lines"]] == [first]
+
+
 def test_a_batch_sent_twice_and_out_of_order_is_applied_once(tmp_path, server):
     token = server.add_rep(ORG, "d1")
     d1 = server.device(tmp_path, "d1", token)

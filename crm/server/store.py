@@ -27,7 +27,7 @@ from typing import Any
 
 from .. import merge
 from ..admission import CLOCK_AHEAD, ClockAhead, InvalidOp, admit, parse
-from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, validate_create, validate_edit
+from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, SUBMISSION, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
 from ..ids import new_id
@@ -480,9 +480,10 @@ class ServerStore:
 
     def _past_line_cap(self, conn: Any, org: str, ops: list[Op]) -> list[tuple[str, str]]:
         """The ops (op id, reason) that would take an order past MAX_ORDER_LINES lines, in order:
-        lines are fields, so without a cap one order grew by every push (docs/security.md)."""
-        orders = {op.record_id for op in ops
-                  if op.entity == "order" and any(name.startswith(LINE_PREFIX) for name in op.fields)}
+        lines are fields, so without a cap one order grew by every push (docs/security.md). So is a
+        submission naming a line the order does not have: it is joined into the order for good."""
+        orders = {op.record_id for op in ops if op.entity == "order" and (
+            SUBMISSION in op.fields or any(name.startswith(LINE_PREFIX) for name in op.fields))}
         if not orders:
             return []
         lines: dict[str, set[str]] = {rid: set() for rid in orders}
@@ -496,9 +497,14 @@ class ServerStore:
                 continue
             have = lines[op.record_id]
             new = {name for name in op.fields if name.startswith(LINE_PREFIX)} - have
+            submitted = op.fields.get(SUBMISSION)
+            unknown = {LINE_PREFIX + key for key in submitted} - have - new if isinstance(submitted, dict) else set()
             if len(have) + len(new) > MAX_ORDER_LINES:
                 over.append((op.op_id, f"order {op.record_id} would have {len(have) + len(new)} lines: an order "
                                        f"takes at most {MAX_ORDER_LINES} lines, removed ones included"))
+            elif unknown:
+                over.append((op.op_id, f"order {op.record_id}: its submission names {len(unknown)} line(s) "
+                                       "the order does not have"))
             else:
                 have |= new
         return over

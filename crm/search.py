@@ -1,0 +1,307 @@
+"""Finding records: case- and accent-insensitive search, and every way a rep may name a record.
+
+The index is derived data, local to the device store: it is written in the same transaction as
+the records it describes (``reindex``, called by ``Device.write`` and ``Device.apply_remote``
+before their upsert), never enters the outbox, the sync protocol or the canonical export, and can
+be rebuilt from ``records`` at any time (``rebuild``; the schema-3 migration does that).
+
+Two tables (crm/store.py, schema version 3):
+
+* ``find (k INTEGER PRIMARY KEY, entity, id)``: one row per live (not deleted) record. ``k`` is the
+  id's random tail as an integer, its last 8 hex digits first (``key_of``), so the short id shown
+  in tables (the last 8 hex digits, ``short_id``) and any prefix of it is a range of ``k``.
+* ``search``: an FTS5 *contentless* table (columns name, city, postcode, ref, other; rowid = k)
+  holding the folded text of accounts, contacts and notes; it stores only the inverted index.
+  A contentless table forgets what it indexed, so removing an entry gives the old values again:
+  ``reindex`` recomputes them from the record's stored row before it is overwritten.
+
+Folding (``fold``): NFKD, drop combining marks, casefold; letters that do not decompose are
+mapped by hand (Ł→l, Ø→o, Đ→d, Æ→ae, Œ→oe, Þ→th, ß→ss, ı→i, Ħ→h), so "Łódź" is found as "lodz"
+and "Café Müller" as "cafe muller". Changing these rules changes what is indexed: bump the schema
+version so the migration rebuilds the index.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import AmbiguousError
+
+__all__ = ["INDEXED", "SCHEMA", "fold", "key_of", "rebuild", "reindex", "resolve", "search", "short_id"]
+
+# The statements of schema version 3 (crm/store.py runs them, then ``rebuild``).
+SCHEMA = """
+CREATE TABLE find (k INTEGER PRIMARY KEY, entity TEXT NOT NULL, id TEXT NOT NULL);
+CREATE VIRTUAL TABLE search USING fts5(name, city, postcode, ref, other, content='', columnsize=0,
+    tokenize='unicode61 remove_diacritics 2');
+"""
+
+INDEXED = ("account", "contact", "note")  # the entities whose text is searchable
+SHORT_LEN = 8  # hex digits of a short id
+MIN_SHORT = 4  # the fewest hex digits of a short id (or of an id's start) that may name a record
+MAX_CANDIDATES = 10  # how many candidates an ambiguity lists
+_PROBE = 16  # how far past its key a record may sit when another record's key took it (never, in practice)
+_TAIL_BITS = 60
+
+_UNDECOMPOSED = str.maketrans({"ł": "l", "Ł": "l", "ø": "o", "Ø": "o", "đ": "d", "Đ": "d", "ħ": "h", "Ħ": "h",
+                               "ı": "i", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "þ": "th", "Þ": "th",
+                               "ð": "d", "Ð": "d", "ß": "ss"})
+_WORD = re.compile(r"[^\W_]+")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def fold(text: str) -> str:
+    """``text`` without case or accents: NFKD, no combining marks, casefolded, Ł→l and the like."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSED).casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def words(text: str) -> list[str]:
+    """The folded words of ``text`` (letters and digits; everything else separates)."""
+    return _WORD.findall(fold(text))
+
+
+def same(a: Any, b: str) -> bool:
+    """Whether a stored value reads as ``b``, ignoring case, accents, spacing and punctuation."""
+    return isinstance(a, str) and words(a) == words(b)
+
+
+def compact_postcode(text: str) -> str:
+    return "".join(words(text))
+
+
+def _hex(rid: str) -> str | None:
+    digits = rid.replace("-", "")
+    return digits if len(digits) == 32 and _HEX.fullmatch(digits) else None
+
+
+def key_of(rid: str) -> int:
+    """The index key of a record id: for a UUID its last 15 hex digits (60 random bits in a UUIDv7),
+    the last 8 first; for any other id a hash."""
+    digits = _hex(rid)
+    if digits is not None:
+        return int(digits[-SHORT_LEN:] + digits[-15:-SHORT_LEN], 16)
+    import hashlib  # only for ids crm did not make
+
+    return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big") >> (64 - _TAIL_BITS)
+
+
+def short_id(rid: str) -> str:
+    """What tables show of an id: the last 8 hex digits of a UUID (random in a UUIDv7, unlike its
+    start, which every record made in the same minute shares); another id whole."""
+    digits = _hex(rid)
+    return digits[-SHORT_LEN:] if digits is not None else rid
+
+
+def _doc(entity: str, values: dict[str, Any]) -> tuple[str, str, str, str, str] | None:
+    """The folded text of a record, by search column, or None when its entity is not searchable."""
+    def text(*names: str) -> str:
+        return " ".join(fold(v) for v in (values.get(name) for name in names) if isinstance(v, str) and v)
+
+    if entity == "account":
+        return (text("name"), text("city"), compact_postcode(values.get("postcode") or ""),
+                text("external_ref"), text("address", "email", "phone"))
+    if entity == "contact":
+        return text("name"), "", "", text("external_ref"), text("role", "email", "phone")
+    if entity == "note":
+        return "", "", "", "", text("text")
+    return None
+
+
+# -- keeping the index -------------------------------------------------------------------------
+_INSERT = "INSERT INTO search (rowid, name, city, postcode, ref, other) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "INSERT INTO search (search, rowid, name, city, postcode, ref, other) VALUES ('delete', ?, ?, ?, ?, ?, ?)"
+
+
+def _locate(conn: sqlite3.Connection, entity: str, rid: str) -> int | None:
+    """The key a record's ``find`` row sits at, or None when it has none."""
+    k = key_of(rid)
+    row = conn.execute("SELECT k FROM find WHERE k >= ? AND k < ? AND entity = ? AND id = ?",
+                       (k, k + _PROBE, entity, rid)).fetchone()
+    return row[0] if row else None
+
+
+def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
+    """Bring the index in line with ``rows`` (records' rows: entity, id, data, meta, parent,
+    deleted, ...) about to be written; call it inside the write's transaction, BEFORE the rows
+    replace what is stored (the old text is read from the stored rows)."""
+    latest: dict[tuple[str, str], tuple[str, int]] = {}
+    for row in rows:
+        latest[(row[0], row[1])] = (row[2], row[5])
+    if not latest:
+        return
+    by_entity: dict[str, list[str]] = {}
+    for entity, rid in latest:
+        by_entity.setdefault(entity, []).append(rid)
+    old: dict[tuple[str, str], tuple[str, int]] = {}
+    for entity, rids in by_entity.items():
+        for rid, data, deleted in conn.execute(
+                "SELECT id, data, deleted FROM records WHERE entity = ? AND id IN (SELECT value FROM json_each(?))",
+                (entity, json.dumps(rids))):
+            old[(entity, rid)] = (data, deleted)
+    removals, inserts, new_find = [], [], []
+    for (entity, rid), (data, deleted) in latest.items():
+        before = old.get((entity, rid))
+        k = None
+        if before is not None and not before[1]:
+            k = _locate(conn, entity, rid)
+            if k is not None:
+                old_doc = _doc(entity, _values(before[0]))
+                if old_doc is not None:
+                    removals.append((k, *old_doc))
+        if deleted:
+            if k is not None:
+                conn.execute("DELETE FROM find WHERE k = ?", (k,))
+            continue
+        if k is None:
+            new_find.append((entity, rid))
+        else:
+            new_doc = _doc(entity, _values(data))
+            if new_doc is not None:
+                inserts.append((k, *new_doc))
+    conn.executemany(_DELETE, removals)
+    if new_find:
+        taken = {k for (k,) in conn.execute(
+            "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))",
+            (json.dumps([key_of(rid) for _, rid in new_find]),))}
+        find_rows = []
+        for entity, rid in new_find:
+            k = key_of(rid)
+            while k in taken:  # another record's key: the next free one (a range query still finds it)
+                k += 1
+                if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
+                    taken.add(k)
+            taken.add(k)
+            find_rows.append((k, entity, rid))
+            doc = _doc(entity, _values(latest[(entity, rid)][0]))
+            if doc is not None:
+                inserts.append((k, *doc))
+        conn.executemany("INSERT INTO find (k, entity, id) VALUES (?, ?, ?)", find_rows)
+    conn.executemany(_INSERT, inserts)
+
+
+def _values(data: str) -> dict[str, Any]:
+    try:
+        values = json.loads(data)
+    except ValueError:
+        return {}  # damaged (crm doctor says so): nothing to find in it
+    return values if isinstance(values, dict) else {}
+
+
+def rebuild(conn: sqlite3.Connection) -> None:
+    """Index every live record again from ``records`` (the migration to schema 3)."""
+    conn.execute("DELETE FROM find")
+    conn.execute("INSERT INTO search (search) VALUES ('delete-all')")
+    reindex(conn, conn.execute("SELECT entity, id, data, meta, parent, deleted FROM records").fetchall())
+
+
+# -- querying ----------------------------------------------------------------------------------
+def _phrase(tokens: list[str], *, prefix: bool) -> str:
+    quoted = ['"' + token.replace('"', '""') + '"' + ("*" if prefix else "") for token in tokens]
+    return " ".join(quoted)
+
+
+def _matching(conn: sqlite3.Connection, entity: str | None, query: str) -> list[tuple[str, str]]:
+    """(entity, id) of the live records whose index matches an FTS5 ``query``, in id order."""
+    sql = "SELECT f.entity, f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ?"
+    args: list[Any] = [query]
+    if entity is not None:
+        sql += " AND f.entity = ?"
+        args.append(entity)
+    return sorted(conn.execute(sql, args).fetchall(), key=lambda row: row[1])
+
+
+def matching_ids(conn: sqlite3.Connection, entity: str, *, name: str | None = None, city: str | None = None,
+                 postcode: str | None = None) -> list[str] | None:
+    """Ids of ``entity`` records that may match the filters (a superset: callers check the values
+    with ``filter_matches``), or None when no filter is given. ``name``: every word starts a word
+    of the name; ``city``: the same words as the city; ``postcode``: the postcode starts with it."""
+    parts = []
+    for column, tokens, prefix in (("name", None if name is None else words(name), True),
+                                   ("city", None if city is None else words(city), False),
+                                   ("postcode", None if postcode is None else [compact_postcode(postcode)], True)):
+        if tokens is None:
+            continue
+        tokens = [token for token in tokens if token]
+        if not tokens:
+            return []  # nothing to look for: nothing matches
+        parts.append(f"{column} : ({_phrase(tokens, prefix=prefix)})")
+    if not parts:
+        return None
+    return [rid for _, rid in _matching(conn, entity, " AND ".join(parts))]
+
+
+def filter_matches(values: dict[str, Any], *, name: str | None = None, city: str | None = None,
+                   postcode: str | None = None) -> bool:
+    """Whether a record's values pass the ``--name``/``--city``/``--postcode`` filters exactly."""
+    if name is not None:
+        have = words(values.get("name") or "")
+        if not all(any(word.startswith(want) for word in have) for want in words(name)):
+            return False
+    if city is not None and not same(values.get("city"), city):
+        return False
+    return postcode is None or compact_postcode(values.get("postcode") or "").startswith(compact_postcode(postcode))
+
+
+def search(conn: sqlite3.Connection, text: str, *, entities: Sequence[str] = INDEXED) -> list[tuple[str, str]]:
+    """(entity, id) of every live account, contact and note whose text holds every word of
+    ``text`` at the start of one of its words, case and accents aside; by entity, then id."""
+    tokens = words(text)
+    if not tokens:
+        return []
+    found = _matching(conn, None, _phrase(tokens, prefix=True))
+    order = {entity: rank for rank, entity in enumerate(entities)}
+    return sorted((row for row in found if row[0] in order), key=lambda row: (order[row[0]], row[1]))
+
+
+# -- naming a record ---------------------------------------------------------------------------
+def resolve(conn: sqlite3.Connection, entity: str, text: str) -> str | None:
+    """The id of the one live ``entity`` record that ``text`` names, or None when none does;
+    AmbiguousError (exit 13) listing the candidates when several do.
+
+    ``text`` names a record by (all forms together: a record matched by any counts once):
+    its full id; the start of its id (4 characters or more); the start of its short id (the last 8
+    hex digits, 4 to 8 of them); its external ref; or its exact name. Refs and names ignore case,
+    accents, spacing and punctuation.
+    """
+    raw = (text or "").strip()
+    low = raw.lower()
+    if not raw:
+        return None
+    found: dict[str, str] = {}  # id -> how it matched
+    if len(low) >= MIN_SHORT and re.fullmatch(r"[0-9a-z-]+", low):
+        for (rid,) in conn.execute("SELECT id FROM records WHERE entity = ? AND id >= ? AND id < ? AND deleted = 0 "
+                                   "LIMIT ?", (entity, low, low + "\x7f", MAX_CANDIDATES + 1)):
+            found.setdefault(rid, "id")
+        if len(low) <= SHORT_LEN and _HEX.fullmatch(low):
+            shift = 4 * (15 - len(low))
+            start = int(low, 16) << shift
+            for (rid,) in conn.execute("SELECT id FROM find WHERE entity = ? AND k >= ? AND k < ? LIMIT ?",
+                                       (entity, start, start + (1 << shift) + _PROBE, MAX_CANDIDATES + 1)):
+                if short_id(rid).startswith(low):
+                    found.setdefault(rid, "short id")
+    if entity in ("account", "contact") and words(raw):
+        for column, field, how in (("ref", "external_ref", "external ref"), ("name", "name", "name")):
+            for _, rid in _matching(conn, entity, f"{column} : ({_phrase(words(raw), prefix=False)})"):
+                row = conn.execute("SELECT data FROM records WHERE entity = ? AND id = ?", (entity, rid)).fetchone()
+                if row and same(_values(row[0]).get(field), raw):
+                    found.setdefault(rid, how)
+    if len(found) == 1:
+        return next(iter(found))
+    if not found:
+        return None
+    candidates = []
+    for rid, how in sorted(found.items())[:MAX_CANDIDATES]:
+        row = conn.execute("SELECT data FROM records WHERE entity = ? AND id = ?", (entity, rid)).fetchone()
+        values = _values(row[0]) if row else {}
+        label = values.get("name") or values.get("outcome") or values.get("text") or values.get("status") or ""
+        candidates.append({"id": rid, "short": short_id(rid), "matched": how, "label": str(label)[:60]})
+    more = "" if len(found) <= MAX_CANDIDATES else f"\n  ... and more ({len(found)} or more in all)"
+    lines = "\n".join(f"  {c['short']}  {c['id']}  {c['label']}  ({c['matched']})" for c in candidates)
+    raise AmbiguousError(f"{raw!r} names {len(found)} {entity}s; give more of the id, or the full id:\n"
+                         f"{lines}{more}", details={"entity": entity, "given": raw, "candidates": candidates})

@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "order": "cli.order_cmds:order_app",
     "note": "cli.record_cmds:note_app",
     "product": "cli.record_cmds:product_app",
+    "search": "cli.record_cmds:search_app",
     "outbox": "cli.device_cmds:outbox_app",
     "export": "cli.device_cmds:export_app",
     "conflicts": "cli.device_cmds:conflicts_app",

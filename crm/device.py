@@ -316,7 +316,9 @@ class Device:
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
         rows = fresh_rows + [(*row_of(rec), ikey) for rec, ikey in touched.values()]
-        search.reindex(conn, rows)  # the local search index, in this same transaction
+        known = {(op.entity, op.record_id): op.fields for op in ops if op.kind == "create"}
+        known.update({key: rec.values for key, (rec, _) in touched.items()})
+        search.reindex(conn, rows, known)  # the local search index, in this same transaction
         conn.executemany(self._UPSERT_RECORD, rows)
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
@@ -721,7 +723,9 @@ class Device:
                     merged.append(op)
             changed = merge.apply_all(lambda entity, rid: stored.get((entity, rid)), merged)
             rows += [(*row_of(rec), None) for rec in changed.values()]
-            search.reindex(conn, rows)  # the local search index, in this same transaction
+            known = {(op.entity, op.record_id): op.fields for op in foreign if op.kind == "create"}
+            known.update({(rec.entity, rec.id): rec.values for rec in changed.values()})
+            search.reindex(conn, rows, known)  # the local search index, in this same transaction
             conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)

@@ -7,11 +7,15 @@ be rebuilt from ``records`` at any time (``rebuild``; the schema-3 migration doe
 
 Two tables (crm/store.py, schema version 3):
 
-* ``find (k INTEGER PRIMARY KEY, entity, id)``: one row per live (not deleted) record. ``k`` is the
-  id's random tail as an integer, its last 8 hex digits first (``key_of``), so the short id shown
-  in tables (the last 8 hex digits, ``short_id``) and any prefix of it is a range of ``k``.
+* ``find (k INTEGER PRIMARY KEY, entity, id, s)``: one row per live (not deleted) record. ``k`` is
+  the start of its UUIDv7 (48 bits of milliseconds, 12 random bits: ``key_of``), so keys follow the
+  ids' order and lie close together, which keeps the FTS5 doclists (delta-coded rowids) small;
+  ``s`` (indexed) is the short id shown in tables, the id's last 8 hex digits, as an integer, so
+  the start of a short id is a range of ``s``.
 * ``search``: an FTS5 *contentless* table (columns name, city, postcode, ref, other; rowid = k)
-  holding the folded text of accounts, contacts and notes; it stores only the inverted index.
+  holding the folded text of accounts, contacts and notes; it stores only the inverted index, by
+  column without word positions (``detail=column``): a query is words ANDed, each a word or a
+  word's start, and what needs an exact value (a city, a name, a ref) is checked on the record.
   A contentless table forgets what it indexed, so removing an entry gives the old values again:
   ``reindex`` recomputes them from the record's stored row before it is overwritten.
 
@@ -36,9 +40,10 @@ __all__ = ["INDEXED", "SCHEMA", "fold", "key_of", "rebuild", "reindex", "resolve
 
 # The statements of schema version 3 (crm/store.py runs them, then ``rebuild``).
 SCHEMA = """
-CREATE TABLE find (k INTEGER PRIMARY KEY, entity TEXT NOT NULL, id TEXT NOT NULL);
+CREATE TABLE find (k INTEGER PRIMARY KEY, entity TEXT NOT NULL, id TEXT NOT NULL, s INTEGER);
+CREATE INDEX find_short ON find (s) WHERE s IS NOT NULL;
 CREATE VIRTUAL TABLE search USING fts5(name, city, postcode, ref, other, content='', columnsize=0,
-    tokenize='unicode61 remove_diacritics 2');
+    detail=column, tokenize='unicode61 remove_diacritics 2');
 """
 
 INDEXED = ("account", "contact", "note")  # the entities whose text is searchable
@@ -57,7 +62,11 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 def fold(text: str) -> str:
     """``text`` without case or accents: NFKD, no combining marks, casefolded, Ł→l and the like."""
+    if text.isascii():  # most text: nothing to decompose
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSED).casefold())
+    if decomposed.isascii():
+        return decomposed
     return "".join(char for char in decomposed if not unicodedata.combining(char))
 
 
@@ -81,11 +90,11 @@ def _hex(rid: str) -> str | None:
 
 
 def key_of(rid: str) -> int:
-    """The index key of a record id: for a UUID its last 15 hex digits (60 random bits in a UUIDv7),
-    the last 8 first; for any other id a hash."""
+    """The index key of a record id: for a UUID its first 60 bits but the version digit (a UUIDv7's
+    milliseconds and 12 random bits: keys sort as the ids do); for any other id a hash."""
     digits = _hex(rid)
     if digits is not None:
-        return int(digits[-SHORT_LEN:] + digits[-15:-SHORT_LEN], 16)
+        return int(digits[:12] + digits[13:16], 16)
     import hashlib  # only for ids crm did not make
 
     return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big") >> (64 - _TAIL_BITS)
@@ -100,17 +109,20 @@ def short_id(rid: str) -> str:
 
 def _doc(entity: str, values: dict[str, Any]) -> tuple[str, str, str, str, str] | None:
     """The folded text of a record, by search column, or None when its entity is not searchable."""
-    def text(*names: str) -> str:
-        return " ".join(fold(v) for v in (values.get(name) for name in names) if isinstance(v, str) and v)
-
+    get = values.get
     if entity == "account":
-        return (text("name"), text("city"), compact_postcode(values.get("postcode") or ""),
-                text("external_ref"), text("address", "email", "phone"))
+        postcode = get("postcode")
+        return (_folded(get("name")), _folded(get("city")), compact_postcode(postcode) if postcode else "",
+                _folded(get("external_ref")), _folded(get("address")))
     if entity == "contact":
-        return text("name"), "", "", text("external_ref"), text("role", "email", "phone")
+        return _folded(get("name")), "", "", _folded(get("external_ref")), _folded(get("role"))
     if entity == "note":
-        return "", "", "", "", text("text")
+        return "", "", "", "", _folded(get("text"))
     return None
+
+
+def _folded(value: Any) -> str:
+    return fold(value) if isinstance(value, str) else ""
 
 
 # -- keeping the index -------------------------------------------------------------------------
@@ -126,10 +138,14 @@ def _locate(conn: sqlite3.Connection, entity: str, rid: str) -> int | None:
     return row[0] if row else None
 
 
-def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
+def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
+            known: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
     """Bring the index in line with ``rows`` (records' rows: entity, id, data, meta, parent,
     deleted, ...) about to be written; call it inside the write's transaction, BEFORE the rows
-    replace what is stored (the old text is read from the stored rows)."""
+    replace what is stored (the old text is read from the stored rows). ``known``: the values of
+    rows by (entity, id) where the caller has them (they are the row's ``data``, not parsed again);
+    a create's values may be its op's fields (the same values: only the text fields are read)."""
+    known = known or {}
     latest: dict[tuple[str, str], tuple[str, int]] = {}
     for row in rows:
         latest[(row[0], row[1])] = (row[2], row[5])
@@ -161,7 +177,7 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
         if k is None:
             new_find.append((entity, rid))
         else:
-            new_doc = _doc(entity, _values(data))
+            new_doc = _doc(entity, known.get((entity, rid)) or _values(data))
             if new_doc is not None:
                 inserts.append((k, *new_doc))
     conn.executemany(_DELETE, removals)
@@ -177,11 +193,12 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
                 if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
                     taken.add(k)
             taken.add(k)
-            find_rows.append((k, entity, rid))
-            doc = _doc(entity, _values(latest[(entity, rid)][0]))
+            digits = _hex(rid)
+            find_rows.append((k, entity, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
+            doc = _doc(entity, known.get((entity, rid)) or _values(latest[(entity, rid)][0]))
             if doc is not None:
                 inserts.append((k, *doc))
-        conn.executemany("INSERT INTO find (k, entity, id) VALUES (?, ?, ?)", find_rows)
+        conn.executemany("INSERT INTO find (k, entity, id, s) VALUES (?, ?, ?, ?)", find_rows)
     conn.executemany(_INSERT, inserts)
 
 
@@ -279,12 +296,11 @@ def resolve(conn: sqlite3.Connection, entity: str, text: str) -> str | None:
                                    "LIMIT ?", (entity, low, low + "\x7f", MAX_CANDIDATES + 1)):
             found.setdefault(rid, "id")
         if len(low) <= SHORT_LEN and _HEX.fullmatch(low):
-            shift = 4 * (15 - len(low))
+            shift = 4 * (SHORT_LEN - len(low))
             start = int(low, 16) << shift
-            for (rid,) in conn.execute("SELECT id FROM find WHERE entity = ? AND k >= ? AND k < ? LIMIT ?",
-                                       (entity, start, start + (1 << shift) + _PROBE, MAX_CANDIDATES + 1)):
-                if short_id(rid).startswith(low):
-                    found.setdefault(rid, "short id")
+            for (rid,) in conn.execute("SELECT id FROM find WHERE s >= ? AND s < ? AND entity = ? LIMIT ?",
+                                       (start, start + (1 << shift), entity, MAX_CANDIDATES + 1)):
+                found.setdefault(rid, "short id")
     if entity in ("account", "contact") and words(raw):
         for column, field, how in (("ref", "external_ref", "external ref"), ("name", "name", "name")):
             for _, rid in _matching(conn, entity, f"{column} : ({_phrase(words(raw), prefix=False)})"):

@@ -120,10 +120,17 @@ def format_table(rows: list[dict[str, Any]], columns: Sequence[str], *, width: i
 def page_lines(lines: list[str], *, height: int) -> None:
     """Print ``lines``; through ``$PAGER`` (default ``less``, with ``LESS=FRX`` unless set) when
     they do not fit the screen. ``PAGER=`` or ``PAGER=cat`` prints them directly."""
+    import shlex
+    import shutil
+
     text = "\n".join(lines) + "\n"
     pager = os.environ.get("PAGER", "less").strip()
-    if len(lines) < height - 1 or pager in ("", "cat"):
-        sys.stdout.write(text)
+    try:
+        program = shlex.split(pager)[0] if pager else ""
+    except ValueError:
+        program = ""
+    if len(lines) < height - 1 or program in ("", "cat") or not shutil.which(program):
+        sys.stdout.write(text)  # fits, no pager wanted, or none installed
         return
     import subprocess
 

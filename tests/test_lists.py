@@ -5,6 +5,7 @@ plain text when piped; --json unchanged. And naming records on the command line 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -101,12 +102,16 @@ def test_a_long_table_goes_through_the_pager_on_a_terminal(monkeypatch) -> None:
             return 0
 
     monkeypatch.setattr(subprocess, "Popen", Pager)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name == "my-pager" else None)
     monkeypatch.setenv("PAGER", "my-pager")
     monkeypatch.delenv("LESS", raising=False)
     output.page_lines([f"row {i}" for i in range(30)], height=24)
     assert written and written[0].decode().splitlines()[-1] == "row 29"
     written.clear()
     output.page_lines(["one", "two"], height=24)  # fits the screen: printed directly
+    assert written == []
+    monkeypatch.setenv("PAGER", "no-such-pager --flag")
+    output.page_lines([f"row {i}" for i in range(30)], height=24)  # not installed: printed directly
     assert written == []
 
 

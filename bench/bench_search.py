@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         # the same writes without index maintenance: what the index costs a bulk write
         bare = Device.init(Path(tmp) / "bare", rep="rep")
         kept = search.reindex
-        search.reindex = lambda conn, rows: None
+        search.reindex = lambda conn, rows, known=None: None
         try:
             _, bare_s = fill(bare, rows)
         finally:

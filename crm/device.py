@@ -253,10 +253,9 @@ class Device:
 
     def search(self, text: str, *, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Accounts, contacts and notes holding every word of ``text`` (case and accents aside):
-        (the first ``limit`` as ``{entity, id, short, name, account}`` rows, how many in all)."""
+        (the first ``limit`` as ``{entity, id, name, detail, account}`` rows, how many in all)."""
         with self.store.read() as conn:
-            found = search.search(conn, text)
-            shown = found if limit is None else found[:int(limit)]
+            shown, total = search.search(conn, text, limit=None if limit is None else int(limit))
             records = self._load_many(conn, shown)
         rows = []
         for entity, rid in shown:
@@ -265,7 +264,7 @@ class Device:
             detail = values.get("city") if entity == "account" else values.get("role") if entity == "contact" else None
             rows.append({"entity": entity, "id": rid, "name": label,
                          "account": values.get("account") if entity != "account" else None, "detail": detail})
-        return rows, len(found)
+        return rows, total
 
     # -- the one write path --------------------------------------------------------------------
     def _clock(self, conn: sqlite3.Connection) -> HybridClock:

@@ -265,15 +265,24 @@ def filter_matches(values: dict[str, Any], *, name: str | None = None, city: str
     return postcode is None or compact_postcode(values.get("postcode") or "").startswith(compact_postcode(postcode))
 
 
-def search(conn: sqlite3.Connection, text: str, *, entities: Sequence[str] = INDEXED) -> list[tuple[str, str]]:
-    """(entity, id) of every live account, contact and note whose text holds every word of
-    ``text`` at the start of one of its words, case and accents aside; by entity, then id."""
+def search(conn: sqlite3.Connection, text: str, *, limit: int | None = None) -> tuple[list[tuple[str, str]], int]:
+    """(entity, id) of the live accounts, contacts and notes whose text holds every word of ``text``
+    at the start of one of its words, case and accents aside: accounts first, then contacts, then
+    notes, each oldest first; at most ``limit`` of them, and how many match in all."""
     tokens = words(text)
     if not tokens:
-        return []
-    found = _matching(conn, None, _phrase(tokens, prefix=True))
-    order = {entity: rank for rank, entity in enumerate(entities)}
-    return sorted((row for row in found if row[0] in order), key=lambda row: (order[row[0]], row[1]))
+        return [], 0
+    query = _phrase(tokens, prefix=True)
+    total = conn.execute("SELECT count(*) FROM search WHERE search MATCH ?", (query,)).fetchone()[0]
+    found: list[tuple[str, str]] = []
+    for entity in INDEXED:  # the index walked in key (= id) order, stopping once the page is full
+        left = -1 if limit is None else limit - len(found)
+        if left == 0:
+            break
+        found += [(entity, rid) for (rid,) in conn.execute(
+            "SELECT f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ? AND f.entity = ? "
+            "ORDER BY search.rowid LIMIT ?", (query, entity, left))]
+    return found, total
 
 
 # -- naming a record ---------------------------------------------------------------------------

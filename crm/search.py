@@ -7,9 +7,10 @@ be rebuilt from ``records`` at any time (``rebuild``; the schema-3 migration doe
 
 Two tables (crm/store.py, schema version 3):
 
-* ``find (k INTEGER PRIMARY KEY, entity, id, s)``: one row per live (not deleted) record. ``k`` is
-  the start of its UUIDv7 (48 bits of milliseconds, 12 random bits: ``key_of``), so keys follow the
-  ids' order and lie close together, which keeps the FTS5 doclists (delta-coded rowids) small;
+* ``find (k INTEGER PRIMARY KEY, id, s)``: one row per live (not deleted) record. ``k`` is the
+  record's entity (3 bits: ``ENTITY_CODE``) then the start of its UUIDv7 (48 bits of milliseconds,
+  12 random bits: ``key_of``): each entity is one range of keys, in the ids' order, close together,
+  which keeps the FTS5 doclists (delta-coded rowids) small and lets a query walk one entity;
   ``s`` (indexed) is the short id shown in tables, the id's last 8 hex digits, as an integer, so
   the start of a short id is a range of ``s``.
 * ``search``: an FTS5 *contentless* table (columns name, city, postcode, ref, other; rowid = k)
@@ -40,13 +41,15 @@ __all__ = ["INDEXED", "SCHEMA", "fold", "key_of", "rebuild", "reindex", "resolve
 
 # The statements of schema version 3 (crm/store.py runs them, then ``rebuild``).
 SCHEMA = """
-CREATE TABLE find (k INTEGER PRIMARY KEY, entity TEXT NOT NULL, id TEXT NOT NULL, s INTEGER);
+CREATE TABLE find (k INTEGER PRIMARY KEY, id TEXT NOT NULL, s INTEGER);
 CREATE INDEX find_short ON find (s) WHERE s IS NOT NULL;
 CREATE VIRTUAL TABLE search USING fts5(name, city, postcode, ref, other, content='', columnsize=0,
     detail=column, tokenize='unicode61 remove_diacritics 2');
 """
 
 INDEXED = ("account", "contact", "note")  # the entities whose text is searchable
+# An entity's code in the top bits of its keys: stored in every store, so never renumber one.
+ENTITY_CODE = {"account": 1, "contact": 2, "visit": 3, "order": 4, "note": 5, "product": 6}
 SHORT_LEN = 8  # hex digits of a short id
 MIN_SHORT = 4  # the fewest hex digits of a short id (or of an id's start) that may name a record
 MAX_CANDIDATES = 10  # how many candidates an ambiguity lists
@@ -89,15 +92,24 @@ def _hex(rid: str) -> str | None:
     return digits if len(digits) == 32 and _HEX.fullmatch(digits) else None
 
 
-def key_of(rid: str) -> int:
-    """The index key of a record id: for a UUID its first 60 bits but the version digit (a UUIDv7's
-    milliseconds and 12 random bits: keys sort as the ids do); for any other id a hash."""
+def _block(entity: str) -> tuple[int, int]:
+    """The keys of ``entity``'s records: [start, end)."""
+    start = ENTITY_CODE.get(entity, 7) << _TAIL_BITS
+    return start, start + (1 << _TAIL_BITS)
+
+
+def key_of(rid: str, entity: str) -> int:
+    """The index key of a record: its entity's code, then for a UUID its first 60 bits but the
+    version digit (a UUIDv7's milliseconds and 12 random bits: keys sort as the ids do), for any
+    other id a hash."""
     digits = _hex(rid)
     if digits is not None:
-        return int(digits[:12] + digits[13:16], 16)
-    import hashlib  # only for ids crm did not make
+        tail = int(digits[:12] + digits[13:16], 16)
+    else:
+        import hashlib  # only for ids crm did not make
 
-    return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big") >> (64 - _TAIL_BITS)
+        tail = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big") >> (64 - _TAIL_BITS)
+    return _block(entity)[0] | tail
 
 
 def short_id(rid: str) -> str:
@@ -132,9 +144,8 @@ _DELETE = "INSERT INTO search (search, rowid, name, city, postcode, ref, other) 
 
 def _locate(conn: sqlite3.Connection, entity: str, rid: str) -> int | None:
     """The key a record's ``find`` row sits at, or None when it has none."""
-    k = key_of(rid)
-    row = conn.execute("SELECT k FROM find WHERE k >= ? AND k < ? AND entity = ? AND id = ?",
-                       (k, k + _PROBE, entity, rid)).fetchone()
+    k = key_of(rid, entity)
+    row = conn.execute("SELECT k FROM find WHERE k >= ? AND k < ? AND id = ?", (k, k + _PROBE, rid)).fetchone()
     return row[0] if row else None
 
 
@@ -184,21 +195,21 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
     if new_find:
         taken = {k for (k,) in conn.execute(
             "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))",
-            (json.dumps([key_of(rid) for _, rid in new_find]),))}
+            (json.dumps([key_of(rid, entity) for entity, rid in new_find]),))}
         find_rows = []
         for entity, rid in new_find:
-            k = key_of(rid)
+            k = key_of(rid, entity)
             while k in taken:  # another record's key: the next free one (a range query still finds it)
-                k += 1
+                k = (k & ~((1 << _TAIL_BITS) - 1)) | ((k + 1) & ((1 << _TAIL_BITS) - 1))
                 if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
                     taken.add(k)
             taken.add(k)
             digits = _hex(rid)
-            find_rows.append((k, entity, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
+            find_rows.append((k, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
             doc = _doc(entity, known.get((entity, rid)) or _values(latest[(entity, rid)][0]))
             if doc is not None:
                 inserts.append((k, *doc))
-        conn.executemany("INSERT INTO find (k, entity, id, s) VALUES (?, ?, ?, ?)", find_rows)
+        conn.executemany("INSERT INTO find (k, id, s) VALUES (?, ?, ?)", find_rows)
     conn.executemany(_INSERT, inserts)
 
 
@@ -223,14 +234,12 @@ def _phrase(tokens: list[str], *, prefix: bool) -> str:
     return " ".join(quoted)
 
 
-def _matching(conn: sqlite3.Connection, entity: str | None, query: str) -> list[tuple[str, str]]:
-    """(entity, id) of the live records whose index matches an FTS5 ``query``, in id order."""
-    sql = "SELECT f.entity, f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ?"
-    args: list[Any] = [query]
-    if entity is not None:
-        sql += " AND f.entity = ?"
-        args.append(entity)
-    return sorted(conn.execute(sql, args).fetchall(), key=lambda row: row[1])
+def _matching(conn: sqlite3.Connection, entity: str, query: str, limit: int = -1) -> list[str]:
+    """Ids of the live ``entity`` records whose index matches an FTS5 ``query``, in id order: the
+    index walked in key order over the entity's keys only, stopping after ``limit`` (-1: all)."""
+    return [rid for (rid,) in conn.execute(
+        "SELECT f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ? "
+        "AND search.rowid >= ? AND search.rowid < ? ORDER BY search.rowid LIMIT ?", (query, *_block(entity), limit))]
 
 
 def matching_ids(conn: sqlite3.Connection, entity: str, *, name: str | None = None, city: str | None = None,
@@ -250,7 +259,7 @@ def matching_ids(conn: sqlite3.Connection, entity: str, *, name: str | None = No
         parts.append(f"{column} : ({_phrase(tokens, prefix=prefix)})")
     if not parts:
         return None
-    return [rid for _, rid in _matching(conn, entity, " AND ".join(parts))]
+    return _matching(conn, entity, " AND ".join(parts))
 
 
 def filter_matches(values: dict[str, Any], *, name: str | None = None, city: str | None = None,
@@ -279,9 +288,7 @@ def search(conn: sqlite3.Connection, text: str, *, limit: int | None = None) -> 
         left = -1 if limit is None else limit - len(found)
         if left == 0:
             break
-        found += [(entity, rid) for (rid,) in conn.execute(
-            "SELECT f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ? AND f.entity = ? "
-            "ORDER BY search.rowid LIMIT ?", (query, entity, left))]
+        found += [(entity, rid) for rid in _matching(conn, entity, query, left)]
     return found, total
 
 
@@ -307,12 +314,12 @@ def resolve(conn: sqlite3.Connection, entity: str, text: str) -> str | None:
         if len(low) <= SHORT_LEN and _HEX.fullmatch(low):
             shift = 4 * (SHORT_LEN - len(low))
             start = int(low, 16) << shift
-            for (rid,) in conn.execute("SELECT id FROM find WHERE s >= ? AND s < ? AND entity = ? LIMIT ?",
-                                       (start, start + (1 << shift), entity, MAX_CANDIDATES + 1)):
+            for (rid,) in conn.execute("SELECT id FROM find WHERE s >= ? AND s < ? AND k >= ? AND k < ? LIMIT ?",
+                                       (start, start + (1 << shift), *_block(entity), MAX_CANDIDATES + 1)):
                 found.setdefault(rid, "short id")
     if entity in ("account", "contact") and words(raw):
         for column, field, how in (("ref", "external_ref", "external ref"), ("name", "name", "name")):
-            for _, rid in _matching(conn, entity, f"{column} : ({_phrase(words(raw), prefix=False)})"):
+            for rid in _matching(conn, entity, f"{column} : ({_phrase(words(raw), prefix=False)})"):
                 row = conn.execute("SELECT data FROM records WHERE entity = ? AND id = ?", (entity, rid)).fetchone()
                 if row and same(_values(row[0]).get(field), raw):
                     found.setdefault(rid, how)

@@ -122,8 +122,10 @@ def test_an_older_store_is_migrated_and_its_records_indexed(tmp_path: Path) -> N
 def test_short_ids_come_from_the_random_tail() -> None:
     rid = "01a23711-e466-7206-8c2f-646ead462f3d"
     assert short_id(rid) == "ad462f3d"
-    assert key_of(rid) == int("01a23711e466" + "206", 16)  # milliseconds and 12 random bits: id order
-    assert short_id("not-a-uuid") == "not-a-uuid" and 0 <= key_of("not-a-uuid") < 2 ** 60
+    # the entity's code, then milliseconds and 12 random bits: one range per entity, in id order
+    assert key_of(rid, "account") == 1 << 60 | int("01a23711e466" + "206", 16)
+    assert key_of(rid, "note") == 5 << 60 | int("01a23711e466" + "206", 16)
+    assert short_id("not-a-uuid") == "not-a-uuid" and 0 <= key_of("not-a-uuid", "account") - (1 << 60) < 2 ** 60
 
 
 def test_resolve_takes_an_id_its_start_a_short_id_an_external_ref_or_a_name(device: Device) -> None:
@@ -166,3 +168,17 @@ def test_references_are_stored_as_full_ids(device: Device) -> None:
     assert device.get("order", short_id(order["id"]))["id"] == order["id"]
     with pytest.raises(NotFoundError):
         device.list("visit", parent="no such account")
+
+
+def test_a_taken_key_and_an_id_crm_did_not_make_are_still_found(device: Device) -> None:
+    from crm import Change
+
+    rid = "01a23711-e466-7206-8c2f-646ead462f3d"
+    with device.transaction() as conn:  # another record already holds this id's key
+        conn.execute("INSERT INTO find (k, id, s) VALUES (?, 'someone-else', NULL)", (key_of(rid, "account"),))
+    device.write([Change("account", rid, {"name": "Probed Shop", "owner": "rep-1"}, {}, "create"),
+                  Change("account", "shop-42", {"name": "Server Made", "owner": "rep-1"}, {}, "create")])
+    assert ids(device.search("probed")[0]) == [rid] and ids(device.search("server made")[0]) == ["shop-42"]
+    assert device.resolve("account", short_id(rid)) == rid and device.resolve("account", "server made") == "shop-42"
+    device.edit("account", rid, {"name": "Renamed"})
+    assert device.search("probed")[0] == [] and ids(device.search("renamed")[0]) == [rid]

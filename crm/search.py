@@ -230,7 +230,9 @@ def rebuild(conn: sqlite3.Connection) -> None:
 
 # -- querying ----------------------------------------------------------------------------------
 def _phrase(tokens: list[str], *, prefix: bool) -> str:
-    quoted = ['"' + token.replace('"', '""') + '"' + ("*" if prefix else "") for token in tokens]
+    """Words ANDed for FTS5; with ``prefix`` each word of 2 characters or more matches the words it
+    starts (a single letter only itself: as a start it would match most of the index)."""
+    quoted = ['"' + token.replace('"', '""') + '"' + ("*" if prefix and len(token) > 1 else "") for token in tokens]
     return " ".join(quoted)
 
 
@@ -283,12 +285,11 @@ def search(conn: sqlite3.Connection, text: str, *, limit: int | None = None) -> 
         return [], 0
     query = _phrase(tokens, prefix=True)
     total = conn.execute("SELECT count(*) FROM search WHERE search MATCH ?", (query,)).fetchone()[0]
-    found: list[tuple[str, str]] = []
-    for entity in INDEXED:  # the index walked in key (= id) order, stopping once the page is full
-        left = -1 if limit is None else limit - len(found)
-        if left == 0:
-            break
-        found += [(entity, rid) for rid in _matching(conn, entity, query, left)]
+    # Keys sort by entity code (accounts, contacts, notes), then id: the first keys are the page.
+    entity_of = {code: entity for entity, code in ENTITY_CODE.items()}
+    found = [(entity_of.get(k >> _TAIL_BITS, "?"), rid) for k, rid in conn.execute(
+        "SELECT f.k, f.id FROM search JOIN find AS f ON f.k = search.rowid WHERE search MATCH ? "
+        "ORDER BY search.rowid LIMIT ?", (query, -1 if limit is None else limit))]
     return found, total
 
 

@@ -67,7 +67,8 @@ def print_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     """A table on stdout: aligned and paged on a terminal, tab-separated when piped."""
     if not _is_terminal():
         out = ["\t".join(columns)]
-        out += ["\t".join(_flat(cell(row.get(name))) for name in columns) for row in rows]
+        out += ["\t".join([_flat(value) if type(value) is str else _flat(cell(value))
+                           for value in map(row.get, columns)]) for row in rows]
         sys.stdout.write("\n".join(out) + "\n")
         return
     import shutil
@@ -77,7 +78,9 @@ def print_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def _flat(text: str) -> str:
-    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    if "\t" in text or "\n" in text or "\r" in text:
+        return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    return text
 
 
 def _shown(name: str, value: Any) -> str:

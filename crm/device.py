@@ -249,7 +249,8 @@ class Device:
                 else:
                     sql += " ORDER BY id"
                 rows = conn.execute("SELECT id, data, meta" + sql, args).fetchall()
-        return [present(record_from_row(entity, rid, data, meta)) for rid, data, meta in rows], total
+        # a listing shows values only: the merge metadata is not unpacked
+        return [present(Record(entity, rid, loads(data))) for rid, data, _meta in rows], total
 
     def search(self, text: str, *, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Accounts, contacts and notes holding every word of ``text`` (case and accents aside):

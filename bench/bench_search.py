@@ -104,6 +104,15 @@ def ls_seconds(home: Path, args: list[str], runs: int) -> float:
     return statistics.median(samples)
 
 
+def version_seconds(runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run([*crm_command(), "--version"], stdout=subprocess.DEVNULL, check=True)
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples)
+
+
 def index_bytes(device: Device) -> dict[str, int]:
     sizes = dict(device.store.conn.execute(
         "SELECT name, sum(pgsize) FROM dbstat WHERE name LIKE 'find%' OR name LIKE 'search%' "
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         device.close()
 
         home = Path(tmp) / "big"
-        ls = {"page (50)": ls_seconds(home, [], args.runs),
+        ls = {"crm --version (start-up alone, for scale)": version_seconds(args.runs),
+              "page (50)": ls_seconds(home, [], args.runs),
               f"--city {city.lower()!r}": ls_seconds(home, ["--city", city.lower()], args.runs),
               f"--all, piped ({args.accounts})": ls_seconds(home, ["--all"], max(3, args.runs // 2))}
         twenty = Device.init(Path(tmp) / "twenty", rep="rep")
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         "engine_target_met": all(ms < TARGET_MS for ms in engine.values()),
         "matches_of_first_query": matches["word"],
         "ls_seconds": {name: round(s, 3) for name, s in ls.items()},
-        "ls_target_met": all(s < LS_TARGET_S for name, s in ls.items() if "page" in name or str(small) in name),
+        "ls_target_met": all(s < LS_TARGET_S for name, s in ls.items() if "page" in name or f"({small})" in name),
         "index_bytes": sizes,
         "index_bytes_per_indexed_record": round(index_total / held, 1),
         "records_bytes_per_record": round(sizes.get("records", 0) / held, 1),
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, ms in engine.items():
         print(f"  {name:<45} {ms:8.2f} ms")
     for name, s in result["ls_seconds"].items():
-        print(f"  crm account ls {name:<30} {s:8.3f} s")
+        print(f"  {name if name.startswith('crm ') else 'crm account ls ' + name:<45} {s:8.3f} s")
     print(f"  index: {result['index_bytes_per_indexed_record']} bytes per indexed record "
           f"(records: {result['records_bytes_per_record']}); {sizes}")
     print(f"  bulk write: {result['bulk_write_rows_per_s']} rows/s")

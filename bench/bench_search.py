@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"--all, piped ({args.accounts})": ls_seconds(home, ["--all"], max(3, args.runs // 2))}
         twenty = Device.init(Path(tmp) / "twenty", rep="rep")
         fill(twenty, rows[:small])
+        twenty.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        accounts_only = index_bytes(twenty)
         twenty.close()
         ls[f"page (50) of {small}"] = ls_seconds(Path(tmp) / "twenty", [], args.runs)
         ls[f"--all, piped ({small})"] = ls_seconds(Path(tmp) / "twenty", ["--all"], args.runs)
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         "index_bytes": sizes,
         "index_bytes_per_indexed_record": round(index_total / held, 1),
         "records_bytes_per_record": round(sizes.get("records", 0) / held, 1),
+        "index_bytes_per_account": round(sum(size for name, size in accounts_only.items() if name != "records") / small, 1),
+        "index_bytes_accounts_only": accounts_only,
         "bulk_write_rows_per_s": {"with_index": round(len(rows) / indexed_s), "without_index": round(len(rows) / bare_s)},
     }
     path = write_result("search", result)
@@ -208,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {name if name.startswith('crm ') else 'crm account ls ' + name:<45} {s:8.3f} s")
     print(f"  index: {result['index_bytes_per_indexed_record']} bytes per indexed record "
           f"(records: {result['records_bytes_per_record']}); {sizes}")
+    print(f"  index, a store of {small} accounts only: {result['index_bytes_per_account']} bytes per account; "
+          f"{accounts_only}")
     print(f"  bulk write: {result['bulk_write_rows_per_s']} rows/s")
     print(f"  -> {path}")
     return result

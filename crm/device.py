@@ -231,11 +231,11 @@ class Device:
                 if name not in ("name", "city", "postcode"):
                     raise ValidationError(f"cannot filter {entity} records by {name!r}")
             if filters:
-                if entity != "account" or include_deleted:
-                    raise ValidationError("--name, --city and --postcode filter live accounts only")
-                ids = search.matching_ids(conn, entity, **filters)
-                sql += " AND id IN (SELECT value FROM json_each(?))"
-                args.append(json.dumps(ids))
+                if entity != "account":
+                    raise ValidationError("--name, --city and --postcode filter accounts only")
+                if not include_deleted:  # the index holds live records; deleted ones are read through
+                    sql += " AND id IN (SELECT value FROM json_each(?))"
+                    args.append(json.dumps(search.matching_ids(conn, entity, **filters)))
                 rows = [(rid, data, meta) for rid, data, meta in
                         conn.execute("SELECT id, data, meta" + sql + " ORDER BY id", args)
                         if search.filter_matches(loads(data), **filters)]

@@ -70,6 +70,9 @@ def test_ls_filters_city_exactly_postcode_by_its_start_and_name_by_words(device:
     assert ls(name="store", city="york") == []
     rows, total = device.list_page("account", match={"city": "leeds"}, limit=1)
     assert (ids(rows), total) == ([leeds], 2)
+    device.delete("account", upper)
+    assert ls(city="leeds") == [leeds]
+    assert ids(device.list("account", match={"city": "leeds"}, include_deleted=True)) == [leeds, upper]
 
 
 def test_the_index_follows_edits_deletes_and_pulled_ops_in_the_same_transaction(tmp_path: Path) -> None:

@@ -66,6 +66,10 @@ class Device:
             problem = meta_problem(meta)
             if problem:  # without a device id and a readable clock no change can be stamped
                 raise meta_error(store.path, problem, store.holds_data())
+            if meta.get(MetaKey.SEARCH_FOLD) != search.FOLD_VERSION:  # another Python or crm folds
+                with store.write() as conn:                           # otherwise: index again
+                    search.rebuild(conn)
+                    store.set_meta(conn, MetaKey.SEARCH_FOLD, search.FOLD_VERSION)
         except BaseException:
             store.close()
             raise

@@ -22,8 +22,10 @@ Two tables (crm/store.py, schema version 3):
 
 Folding (``fold``): NFKD, drop combining marks, casefold; letters that do not decompose are
 mapped by hand (Ł→l, Ø→o, Đ→d, Æ→ae, Œ→oe, Þ→th, ß→ss, ı→i, Ħ→h), so "Łódź" is found as "lodz"
-and "Café Müller" as "cafe muller". Changing these rules changes what is indexed: bump the schema
-version so the migration rebuilds the index.
+and "Café Müller" as "cafe muller". What is indexed depends on these rules and on Python's Unicode
+database; a contentless index can only forget an entry given the very words it was given, so the
+store records both (``FOLD_VERSION``, meta row ``search_fold``) and ``Device`` rebuilds the index
+when they changed (bump ``_FOLD_RULES`` whenever ``fold`` or ``_doc`` changes).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ CREATE VIRTUAL TABLE search USING fts5(name, city, postcode, ref, other, content
     detail=column, tokenize='unicode61 remove_diacritics 2');
 """
 
+_FOLD_RULES = 1
+FOLD_VERSION = f"{_FOLD_RULES}/unicode-{unicodedata.unidata_version}"
 INDEXED = ("account", "contact", "note")  # the entities whose text is searchable
 # An entity's code in the top bits of its keys: stored in every store, so never renumber one.
 ENTITY_CODE = {"account": 1, "contact": 2, "visit": 3, "order": 4, "note": 5, "product": 6}

@@ -114,6 +114,7 @@ class MetaKey:
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"
     LAST_SYNC_REJECTED = "last_sync_rejected"
+    SEARCH_FOLD = "search_fold"  # the folding the search index was built with (crm/search.py)
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next
@@ -381,6 +382,8 @@ def _apply_migrations(conn: sqlite3.Connection, from_version: int) -> None:
                 conn.execute(statement)
         if version == 3:
             search.rebuild(conn)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (MetaKey.SEARCH_FOLD, search.FOLD_VERSION))
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -185,3 +185,21 @@ def test_a_taken_key_and_an_id_crm_did_not_make_are_still_found(device: Device) 
     assert device.resolve("account", short_id(rid)) == rid and device.resolve("account", "server made") == "shop-42"
     device.edit("account", rid, {"name": "Renamed"})
     assert device.search("probed")[0] == [] and ids(device.search("renamed")[0]) == [rid]
+
+
+def test_the_index_is_rebuilt_when_the_folding_changed(tmp_path: Path) -> None:
+    """A contentless index forgets an entry only given the words it was given: a store indexed by
+    other folding rules (another crm, another Python's Unicode data) is indexed again on opening."""
+    home = tmp_path / "home"
+    dev = Device.init(home, rep="rep-1")
+    rid = dev.create("account", {"name": "Łódź Corner"})["id"]
+    dev.close()
+    with sqlite3.connect(home / "crm.sqlite3") as conn:
+        conn.execute("INSERT INTO search (search) VALUES ('delete-all')")
+        conn.execute("DELETE FROM find")
+        conn.execute("UPDATE meta SET value = '0/unicode-0' WHERE key = 'search_fold'")
+    dev = Device.open(home)
+    assert ids(dev.search("lodz")[0]) == [rid]
+    dev.close()
+    with sqlite3.connect(home / "crm.sqlite3") as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'search_fold'").fetchone()[0] != "0/unicode-0"

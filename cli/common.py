@@ -28,6 +28,10 @@ Token = Annotated[str | None, typer.Option(
          "CRM_TOKEN environment variable.")]
 TokenFile = Annotated[Path | None, typer.Option(
     "--token-file", metavar="FILE", show_default=False, help="Read the device token from FILE.")]
+Limit = Annotated[int | None, typer.Option(
+    "--limit", min=0, metavar="N", show_default=False,
+    help="At most N rows [default: 50 in a table, every row with --json].")]
+All = Annotated[bool, typer.Option("--all", help="Every row (a table shows 50 unless told).")]
 Assignments = Annotated[list[str] | None, typer.Option(
     "--set", metavar="FIELD=VALUE", help="Set a field; FIELD= clears it. Repeatable.")]
 

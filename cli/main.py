@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "order": "cli.order_cmds:order_app",
     "note": "cli.record_cmds:note_app",
     "product": "cli.record_cmds:product_app",
+    "search": "cli.record_cmds:search_app",
     "outbox": "cli.device_cmds:outbox_app",
     "export": "cli.device_cmds:export_app",
     "conflicts": "cli.device_cmds:conflicts_app",
@@ -58,8 +59,20 @@ class CrmGroup(TyperGroup):
             module, _, attribute = COMMANDS[cmd_name].partition(":")
             command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
             command.name = cmd_name
+            uniform_metavars(command)
             self.commands[cmd_name] = command
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """As typer's, but a mistyped command is compared with every command, loaded or not."""
+        try:
+            return super().resolve_command(ctx, args)
+        except _usage_error() as exc:
+            if args and "Did you mean" not in exc.message:
+                close = did_you_mean(args[0], self.list_commands(ctx))
+                if close:
+                    exc.message = f"{exc.message.rstrip('.')}. {close}"
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -95,6 +108,51 @@ class CrmGroup(TyperGroup):
         sys.exit(code)
 
 
+def did_you_mean(typed: str, known: list[str]) -> str:
+    """"Did you mean 'account'?" for a mistyped name: the closest known ones, or those it starts."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(typed, known, n=3, cutoff=0.6) or [name for name in known if name.startswith(typed)][:3]
+    return f"Did you mean {' or '.join(repr(name) for name in close)}?" if close else ""
+
+
+# One metavar style in every help text: an upper-case word for a value (TEXT, N, PATH...), the
+# choices joined by | for a choice. A command module that names its own metavar keeps it.
+_METAVARS = {"str": "TEXT", "int": "N", "float": "NUM", "Path": "PATH", "datetime": "ISO", "bool": "BOOL"}
+
+
+def _metavar(param: Any) -> str:
+    from typing import get_args
+
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:  # a plain click parameter
+        return (param.name or "value").upper()
+    if desc.is_choice:
+        return "|".join(str(getattr(choice, "value", choice)) for choice in desc.choices or ())
+    kind = desc.annotation
+    if desc.is_list and get_args(kind):
+        kind = get_args(kind)[0]
+    if param.param_type_name == "argument" and kind is str:
+        return (param.name or "value").upper()
+    return _METAVARS.get(getattr(kind, "__name__", ""), "VALUE")
+
+
+def _no_type(ctx: Any = None) -> None:
+    return None
+
+
+def uniform_metavars(command: Any) -> None:
+    """Give every option and argument of ``command`` (and its subcommands) a metavar in the house
+    style unless it has one."""
+    for param in getattr(command, "params", ()):
+        if param.metavar is None and not getattr(param, "is_flag", False) and not getattr(param, "count", False):
+            param.metavar = _metavar(param)
+        if param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
+            param.display_type_rich = _no_type  # typer adds "<str>" after an argument's name
+    for sub in getattr(command, "commands", {}).values():
+        uniform_metavars(sub)
+
+
 def wants_json(argv: list[str]) -> bool:
     """Whether --json was given; read from argv so errors found while parsing honour it too."""
     return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
@@ -114,6 +172,9 @@ def report(exc: BaseException, *, as_json: bool) -> int:
         output.error({"error": "interrupted", "message": "interrupted"}, as_json=as_json)
         return 130
     if isinstance(exc, _click_exception()):  # usage errors (2) and click's own failures
+        if getattr(exc, "possibilities", None):  # a mistyped option: say it as for a command
+            exc.message = f"{exc.message}. Did you mean {' or '.join(sorted(exc.possibilities))}?"
+            exc.possibilities = None
         if as_json:
             output.error({"error": "usage", "message": exc.format_message()}, as_json=True)
         else:
@@ -128,6 +189,14 @@ def report(exc: BaseException, *, as_json: bool) -> int:
     return 1
 
 
+def _usage_error() -> type:
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover
+        from click.exceptions import UsageError
+    return UsageError
+
+
 def _click_exception() -> type:
     try:  # typer >= 0.2x vendors click
         from typer._click.exceptions import ClickException
@@ -140,7 +209,7 @@ app = typer.Typer(
     cls=CrmGroup,
     name="crm",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # crm --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import (
+    All,
     Assignments,
     Json,
+    Limit,
     edit_record,
     fields,
     invalid,
@@ -21,7 +23,7 @@ from cli.common import (
     shown_local,
     sub_app,
 )
-from cli.output import emit
+from cli.output import emit, emit_list, page_size
 
 LINE_HELP = "An order line SKU:QTY[:UNIT_PRICE]; the catalogue price when no price is given."
 OrderId = Annotated[str, typer.Argument(metavar="ID", help="The order's id.")]
@@ -177,6 +179,8 @@ def order_cancel(ctx: typer.Context, order_id: OrderId, as_json: Json = False) -
 def order_ls(
     ctx: typer.Context,
     account: Annotated[str | None, typer.Option(metavar="ID", help="Only this account's orders.")] = None,
+    limit: Limit = None,
+    every: All = False,
     as_json: Json = False,
 ) -> None:
     """List orders with their status and total.
@@ -186,13 +190,13 @@ def order_ls(
       crm order ls --account 0190c3e2-...
     """
     with open_device(ctx) as device:
-        orders = device.list("order", parent=account)
+        orders, total = device.list_page("order", parent=account, limit=page_size(limit, every, as_json=as_json))
     if as_json:
         emit(orders, as_json=True)
     else:
         rows = [{**order, "lines": len(order["lines"])} for order in shown_local(ctx, "order", orders)]
-        emit(rows, as_json=False,
-             columns=("id", "account", "status", "lines", "total", "currency", "placed_at"))
+        emit_list(rows, total, as_json=False,
+                  columns=("id", "account", "status", "lines", "total", "currency", "placed_at"))
 
 
 @order_app.command("show")

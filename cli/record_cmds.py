@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from cli.common import (
+    All,
     Assignments,
     Json,
+    Limit,
     edit_record,
     fields,
     local_times,
@@ -20,12 +22,15 @@ from cli.common import (
     shown_local,
     sub_app,
 )
-from cli.output import emit
+from cli.output import emit, emit_list, page_size
 
-AccountOpt = Annotated[str, typer.Option("--account", metavar="ID", help="The account's id.")]
+# An ID is a record's id, the start of it, its short id (tables show it), or for accounts and
+# contacts their external ref or exact name (docs/cli.md, "Naming a record").
+AccountOpt = Annotated[str, typer.Option("--account", metavar="ID",
+                                         help="The account: its id or short id, external ref or name.")]
 AccountFilter = Annotated[str | None, typer.Option("--account", metavar="ID", help="Only this account's records.")]
-Text = Annotated[str | None, typer.Option()]
-RecordId = Annotated[str, typer.Argument(metavar="ID")]
+Text = Annotated[str | None, typer.Option(metavar="TEXT")]
+RecordId = Annotated[str, typer.Argument(metavar="ID", help="Its id or short id (or an account's external ref or name).")]
 
 
 # -- accounts ---------------------------------------------------------------------------------
@@ -92,20 +97,26 @@ def account_edit(
 @account_app.command("ls")
 def account_ls(
     ctx: typer.Context,
-    city: Annotated[str | None, typer.Option(help="Only accounts in this city.")] = None,
-    limit: Annotated[int | None, typer.Option(min=0, help="At most this many.")] = None,
+    name: Annotated[str | None, typer.Option(metavar="TEXT", help="Only names holding these words (their starts).")] = None,
+    city: Annotated[str | None, typer.Option(metavar="TEXT", help="Only accounts in this city.")] = None,
+    postcode: Annotated[str | None, typer.Option(metavar="TEXT", help="Only postcodes starting so.")] = None,
+    limit: Limit = None,
+    every: All = False,
     deleted: Annotated[bool, typer.Option("--deleted", help="Include deleted accounts.")] = False,
     as_json: Json = False,
 ) -> None:
-    """List accounts.
+    """List accounts, oldest first; the filters ignore case and accents (--city leeds finds Leeds).
 
     \b
     Example:
-      crm account ls --city Leeds --limit 20
+      crm account ls --city leeds --limit 20
+      crm account ls --name "corner sto" --postcode LS1
     """
+    match = fields(name=name, city=city, postcode=postcode)
     with open_device(ctx) as device:
-        accounts = device.list("account", where=fields(city=city), limit=limit, include_deleted=deleted)
-    emit(accounts, as_json=as_json, columns=ACCOUNT_COLUMNS + (("deleted",) if deleted else ()))
+        accounts, total = device.list_page("account", match=match, include_deleted=deleted,
+                                           limit=page_size(limit, every, as_json=as_json))
+    emit_list(accounts, total, as_json=as_json, columns=ACCOUNT_COLUMNS + (("deleted",) if deleted else ()))
 
 
 @account_app.command("show")
@@ -176,7 +187,8 @@ def contact_edit(ctx: typer.Context, contact_id: RecordId, assignments: Assignme
 
 
 @contact_app.command("ls")
-def contact_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+def contact_ls(ctx: typer.Context, account: AccountFilter = None, limit: Limit = None, every: All = False,
+             as_json: Json = False) -> None:
     """List contacts.
 
     \b
@@ -184,8 +196,8 @@ def contact_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json 
       crm contact ls --account 0190c3e2-...
     """
     with open_device(ctx) as device:
-        contacts = device.list("contact", parent=account)
-    emit(contacts, as_json=as_json, columns=("id", "account", "name", "role", "email", "phone"))
+        contacts, total = device.list_page("contact", parent=account, limit=page_size(limit, every, as_json=as_json))
+    emit_list(contacts, total, as_json=as_json, columns=("id", "account", "name", "role", "email", "phone"))
 
 
 # -- visits -----------------------------------------------------------------------------------
@@ -230,7 +242,8 @@ def visit_edit(ctx: typer.Context, visit_id: RecordId, assignments: Assignments 
 
 
 @visit_app.command("ls")
-def visit_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+def visit_ls(ctx: typer.Context, account: AccountFilter = None, limit: Limit = None, every: All = False,
+             as_json: Json = False) -> None:
     """List visits.
 
     \b
@@ -238,9 +251,9 @@ def visit_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = 
       crm visit ls --account 0190c3e2-...
     """
     with open_device(ctx) as device:
-        visits = device.list("visit", parent=account)
-    emit(visits if as_json else shown_local(ctx, "visit", visits), as_json=as_json,
-         columns=("id", "account", "at", "outcome", "duration_min", "rep"))
+        visits, total = device.list_page("visit", parent=account, limit=page_size(limit, every, as_json=as_json))
+    emit_list(visits if as_json else shown_local(ctx, "visit", visits), total, as_json=as_json,
+              columns=("id", "account", "at", "outcome", "duration_min", "rep"))
 
 
 # -- notes ------------------------------------------------------------------------------------
@@ -269,7 +282,8 @@ def note_add(
 
 
 @note_app.command("ls")
-def note_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = False) -> None:
+def note_ls(ctx: typer.Context, account: AccountFilter = None, limit: Limit = None, every: All = False,
+             as_json: Json = False) -> None:
     """List notes.
 
     \b
@@ -277,9 +291,9 @@ def note_ls(ctx: typer.Context, account: AccountFilter = None, as_json: Json = F
       crm note ls --account 0190c3e2-...
     """
     with open_device(ctx) as device:
-        notes = device.list("note", parent=account)
-    emit(notes if as_json else shown_local(ctx, "note", notes), as_json=as_json,
-         columns=("id", "account", "at", "text", "visit", "order"))
+        notes, total = device.list_page("note", parent=account, limit=page_size(limit, every, as_json=as_json))
+    emit_list(notes if as_json else shown_local(ctx, "note", notes), total, as_json=as_json,
+              columns=("id", "account", "at", "text", "visit", "order"))
 
 
 # -- products ---------------------------------------------------------------------------------
@@ -293,7 +307,7 @@ def product() -> None:
 
 
 @product_app.command("ls")
-def product_ls(ctx: typer.Context, as_json: Json = False) -> None:
+def product_ls(ctx: typer.Context, limit: Limit = None, every: All = False, as_json: Json = False) -> None:
     """List the products this device has.
 
     \b
@@ -301,5 +315,31 @@ def product_ls(ctx: typer.Context, as_json: Json = False) -> None:
       crm product ls --json
     """
     with open_device(ctx) as device:
-        products = device.list("product")
-    emit(products, as_json=as_json, columns=("id", "sku", "name", "price", "currency"))
+        products, total = device.list_page("product", limit=page_size(limit, every, as_json=as_json))
+    emit_list(products, total, as_json=as_json, columns=("id", "sku", "name", "price", "currency"))
+
+
+# -- search -----------------------------------------------------------------------------------
+search_app = sub_app("Find accounts, contacts and notes by any words, ignoring case and accents.",
+                     example='crm search "cafe muller"')
+
+
+@search_app.command("search")
+def search(
+    ctx: typer.Context,
+    text: Annotated[str, typer.Argument(metavar="TEXT", help="Words to find (the start of each is enough).")],
+    limit: Limit = None,
+    every: All = False,
+    as_json: Json = False,
+) -> None:
+    """Find accounts, contacts and notes holding every word of TEXT (a word's start is enough),
+    ignoring case and accents: "zurich" finds "ZÜRICH", "lodz" finds "Łódź".
+
+    \b
+    Example:
+      crm search "cafe muller"
+      crm search leeds --all --json
+    """
+    with open_device(ctx) as device:
+        rows, total = device.search(text, limit=page_size(limit, every, as_json=as_json))
+    emit_list(rows, total, as_json=as_json, columns=("entity", "id", "name", "detail", "account"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hlc as clocks
-from . import merge
+from . import merge, search
 from .domain import (
     DELETED,
     LINE_PREFIX,
@@ -77,6 +77,10 @@ class Device:
             problem = meta_problem(meta)
             if problem:  # without a device id and a readable clock no change can be stamped
                 raise meta_error(store.path, problem, store.holds_data())
+            if meta.get(MetaKey.SEARCH_FOLD) != search.FOLD_VERSION:  # another Python or crm folds
+                with store.write() as conn:                           # otherwise: index again
+                    search.rebuild(conn)
+                    store.set_meta(conn, MetaKey.SEARCH_FOLD, search.FOLD_VERSION)
         except BaseException:
             store.close()
             raise
@@ -178,7 +182,12 @@ class Device:
 
     def _require(self, conn: sqlite3.Connection, entity: str, rid: str, *,
                  allow_deleted: bool = False) -> Record:
+        """The record ``rid`` names: its id, else whatever ``search.resolve`` accepts (a short id,
+        the start of its id, an external ref, a name); NotFoundError (4) or AmbiguousError (13)."""
         rec = self._load(conn, entity, (rid or "").strip().lower())
+        if rec is None:
+            found = search.resolve(conn, entity, rid)
+            rec = self._load(conn, entity, found) if found else None
         if rec is None or (rec.deleted and not allow_deleted):
             raise NotFoundError(f"no {entity} with id {rid!r}" + (" (it was deleted)" if rec else ""),
                                 details={"entity": entity, "id": rid})
@@ -198,27 +207,80 @@ class Device:
                 }
         return out
 
-    def list(self, entity: str, *, parent: str | None = None, include_deleted: bool = False,
-             limit: int | None = None, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def resolve(self, entity: str, ref: str) -> str:
+        """The id of the live record ``ref`` names: its id, a unique start of its id or of its short
+        id, its external ref or its exact name (crm/search.py, ``resolve``). NotFoundError (4) when
+        nothing matches, AmbiguousError (13) listing the candidates when several do."""
         entity_spec(entity)
-        sql = "SELECT id, data, meta FROM records WHERE entity = ?"
+        with self.store.read() as conn:
+            return self._require(conn, entity, ref).id
+
+    def list(self, entity: str, *, parent: str | None = None, include_deleted: bool = False,
+             limit: int | None = None, where: dict[str, str] | None = None,
+             match: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        return self.list_page(entity, parent=parent, include_deleted=include_deleted, limit=limit, where=where,
+                              match=match)[0]
+
+    def list_page(self, entity: str, *, parent: str | None = None, include_deleted: bool = False,
+                  limit: int | None = None, where: dict[str, str] | None = None,
+                  match: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """(the first ``limit`` records in id order, how many there are in all). ``parent`` names
+        the account (any way ``resolve`` accepts); ``where``: exact field values; ``match``:
+        ``name``, ``city``, ``postcode`` ignoring case and accents (crm/search.py)."""
+        spec = entity_spec(entity)
+        sql = " FROM records WHERE entity = ?"
         args: list[Any] = [entity]
-        if parent is not None:
-            sql += " AND parent = ?"
-            args.append(parent.strip().lower())
-        if not include_deleted:
-            sql += " AND deleted = 0"
-        for name, value in (where or {}).items():
-            entity_spec(entity).field(name)
-            sql += " AND json_extract(data, ?) = ?"
-            args += [f"$.{name}", value]
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        with sqlite_errors(self.store.path):
-            rows = self.store.conn.execute(sql, args).fetchall()
-        return [present(record_from_row(entity, rid, data, meta)) for rid, data, meta in rows]
+        with self.store.read() as conn:
+            if parent is not None:
+                sql += " AND parent = ?"
+                args.append(self._require(conn, spec.field(spec.parent).ref, parent).id if spec.parent
+                            else parent.strip().lower())
+            if not include_deleted:
+                sql += " AND deleted = 0"
+            for name, value in (where or {}).items():
+                spec.field(name)
+                sql += " AND json_extract(data, ?) = ?"
+                args += [f"$.{name}", value]
+            filters = {name: value for name, value in (match or {}).items() if value is not None}
+            for name in filters:
+                if name not in ("name", "city", "postcode"):
+                    raise ValidationError(f"cannot filter {entity} records by {name!r}")
+            if filters:
+                if entity != "account":
+                    raise ValidationError("--name, --city and --postcode filter accounts only")
+                if not include_deleted:  # the index holds live records; deleted ones are read through
+                    sql += " AND id IN (SELECT value FROM json_each(?))"
+                    args.append(json.dumps(search.matching_ids(conn, entity, **filters)))
+                rows = [(rid, data, meta) for rid, data, meta in
+                        conn.execute("SELECT id, data, meta" + sql + " ORDER BY id", args)
+                        if search.filter_matches(loads(data), **filters)]
+                total = len(rows)
+                rows = rows if limit is None else rows[:int(limit)]
+            else:
+                total = conn.execute("SELECT count(*)" + sql, args).fetchone()[0]
+                if limit is not None:
+                    sql += " ORDER BY id LIMIT ?"
+                    args.append(int(limit))
+                else:
+                    sql += " ORDER BY id"
+                rows = conn.execute("SELECT id, data, meta" + sql, args).fetchall()
+        # a listing shows values only: the merge metadata is not unpacked
+        return [present(Record(entity, rid, loads(data))) for rid, data, _meta in rows], total
+
+    def search(self, text: str, *, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Accounts, contacts and notes holding every word of ``text`` (case and accents aside):
+        (the first ``limit`` as ``{entity, id, name, detail, account}`` rows, how many in all)."""
+        with self.store.read() as conn:
+            shown, total = search.search(conn, text, limit=None if limit is None else int(limit))
+            records = self._load_many(conn, shown)
+        rows = []
+        for entity, rid in shown:
+            values = records[(entity, rid)].values if (entity, rid) in records else {}
+            label = values.get("name") if entity != "note" else values.get("text")
+            detail = values.get("city") if entity == "account" else values.get("role") if entity == "contact" else None
+            rows.append({"entity": entity, "id": rid, "name": label,
+                         "account": values.get("account") if entity != "account" else None, "detail": detail})
+        return rows, total
 
     # -- the one write path --------------------------------------------------------------------
     def _clock(self, conn: sqlite3.Connection) -> HybridClock:
@@ -268,12 +330,24 @@ class Device:
                 touched[key] = (merge.apply_op(before, op), change.ikey or ikey)
             outbox_rows.append((op.op_id, op.entity, op.record_id, op.hlc, op_to_json(op)))
             ops.append(op)
-        conn.executemany(self._UPSERT_RECORD, fresh_rows + [(*row_of(rec), ikey)
-                                                            for rec, ikey in touched.values()])
+        rows = fresh_rows + [(*row_of(rec), ikey) for rec, ikey in touched.values()]
+        known = {(op.entity, op.record_id): op.fields for op in ops if op.kind == "create"}
+        known.update({key: rec.values for key, (rec, _) in touched.items()})
+        search.reindex(conn, rows, known)  # the local search index, in this same transaction
+        conn.executemany(self._UPSERT_RECORD, rows)
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
         self._save_clock(conn, clock)
         return ops
+
+    def _resolve_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` with each record reference (``account`` ...) as the full id of the record it
+        names: a short id, an external ref or a name works wherever an id does."""
+        out = dict(fields)
+        for f in entity_spec(entity).fields:
+            if f.kind == "ref" and isinstance(out.get(f.name), str) and out[f.name].strip():
+                out[f.name] = self._require(conn, f.ref, out[f.name]).id
+        return out
 
     def _check_refs(self, conn: sqlite3.Connection, entity: str, fields: dict[str, Any]) -> None:
         for f in entity_spec(entity).fields:
@@ -285,8 +359,8 @@ class Device:
         spec = entity_spec(entity)
         if not spec.device_writable:
             raise ValidationError(f"{entity} records come from the server and cannot be created here")
-        values = validate_create(entity, self.with_rep(entity, fields))
         with self.store.write() as conn:
+            values = validate_create(entity, self.with_rep(entity, self._resolve_refs(conn, entity, fields)))
             self._check_refs(conn, entity, values)
             rid = new_id()
             self.write([Change(entity, rid, values, {}, "create")], conn)
@@ -353,8 +427,9 @@ class Device:
         if len(lines) > MAX_LINES_PER_ORDER:
             raise ValidationError(f"an order takes at most {MAX_LINES_PER_ORDER} lines at once; "
                                   "add more with `crm order add-line`")
-        values = validate_create("order", {**self.with_rep("order", fields), "status": "draft"})
         with self.store.write() as conn:
+            values = validate_create("order", {**self.with_rep("order", self._resolve_refs(conn, "order", fields)),
+                                               "status": "draft"})
             self._check_refs(conn, "order", values)
             for line in lines:
                 name, value = self._line_field(conn, line)
@@ -440,8 +515,9 @@ class Device:
             if visit or order:
                 parent = self._require(conn, "visit" if visit else "order", visit or order)
                 account = parent.values.get("account")
-            fields = validate_create("note", self.with_rep("note", {
-                "account": account, "visit": visit, "order": order, "text": text}))
+                visit, order = (parent.id, None) if visit else (None, parent.id)
+            fields = validate_create("note", self.with_rep("note", self._resolve_refs(conn, "note", {
+                "account": account, "visit": visit, "order": order, "text": text})))
             self._check_refs(conn, "note", fields)
             rid = new_id()
             self.write([Change("note", rid, fields, {}, "create")], conn)
@@ -707,6 +783,9 @@ class Device:
                     merged.append(op)
             changed = merge.apply_all(lambda entity, rid: stored.get((entity, rid)), merged)
             rows += [(*row_of(rec), None) for rec in changed.values()]
+            known = {(op.entity, op.record_id): op.fields for op in foreign if op.kind == "create"}
+            known.update({(rec.entity, rec.id): rec.values for rec in changed.values()})
+            search.reindex(conn, rows, known)  # the local search index, in this same transaction
             conn.executemany(self._UPSERT_RECORD, rows)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)

@@ -74,6 +74,14 @@ class SchemaTooNewError(CrmError):
     kind = "schema_too_new"
 
 
+class AmbiguousError(CrmError):
+    """A short id, a start of an id, an external ref or a name that names several records; the
+    message (and ``details.candidates``) lists them."""
+
+    exit_code = 13
+    kind = "ambiguous"
+
+
 class ImportFileError(CrmError):
     """An import file that is unreadable, empty, malformed or has invalid rows."""
 

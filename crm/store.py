@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import search
 from .errors import (
     CrmError,
     DiskFullError,
@@ -34,7 +35,7 @@ from .errors import (
     UsageError,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_FILENAME = "crm.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock; CRM_BUSY_TIMEOUT_MS overrides
 
@@ -88,6 +89,9 @@ MIGRATIONS: dict[int, str] = {
         body  TEXT NOT NULL
     );
     """,
+    # The search index: derived from records, local to this store, rebuilt by the migration
+    # (crm/search.py).
+    3: search.SCHEMA,
 }
 
 
@@ -113,6 +117,7 @@ class MetaKey:
     # "<since> <error kind>": syncs have failed since that time (UTC ISO), the latest with that
     # kind; "" once one succeeds or after `crm login` (writes warn: Device.sync_warning)
     SYNC_FAILING = "sync_failing"
+    SEARCH_FOLD = "search_fold"  # the folding the search index was built with (crm/search.py)
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next
@@ -378,6 +383,10 @@ def _apply_migrations(conn: sqlite3.Connection, from_version: int) -> None:
         for statement in MIGRATIONS[version].split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if version == 3:
+            search.rebuild(conn)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (MetaKey.SEARCH_FOLD, search.FOLD_VERSION))
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -159,14 +159,15 @@ def test_commands_with_random_values_exit_with_documented_codes(home, command, d
     path, account = home
     shaped = {"account edit": assignment, "order add": line_text}.get(command, value_text)
     values = data.draw(st.lists(shaped, min_size=1, max_size=3))
+    # `--option=VALUE`: a value such as "--" is then the option's value, never the end of options
     argv = {
-        "account add": ["account", "add", "--name", values[0], *(["--city", values[1]] if len(values) > 1 else [])],
-        "account edit": ["account", "edit", account, *[a for v in values for a in ("--set", v)]],
-        "order add": ["order", "add", "--account", account, *[a for v in values for a in ("--line", v)]],
-        "visit log": ["visit", "log", "--account", account, "--outcome", values[0],
-                      *(["--duration", values[1]] if len(values) > 1 else [])],
-        "contact add": ["contact", "add", "--account", values[-1] if len(values) > 2 else account,
-                        "--name", values[0], *(["--email", values[1]] if len(values) > 1 else [])],
+        "account add": ["account", "add", f"--name={values[0]}", *([f"--city={values[1]}"] if len(values) > 1 else [])],
+        "account edit": ["account", "edit", account, *[f"--set={v}" for v in values]],
+        "order add": ["order", "add", "--account", account, *[f"--line={v}" for v in values]],
+        "visit log": ["visit", "log", "--account", account, f"--outcome={values[0]}",
+                      *([f"--duration={values[1]}"] if len(values) > 1 else [])],
+        "contact add": ["contact", "add", f"--account={values[-1] if len(values) > 2 else account}",
+                        f"--name={values[0]}", *([f"--email={values[1]}"] if len(values) > 1 else [])],
     }[command]
     before = _pending(path)
     result = runner.invoke(app, ["--home", str(path), *argv, "--json"])

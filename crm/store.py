@@ -110,6 +110,13 @@ class MetaKey:
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"
     LAST_SYNC_REJECTED = "last_sync_rejected"
+    # Territories (docs/sync-protocol.md): the scope epoch this device holds, its rep's default
+    # territory, records kept out of scope only for their unsynced work, and a pull from 0 after
+    # a scope change (own ops included) still running.
+    SCOPE_EPOCH = "scope_epoch"
+    DEFAULT_TERRITORY = "default_territory"
+    SCOPE_ORPHANS = "scope_orphans"
+    SCOPE_REFILL = "scope_refill"
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next

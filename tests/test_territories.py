@@ -32,9 +32,9 @@ URL = "http://crm-server.test"
 class Rig:
     """A server store and its app in this process, and devices that sync with it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, target: str | None = None) -> None:
         self.tmp = tmp
-        self.store = ServerStore.open(tmp / "server")
+        self.store = ServerStore.open(target or tmp / "server")  # a data directory or a PostgreSQL URL
         self.transport = AppTransport()
         self.transport.serve(create_app(self.store))
         self.devices: list[Device] = []

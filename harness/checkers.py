@@ -517,14 +517,16 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def divergence(history: History) -> list[Anomaly]:
-    """After quiescence every device's export must equal the server's."""
+    """After quiescence every device's export must equal the server's: the server's export for
+    the device's rep when the profile gives one (territories), else the organisation's."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
     server = exports.get("server")
     if server is None:
         return []
+    per_rep = history.rep_exports()
     found = []
     for device in sorted(d for d in exports if d != "server"):
-        diffs = differences(exports[device], server)
+        diffs = differences(exports[device], per_rep.get(device, server))
         if diffs:
             first = diffs[0]
             where = f"{first['section']} {first['id']}" + (f" field {first['field']}" if first["field"] else "")

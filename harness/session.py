@@ -603,3 +603,9 @@ class Session:
             self.server.export(self.org)
         except DriverError:
             pass
+        if self.profile.rep_export is not None:  # what each device must hold, per its rep's territories
+            for device in self.devices.values():
+                try:
+                    self.server.rep_export(self.org, device.rep, device.name)
+                except DriverError:
+                    pass

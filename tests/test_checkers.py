@@ -339,6 +339,25 @@ def test_divergence_names_the_first_differing_record_and_field():
     assert (ev["device_value"], ev["server_value"], ev["differences"]) == ("2", "1", 2)
 
 
+def test_divergence_compares_each_device_with_its_reps_export_when_the_profile_gives_one():
+    """Territories: d2's rep holds only a2; the organisation holds both. Compared with its rep's
+    export d2 agrees; a device holding more than its rep's export diverges."""
+    h = History()
+    create(h, "d1", "a1")
+    create(h, "d2", "a2", name="Bolt")
+    both = export(account=[acct("a1"), acct("a2", name="Bolt")])
+    finish(h, d1=both, d2=export(account=[acct("a2", name="Bolt")]), server=both)
+    assert [a.evidence["device"] for a in checkers.divergence(h)] == ["d2"]  # without the rep's export
+    h.append("server", "rep_export", "rep_export", args={"rep": "r2", "for": "d2"},
+             result=export(account=[acct("a2", name="Bolt")]))
+    assert checkers.divergence(h) == []
+    h.append("server", "rep_export", "rep_export", args={"rep": "r1", "for": "d1"},
+             result=export(account=[acct("a1")]))
+    [anomaly] = checkers.divergence(h)
+    assert (anomaly.evidence["device"], anomaly.evidence["id"]) == ("d1", "a2")
+    assert set(History.loads(h.dumps()).rep_exports()) == {"d1", "d2"}
+
+
 def test_divergence_in_the_conflict_log():
     h = History()
     conflict = {"id": "op1:phone", "entity": "account", "record": "a1", "field": "phone",

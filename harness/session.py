@@ -341,6 +341,16 @@ class Session:
         except MissingAction as exc:
             raise NotExercisable(f"not exercisable: {exc}") from None
 
+    def assign(self, rep: str, territory: str) -> ActionResult:
+        """Give ``rep`` a territory (territories: the profile's optional assign and rep_export)."""
+        if self.profile.rep_export is None:
+            raise NotExercisable("not exercisable: the SUT profile has no [server] rep_export, so what a "
+                                 "device of a rep with territories must hold cannot be checked")
+        try:
+            return self.server.assign(self.org, rep, territory)
+        except MissingAction as exc:
+            raise NotExercisable(f"not exercisable: {exc}") from None
+
     def sync(self, name: str, *, kill_after: float | None = None) -> ActionResult:
         return self.act(name, "sync", kill_after=kill_after)
 

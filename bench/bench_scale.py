@@ -106,7 +106,9 @@ class Server:
         flag = "--data" if engine == "sqlite" else "--db"
         ports = [free_port() for _ in range(processes)]
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
-        self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port)],
+        self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port),
+                                        # every simulated device is on 127.0.0.1: no per-address cap
+                                        "--max-connections-per-address", "0"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                       for port in ports]
         deadline = time.monotonic() + 30

@@ -689,13 +689,18 @@ class ServerStore:
             if epoch is not None and epoch != scope.epoch:  # the rep's territories changed: start again
                 return [], cursor, False, {**_continuity_json(None, latest), **extra, "reset": True}
             if scope.territories is None:
-                where, args = " AND terr <> ?", (MOVE_TERR,)
-            else:
+                terrs: tuple[str, ...] = ()
+                rows = conn.execute(
+                    f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ? AND terr <> ? "
+                    "ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
+            else:  # one index range (org, terr, seq) per territory, merged: a page costs what it
+                # holds, however much of the log belongs to other territories
                 terrs = (GLOBAL_TERR, MOVE_TERR, *scope.territories)
-                where, args = f" AND terr IN ({','.join('?' * len(terrs))})", terrs
-            rows = conn.execute(
-                f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ?{where} ORDER BY seq LIMIT ?",
-                (org, cursor, *args, limit + 1)).fetchall()
+                ranges = " UNION ALL ".join(
+                    f"SELECT * FROM (SELECT seq, device, {size} AS size, op_id FROM ops WHERE org = ? AND terr = ? "
+                    f"AND seq > ? ORDER BY seq LIMIT ?) AS r{n}" for n in range(len(terrs)))
+                rows = conn.execute(f"{ranges} ORDER BY seq LIMIT ?",
+                                    (*(v for t in terrs for v in (org, t, cursor, limit + 1)), limit + 1)).fetchall()
             more = len(rows) > limit
             taken, total, sent = 0, 0, 0
             for _, dev, length, _ in rows[:limit]:
@@ -718,9 +723,16 @@ class ServerStore:
             if not sent:
                 return [], new_cursor, more, seen
             mine = "" if skip is None else " AND device <> ?"
-            found = conn.execute(
-                f"SELECT body, terr FROM ops WHERE org = ? AND seq > ? AND seq <= ?{where}{mine} ORDER BY seq",
-                (org, cursor, new_cursor, *args, *(() if skip is None else (skip,)))).fetchall()
+            others = () if skip is None else (skip,)
+            if not terrs:
+                found = conn.execute(
+                    f"SELECT body, terr FROM ops WHERE org = ? AND seq > ? AND seq <= ? AND terr <> ?{mine} "
+                    "ORDER BY seq", (org, cursor, new_cursor, MOVE_TERR, *others)).fetchall()
+            else:
+                found = [(body, terr) for _, body, terr in sorted(
+                    row for t in terrs for row in conn.execute(
+                        f"SELECT seq, body, terr FROM ops WHERE org = ? AND terr = ? AND seq > ? AND seq <= ?{mine}",
+                        (org, t, cursor, new_cursor, *others)).fetchall())]
             ops = [body for body, terr in found if terr != MOVE_TERR]
             if epoch is not None:
                 moved = list(dict.fromkeys(json.loads(body)["move"] for body, terr in found if terr == MOVE_TERR))

@@ -19,6 +19,10 @@ delivered. Then the run is checked: the server's op log holds exactly devices x 
 once; the server export holds exactly the records made, each once; every device's outbox was
 acknowledged; and a sample of devices merge everything with the real sync code (pull_changes)
 and export the same bytes as the server.
+
+With ``--territories N`` every organisation is split into N territories (rep i holds territory
+i mod N, and its accounts are created in it): a device pulls only its territory's ops and the
+sample compares with ``crm server export --rep`` (docs/sync-protocol.md, "Territories").
 """
 
 from __future__ import annotations
@@ -57,9 +61,9 @@ ORG = "scale"
 CITIES = ["Leeds", "York", "Hull", "Ripon", "Selby", "Whitby", "Skipton", "Harrogate"]
 
 
-def queue_ops(device: Device, i: int, ops: int) -> list[str]:
-    """``ops`` queued ops on ``device`` (60% accounts, 20% visits, 10% notes, 10% edits); returns
-    the ids of the records it created."""
+def queue_ops(device: Device, i: int, ops: int, territory: str | None = None) -> list[str]:
+    """``ops`` queued ops on ``device`` (60% accounts, 20% visits, 10% notes, 10% edits), its
+    accounts in ``territory``; returns the ids of the records it created."""
     accounts = ops * 6 // 10
     visits, notes = ops * 2 // 10, ops // 10
     edits = ops - accounts - visits - notes
@@ -69,7 +73,7 @@ def queue_ops(device: Device, i: int, ops: int) -> list[str]:
         account_ids.append(rid)
         changes.append(Change("account", rid, validate_create("account", {
             "name": f"Shop {i}-{n}", "city": CITIES[n % 8], "phone": f"0113 {i:03d} {n:04d}",
-            "owner": f"rep-{i}"}), {}, "create"))
+            "owner": f"rep-{i}", **({"territory": territory} if territory else {})}), {}, "create"))
     for n in range(visits):
         changes.append(Change("visit", new_id(), validate_create("visit", {
             "account": account_ids[n % accounts], "outcome": f"visit {n}", "rep": f"rep-{i}"}), {}, "create"))
@@ -102,7 +106,9 @@ class Server:
         flag = "--data" if engine == "sqlite" else "--db"
         ports = [free_port() for _ in range(processes)]
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
-        self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port)],
+        self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port),
+                                        # every simulated device is on 127.0.0.1: no per-address cap
+                                        "--max-connections-per-address", "0"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                       for port in ports]
         deadline = time.monotonic() + 30
@@ -133,29 +139,36 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
 
-def fetch_new(client: SyncClient, device_id: str, cursor: int) -> tuple[int, int]:
+def fetch_new(client: SyncClient, device_id: str, cursor: int, epoch: int = 0) -> tuple[int, int]:
     """The pull half of a sync over the wire: every page from ``cursor`` fetched and parsed by the
     real client, not merged into the device's store. Returns (ops received, new cursor)."""
     received = 0
     while True:
-        answer = client.pull(cursor=cursor, limit=PULL_PAGE, device_id=device_id)
+        answer = client.pull(cursor=cursor, limit=PULL_PAGE, device_id=device_id, scope=epoch)
+        if answer.get("reset"):
+            raise RuntimeError("the rep's territories changed during the benchmark")
         received += len(answer["ops"])
         cursor = int(answer["cursor"])
         if not answer.get("more"):
             return received, cursor
 
 
-def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: str, sample: int) -> dict:
+def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: str, sample: int,
+        territories: int = 0) -> dict:
     engine, _, processes = spec.partition(":")
     server = Server(engine, workdir, pg_admin, int(processes or 1))
     org_of = [f"{ORG}-{i % orgs}" for i in range(devices)]
     try:
         store = ServerStore.open(server.target)
         tokens = [store.add_token(org_of[i], f"rep-{i}") for i in range(devices)]
+        territory = [f"t{i % territories}" if territories else None for i in range(devices)]
+        epochs = [store.assign(org_of[i], f"rep-{i}", territory[i])["epoch"] if territory[i] else 0
+                  for i in range(devices)]
         store.close()
         started = time.perf_counter()
-        replicas = [Device.init(workdir / f"{engine}-{len(server.urls)}-{orgs}" / f"d{i}", rep=f"rep-{i}") for i in range(devices)]
-        made = [queue_ops(d, i, ops) for i, d in enumerate(replicas)]
+        replicas = [Device.init(workdir / f"{engine}-{len(server.urls)}-{orgs}-{territories}" / f"d{i}", rep=f"rep-{i}")
+                    for i in range(devices)]
+        made = [queue_ops(d, i, ops, territory[i]) for i, d in enumerate(replicas)]
         setup_s = time.perf_counter() - started
         # A connection per request, as a device that syncs now and then has: a kept-alive one can
         # be closed by the server (5 s idle) while a starved client thread is about to reuse it.
@@ -171,7 +184,7 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
                 t0 = time.perf_counter()
                 pushed, _ = push_outbox(replicas[i], clients[i])
                 pushed_at[i] = t1 = time.perf_counter()
-                received[i], _ = fetch_new(clients[i], replicas[i].device_id, 0)
+                received[i], _ = fetch_new(clients[i], replicas[i].device_id, 0, epochs[i])
                 done_at[i] = t2 = time.perf_counter()
                 push_s[i], sync_s[i] = t1 - t0, t2 - t0
                 assert pushed == ops, f"device {i} pushed {pushed} of {ops}"
@@ -193,11 +206,13 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
         for org in sorted(set(org_of)):
             members = [i for i in range(devices) if org_of[i] == org]
             counts = verify(server, org, [replicas[i] for i in members], [clients[i] for i in members],
-                            [made[i] for i in members], len(members) * ops, max(1, sample // orgs))
+                            [made[i] for i in members], len(members) * ops, max(1, sample // orgs),
+                            reps=[f"rep-{i}" for i in members] if territories else None)
             verified = {key: verified[key] + counts[key] for key in verified}
         for c in clients:
             c.close()
-        return {"engine": engine, "server_processes": len(server.urls), "devices": devices, "orgs": orgs, "ops_per_device": ops, "ops": devices * ops,
+        return {"engine": engine, "server_processes": len(server.urls), "devices": devices, "orgs": orgs,
+                "territories": territories, "ops_per_device": ops, "ops": devices * ops,
                 "wall_s": round(wall, 2), "ops_per_s": round(devices * ops / wall),
                 "last_push_done_s": round(max(pushed_at) - release, 2),
                 "push_p50_ms": round(_pct(push_s, 0.5)), "push_p99_ms": round(_pct(push_s, 0.99)),
@@ -209,10 +224,11 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
 
 
 def verify(server: Server, org: str, replicas: list[Device], clients: list[SyncClient], made: list[list[str]],
-           expected_ops: int, sample: int) -> dict:
+           expected_ops: int, sample: int, reps: list[str] | None = None) -> dict:
     """Exact counts: every op once in the log, every record once in the export, every device's
     outbox acknowledged; and a sample of devices, merging everything they pull with the real
-    sync code, export the same bytes as the server."""
+    sync code, export the same bytes as the server (with ``reps``: as the server's export for
+    that rep)."""
     flag = "--data" if server.engine == "sqlite" else "--db"
     stats = json.loads(subprocess.run([*crm_command(), "server", "stats", flag, server.target, "--org", org,
                                        "--json"], capture_output=True, text=True, check=True).stdout)
@@ -230,7 +246,10 @@ def verify(server: Server, org: str, replicas: list[Device], clients: list[SyncC
     chosen = list(range(0, len(replicas), max(1, len(replicas) // sample)))[:sample]
     for i in chosen:
         pull_changes(replicas[i], clients[i])
-        assert canonical_json(replicas[i].export()) == exported, f"device {i} diverged from the server"
+        expected = exported if reps is None else subprocess.run(
+            [*crm_command(), "server", "export", flag, server.target, "--org", org, "--rep", reps[i]],
+            capture_output=True, text=True, check=True).stdout
+        assert canonical_json(replicas[i].export()) == expected, f"device {i} diverged from the server"
     return {"server_ops": stats["ops"], "server_records": stats["records"], "lost": 0, "duplicates": 0,
             "replicas_converged": len(chosen)}
 
@@ -250,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--ops", type=int, default=100, help="queued ops per device")
     parser.add_argument("--orgs", type=int, default=1, help="organisations the devices are spread over")
+    parser.add_argument("--territories", type=int, default=0,
+                        help="territories per organisation (rep i holds territory i mod N; 0: none)")
     parser.add_argument("--engines", default="sqlite,postgresql,postgresql:2",
                         help="engines to run, each ENGINE[:PROCESSES] (several processes: PostgreSQL only)")
     parser.add_argument("--sample", type=int, default=4, help="devices that merge everything and compare exports")
@@ -264,10 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for engine in engines:
-            row = run(engine, args.devices, args.ops, args.orgs, Path(tmp), args.pg, args.sample)
+            row = run(engine, args.devices, args.ops, args.orgs, Path(tmp), args.pg, args.sample, args.territories)
             rows.append(row)
             print(json.dumps(row), flush=True)
     name = "scale" if args.orgs == 1 else f"scale_{args.orgs}orgs"
+    if args.territories:
+        name += f"_{args.territories}territories"
     path = write_result(name, {"what": " ".join(__doc__.split("\n\n")[1].split()), "runs": rows})
     print(f"{'engine':<14}{'orgs':>5}{'devices':>8}{'ops':>8}{'wall s':>8}{'ops/s':>8}{'push p50':>10}{'push p99':>10}"
           f"{'sync p50':>10}{'sync p99':>10}  lost/dup")

@@ -193,22 +193,65 @@ def edit(entity: Annotated[str, typer.Argument(help="account, contact, visit, or
 
 
 @server_app.command("export")
-def export(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
+def export(org: Org, data: DataDir = None, db: DbUrl = None,
+           rep: Annotated[str | None, typer.Option(
+               "--rep", help="Only what a device of this rep holds (its territories and the catalogue)")] = None,
+           territory: Annotated[str | None, typer.Option(
+               "--territory", help="Only this territory's accounts, what hangs off them, and the catalogue")] = None,
+           as_json: Json = False) -> None:
     """Print the organisation's state in the canonical export JSON (same bytes as `crm export`).
 
+    With --rep (or --territory): exactly what a device of that rep holds after a sync.
     Always JSON; --json is accepted for symmetry with the other commands.
 
     \b
     Example:
       crm server export --data ./server --org acme > acme.json
+      crm server export --data ./server --org acme --rep rep-1 > rep-1.json
     """
     import sys
 
     from crm import canonical_json
 
+    if rep is not None and territory is not None:
+        raise invalid("give --rep or --territory, not both")
     with _store(data, db) as store:
-        state = store.export(org)
+        state = store.export(org, rep=rep, territory=territory)
     sys.stdout.write(canonical_json(state))
+
+
+@server_app.command("assign")
+def assign(org: Org, rep: Annotated[str, typer.Option("--rep", help="The rep's name")],
+           territory: Annotated[str, typer.Option("--territory", help="The territory's name")],
+           remove: Annotated[bool, typer.Option("--remove", help="Take the territory away instead")] = False,
+           data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
+    """Assign a territory to a rep (or --remove it): their devices then hold only the accounts of
+    their territories, what hangs off them, and the catalogue. A rep with no territory holds the
+    whole organisation; the first territory assigned is the default of their new accounts.
+
+    \b
+    Example:
+      crm server assign --data ./server --org acme --rep rep-1 --territory north
+    """
+    with _store(data, db) as store:
+        result = store.assign(org, rep, territory, remove=remove)
+    output.emit(result, as_json=as_json,
+                text=f"{rep}: {', '.join(result['territories'] or ['(the whole organisation)'])}")
+
+
+@server_app.command("territories")
+def territories(org: Org, data: DataDir = None, db: DbUrl = None, as_json: Json = False) -> None:
+    """List the organisation's territories: their reps and how many accounts each holds.
+
+    \b
+    Example:
+      crm server territories --data ./server --org acme --json
+    """
+    with _store(data, db) as store:
+        result = store.territories(org)
+    output.emit(result, as_json=as_json,
+                text="\n".join(f"{t['territory']}\t{t['accounts']} accounts\t{', '.join(t['reps']) or '-'}"
+                               for t in result) if result else None)
 
 
 @server_app.command("stats")

@@ -371,7 +371,11 @@ class Device:
         names = entity_spec(entity).field_names
         key = "owner" if "owner" in names else "rep" if "rep" in names else None
         if key and fields.get(key) in (None, ""):
-            return {**fields, key: self.rep}
+            fields = {**fields, key: self.rep}
+        if entity == "account" and fields.get("territory") in (None, ""):  # the rep's default, if any
+            default = self.setting(MetaKey.DEFAULT_TERRITORY)
+            if default:
+                fields = {**fields, "territory": default}
         return fields
 
     def edit(self, entity: str, rid: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -759,8 +763,11 @@ class Device:
                                            (after, limit)).fetchall()
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
-                     latest: str | None = None) -> int:
-        """Apply pulled ops and move the pull cursor in one transaction; returns ops applied.
+                     latest: str | None = None, moves: Iterable[dict[str, Any]] = (),
+                     scope: dict[str, Any] | None = None, own: bool = False) -> int:
+        """Apply pulled ops and moves and move the pull cursor in one transaction; returns ops
+        applied. ``own``: this device's own ops are in the page too (a refill after a scope
+        change) and are applied like the others (merge is idempotent).
 
         The clock observes every pulled stamp, so a device whose wall clock is behind still
         stamps its next edit after everything it has seen.
@@ -769,7 +776,7 @@ class Device:
             clock = self._clock(conn)
             for op in ops:
                 clock.observe(op.hlc)
-            foreign = [op for op in ops if op.device != self.device_id]
+            foreign = list(ops) if own else [op for op in ops if op.device != self.device_id]
             stored = self._load_many(conn, {(op.entity, op.record_id) for op in foreign})
             # A create of a record this device has never had, alone in the page, is the record's
             # whole state (as on the server): stored without a merge. Everything else merges.
@@ -787,6 +794,13 @@ class Device:
             known.update({(rec.entity, rec.id): rec.values for rec in changed.values()})
             search.reindex(conn, rows, known)  # the local search index, in this same transaction
             conn.executemany(self._UPSERT_RECORD, rows)
+            orphans = self._orphans(conn)
+            if orphans and foreign:  # back in scope: no longer kept only for unsynced work
+                self._set_orphans(conn, orphans - {(op.entity, op.record_id) for op in foreign})
+            for move in moves:
+                self._apply_move(conn, clock, move)
+            if scope is not None:
+                self._remember_scope(conn, scope)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
             self._remember_server(conn, witness=witness, latest=latest)
@@ -817,6 +831,104 @@ class Device:
         return (f"sync has failed for {_duration(failing_s)} (since {since_text}); {waiting}"
                 + (f"; last error: {last}" if last else "")
                 + ". Check the network and run `crm sync`; `crm status` shows more")
+
+    # -- territories (docs/sync-protocol.md, "Territories") -------------------------------------
+    def _unsynced(self, conn: sqlite3.Connection) -> set[tuple[str, str]]:
+        """The records this device changed and the server has not acknowledged (queued or parked)."""
+        return {(entity, rid) for entity, rid in conn.execute("SELECT DISTINCT entity, record_id FROM outbox")}
+
+    def _orphans(self, conn: sqlite3.Connection) -> set[tuple[str, str]]:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (MetaKey.SCOPE_ORPHANS,)).fetchone()
+        return {tuple(key) for key in json.loads(row[0])} if row and row[0] else set()
+
+    def _set_orphans(self, conn: sqlite3.Connection, orphans: set[tuple[str, str]]) -> None:
+        self.store.set_meta(conn, MetaKey.SCOPE_ORPHANS, json.dumps(sorted(orphans)))
+
+    def _remove(self, conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> None:
+        """Remove records that left this device's scope, keeping those holding its unsynced work
+        (they are still pushed, and removed once acknowledged: ``sweep_orphans``)."""
+        keys = set(keys)
+        if not keys:
+            return
+        unsynced = self._unsynced(conn)
+        search.forget(conn, keys - unsynced)
+        conn.executemany("DELETE FROM records WHERE entity = ? AND id = ?", sorted(keys - unsynced))
+        kept = keys & unsynced
+        if kept:
+            self._set_orphans(conn, self._orphans(conn) | kept)
+
+    def _family_keys(self, conn: sqlite3.Connection, accounts: Iterable[str]) -> set[tuple[str, str]]:
+        keys: set[tuple[str, str]] = set()
+        for account in accounts:
+            keys.add(("account", account))
+            keys.update(conn.execute("SELECT entity, id FROM records WHERE parent = ? AND entity <> 'account'",
+                                     (account,)).fetchall())
+        return keys
+
+    def _apply_move(self, conn: sqlite3.Connection, clock: HybridClock, move: dict[str, Any]) -> None:
+        """An account moved: drop it and its children (out of this device's scope now), or take
+        their current state (in it now), with this device's unsynced ops applied again on top."""
+        account = move["account"]
+        if move.get("drop"):
+            self._remove(conn, self._family_keys(conn, [account]))
+            return
+        rows, keys = [], set()
+        for entity, rid, data, meta in move["records"]:
+            rec = record_from_row(entity, rid, data, meta)
+            for fm in rec.meta.values():
+                if isinstance(fm, dict) and isinstance(fm.get("s"), str):
+                    clock.observe(fm["s"])
+            keys.add((entity, rid))
+            rows.append(rec)
+        pending: dict[tuple[str, str], list[Op]] = {}
+        for entity, rid, body in conn.execute("SELECT entity, record_id, body FROM outbox ORDER BY seq"):
+            if (entity, rid) in keys:
+                pending.setdefault((entity, rid), []).append(op_from_wire(loads(body)))
+        out = []
+        for rec in rows:
+            for op in pending.get((rec.entity, rec.id), ()):
+                rec = merge.apply_op(rec, op)
+            out.append((*row_of(rec), None))
+        search.reindex(conn, out)  # the local search index, in this same transaction
+        conn.executemany(self._UPSERT_RECORD, out)
+        orphans = self._orphans(conn)
+        if orphans & keys:
+            self._set_orphans(conn, orphans - keys)
+
+    def _remember_scope(self, conn: sqlite3.Connection, scope: dict[str, Any]) -> None:
+        self.store.set_meta(conn, MetaKey.SCOPE_EPOCH, str(int(scope.get("epoch") or 0)))
+        self.store.set_meta(conn, MetaKey.DEFAULT_TERRITORY, scope.get("default") or "")
+
+    def reset_scope(self, scope: dict[str, Any]) -> None:
+        """The rep's territories changed: keep the catalogue, the accounts of the new scope and
+        what hangs off them, and this device's unsynced work; pull again from the start, this
+        device's own ops included (what it made in a territory it regains comes back)."""
+        territories = scope.get("territories")
+        with self.store.write() as conn:
+            if territories is not None:
+                held = set(territories)
+                gone = [rid for rid, data in conn.execute("SELECT id, data FROM records WHERE entity = 'account'")
+                        if (loads(data).get("territory") or "") not in held]
+                keys = self._family_keys(conn, gone)
+                keys.update(conn.execute(  # children of accounts this device does not hold
+                    "SELECT entity, id FROM records WHERE parent IS NOT NULL AND entity <> 'account' AND parent "
+                    "NOT IN (SELECT id FROM records WHERE entity = 'account')").fetchall())
+                self._remove(conn, keys)
+            self._remember_scope(conn, scope)
+            self.store.set_meta(conn, MetaKey.PULL_CURSOR, "0")
+            self.store.set_meta(conn, MetaKey.SCOPE_REFILL, "1")
+
+    def sweep_orphans(self) -> int:
+        """Remove the out-of-scope records kept for unsynced work that the server has now taken."""
+        with self.store.write() as conn:
+            orphans = self._orphans(conn)
+            if not orphans:
+                return 0
+            done = orphans - self._unsynced(conn)
+            search.forget(conn, done)
+            conn.executemany("DELETE FROM records WHERE entity = ? AND id = ?", sorted(done))
+            self._set_orphans(conn, orphans - done)
+            return len(done)
 
     def status(self) -> dict[str, Any]:
         with self.store.read() as conn:

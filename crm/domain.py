@@ -110,6 +110,9 @@ ENTITIES: dict[str, Entity] = {
                 Field("email", "email"),
                 Field("external_ref", "text"),
                 Field("owner", "text"),
+                # The sales territory the account belongs to (docs/sync-protocol.md, "Territories"):
+                # set on create from the rep's default, changed only by the back office.
+                Field("territory", "text", editable=False),
             ),
         ),
         Entity(

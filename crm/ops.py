@@ -15,8 +15,10 @@ import orjson
 from .hlc import ClockError, parse_stamp
 
 # The sync protocol's version, which a push names and the server checks (docs/sync-protocol.md):
-# defined here, with the op it carries, for both ends.
-PROTOCOL = 1
+# defined here, with the op it carries, for both ends. Version 2 added territories (a pull names
+# the scope epoch it holds and gets moves); the server still takes version 1 (docs/sync-protocol.md).
+PROTOCOL = 2
+PROTOCOLS = (1, 2)
 MAX_FIELDS_PER_OP = 64
 MAX_BASE_STAMPS = 256
 MAX_FIELD_NAME = 100

@@ -217,6 +217,12 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
     conn.executemany(_INSERT, inserts)
 
 
+def forget(conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> None:
+    """Drop the index entries of records about to be deleted from ``records`` outright (a device
+    that no longer holds them: a territory move, docs/sync-protocol.md); call it before the DELETE."""
+    reindex(conn, [(entity, rid, "{}", None, None, 1) for entity, rid in keys])
+
+
 def _values(data: str) -> dict[str, Any]:
     try:
         values = json.loads(data)

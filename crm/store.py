@@ -118,6 +118,13 @@ class MetaKey:
     # kind; "" once one succeeds or after `crm login` (writes warn: Device.sync_warning)
     SYNC_FAILING = "sync_failing"
     SEARCH_FOLD = "search_fold"  # the folding the search index was built with (crm/search.py)
+    # Territories (docs/sync-protocol.md): the scope epoch this device holds, its rep's default
+    # territory, records kept out of scope only for their unsynced work, and a pull from 0 after
+    # a scope change (own ops included) still running.
+    SCOPE_EPOCH = "scope_epoch"
+    DEFAULT_TERRITORY = "default_territory"
+    SCOPE_ORPHANS = "scope_orphans"
+    SCOPE_REFILL = "scope_refill"
 
 
 TEMP_PREFIX = ".crm-init-"  # a store being built by `crm init`; a leftover one is removed by the next

@@ -149,9 +149,12 @@ class SyncClient:
         return self._call("POST", "/v1/push", content=body, headers={"content-type": "application/json"})
 
     def pull(self, *, cursor: int, limit: int, device_id: str, witness: str | None = None,
-             known: str | None = None) -> dict[str, Any]:
+             known: str | None = None, scope: int | None = None, own: bool = False) -> dict[str, Any]:
         params = {"cursor": cursor, "limit": limit, "device": device_id}
-        params.update({key: value for key, value in (("witness", witness), ("known", known)) if value is not None})
+        params.update({key: value for key, value in (("witness", witness), ("known", known), ("scope", scope))
+                       if value is not None})
+        if own:
+            params["own"] = 1
         return self._call("GET", "/v1/pull", params=params)
 
 
@@ -301,23 +304,46 @@ def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
     return resent
 
 
+MAX_SCOPE_RESETS = 3  # scope changes one pull follows before giving up (exit 22)
+
+
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
-    pulled = applied = 0
+    pulled = applied = resets = 0
     while True:
         cursor = int(device.setting(MetaKey.PULL_CURSOR, "0") or 0)
+        epoch = int(device.setting(MetaKey.SCOPE_EPOCH, "0") or 0)
+        refill = device.setting(MetaKey.SCOPE_REFILL) == "1"
         witness, known = device.continuity()
-        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known)
+        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known,
+                             scope=epoch, own=refill)
         try:
             ops = [op_from_wire(raw) for raw in answer.get("ops", [])]
             new_cursor = int(answer["cursor"])
-        except (OpFormatError, KeyError, TypeError, ValueError) as exc:
+            scope = answer.get("scope")
+            moves = answer.get("moves") or []
+            if scope is not None and not isinstance(scope, dict):
+                raise TypeError("scope is not an object")
+            for move in moves:
+                if not isinstance(move.get("account"), str) or not (move.get("drop") is True or all(
+                        isinstance(row, list) and len(row) == 4 for row in move["records"])):
+                    raise TypeError("a move is neither a drop nor a snapshot")
+        except (OpFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ServerError(f"the server sent an unusable pull page: {exc}") from None
+        if answer.get("reset"):  # the rep's territories changed (docs/sync-protocol.md, "Territories")
+            if scope is None or resets >= MAX_SCOPE_RESETS:
+                raise ServerError("the server kept changing this rep's territories during the sync; try again")
+            resets += 1
+            device.reset_scope(scope)
+            continue
         if new_cursor < cursor:
             raise ServerError("the server's pull cursor went backwards")
         applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
-                                       latest=_latest(answer))
+                                       latest=_latest(answer), moves=moves, scope=scope, own=refill)
         pulled += len(ops)
         if not answer.get("more"):
+            if refill:
+                device.set_settings({MetaKey.SCOPE_REFILL: ""})
+            device.sweep_orphans()
             return pulled, applied
 
 

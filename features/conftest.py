@@ -332,6 +332,13 @@ def delete_on_device(world: Session, device):
         raise ScenarioFailure(f"deleting the account on {device} was not saved: {result.detail}")
 
 
+@step(parsers.parse('the rep "{rep}" is given the territory "{territory}"'))
+def assign_territory(world: Session, rep, territory):
+    result = world.assign(rep, territory)
+    if not result.ok:
+        raise ScenarioFailure(f"assigning {territory} to {rep} failed: {result.detail}")
+
+
 @step(parsers.parse('the back office edits the account\'s "{field}" to "{value}"'))
 def backoffice_edit(world: Session, field, value):
     result = world.backoffice_edit(field, value)

@@ -84,10 +84,19 @@ def _op_summary(op: Operation) -> dict[str, Any]:
             "id": op.record_id}
 
 
+def _outside(per_rep: dict[str, dict[str, Any]], where: str, entity: str, rid: str) -> bool:
+    """Whether the record is outside what device ``where`` must hold: with territories (the
+    profile's rep_export) a device holds only its rep's export; the server's holds everything."""
+    scoped = per_rep.get(where)
+    return scoped is not None and str(rid) not in _by_id(scoped, entity)
+
+
 # -- lost_write ------------------------------------------------------------------------------------
 def lost_write(history: History) -> list[Anomaly]:
-    """A create that reported ok must be in every final export under the id it printed."""
+    """A create that reported ok must be in every final export under the id it printed (a device's
+    only if its rep holds the record: territories)."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
+    per_rep = history.rep_exports()
     found = []
     for op in history.ok_writes():
         entity = CREATES[op.action]
@@ -99,7 +108,7 @@ def lost_write(history: History) -> list[Anomaly]:
                                  "printed no record id, so the record cannot be found", evidence))
             continue
         for where, export in exports.items():
-            if rid not in _by_id(export, entity):
+            if rid not in _by_id(export, entity) and not _outside(per_rep, where, entity, rid):
                 elsewhere = _same_payload(history, op, export, entity)
                 hint = (f"; a record with the same content is there as {entity} {', '.join(elsewhere[:3])}: "
                         "the SUT stored it under another id") if elsewhere else ""
@@ -111,7 +120,7 @@ def lost_write(history: History) -> list[Anomaly]:
                      "same_payload_ids": elsewhere}))
     for op in history.line_adds():
         if op.outcome == "ok":
-            found.extend(_lost_line(op, exports, export_seqs))
+            found.extend(_lost_line(op, exports, export_seqs, per_rep))
     return found
 
 
@@ -134,7 +143,7 @@ def _order_lines(order: dict[str, Any]) -> list[Any]:
 
 
 def _lost_line(op: Operation, exports: dict[str, dict[str, Any]],
-               export_seqs: dict[str, int]) -> list[Anomaly]:
+               export_seqs: dict[str, int], per_rep: dict[str, dict[str, Any]] | None = None) -> list[Anomaly]:
     """An add_order_line that reported ok must show its line in the order of every final export."""
     a = op.args
     order_id = str(a.get("order_id"))
@@ -143,6 +152,8 @@ def _lost_line(op: Operation, exports: dict[str, dict[str, Any]],
                 "entity": "order", "id": order_id, "args": a}
     found = []
     for where, export in exports.items():
+        if _outside(per_rep or {}, where, "order", order_id):
+            continue
         order = _by_id(export, "order").get(order_id)
         lines = None if order is None else _order_lines(order)
         if lines is not None and any(_line_payload(line) == wanted for line in lines):
@@ -377,6 +388,7 @@ def lost_edit(history: History) -> list[Anomaly]:
     """An ok edit must be its field's final value, or the loser of a true conflict in the log
     (against a value written concurrently with it), unless a later edit knowingly replaced it."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
+    per_rep = history.rep_exports()
     found = []
     for op in _standing_edits(history):
         entity, rid = op.args.get("entity"), op.args.get("record_id")
@@ -387,6 +399,8 @@ def lost_edit(history: History) -> list[Anomaly]:
         for where, export in exports.items():
             evidence = {**base, "export": where, "export_seq": export_seqs[where]}
             rec = _by_id(export, str(entity)).get(str(rid))
+            if rec is None and _outside(per_rep, where, str(entity), str(rid)):
+                continue  # not this device's to hold (territories): the server's export judges it
             if rec is None:
                 found.append(Anomaly("lost_edit", f"edit #{op.seq} on {op.device} set {entity} {rid} "
                                      f"{name}={value!r}, but {where}'s final export has no such record",
@@ -517,14 +531,16 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def divergence(history: History) -> list[Anomaly]:
-    """After quiescence every device's export must equal the server's."""
+    """After quiescence every device's export must equal the server's: the server's export for
+    the device's rep when the profile gives one (territories), else the organisation's."""
     exports, export_seqs = history.final_exports(), history.export_seqs()
     server = exports.get("server")
     if server is None:
         return []
+    per_rep = history.rep_exports()
     found = []
     for device in sorted(d for d in exports if d != "server"):
-        diffs = differences(exports[device], server)
+        diffs = differences(exports[device], per_rep.get(device, server))
         if diffs:
             first = diffs[0]
             where = f"{first['section']} {first['id']}" + (f" field {first['field']}" if first["field"] else "")

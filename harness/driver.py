@@ -243,7 +243,8 @@ class Driver:
         self.close()
 
 
-def _export(runner: _Runner, template: Template, args: dict[str, Any], who: str) -> dict[str, Any]:
+def _export(runner: _Runner, template: Template, args: dict[str, Any], who: str, *,
+            kind: str = "export") -> dict[str, Any]:
     argv = runner.profile.command(template, **{**runner.context, **args})
     done = processes.run(argv, env={**runner.profile.environ(), **runner.env},
                          timeout=runner.profile.action_timeout_s)
@@ -256,7 +257,7 @@ def _export(runner: _Runner, template: Template, args: dict[str, Any], who: str)
         fault = f"export printed no JSON: {problem}"
     elif not isinstance(parsed, dict) or parsed.get("format") != EXPORT_FORMAT:
         fault = f"export is not {EXPORT_FORMAT} JSON (format: {parsed.get('format') if isinstance(parsed, dict) else None!r})"
-    runner._emit(type="export", action="export", args=args, result=parsed if not fault else None,
+    runner._emit(type=kind, action=kind, args=args, result=parsed if not fault else None,
                  exit=done.returncode, detail=fault or f"{done.detail} in {done.duration:.2f}s")
     if fault:
         raise DriverError(f"{who}: {fault}")
@@ -349,6 +350,20 @@ class ServerHandle:
     def device_url(self, proxy_listen: str) -> str:
         """The URL a device uses to reach this server through its proxy listening on host:port."""
         return f"http://{proxy_listen}"
+
+    def rep_export(self, org: str, rep: str, device: str) -> dict[str, Any]:
+        """What a device of ``rep`` must hold (the optional ``rep_export``), recorded as a
+        ``rep_export`` event for ``device``."""
+        if self.profile.rep_export is None:
+            raise MissingAction(self.profile, "rep_export")
+        return _export(self._runner, self.profile.rep_export, {"org": org, "rep": rep, "for": device},
+                       f"server (rep {rep})", kind="rep_export")
+
+    def assign(self, org: str, rep: str, territory: str) -> ActionResult:
+        """Give ``rep`` the territory ``territory`` (the optional ``assign``), recorded as a server action."""
+        if self.profile.assign is None:
+            raise MissingAction(self.profile, "assign")
+        return self._runner.execute("assign", self.profile.assign, {"org": org, "rep": rep, "territory": territory})
 
     def __enter__(self) -> ServerHandle:
         return self.start()

@@ -40,7 +40,8 @@ CREATES = {"create_account": "account", "log_visit": "visit", "take_order": "ord
 LINE_ADDS = ("add_order_line",)
 EDITS = ("edit_field", "backoffice_edit")
 OUTCOMES = ("ok", "fail", "unknown")
-EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export", "life")
+# "rep_export": the server's export for one device's rep (the optional contract entry rep_export)
+EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export", "life", "rep_export")
 OFFLINE_FAULTS = ("offline", "airplane")
 SERVER_DOWN_FAULTS = ("server_kill", "server_down")
 
@@ -241,6 +242,14 @@ class History:
         for e in self.events:
             if e.type == "export" and isinstance(e.result, dict):
                 out[e.device] = e.result
+        return out
+
+    def rep_exports(self) -> dict[str, dict[str, Any]]:
+        """The server's last export for each device's rep: ``{"d1": {...}}`` (profiles with rep_export)."""
+        out: dict[str, dict[str, Any]] = {}
+        for e in self.events:
+            if e.type == "rep_export" and isinstance(e.result, dict):
+                out[str(e.args.get("for"))] = e.result
         return out
 
     def export_seqs(self) -> dict[str, int]:

@@ -361,6 +361,16 @@ class Session:
         except MissingAction as exc:
             raise NotExercisable(f"not exercisable: {exc}") from None
 
+    def assign(self, rep: str, territory: str) -> ActionResult:
+        """Give ``rep`` a territory (territories: the profile's optional assign and rep_export)."""
+        if self.profile.rep_export is None:
+            raise NotExercisable("not exercisable: the SUT profile has no [server] rep_export, so what a "
+                                 "device of a rep with territories must hold cannot be checked")
+        try:
+            return self.server.assign(self.org, rep, territory)
+        except MissingAction as exc:
+            raise NotExercisable(f"not exercisable: {exc}") from None
+
     def sync(self, name: str, *, kill_after: float | None = None) -> ActionResult:
         return self.act(name, "sync", kill_after=kill_after)
 
@@ -623,3 +633,9 @@ class Session:
             self.server.export(self.org)
         except DriverError:
             pass
+        if self.profile.rep_export is not None:  # what each device must hold, per its rep's territories
+            for device in self.devices.values():
+                try:
+                    self.server.rep_export(self.org, device.rep, device.name)
+                except DriverError:
+                    pass

@@ -339,6 +339,38 @@ def test_divergence_names_the_first_differing_record_and_field():
     assert (ev["device_value"], ev["server_value"], ev["differences"]) == ("2", "1", 2)
 
 
+def test_divergence_compares_each_device_with_its_reps_export_when_the_profile_gives_one():
+    """Territories: d2's rep holds only a2; the organisation holds both. Compared with its rep's
+    export d2 agrees; a device holding more than its rep's export diverges."""
+    h = History()
+    create(h, "d1", "a1")
+    create(h, "d2", "a2", name="Bolt")
+    both = export(account=[acct("a1"), acct("a2", name="Bolt")])
+    finish(h, d1=both, d2=export(account=[acct("a2", name="Bolt")]), server=both)
+    assert [a.evidence["device"] for a in checkers.divergence(h)] == ["d2"]  # without the rep's export
+    h.append("server", "rep_export", "rep_export", args={"rep": "r2", "for": "d2"},
+             result=export(account=[acct("a2", name="Bolt")]))
+    assert checkers.divergence(h) == []
+    h.append("server", "rep_export", "rep_export", args={"rep": "r1", "for": "d1"},
+             result=export(account=[acct("a1")]))
+    [anomaly] = checkers.divergence(h)
+    assert (anomaly.evidence["device"], anomaly.evidence["id"]) == ("d1", "a2")
+    assert set(History.loads(h.dumps()).rep_exports()) == {"d1", "d2"}
+
+
+def test_a_record_outside_a_devices_territories_is_not_a_lost_write_there_but_is_on_the_server():
+    h = History()
+    create(h, "d1", "a1")
+    act(h, "d1", "edit_field", {"entity": "account", "record_id": "a1", "field": "city", "value": "York"})
+    mine = export(account=[acct("a1", city="York")])
+    finish(h, d1=mine, d2=export(), server=mine)
+    assert checks(h) == ["divergence", "lost_edit", "lost_write"]  # d2 lacks a1: without territories, lost
+    h.append("server", "rep_export", "rep_export", args={"rep": "r2", "for": "d2"}, result=export())
+    assert checks(h) == []  # d2's rep does not hold a1
+    finish(h, d1=mine, d2=export(), server=export())
+    assert "lost_write" in checks(h) and "lost_edit" in checks(h)  # the server must still have it
+
+
 def test_divergence_in_the_conflict_log():
     h = History()
     conflict = {"id": "op1:phone", "entity": "account", "record": "a1", "field": "phone",

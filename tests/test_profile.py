@@ -110,6 +110,21 @@ def test_optional_actions_may_be_absent_and_say_so_when_needed(tmp_path, referen
         profile.action("teleport")
 
 
+def test_territory_entries_are_optional_and_take_org_rep_and_territory(tmp_path, reference_data):
+    reference_data["server"].pop("rep_export", None)
+    reference_data["server"].pop("assign", None)
+    assert load_profile(write(tmp_path, reference_data)).rep_export is None
+    reference_data["server"]["rep_export"] = ["crm", "server", "export", "--data", "{server_dir}", "--org", "{org}",
+                                              "--rep", "{rep}"]
+    reference_data["server"]["assign"] = ["crm", "server", "assign", "--data", "{server_dir}", "--org", "{org}",
+                                          "--rep", "{rep}", "--territory", "{territory}"]
+    profile = load_profile(write(tmp_path, reference_data))
+    assert profile.rep_export is not None and profile.assign is not None
+    reference_data["server"]["rep_export"] = ["crm", "server", "export", "--rep", "{territory}"]
+    with pytest.raises(ProfileError, match=r"server.rep_export: placeholder \{territory\}"):
+        load_profile(write(tmp_path, reference_data))
+
+
 def test_unknown_placeholder(tmp_path, reference_data):
     reference_data["actions"]["write_note"] = ["crm", "note", "add", "--text", "{txt}"]
     with pytest.raises(ProfileError, match=r"actions.write_note: unknown placeholder \{txt\}") as caught:

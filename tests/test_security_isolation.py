@@ -300,3 +300,38 @@ def _say(request, text: str) -> None:
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print(text, flush=True)
+
+
+def test_territories_isolate_reps_within_an_organisation(world, tmp_path_factory):
+    """Territories are a read boundary inside one organisation (docs/sync-protocol.md,
+    "Territories"): a rep's token never receives a record of an account outside its territories,
+    whatever it asks for (any cursor, its own ops included, no device, a stale or wrong scope
+    epoch, protocol 1), not even after that account moved out of its reach; a move it is told of
+    names only the account id, to drop."""
+    server, tmp, org = world["server"], tmp_path_factory.mktemp("territories"), "initech"
+    north = server.device(tmp, "north", server.add_rep(org, "n-rep"))
+    data = ("--data", str(server.data), "--org", org, "--json")
+    server.ok("server", "assign", *data, "--rep", "n-rep", "--territory", "north")
+    server.ok("sync", home=north)
+    secret = server.ok("account", "add", "--name", "Initech North Secret", "--json", home=north)["id"]
+    server.ok("visit", "log", "--account", secret, "--outcome", "north confidential", "--json", home=north)
+    server.ok("sync", home=north)
+    south = Client(server, server.add_rep(org, "s-rep"))
+    server.ok("server", "assign", *data, "--rep", "s-rep", "--territory", "south")
+    epoch = server.ok("server", "assign", *data, "--rep", "s-rep", "--territory", "south")["epoch"]
+    queries = [f"cursor={c}&scope={e}{extra}" for c in (0, 1, 2, 10**6) for e in (0, epoch, epoch + 1)
+               for extra in ("", "&own=1", "&device=s-dev", "&device=s-dev&own=1")] + ["cursor=0"]
+    answers = [south.pull(q) for q in queries]
+    assert all(a.status_code in (200, 400) for a in answers)
+    assert answers[-1].status_code == 400 and answers[-1].json()["error"] == "protocol"  # protocol 1
+    for answer in answers:
+        assert "Initech North Secret" not in answer.text and "north confidential" not in answer.text
+        assert secret not in answer.text
+    # The account moves to east: south learns only to drop it (it never had it), nothing of it.
+    server.ok("server", "edit", "--data", str(server.data), "account", secret, "--set", "territory=east")
+    moved = south.pull(f"cursor=0&scope={epoch}").json()
+    assert moved["ops"] == [] and moved["moves"] == [{"account": secret, "drop": True}]
+    assert "Initech North Secret" not in json.dumps(moved)
+    # The scoped export of a rep is exactly what it may hold.
+    assert "Initech North Secret" not in server.crm("server", "export", "--data", str(server.data), "--org", org,
+                                                     "--rep", "s-rep").stdout

@@ -89,7 +89,7 @@ BAD_BODIES = {
     "not an object": (b"[]", 400, "bad_request", "JSON object"),
     "ops not a list": (b'{"ops": {"a": 1}}', 400, "bad_request", "'ops' list"),
     "unknown body key": (b'{"ops": [], "org": "other"}', 400, "bad_request", "unknown key"),
-    "wrong protocol": (b'{"protocol": 2, "ops": []}', 400, "protocol", "protocol"),
+    "wrong protocol": (b'{"protocol": 3, "ops": []}', 400, "protocol", "protocol"),
     "protocol true": (b'{"protocol": true, "ops": []}', 400, "protocol", "protocol"),
     "device of wrong type": (b'{"device": 7, "ops": []}', 400, "bad_request", "device"),
     "op without an id": (b'{"ops": [{"dev": "x"}]}', 422, "invalid", "op.op"),

@@ -328,3 +328,37 @@ def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             for name in sut_databases():
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_territories_on_postgresql(tmp_path, dsn):
+    """Scoped pulls, a move (snapshot to the gainer, drop from the loser, the loser's offline work
+    kept and accepted), a reassignment, and the admin commands, on PostgreSQL."""
+    from crm import canonical_json
+    from tests.test_territories import Rig
+
+    rig = Rig(tmp_path, dsn)
+    try:
+        n, s = rig.device("n"), rig.device("s")
+        admin("assign", "--org", ORG, "--rep", "n", "--territory", "north", "--json", db=dsn)
+        admin("assign", "--org", ORG, "--rep", "s", "--territory", "south", "--json", db=dsn)
+        rig.sync(n, s)
+        acc = n.create("account", {"name": "Shop"})["id"]
+        visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
+        rig.sync(n, s)
+        assert n.export()["account"][0]["territory"] == "north" and s.export()["account"] == []
+        n.edit("account", acc, {"city": "Leeds"})  # offline, while it moves south
+        admin("edit", "account", acc, "--set", "territory=south", "--org", ORG, "--json", db=dsn)
+        rig.sync(n, s)
+        assert n.export()["account"] == [] and [v["id"] for v in s.export()["visit"]] == [visit]
+        assert s.get("account", acc)["city"] == "Leeds"
+        admin("assign", "--org", ORG, "--rep", "n", "--territory", "south", "--json", db=dsn)
+        rig.sync(n)
+        assert [a["id"] for a in n.export()["account"]] == [acc]
+        for dev, rep in ((n, "n"), (s, "s")):
+            assert canonical_json(dev.export()) == crm("server", "export", "--db", dsn, "--org", ORG,
+                                                       "--rep", rep).stdout
+        listed = admin("territories", "--org", ORG, "--json", db=dsn)
+        assert listed == [{"territory": "north", "reps": ["n"], "accounts": 0},
+                          {"territory": "south", "reps": ["n", "s"], "accounts": 1}]
+    finally:
+        rig.close()

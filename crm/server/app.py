@@ -28,7 +28,7 @@ from ..admission import ID, RECORD_ID, InvalidOp, parse
 from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import server_now_ms
-from ..ops import MAX_FIELDS_PER_OP, PROTOCOL, Op, loads
+from ..ops import MAX_FIELDS_PER_OP, PROTOCOL, PROTOCOLS, Op, loads
 from . import openapi
 from .limits import BodyTimeout, Limits
 from .store import (
@@ -37,6 +37,7 @@ from .store import (
     Continuity,
     ContinuityBroken,
     Identity,
+    OutOfScopeClient,
     PushResult,
     ServerStore,
 )
@@ -50,7 +51,7 @@ MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
 PUSH_KEYS = frozenset({"protocol", "device", "ops", "witness", "known"})
 EDIT_KEYS = frozenset({"protocol", "entity", "id", "set"})
-PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known"})
+PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known", "scope", "own"})
 _WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
 _WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢" and "1_000"
 # JSON nesting: a push is 6 levels deep; refuse past MAX_DEPTH before any parser recurses into it
@@ -126,9 +127,9 @@ def _decoded(body: bytes, keys: frozenset[str]) -> dict[str, Any]:
         raise _Refusal(_error(400, "bad_request", f"unknown key(s) in the request body: "
                                                   f"{', '.join(unknown)[:200]}; expected {', '.join(sorted(keys))}"))
     protocol = data.get("protocol", PROTOCOL)
-    if type(protocol) is not int or protocol != PROTOCOL:
+    if type(protocol) is not int or protocol not in PROTOCOLS:
         raise _Refusal(_error(400, "protocol", f"unsupported protocol {protocol!r:.40}; "
-                                               f"this server speaks {PROTOCOL}"))
+                                               f"this server speaks {', '.join(map(str, PROTOCOLS))}"))
     return data
 
 
@@ -141,7 +142,7 @@ def _push_body(body: bytes) -> tuple[dict[str, Any], list[Any] | None]:
         if typed is not None:
             data = typed.claims()
             protocol = data.get("protocol", PROTOCOL)
-            if type(protocol) is int and protocol == PROTOCOL:
+            if type(protocol) is int and protocol in PROTOCOLS:
                 data["ops"] = typed.ops
                 return data, typed.ops
     return _decoded(body, PUSH_KEYS), None
@@ -210,12 +211,12 @@ def _continuity_broken(exc: ContinuityBroken) -> JSONResponse:
     return _error(409, "continuity", says[exc.reason], reason=exc.reason, latest=exc.latest)
 
 
-def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity]:
+def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity, int | None, bool]:
     params = request.query_params
     unknown = sorted(set(params) - PULL_PARAMS)
     if unknown:
         raise _Refusal(_error(400, "bad_request", f"unknown query parameter(s): {', '.join(unknown)[:200]}; "
-                                                  "expected cursor, limit, device, witness, known"))
+                                                  "expected cursor, limit, device, witness, known, scope, own"))
     cursor, limit = params.get("cursor", "0"), params.get("limit", str(DEFAULT_PULL_LIMIT))
     if not _WHOLE.fullmatch(cursor) or int(cursor) > MAX_CURSOR:
         raise _Refusal(_error(400, "bad_request", f"cursor must be a whole number from 0 to {MAX_CURSOR}"))
@@ -224,7 +225,14 @@ def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity]:
     device = params.get("device")
     if device is not None and not ID.fullmatch(device):
         raise _Refusal(_error(400, "bad_request", f"device must be a device id ({ID.pattern})"))
-    return int(cursor), int(limit), device, _continuity(device, params.get("witness"), params.get("known"))
+    epoch = params.get("scope")  # protocol 2: the scope epoch the device holds (absent: protocol 1)
+    if epoch is not None and (not _WHOLE.fullmatch(epoch) or int(epoch) > MAX_CURSOR):
+        raise _Refusal(_error(400, "bad_request", f"scope must be a whole number from 0 to {MAX_CURSOR}"))
+    own = params.get("own", "0")
+    if own not in ("0", "1"):
+        raise _Refusal(_error(400, "bad_request", "own must be 0 or 1"))
+    return (int(cursor), int(limit), device, _continuity(device, params.get("witness"), params.get("known")),
+            None if epoch is None else int(epoch), own == "1")
 
 
 class _OrgGates:
@@ -298,18 +306,23 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
     async def pull(request: Request) -> Response:
         try:
             identity = await run_in_threadpool(_identity, store, request, "device")
-            cursor, limit, device, continuity = _pull_params(request)
+            cursor, limit, device, continuity, epoch, own = _pull_params(request)
         except _Refusal as refusal:
             return refusal.response
         try:
             ops, new_cursor, more, seen = await run_in_threadpool(
                 store.pull, identity, cursor=cursor, limit=limit, device=device, max_bytes=max_pull_bytes,
-                continuity=continuity)
+                continuity=continuity, epoch=epoch, own=own)
         except ContinuityBroken as exc:
             return _continuity_broken(exc)
+        except OutOfScopeClient as exc:
+            return _error(400, "protocol", str(exc))
         # A reader that names no device gets the plain page; a device also what it checks next time.
         tail = "" if device is None else f',"witness":{orjson.dumps(seen["witness"]).decode()},' \
                                          f'"latest":{orjson.dumps(seen["latest"]).decode()}'
+        for key in ("scope", "moves", "reset"):  # protocol 2 (docs/sync-protocol.md, "Territories")
+            if key in seen:
+                tail += f',"{key}":{orjson.dumps(seen[key]).decode()}'
         body = ('{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}'
                 + tail + "}")
         return Response(body, media_type="application/json")

@@ -32,7 +32,7 @@ from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
 from ..ids import new_id
 from ..merge import Record
-from ..ops import Op, OpFormatError, op_to_json
+from ..ops import PROTOCOL, Op, OpFormatError, op_to_json
 from ..records import StoredRecord, export_state, present, record_from_row, row_of, row_of_create
 from .engine import SQLITE_FILENAME, Database, PostgresDatabase, SqliteDatabase, is_postgres_url
 
@@ -139,8 +139,86 @@ DELETE FROM meta WHERE key IN ('hlc', 'max_hlc');
         "sqlite": "CREATE INDEX IF NOT EXISTS ops_org_device_seq ON ops (org, device, seq)",
         "postgresql": "CREATE INDEX IF NOT EXISTS ops_org_device_seq ON ops (org, device, seq)",
     },
+    # Territories (docs/sync-protocol.md, "Territories"): every log entry carries the account it
+    # hangs off (``scope``; NULL for the catalogue) and that account's territory now (``terr``:
+    # '*' the catalogue, '!' a move marker, '' no territory), so a scoped pull is an index range.
+    5: {
+        "sqlite": """
+ALTER TABLE ops ADD COLUMN scope TEXT;
+ALTER TABLE ops ADD COLUMN terr TEXT NOT NULL DEFAULT '';
+UPDATE ops SET terr = '*' WHERE json_extract(body, '$.entity') = 'product';
+UPDATE ops SET scope = json_extract(body, '$.id') WHERE json_extract(body, '$.entity') = 'account';
+UPDATE ops SET scope = (SELECT json_extract(r.data, '$.account') FROM records r WHERE r.org = ops.org
+    AND r.entity = json_extract(ops.body, '$.entity') AND r.id = json_extract(ops.body, '$.id'))
+    WHERE json_extract(body, '$.entity') NOT IN ('account', 'product');
+CREATE INDEX IF NOT EXISTS ops_org_terr_seq ON ops (org, terr, seq);
+CREATE INDEX IF NOT EXISTS ops_org_scope ON ops (org, scope);
+CREATE TABLE IF NOT EXISTS account_terr (
+    org TEXT NOT NULL, account TEXT NOT NULL, territory TEXT NOT NULL, PRIMARY KEY (org, account)
+) WITHOUT ROWID;
+INSERT INTO account_terr (org, account, territory)
+    SELECT org, id, coalesce(json_extract(data, '$.territory'), '') FROM records WHERE entity = 'account'
+    ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS account_terr_territory ON account_terr (org, territory);
+CREATE TABLE IF NOT EXISTS assignments (
+    org TEXT NOT NULL, rep TEXT NOT NULL, territory TEXT NOT NULL, since INTEGER NOT NULL,
+    PRIMARY KEY (org, rep, territory)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rep_scope (
+    org TEXT NOT NULL, rep TEXT NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (org, rep)
+) WITHOUT ROWID;
+""",
+        "postgresql": """
+ALTER TABLE ops ADD COLUMN IF NOT EXISTS scope TEXT COLLATE "C";
+ALTER TABLE ops ADD COLUMN IF NOT EXISTS terr TEXT COLLATE "C" NOT NULL DEFAULT '';
+UPDATE ops SET terr = '*' WHERE (body::json) ->> 'entity' = 'product';
+UPDATE ops SET scope = (body::json) ->> 'id' WHERE (body::json) ->> 'entity' = 'account';
+UPDATE ops SET scope = (SELECT (r.data::json) ->> 'account' FROM records r WHERE r.org = ops.org
+    AND r.entity = (ops.body::json) ->> 'entity' AND r.id = (ops.body::json) ->> 'id')
+    WHERE (body::json) ->> 'entity' NOT IN ('account', 'product');
+CREATE INDEX IF NOT EXISTS ops_org_terr_seq ON ops (org, terr, seq);
+CREATE INDEX IF NOT EXISTS ops_org_scope ON ops (org, scope);
+CREATE TABLE IF NOT EXISTS account_terr (
+    org TEXT COLLATE "C" NOT NULL, account TEXT COLLATE "C" NOT NULL, territory TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (org, account)
+);
+INSERT INTO account_terr (org, account, territory)
+    SELECT org, id, coalesce((data::json) ->> 'territory', '') FROM records WHERE entity = 'account'
+    ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS account_terr_territory ON account_terr (org, territory);
+CREATE TABLE IF NOT EXISTS assignments (
+    org TEXT COLLATE "C" NOT NULL, rep TEXT COLLATE "C" NOT NULL, territory TEXT COLLATE "C" NOT NULL,
+    since BIGINT NOT NULL, PRIMARY KEY (org, rep, territory)
+);
+CREATE TABLE IF NOT EXISTS rep_scope (
+    org TEXT COLLATE "C" NOT NULL, rep TEXT COLLATE "C" NOT NULL, epoch BIGINT NOT NULL, PRIMARY KEY (org, rep)
+);
+""",
+    },
 }
 SERVER_SCHEMA_VERSION = max(MIGRATIONS)
+GLOBAL_TERR = "*"  # ops.terr of the catalogue: every rep gets it
+MOVE_TERR = "!"  # ops.terr of a move marker: read by protocol-2 pulls, never sent as an op
+MOVE_DEVICE = "~move"  # ops.device of a move marker (no device id starts with '~')
+CHILD_ENTITIES = tuple(name for name, spec in ENTITIES.items() if spec.parent == "account")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a rep's devices hold (docs/sync-protocol.md, "Territories"): ``territories`` None is the
+    whole organisation (a rep with no territory assigned); ``epoch`` changes with every assignment
+    change; ``default`` is the territory a new account of theirs gets."""
+
+    territories: tuple[str, ...] | None
+    epoch: int = 0
+    default: str | None = None
+
+    def holds(self, territory: str) -> bool:
+        return self.territories is None or territory in self.territories
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "territories": None if self.territories is None else list(self.territories),
+                "default": self.default}
 
 
 def hash_token(token: str) -> str:
@@ -357,12 +435,16 @@ class ServerStore:
                            (org, entity, rid)).fetchone()
         return record_from_row(entity, rid, row[0], row[1]) if row else None
 
-    def _apply(self, conn: Any, org: str, ops: list[Op]) -> None:
+    def _apply(self, conn: Any, org: str, ops: list[Op], *, pusher: Scope | None = None) -> None:
         """Log and merge admitted ops, skipping any this organisation already has (at most once).
 
         Runs inside ``db.write(org)``: the organisation's lock makes the lookup of known op ids
         exact; the unique (org, op_id) key with ON CONFLICT DO NOTHING keeps the log free of
         duplicates even so.
+
+        Each logged op carries its account and that account's territory (docs/sync-protocol.md,
+        "Territories"). ``pusher`` is the pushing rep's scope: a new account of theirs without a
+        territory gets their default (a back-office op, logged with it).
         """
         known: set[str] = set()
         for chunk, marks in _in_chunks([op.op_id for op in ops]):
@@ -373,13 +455,8 @@ class ServerStore:
             if op.op_id not in known:
                 known.add(op.op_id)
                 fresh.append(op)
-        conn.executemany("INSERT INTO ops (org, op_id, device, body) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT (org, op_id) DO NOTHING",
-                         [(org, op.op_id, op.device, op_to_json(op)) for op in fresh])
-        if fresh:  # the newest stamp seen, so back-office edits are stamped after every version
-            newest = max(op.hlc[:19] for op in fresh)
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-                         "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
+        if not fresh:
+            return
         # Every record the batch touches, read at once: a round trip per record would hold the
         # organisation's lock through as many waits (PostgreSQL) for nothing.
         touched: dict[str, set[str]] = {}
@@ -392,13 +469,22 @@ class ServerStore:
                         f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
                         (org, entity, *chunk)).fetchall():
                     stored[(entity, rid)] = (data, meta)
+        # A new account of a rep with a default territory, created without one, gets it.
+        if pusher is not None and pusher.default:
+            bare = [op for op in fresh if op.entity == "account" and op.kind == "create"
+                    and ("account", op.record_id) not in stored and not op.fields.get("territory")]
+            if bare:
+                fresh += self._backoffice_ops(conn, org, [
+                    ("account", op.record_id, {"territory": pusher.default}, {}, "update") for op in bare])
         # A create of a record nobody has yet is its whole state: store it without a merge.
         per_record = Counter((op.entity, op.record_id) for op in fresh)
-        rows, merged = [], []
+        rows, merged, created = [], [], {}
         for op in fresh:
             key = (op.entity, op.record_id)
             if op.kind == "create" and key not in stored and per_record[key] == 1:
-                rows.append(_row(org, row_of_create(op)))
+                row = row_of_create(op)
+                rows.append(_row(org, row))
+                created[key] = op.fields
             else:
                 merged.append(op)
         changed = merge.apply_all(
@@ -409,6 +495,71 @@ class ServerStore:
             "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, meta = excluded.meta, "
             "deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
+        self._log(conn, org, fresh, stored, changed, created, pusher)
+
+    def _log(self, conn: Any, org: str, fresh: list[Op], stored: dict[tuple[str, str], tuple[str, str]],
+             changed: dict[tuple[str, str], Record], created: dict[tuple[str, str], dict[str, Any]],
+             pusher: Scope | None) -> None:
+        """Append ``fresh`` to the log, each with its account and territory; keep the territory of
+        every account current, and mark a move where an account changed territory."""
+        def values(entity: str, rid: str) -> dict[str, Any] | None:
+            if (entity, rid) in changed:
+                return changed[(entity, rid)].values
+            if (entity, rid) in created:
+                return created[(entity, rid)]
+            if (entity, rid) in stored:
+                return json.loads(stored[(entity, rid)][0])
+            return None
+
+        scope_of: dict[tuple[str, str], str | None] = {}
+        for op in fresh:
+            key = (op.entity, op.record_id)
+            if key in scope_of:
+                continue
+            if op.entity == "product":
+                scope_of[key] = None
+            elif op.entity == "account":
+                scope_of[key] = op.record_id
+            else:
+                got = values(*key) or {}
+                scope_of[key] = got.get("account") or op.fields.get("account") or op.record_id
+        accounts = sorted({a for a in scope_of.values() if a})
+        before: dict[str, str] = {}
+        for chunk, marks in _in_chunks(accounts):
+            before.update(conn.execute(f"SELECT account, territory FROM account_terr WHERE org = ? "
+                                       f"AND account IN ({marks})", (org, *chunk)).fetchall())
+        now = dict(before)
+        for account in accounts:
+            got = values("account", account)
+            if got is not None:
+                now[account] = got.get("territory") or ""
+        conn.executemany("INSERT INTO ops (org, op_id, device, body, scope, terr) VALUES (?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT (org, op_id) DO NOTHING",
+                         [(org, op.op_id, op.device, op_to_json(op), scope_of[(op.entity, op.record_id)],
+                           GLOBAL_TERR if op.entity == "product"
+                           else now.get(scope_of[(op.entity, op.record_id)] or "", ""))
+                          for op in fresh])
+        newest = max(op.hlc[:19] for op in fresh)  # so back-office edits are stamped after every version
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                     "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
+        moved = [a for a in accounts if a in before and a in now and before[a] != now[a]]
+        # A new account outside its creator's territories leaves their devices: a move for them.
+        stray = [a for a in accounts if a not in before and a in now and pusher is not None
+                 and not pusher.holds(now[a])]
+        fresh_accounts = [a for a in accounts if a not in before and a in now]
+        if fresh_accounts:
+            conn.executemany("INSERT INTO account_terr (org, account, territory) VALUES (?, ?, ?) "
+                             "ON CONFLICT (org, account) DO UPDATE SET territory = excluded.territory",
+                             [(org, a, now[a]) for a in fresh_accounts])
+        for account in moved:
+            conn.execute("UPDATE account_terr SET territory = ? WHERE org = ? AND account = ?",
+                         (now[account], org, account))
+            conn.execute("UPDATE ops SET terr = ? WHERE org = ? AND scope = ? AND terr <> ?",
+                         (now[account], org, account, MOVE_TERR))
+        if moved or stray:
+            conn.executemany("INSERT INTO ops (org, op_id, device, body, scope, terr) VALUES (?, ?, ?, ?, ?, ?)",
+                             [(org, new_id(), MOVE_DEVICE, json.dumps({"move": account, "to": now[account]}),
+                               account, MOVE_TERR) for account in moved + stray])
 
     def push(self, identity: Identity, raw_ops: list[Any], *, continuity: Continuity = Continuity()
              ) -> PushResult:
@@ -461,6 +612,9 @@ class ServerStore:
                         del ahead[op_id]
         refused: set[str] = set()
         chunks = list(_transactions(admitted)) or [[]]
+        with self.db.read() as conn:
+            scope = self._scope(conn, identity.org, identity.rep)
+        pusher = scope if scope.territories is not None else None
         head = latest = None
         for number, chunk in enumerate(chunks):
             with self.db.write(identity.org) as conn:
@@ -470,7 +624,8 @@ class ServerStore:
                     over = self._past_line_cap(conn, identity.org, chunk)
                     rejected += over
                     refused.update(op_id for op_id, _ in over)
-                    self._apply(conn, identity.org, [op for op in chunk if op.op_id not in refused])
+                    self._apply(conn, identity.org, [op for op in chunk if op.op_id not in refused],
+                                pusher=pusher)
                 if number == len(chunks) - 1:
                     head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
                                         (identity.org,)).fetchone()
@@ -510,11 +665,15 @@ class ServerStore:
         return over
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
-             max_bytes: int = MAX_PULL_BYTES, continuity: Continuity | None = None
-             ) -> tuple[list[str], int, bool, dict[str, Any]]:
-        """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own; the new
-        cursor; whether more follow; and the continuity fields of the answer (the entry at the new
-        cursor, the latest op of ``device``). ContinuityBroken when ``continuity`` does not hold.
+             max_bytes: int = MAX_PULL_BYTES, continuity: Continuity | None = None, epoch: int | None = None,
+             own: bool = False) -> tuple[list[str], int, bool, dict[str, Any]]:
+        """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own and those
+        outside the rep's territories; the new cursor; whether more follow; and the other fields of
+        the answer: the continuity fields (the entry at the new cursor, the latest op of
+        ``device``) and, for a protocol-2 client (``epoch`` given), its ``scope`` and the ``moves``
+        in the page (docs/sync-protocol.md, "Territories"). ContinuityBroken when ``continuity``
+        does not hold; OutOfScopeClient for a protocol-1 client of a rep who holds territories.
+        ``own``: the caller's own ops are sent too (a device refilling after a scope change).
 
         A page holds at most ``limit`` log entries and stops before the op that would take its
         bodies past ``max_bytes``, but always holds at least one op, so a client makes progress
@@ -523,33 +682,149 @@ class ServerStore:
         limit = max(1, min(limit, MAX_PULL_LIMIT))
         continuity = continuity or Continuity(device=device)
         size = "octet_length(body)" if self.db.dialect == "postgresql" else "length(CAST(body AS BLOB))"
+        org = identity.org
+        skip = None if own else device  # the device whose ops are left out
         with self.db.snapshot() as conn:
-            self._check_continuity(conn, identity.org, continuity)
-            latest = self._latest_of(conn, identity.org, device)
-            rows = conn.execute(
-                f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (identity.org, cursor, limit + 1)).fetchall()
+            self._check_continuity(conn, org, continuity)
+            latest = self._latest_of(conn, org, device)
+            scope = self._scope(conn, org, identity.rep)
+            extra: dict[str, Any] = {} if epoch is None else {"scope": scope.to_json(), "moves": []}
+            if epoch is None and scope.territories is not None:
+                raise OutOfScopeClient(f"rep {identity.rep!r} holds territories: this server sends them only to "
+                                       f"clients of protocol {PROTOCOL}; upgrade crm")
+            if epoch is not None and epoch != scope.epoch:  # the rep's territories changed: start again
+                return [], cursor, False, {**_continuity_json(None, latest), **extra, "reset": True}
+            if scope.territories is None:
+                terrs: tuple[str, ...] = ()
+                rows = conn.execute(
+                    f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ? AND terr <> ? "
+                    "ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
+            else:  # one index range (org, terr, seq) per territory, merged: a page costs what it
+                # holds, however much of the log belongs to other territories
+                terrs = (GLOBAL_TERR, MOVE_TERR, *scope.territories)
+                ranges = " UNION ALL ".join(
+                    f"SELECT * FROM (SELECT seq, device, {size} AS size, op_id FROM ops WHERE org = ? AND terr = ? "
+                    f"AND seq > ? ORDER BY seq LIMIT ?) AS r{n}" for n in range(len(terrs)))
+                rows = conn.execute(f"{ranges} ORDER BY seq LIMIT ?",
+                                    (*(v for t in terrs for v in (org, t, cursor, limit + 1)), limit + 1)).fetchall()
             more = len(rows) > limit
             taken, total, sent = 0, 0, 0
             for _, dev, length, _ in rows[:limit]:
-                if dev != device:
+                if dev != skip:
                     if sent and total + length + 1 > max_bytes:
                         more = True
                         break
                     total += length + 1  # the comma between ops
                     sent += 1
                 taken += 1
-            if not taken:
-                return [], cursor, False, _continuity_json(None, latest)
-            new_cursor = rows[taken - 1][0]
-            seen = _continuity_json((new_cursor, rows[taken - 1][3]), latest)
+            if more:
+                new_cursor, at = rows[taken - 1][0], rows[taken - 1][3]
+            else:  # nothing more for this rep: the cursor moves to the log's end, past what is not theirs
+                head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
+                                    (org,)).fetchone()
+                if head is None or head[0] <= cursor:
+                    return [], cursor, False, {**_continuity_json(None, latest), **extra}
+                new_cursor, at = head
+            seen = {**_continuity_json((new_cursor, at), latest), **extra}
             if not sent:
                 return [], new_cursor, more, seen
-            own = "" if device is None else " AND device <> ?"
-            ops = [body for (body,) in conn.execute(
-                f"SELECT body FROM ops WHERE org = ? AND seq > ? AND seq <= ?{own} ORDER BY seq",
-                (identity.org, cursor, new_cursor, *(() if device is None else (device,)))).fetchall()]
+            mine = "" if skip is None else " AND device <> ?"
+            others = () if skip is None else (skip,)
+            if not terrs:
+                found = conn.execute(
+                    f"SELECT body, terr FROM ops WHERE org = ? AND seq > ? AND seq <= ? AND terr <> ?{mine} "
+                    "ORDER BY seq", (org, cursor, new_cursor, MOVE_TERR, *others)).fetchall()
+            else:
+                found = [(body, terr) for _, body, terr in sorted(
+                    row for t in terrs for row in conn.execute(
+                        f"SELECT seq, body, terr FROM ops WHERE org = ? AND terr = ? AND seq > ? AND seq <= ?{mine}",
+                        (org, t, cursor, new_cursor, *others)).fetchall())]
+            ops = [body for body, terr in found if terr != MOVE_TERR]
+            if epoch is not None:
+                moved = list(dict.fromkeys(json.loads(body)["move"] for body, terr in found if terr == MOVE_TERR))
+                seen["moves"] = self._moves(conn, org, scope, moved)
         return ops, new_cursor, more, seen
+
+    def _moves(self, conn: Any, org: str, scope: Scope, accounts: list[str]) -> list[dict[str, Any]]:
+        """For each moved account, what a device of ``scope`` does: take its current state and its
+        children's (it holds the account now) or drop them (it does not)."""
+        out = []
+        for account in accounts:
+            row = conn.execute("SELECT territory FROM account_terr WHERE org = ? AND account = ?",
+                               (org, account)).fetchone()
+            if row is not None and scope.holds(row[0]):
+                out.append({"account": account, "records": self._family(conn, org, [account])})
+            else:
+                out.append({"account": account, "drop": True})
+        return out
+
+    def _parent_expr(self) -> str:
+        return "(data::json) ->> 'account'" if self.db.dialect == "postgresql" else "json_extract(data, '$.account')"
+
+    def _family(self, conn: Any, org: str, accounts: list[str]) -> list[list[str]]:
+        """The rows [entity, id, data, meta] of ``accounts`` and every record hanging off them."""
+        out: list[list[str]] = []
+        for chunk, marks in _in_chunks(accounts):
+            out += [["account", *row] for row in conn.execute(
+                f"SELECT id, data, meta FROM records WHERE org = ? AND entity = 'account' AND id IN ({marks}) "
+                "ORDER BY id", (org, *chunk)).fetchall()]
+            for entity in CHILD_ENTITIES:
+                out += [[entity, *row] for row in conn.execute(
+                    f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND {self._parent_expr()} "
+                    f"IN ({marks}) ORDER BY id", (org, entity, *chunk)).fetchall()]
+        return out
+
+    # -- territories ---------------------------------------------------------------------------
+    @staticmethod
+    def _scope(conn: Any, org: str, rep: str) -> Scope:
+        rows = conn.execute("SELECT territory FROM assignments WHERE org = ? AND rep = ? ORDER BY since, territory",
+                            (org, rep)).fetchall()
+        row = conn.execute("SELECT epoch FROM rep_scope WHERE org = ? AND rep = ?", (org, rep)).fetchone()
+        epoch = int(row[0]) if row else 0
+        if not rows:
+            return Scope(None, epoch, None)
+        return Scope(tuple(sorted(r[0] for r in rows)), epoch, rows[0][0])
+
+    def scope(self, org: str, rep: str) -> Scope:
+        with self.db.read() as conn:
+            return self._scope(conn, org, rep)
+
+    def assign(self, org: str, rep: str, territory: str, *, remove: bool = False) -> dict[str, Any]:
+        """Give ``rep`` the territory ``territory`` (or take it away): their devices start again
+        from the new scope on their next sync. A rep with no territory holds the whole organisation."""
+        check_territory(territory)
+        if org not in self.orgs():
+            raise NotFoundError(f"no organisation {org!r} on this server")
+        with self.db.write(org) as conn:
+            row = conn.execute("SELECT epoch FROM rep_scope WHERE org = ? AND rep = ?", (org, rep)).fetchone()
+            epoch = (int(row[0]) if row else 0) + 1
+            if remove:
+                cur = conn.execute("DELETE FROM assignments WHERE org = ? AND rep = ? AND territory = ?",
+                                   (org, rep, territory))
+                if cur.rowcount == 0:
+                    raise NotFoundError(f"rep {rep!r} of {org!r} is not assigned territory {territory!r}")
+            else:
+                cur = conn.execute("INSERT INTO assignments (org, rep, territory, since) VALUES (?, ?, ?, ?) "
+                                   "ON CONFLICT (org, rep, territory) DO NOTHING", (org, rep, territory, epoch))
+                if cur.rowcount == 0:
+                    return {"org": org, "rep": rep, **self._scope(conn, org, rep).to_json(), "changed": False}
+            conn.execute("INSERT INTO rep_scope (org, rep, epoch) VALUES (?, ?, ?) ON CONFLICT (org, rep) "
+                         "DO UPDATE SET epoch = excluded.epoch", (org, rep, epoch))
+            return {"org": org, "rep": rep, **self._scope(conn, org, rep).to_json(), "changed": True}
+
+    def territories(self, org: str) -> list[dict[str, Any]]:
+        """Every territory of ``org`` (named by an assignment or an account): its reps and accounts."""
+        if org not in self.orgs():
+            raise NotFoundError(f"no organisation {org!r} on this server")
+        with self.db.read() as conn:
+            reps: dict[str, list[str]] = {}
+            for territory, rep in conn.execute("SELECT territory, rep FROM assignments WHERE org = ? "
+                                               "ORDER BY territory, rep", (org,)).fetchall():
+                reps.setdefault(territory, []).append(rep)
+            counts = dict(conn.execute("SELECT territory, count(*) FROM account_terr WHERE org = ? "
+                                       "AND territory <> '' GROUP BY territory", (org,)).fetchall())
+        return [{"territory": t, "reps": reps.get(t, []), "accounts": int(counts.get(t, 0))}
+                for t in sorted(set(reps) | set(counts))]
 
     # -- continuity ----------------------------------------------------------------------------
     @staticmethod
@@ -604,7 +879,11 @@ class ServerStore:
             raise ValidationError(f"unknown entity {entity!r}")
         rid = rid.strip().lower()
         org = org or self.find_org(entity, rid)
-        values = validate_edit(entity, changes)
+        changes = dict(changes)
+        territory = changes.pop("territory", None) if entity == "account" else None
+        values = validate_edit(entity, changes) if changes or territory is None else {}
+        if territory is not None:  # the back office moves accounts (a device cannot)
+            values["territory"] = check_territory(territory)
         with self.db.write(org) as conn:
             rec = self._load(conn, org, entity, rid)
             if rec is None or rec.deleted:
@@ -643,19 +922,52 @@ class ServerStore:
             self._apply(conn, org, self._backoffice_ops(conn, org, changes))
         return {"created": created, "updated": updated, "unchanged": unchanged}
 
-    def export(self, org: str) -> dict[str, Any]:
+    def export(self, org: str, *, rep: str | None = None, territory: str | None = None) -> dict[str, Any]:
+        """The organisation's state in the canonical export format; with ``rep`` (or ``territory``)
+        only what a device of that rep (or of a rep holding just that territory) holds."""
         if org not in self.orgs():
             raise NotFoundError(f"no organisation {org!r} on this server")
         with self.db.snapshot() as conn:
-            return export_state(lambda entity: conn.execute(
-                "SELECT id, data, meta FROM records WHERE org = ? AND entity = ? ORDER BY id",
-                (org, entity)).fetchall())
+            terrs: tuple[str, ...] | None = None
+            if territory is not None:
+                check_territory(territory)
+                terrs = (territory,)
+            elif rep is not None:
+                terrs = self._scope(conn, org, rep).territories
+            if terrs is None:
+                return export_state(lambda entity: conn.execute(
+                    "SELECT id, data, meta FROM records WHERE org = ? AND entity = ? ORDER BY id",
+                    (org, entity)).fetchall())
+            marks = ",".join("?" * len(terrs))
+            held = f"SELECT account FROM account_terr WHERE org = ? AND territory IN ({marks})"
+
+            def rows_for(entity: str) -> list[tuple[str, str, str]]:
+                if entity == "product":
+                    where, args = "", ()
+                elif entity == "account":
+                    where, args = f" AND id IN ({held})", (org, *terrs)
+                else:
+                    where, args = f" AND {self._parent_expr()} IN ({held})", (org, *terrs)
+                return conn.execute(f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ?{where} "
+                                    "ORDER BY id", (org, entity, *args)).fetchall()
+            return export_state(rows_for)
 
     def stats(self, org: str) -> dict[str, int]:
         with self.db.snapshot() as conn:
             ops = conn.execute("SELECT count(*) FROM ops WHERE org = ?", (org,)).fetchone()[0]
             records = conn.execute("SELECT count(*) FROM records WHERE org = ?", (org,)).fetchone()[0]
         return {"ops": ops, "records": records}
+
+
+class OutOfScopeClient(Exception):
+    """A client of protocol 1 asked for the log of a rep who holds territories."""
+
+
+def check_territory(territory: str) -> str:
+    if not territory or len(territory) > 100 or not territory.isprintable() or territory in (GLOBAL_TERR, MOVE_TERR) \
+            or territory != territory.strip():
+        raise ValidationError(f"territory: give a name of 1 to 100 printable characters (not {territory!r:.40})")
+    return territory
 
 
 def _row(org: str, row: StoredRecord) -> tuple[str, str, str, str, str, int, int]:
@@ -683,4 +995,5 @@ def _run_script(conn: Any, script: str) -> None:
             conn.execute(statement)
 
 
-__all__ = ["Continuity", "ContinuityBroken", "Identity", "PushResult", "ServerStore", "hash_token"]
+__all__ = ["Continuity", "ContinuityBroken", "Identity", "OutOfScopeClient", "PushResult", "Scope", "ServerStore",
+           "check_territory", "hash_token"]

@@ -1,0 +1,478 @@
+"""Territories (issue 15, docs/sync-protocol.md "Territories"): a device holds only its rep's
+accounts, what hangs off them, and the catalogue; accounts that move between territories reach
+the devices that gain them as a snapshot and leave those that lose them, keeping their own
+unsynced work, which is still pushed and accepted.
+
+In process: the server app over a real SQLite store, several Device objects syncing through it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from crm import canonical_json
+from crm.device import Device
+from crm.errors import ServerError
+from crm.server import ServerStore
+from crm.server.app import create_app
+from crm.sync import SyncClient, sync_once
+from tests.support import AppTransport
+
+ORG = "acme"
+URL = "http://crm-server.test"
+
+
+class Rig:
+    """A server store and its app in this process, and devices that sync with it."""
+
+    def __init__(self, tmp: Path, target: str | None = None) -> None:
+        self.tmp = tmp
+        self.store = ServerStore.open(target or tmp / "server")  # a data directory or a PostgreSQL URL
+        self.transport = AppTransport()
+        self.transport.serve(create_app(self.store))
+        self.devices: list[Device] = []
+
+    def device(self, name: str, rep: str | None = None) -> Device:
+        token = self.store.add_token(ORG, rep or name)
+        dev = Device.init(self.tmp / name, rep=rep or name, server_url=URL, token=token)
+        self.devices.append(dev)
+        return dev
+
+    def sync(self, *devices: Device) -> None:
+        for dev in devices:
+            with SyncClient(base_url=URL, token=dev.credentials()[1], transport=self.transport) as client:
+                sync_once(dev, client=client)
+
+    def offline(self, dev: Device) -> None:
+        """No-op marker: a device that does not sync is offline."""
+
+    def export(self, *, rep: str | None = None, territory: str | None = None) -> str:
+        return canonical_json(self.store.export(ORG, rep=rep, territory=territory))
+
+    def move(self, account: str, territory: str) -> None:
+        self.store.edit(ORG, "account", account, {"territory": territory})
+
+    def close(self) -> None:
+        for dev in self.devices:
+            dev.close()
+        self.store.close()
+        self.transport.shutdown()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def ids(dev: Device, entity: str) -> set[str]:
+    return {r["id"] for r in dev.export()[entity]}
+
+
+def held(dev: Device) -> str:
+    return canonical_json(dev.export())
+
+
+def _two_territories(rig: Rig) -> tuple[Device, Device, Device]:
+    """north (rep n), south (rep s), and a manager with no territory (sees everything)."""
+    n, s, m = rig.device("n"), rig.device("s"), rig.device("m")
+    rig.store.assign(ORG, "n", "north")
+    rig.store.assign(ORG, "s", "south")
+    rig.sync(n, s, m)
+    return n, s, m
+
+
+def _account(dev: Device, name: str, **fields) -> str:
+    return dev.create("account", {"name": name, **fields})["id"]
+
+
+# -- (a) the data model ----------------------------------------------------------------------------
+def test_an_organisation_without_territories_behaves_as_before(rig):
+    a, b = rig.device("a"), rig.device("b")
+    acc = _account(a, "Corner Store")
+    rig.sync(a, b, a)
+    assert "territory" not in a.export()["account"][0]
+    assert held(a) == held(b) == rig.export() == rig.export(rep="a")
+    assert ids(b, "account") == {acc}
+
+
+def test_assign_lists_territories_and_sets_the_default(rig):
+    rig.device("n")
+    first = rig.store.assign(ORG, "n", "north")
+    assert first["territories"] == ["north"] and first["default"] == "north" and first["changed"]
+    again = rig.store.assign(ORG, "n", "north")
+    assert not again["changed"] and again["epoch"] == first["epoch"]
+    both = rig.store.assign(ORG, "n", "east")
+    assert both["territories"] == ["east", "north"] and both["default"] == "north"
+    assert both["epoch"] > first["epoch"]
+    assert [t["territory"] for t in rig.store.territories(ORG)] == ["east", "north"]
+    gone = rig.store.assign(ORG, "n", "north", remove=True)
+    assert gone["territories"] == ["east"] and gone["default"] == "east"
+    from crm.errors import NotFoundError, ValidationError
+    with pytest.raises(NotFoundError):
+        rig.store.assign(ORG, "n", "north", remove=True)
+    for bad in ("", "*", "!", " x", "a" * 101):
+        with pytest.raises(ValidationError):
+            rig.store.assign(ORG, "n", bad)
+
+
+def test_a_new_account_takes_the_reps_default_territory(rig):
+    n, s, m = _two_territories(rig)
+    acc = _account(n, "North Shop")  # the device learnt its default on its last sync
+    assert n.get("account", acc)["territory"] == "north"
+    rig.sync(n, s, m)
+    assert rig.store.export(ORG)["account"][0]["territory"] == "north"
+    assert ids(s, "account") == set() and ids(m, "account") == {acc}
+
+
+def test_the_server_fills_the_territory_an_older_device_left_out(rig):
+    n = rig.device("n")
+    rig.store.assign(ORG, "n", "north")
+    # the device has not synced since the assignment: it does not know its default yet
+    acc = _account(n, "Shop")
+    assert "territory" not in n.get("account", acc)
+    rig.sync(n)
+    assert n.get("account", acc)["territory"] == "north"
+    assert held(n) == rig.export(rep="n")
+
+
+def test_a_device_cannot_move_an_account(rig):
+    n, _, _ = _two_territories(rig)
+    acc = _account(n, "Shop")
+    from crm.errors import ValidationError
+    with pytest.raises(ValidationError):
+        n.edit("account", acc, {"territory": "south"})
+
+
+# -- (b) scoped pull and authorisation ----------------------------------------------------------
+def test_each_device_holds_only_its_territory_and_the_catalogue(rig):
+    n, s, m = _two_territories(rig)
+    rig.store.import_products(ORG, [{"sku": "SKU-1", "name": "Widget", "price": "2.50"}])
+    na = _account(n, "North Shop")
+    n.create("visit", {"account": na, "outcome": "met"})
+    n.add_note("call back", account=na)
+    sa = _account(s, "South Shop")
+    s.create("contact", {"account": sa, "name": "Sam"})
+    rig.sync(n, s, m, n, s)
+    assert ids(n, "account") == {na} and ids(s, "account") == {sa}
+    assert ids(m, "account") == {na, sa}
+    assert len(n.export()["product"]) == len(s.export()["product"]) == 1
+    assert s.export()["visit"] == [] and s.export()["note"] == [] and n.export()["contact"] == []
+    assert held(n) == rig.export(rep="n") == rig.export(territory="north")
+    assert held(s) == rig.export(rep="s")
+    assert held(m) == rig.export(rep="m") == rig.export()
+
+
+def _raw_pull(rig: Rig, token: str, **params) -> httpx.Response:
+    with httpx.Client(base_url=URL, transport=rig.transport) as http:
+        return http.get("/v1/pull", params={"cursor": 0, "limit": 5000, **params},
+                        headers={"authorization": f"Bearer {token}"})
+
+
+def test_the_server_never_sends_a_record_outside_the_reps_territories(rig):
+    """Isolation within an organisation: whatever a south token asks for, no north record."""
+    n = rig.device("n")
+    rig.store.assign(ORG, "n", "north")
+    rig.sync(n)
+    secret = _account(n, "North Secret")
+    n.create("visit", {"account": secret, "outcome": "confidential"})
+    rig.sync(n)
+    south = rig.store.add_token(ORG, "s")
+    rig.store.assign(ORG, "s", "south")
+    epoch = rig.store.scope(ORG, "s").epoch
+    answers = [_raw_pull(rig, south, scope=epoch), _raw_pull(rig, south, scope=epoch, own=1),
+               _raw_pull(rig, south, scope=epoch, device="d-south"), _raw_pull(rig, south, scope=0),
+               _raw_pull(rig, south)]
+    for answer in answers:
+        assert secret not in answer.text and "confidential" not in answer.text
+    assert answers[-1].status_code == 400 and answers[-1].json()["error"] == "protocol"  # a protocol-1 client
+    assert answers[0].status_code == 200 and answers[0].json()["ops"] == []
+    # a move marker names the account a south device may not see: it learns only "drop"
+    rig.move(secret, "east")
+    page = _raw_pull(rig, south, scope=epoch).json()
+    assert page["moves"] == [{"account": secret, "drop": True}] and page["ops"] == []
+
+
+def test_a_protocol_1_client_of_an_unscoped_rep_gets_the_log_as_before(rig):
+    a = rig.device("a")
+    acc = _account(a, "Shop")
+    rig.sync(a)
+    token = rig.store.add_token(ORG, "b")
+    page = _raw_pull(rig, token).json()
+    assert [op["id"] for op in page["ops"]] == [acc] and "scope" not in page and "moves" not in page
+
+
+# -- (c) moves ----------------------------------------------------------------------------------
+def test_a_back_office_move_snapshots_to_the_gainer_and_drops_from_the_loser(rig):
+    n, s, m = _two_territories(rig)
+    acc = _account(n, "Shop")
+    visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
+    order = n.add_order({"account": acc}, [{"sku": "SKU-1", "quantity": 2, "unit_price": "1.00"}])["id"]
+    n.add_note("hello", account=acc)
+    rig.sync(n)
+    n.edit("account", acc, {"city": "Leeds"})
+    rig.sync(n, s)
+    assert ids(s, "account") == set()
+    rig.move(acc, "south")
+    rig.sync(n, s, m)
+    assert ids(n, "account") == set() and n.export()["visit"] == [] and n.export()["order"] == []
+    assert n.export()["note"] == []
+    assert ids(s, "account") == {acc} and ids(s, "visit") == {visit} and ids(s, "order") == {order}
+    assert s.get("account", acc)["city"] == "Leeds"
+    for dev, rep in ((n, "n"), (s, "s"), (m, "m")):
+        assert held(dev) == rig.export(rep=rep)
+    # the gainer works on it and everyone converges
+    s.edit("account", acc, {"phone": "0113"})
+    rig.sync(s, n, m)
+    assert m.get("account", acc)["phone"] == "0113"
+    for dev, rep in ((n, "n"), (s, "s"), (m, "m")):
+        assert held(dev) == rig.export(rep=rep)
+
+
+def test_a_rep_edits_an_account_moved_away_while_offline_and_nothing_is_lost(rig):
+    n, s, _ = _two_territories(rig)
+    acc = _account(n, "Shop")
+    rig.sync(n, s)
+    # n goes offline and keeps working on the account; meanwhile the back office moves it south
+    n.edit("account", acc, {"phone": "0113 555"})
+    late_visit = n.create("visit", {"account": acc, "outcome": "signed"})["id"]
+    rig.move(acc, "south")
+    rig.sync(s)
+    assert ids(s, "account") == {acc} and ids(s, "visit") == set()
+    rig.sync(n)  # push (accepted: written while n held it), then the move: dropped
+    assert ids(n, "account") == set() and n.outbox()["pending"] == 0
+    rig.sync(s)
+    assert s.get("account", acc)["phone"] == "0113 555" and ids(s, "visit") == {late_visit}
+    assert held(n) == rig.export(rep="n") and held(s) == rig.export(rep="s")
+
+
+def test_unsynced_work_on_a_dropped_account_is_kept_until_the_server_takes_it(rig):
+    n, s, _ = _two_territories(rig)
+    acc = _account(n, "Shop")
+    rig.sync(n)
+    rig.move(acc, "south")
+    # The drop arrives while n has unsynced work on the account (a pull alone, as after a push
+    # that failed): the record holding it stays, the rest goes.
+    other = n.create("visit", {"account": acc, "outcome": "x"})["id"]
+    with SyncClient(base_url=URL, token=n.credentials()[1], transport=rig.transport) as client:
+        from crm.sync import pull_changes
+        pull_changes(n, client)
+    assert ids(n, "visit") == {other} and ids(n, "account") == set()
+    rig.sync(n)  # pushed, acknowledged, then removed
+    assert ids(n, "visit") == set() and n.outbox()["pending"] == 0
+    rig.sync(s)
+    assert ids(s, "visit") == {other}
+    assert held(n) == rig.export(rep="n") and held(s) == rig.export(rep="s")
+
+
+def test_a_move_racing_an_edit_and_a_move_back_converge(rig):
+    n, s, m = _two_territories(rig)
+    acc = _account(n, "Shop")
+    rig.sync(n, s)
+    n.edit("account", acc, {"city": "York"})  # offline edit
+    rig.move(acc, "south")
+    rig.sync(s)
+    s.edit("account", acc, {"phone": "1"})  # the gainer edits too, offline
+    rig.move(acc, "north")  # and it moves back
+    rig.sync(n, s, n, m)
+    account = rig.store.export(ORG)["account"][0]
+    assert account["city"] == "York" and account["phone"] == "1" and account["territory"] == "north"
+    assert ids(n, "account") == {acc} and ids(s, "account") == set()
+    assert n.get("account", acc)["phone"] == "1"
+    for dev, rep in ((n, "n"), (s, "s"), (m, "m")):
+        assert held(dev) == rig.export(rep=rep)
+
+
+def test_airplane_mode_during_a_reassignment(rig):
+    n, s, _ = _two_territories(rig)
+    acc = _account(n, "Shop")
+    visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
+    rig.sync(n)
+    sa = _account(s, "South Shop")
+    rig.sync(s)
+    # n is offline while the back office gives n south and takes north away
+    n.edit("account", acc, {"city": "Leeds"})
+    rig.store.assign(ORG, "n", "south")
+    rig.store.assign(ORG, "n", "north", remove=True)
+    rig.sync(n)
+    assert ids(n, "account") == {sa} and ids(n, "visit") == set()
+    assert held(n) == rig.export(rep="n")
+    # and back: it regains north, its own earlier work (its own ops) included
+    rig.store.assign(ORG, "n", "north")
+    rig.sync(n)
+    assert ids(n, "account") == {acc, sa} and ids(n, "visit") == {visit}
+    assert n.get("account", acc)["city"] == "Leeds"
+    assert held(n) == rig.export(rep="n")
+
+
+def test_a_rep_unassigned_from_everything_holds_the_whole_organisation(rig):
+    n, s, _ = _two_territories(rig)
+    na, sa = _account(n, "N"), _account(s, "S")
+    rig.sync(n, s, n)
+    rig.store.assign(ORG, "n", "north", remove=True)
+    rig.sync(n)
+    assert ids(n, "account") == {na, sa} and held(n) == rig.export(rep="n") == rig.export()
+
+
+def test_an_account_created_outside_the_reps_territories_leaves_their_device(rig):
+    n, s, _ = _two_territories(rig)
+    acc = n.create("account", {"name": "For the south", "territory": "south"})["id"]
+    rig.sync(n, s)
+    assert ids(n, "account") == set() and ids(s, "account") == {acc}
+    assert held(n) == rig.export(rep="n") and held(s) == rig.export(rep="s")
+
+
+def test_an_old_server_answer_without_scope_still_works(rig):
+    """A protocol-2 device against a server that sends no scope (an older server): as before."""
+    a = rig.device("a")
+    acc = _account(a, "Shop")
+    rig.sync(a)
+    assert ids(a, "account") == {acc}
+
+
+def test_a_scope_that_keeps_changing_stops_the_sync(rig, monkeypatch):
+    n, _, _ = _two_territories(rig)
+    real = rig.store.pull
+
+    def always_reset(*args, **kwargs):
+        ops, cursor, more, seen = real(*args, **kwargs)
+        return [], cursor, False, {**seen, "reset": True}
+
+    monkeypatch.setattr(rig.store, "pull", always_reset)
+    with pytest.raises(ServerError):
+        rig.sync(n)
+
+
+# -- a property: random moves, assignments, edits, syncs in any order converge per scope --------
+TERRS = ("t1", "t2", "t3")
+STEP = st.one_of(
+    st.tuples(st.just("create"), st.integers(0, 2)),
+    st.tuples(st.just("edit"), st.integers(0, 2), st.integers(0, 9)),
+    st.tuples(st.just("visit"), st.integers(0, 2), st.integers(0, 9)),
+    st.tuples(st.just("move"), st.integers(0, 9), st.sampled_from(TERRS)),
+    st.tuples(st.just("assign"), st.integers(0, 2), st.sampled_from(TERRS), st.booleans()),
+    st.tuples(st.just("sync"), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEP, min_size=1, max_size=30), seed=st.integers(0, 1000))
+@example(steps=[("create", 0), ("sync", 0), ("move", 0, "t2"), ("visit", 0, 0), ("sync", 1), ("sync", 0)], seed=1)
+@example(steps=[("create", 1), ("sync", 1), ("assign", 0, "t2", True), ("edit", 1, 0), ("move", 0, "t1"),
+                ("assign", 1, "t2", False), ("sync", 0), ("assign", 0, "t1", True)], seed=2)
+def test_random_moves_and_reassignments_converge_per_scope(tmp_path_factory, steps, seed):
+    rig = Rig(tmp_path_factory.mktemp("prop"))
+    try:
+        devs = [rig.device(f"r{i}") for i in range(3)]
+        for i, terr in enumerate(TERRS):
+            rig.store.assign(ORG, f"r{i}", terr)
+        rig.sync(*devs)
+        rng = random.Random(seed)
+        made: list[str] = []  # account ids, in order
+        written: dict[str, set[str]] = {}  # account -> visit outcomes written by any device
+        for step in steps:
+            kind, who = step[0], step[1]
+            if kind == "create":
+                made.append(_account(devs[who], f"A{len(made)}"))
+            elif kind in ("edit", "visit") and made:
+                acc = made[step[2] % len(made)]
+                dev = devs[who]
+                if acc in ids(dev, "account"):
+                    if kind == "edit":
+                        dev.edit("account", acc, {"city": f"c{rng.randint(0, 99)}"})
+                    else:
+                        outcome = f"o{rng.randint(0, 10**6)}"
+                        dev.create("visit", {"account": acc, "outcome": outcome})
+                        written.setdefault(acc, set()).add(outcome)
+            elif kind == "move" and made:
+                acc = made[who % len(made)]
+                if any(r["id"] == acc for r in rig.store.export(ORG)["account"]):
+                    rig.move(acc, step[2])
+            elif kind == "assign":
+                rep, terr, on = f"r{who}", step[2], step[3]
+                if on:
+                    rig.store.assign(ORG, rep, terr)
+                elif terr in (rig.store.scope(ORG, rep).territories or ()):
+                    rig.store.assign(ORG, rep, terr, remove=True)
+            elif kind == "sync":
+                rig.sync(devs[who])
+        rig.sync(*devs, *devs)
+        everything = rig.store.export(ORG)
+        outcomes = {v["outcome"] for v in everything["visit"]}
+        assert all(o in outcomes for got in written.values() for o in got), "a visit was lost"
+        for i, dev in enumerate(devs):
+            assert held(dev) == rig.export(rep=f"r{i}"), f"device r{i} holds other than its scope"
+            assert dev.outbox()["pending"] == 0
+    finally:
+        rig.close()
+
+
+def test_move_markers_and_scope_columns_survive_a_migration_from_version_4(tmp_path):
+    """A server store of schema 4 (before territories) opens, migrates, and serves as before."""
+    import sqlite3
+
+    from crm.server.store import MIGRATIONS
+    data = tmp_path / "old"
+    data.mkdir()
+    conn = sqlite3.connect(data / "server.sqlite3")
+    for version in range(1, 5):
+        for statement in MIGRATIONS[version]["sqlite"].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("INSERT INTO orgs VALUES ('acme', 'x')")
+    body = {"op": "0192aaaa-0000-7000-8000-000000000001", "dev": "d1", "hlc": "1795706783938.00000@d1",
+            "kind": "create", "entity": "account", "id": "0192aaaa-0000-7000-8000-0000000000aa",
+            "fields": {"name": "Old"}, "base": {}}
+    child = {**body, "op": "0192aaaa-0000-7000-8000-000000000002", "entity": "visit",
+             "id": "0192aaaa-0000-7000-8000-0000000000bb",
+             "fields": {"account": body["id"], "outcome": "x", "at": "2026-01-01T00:00:00Z"}}
+    conn.execute("INSERT INTO ops (org, op_id, device, body) VALUES ('acme', ?, 'd1', ?)",
+                 (body["op"], json.dumps(body)))
+    conn.execute("INSERT INTO ops (org, op_id, device, body) VALUES ('acme', ?, 'd1', ?)",
+                 (child["op"], json.dumps(child)))
+    conn.execute("INSERT INTO records VALUES ('acme', 'account', ?, '{\"name\": \"Old\"}', '{}', 0, 0)", (body["id"],))
+    conn.execute("INSERT INTO records VALUES ('acme', 'visit', ?, ?, '{}', 0, 0)",
+                 (child["id"], json.dumps(child["fields"])))
+    conn.commit()
+    conn.close()
+    store = ServerStore.open(data)
+    try:
+        rows = store.conn.execute("SELECT scope, terr FROM ops ORDER BY seq").fetchall()
+        assert rows == [(body["id"], ""), (body["id"], "")]
+        store.edit("acme", "account", body["id"], {"territory": "north"})
+        assert {terr for (terr,) in store.conn.execute("SELECT terr FROM ops WHERE device = 'd1'")} == {"north"}
+        assert [t["territory"] for t in store.territories("acme")] == ["north"]
+    finally:
+        store.close()
+
+
+def test_the_search_index_follows_moves_in_and_out_of_scope(rig):
+    """The local search index (crm/search.py) is derived from the records a device holds: an
+    account that leaves the device (a move, a reassignment) is no longer found, nor named by its
+    short id; one that arrives as a snapshot is found at once."""
+    n, s, _ = _two_territories(rig)
+    acc = _account(n, "Zebedee Hardware", city="Leeds")
+    note = n.add_note("ask about the zebra crossing", account=acc)["id"]
+    rig.sync(n, s)
+    assert n.search("zebedee")[1] == 1 and s.search("zebedee")[1] == 0
+    rig.move(acc, "south")
+    rig.sync(n, s)
+    assert n.search("zebedee") == ([], 0) and n.search("zebra") == ([], 0)
+    found, total = s.search("zebedee leeds")
+    assert total == 1 and found[0]["id"] == acc
+    assert s.search("zebra")[1] == 1 and s.resolve("note", note[-8:]) == note
+    with pytest.raises(Exception):
+        n.resolve("account", acc[-8:])
+    rig.store.assign(ORG, "s", "south", remove=True)
+    rig.store.assign(ORG, "s", "west")
+    rig.sync(s)
+    assert s.search("zebedee") == ([], 0)

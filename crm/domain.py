@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ValidationError
 
@@ -36,8 +36,7 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$")
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):  # not a dataclass: @dataclass costs start-up
     name: str
     kind: str  # text, long_text, email, decimal, int, float, datetime, ref, enum, currency, sku
     required: bool = False

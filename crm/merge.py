@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .domain import DELETED, STATUS_RANK
 from .ops import Op
@@ -54,8 +54,7 @@ class Record:
         return self.values.get(DELETED) is True
 
 
-@dataclass(frozen=True)
-class Conflict:
+class Conflict(NamedTuple):  # not a dataclass: @dataclass costs start-up
     id: str  # "<losing op id>:<field>": the same on every replica
     entity: str
     record_id: str

@@ -82,6 +82,7 @@ def trial(entity: str, n: int, workdir: Path) -> dict:
         with client_for(source) as client:
             pushed, _ = push_outbox(source, client)
         assert pushed == n and source.outbox()["pending"] == 0
+        source.pack_kept()  # what `crm sync` does after its push
         synced = usage(source.home)
         fresh = Device.init(workdir / f"fresh-{entity}", rep="rep2", **login)
         fresh_base = usage(fresh.home)

@@ -35,7 +35,7 @@ from .ids import new_id
 from .merge import Record
 from .ops import Op, loads, op_from_wire, op_to_json
 from .records import export_state, meta_column, present, record_from_row, row_of, row_of_create
-from .store import MetaKey, Store, meta_error, meta_problem, op_key, sqlite_errors, unpack_op
+from .store import MetaKey, Store, meta_error, meta_problem, op_key, pack_op, sqlite_errors, unpack_op
 
 __all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
 
@@ -463,8 +463,8 @@ class Device:
         where the rep can see it; remember the server's continuity answer."""
         with self.store.write() as conn:
             keys = [(op_id,) for op_id in acked]
-            conn.executemany("INSERT OR IGNORE INTO sent (op_key, body) "
-                             "SELECT crm_op_key(op_id), crm_pack_op(body) FROM outbox WHERE op_id = ?", keys)
+            conn.executemany("INSERT OR IGNORE INTO sent (op_key, body) SELECT ?, body FROM outbox WHERE op_id = ?",
+                             [(op_key(op_id), op_id) for op_id in acked])
             conn.executemany("DELETE FROM outbox WHERE op_id = ?", keys)
             conn.executemany("UPDATE outbox SET state = 'rejected', reason = ? WHERE op_id = ?",
                              [(reason, op_id) for op_id, reason in rejected])
@@ -623,7 +623,24 @@ class Device:
         with sqlite_errors(self.store.path):
             rows = self.store.conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
                                            (after, limit)).fetchall()
-        return [(seq, unpack_op(body)) for seq, body in rows]
+        return [(seq, unpack_op(body) if isinstance(body, bytes) else body) for seq, body in rows]
+
+    def pack_kept(self, *, batch: int = 2000) -> int:
+        """Pack the kept ops a push stored as text (bench_footprint.py); returns how many. Done after
+        a push rather than while settling it, so the push's round trips do not wait for it; a batch
+        per transaction, so a kill loses nothing (an op is text or packed, both readable)."""
+        packed = 0
+        while True:
+            with self.store.write() as conn:
+                start = int(self.store.get_meta(MetaKey.PACKED_TO) or 0)
+                rows = conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (start, batch)).fetchall()
+                if not rows:
+                    return packed
+                text = [(pack_op(body), seq) for seq, body in rows if isinstance(body, str)]
+                conn.executemany("UPDATE sent SET body = ? WHERE seq = ?", text)
+                self.store.set_meta(conn, MetaKey.PACKED_TO, str(rows[-1][0]))
+                packed += len(text)
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
                      latest: str | None = None) -> int:

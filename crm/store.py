@@ -91,14 +91,15 @@ MIGRATIONS: dict[int, str] = {
     """,
     # Kept ops packed (issue 16, bench/bench_footprint.py): the op id as its 16 bytes, the wire
     # JSON deflated against a fixed dictionary (pack_op): 460 bytes an account's create down to
-    # about 190, the row and its op id index together.
+    # about 220, the row and its op id index together. A push keeps an op as text (a BLOB is
+    # packed, TEXT is not); `Device.pack_kept` packs them after the push, off its round trips.
     3: """
     CREATE TABLE sent_packed (
         seq    INTEGER PRIMARY KEY,
         op_key BLOB NOT NULL UNIQUE,      -- op_key(op id)
         body   BLOB NOT NULL              -- pack_op(wire JSON)
     );
-    INSERT INTO sent_packed (seq, op_key, body) SELECT seq, crm_op_key(op_id), crm_pack_op(body) FROM sent;
+    INSERT INTO sent_packed (seq, op_key, body) SELECT seq, crm_op_key(op_id), body FROM sent;
     DROP TABLE sent;
     ALTER TABLE sent_packed RENAME TO sent;
     """,
@@ -143,6 +144,7 @@ class MetaKey:
     WITNESS = "witness"  # continuity: a log entry this device saw (docs/sync-protocol.md)
     KNOWN = "known"  # continuity: this device's latest op the log holds ("" none)
     RESEND_FROM = "resend_from"  # position in the kept ops to send again from ("" none)
+    PACKED_TO = "packed_to"  # every kept op up to this position is packed (Device.pack_kept)
     FIRST_PUSH_AT = "first_push_at"
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"

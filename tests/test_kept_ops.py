@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crm import Device
 from crm.store import APPLICATION_ID, MIGRATIONS, STORE_FILENAME
+from crm.sync import sync_once
 
 
 def _queue(home: Path, n: int) -> tuple[Device, list[tuple[str, str]]]:
@@ -22,6 +23,9 @@ def test_an_acknowledged_op_comes_back_exactly_as_queued_and_smaller(tmp_path: P
     dev, queued = _queue(tmp_path / "h", 5)
     dev.settle_pushed([op_id for op_id, _ in queued], [])
     assert dev.pending_ops(limit=10) == []
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+    assert dev.pack_kept(batch=2) == 5  # in batches
+    assert dev.pack_kept() == 0  # nothing left to pack
     assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
     assert all(dev.knows_op(op_id) for op_id, _ in queued)
     assert not dev.knows_op("01a2372d-c64b-7638-b0b2-f4192728b3b2")
@@ -57,6 +61,17 @@ def test_a_schema_2_store_keeps_its_acknowledged_ops(tmp_path: Path) -> None:
     conn.execute("COMMIT")
     conn.close()
     dev = Device.open(home)
-    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in [*queued, odd]]
-    assert [seq for seq, _ in dev.kept_ops(after=0, limit=10)] == [1, 2, 3, 4]
-    assert all(dev.knows_op(op_id) for op_id, _ in [*queued, odd])
+    for _ in range(2):  # as migrated, then packed
+        assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in [*queued, odd]]
+        assert [seq for seq, _ in dev.kept_ops(after=0, limit=10)] == [1, 2, 3, 4]
+        assert all(dev.knows_op(op_id) for op_id, _ in [*queued, odd])
+        dev.pack_kept()
+
+
+def test_a_sync_packs_what_it_pushed(tmp_path: Path, server) -> None:
+    dev, queued = _queue(tmp_path / "h", 3)
+    dev.login(server.url, server.add_rep("org", "rep"))
+    assert sync_once(dev).pushed == 3
+    kinds = dev.store.conn.execute("SELECT typeof(body) FROM sent ORDER BY seq").fetchall()
+    assert kinds == [("blob",)] * 3
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]

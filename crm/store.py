@@ -19,7 +19,6 @@ import os
 import re
 import sqlite3
 import stat
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -111,20 +110,32 @@ _OP_DICT = (b'"base":{},"dev":"","entity":"account","fields":{"account":"","addr
             b'"email":"","name":"","owner":"","phone":"","postcode":"","external_ref":"","role":"",'
             b'"duration_min":,"lat":,"lon":,"notes":"","outcome":"","rep":"","text":"","visit":"",'
             b'"order":"","at":"T00:00:00Z"},"hlc":".00000@","id":"","kind":"update","kind":"create","op":"')
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 
 
 def op_key(op_id: str) -> bytes | str:
-    """How a kept op's id is stored and looked up: a UUID as its 16 bytes, anything else as is."""
-    return bytes.fromhex(op_id.replace("-", "")) if _UUID.fullmatch(op_id) else op_id
+    """How a kept op's id is stored and looked up: a UUID (canonical text) as its 16 bytes, anything
+    else as is. No regex: compiling one costs every command's start-up."""
+    if len(op_id) == 36 and op_id[8] + op_id[13] + op_id[18] + op_id[23] == "----":
+        digits = op_id.replace("-", "")
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            return op_id
+        if len(raw) == 16 and raw.hex() == digits:
+            return raw
+    return op_id
 
 
 def pack_op(body: str) -> bytes:
+    import zlib  # loaded when ops are packed or read back, not by every command
+
     deflate = zlib.compressobj(6, zlib.DEFLATED, -11, 4, zlib.Z_DEFAULT_STRATEGY, _OP_DICT)
     return deflate.compress(body.encode()) + deflate.flush()
 
 
 def unpack_op(packed: bytes) -> str:
+    import zlib
+
     inflate = zlib.decompressobj(-11, _OP_DICT)
     return (inflate.decompress(packed) + inflate.flush()).decode()
 

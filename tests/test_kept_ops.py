@@ -75,3 +75,12 @@ def test_a_sync_packs_what_it_pushed(tmp_path: Path, server) -> None:
     kinds = dev.store.conn.execute("SELECT typeof(body) FROM sent ORDER BY seq").fetchall()
     assert kinds == [("blob",)] * 3
     assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+
+
+def test_only_a_canonical_uuid_is_stored_as_its_bytes() -> None:
+    from crm.store import op_key
+
+    uid = "01a2372d-c64b-7638-b0b2-f4192728b3b2"
+    assert op_key(uid) == bytes.fromhex(uid.replace("-", ""))
+    for other in (uid.upper(), uid.replace("2", " ", 1), uid[:-1], "x", "", uid.replace("-", "+")):
+        assert op_key(other) == other  # kept as text: two ids never share a key

@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ValidationError
@@ -49,20 +47,42 @@ class Field(NamedTuple):  # not a dataclass: @dataclass costs start-up
     default: Callable[[], Any] | None = None
 
 
-@dataclass(frozen=True)
 class Entity:
+    """An entity's fields and rules. Written out rather than made by @dataclass, which costs
+    every command's start-up (bench_startup.py); immutable and compared by value as before."""
+
     name: str
     fields: tuple[Field, ...]
-    parent: str | None = None  # the ref field whose value groups this record (for lookups)
-    append_only: bool = False  # created once, never edited or deleted (notes)
-    device_writable: bool = True  # products are written by the server only
+    parent: str | None  # the ref field whose value groups this record (for lookups)
+    append_only: bool  # created once, never edited or deleted (notes)
+    device_writable: bool  # products are written by the server only
     # An order's lines are fields named "line:<line id>", each a {sku, quantity, unit_price}
     # object: lines added on different devices are different fields, so all of them survive.
-    has_lines: bool = False
+    has_lines: bool
 
-    @cached_property
-    def _by_name(self) -> dict[str, Field]:  # every op and row looks fields up by name
-        return {f.name: f for f in self.fields}
+    def __init__(self, name: str, fields: tuple[Field, ...], parent: str | None = None,
+                 append_only: bool = False, device_writable: bool = True, has_lines: bool = False) -> None:
+        put = object.__setattr__
+        for key, value in (("name", name), ("fields", fields), ("parent", parent), ("append_only", append_only),
+                           ("device_writable", device_writable), ("has_lines", has_lines),
+                           ("_by_name", {f.name: f for f in fields}),  # every op and row looks fields up by name
+                           ("field_names", tuple(f.name for f in fields))):
+            put(self, key, value)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.fields, self.parent, self.append_only, self.device_writable, self.has_lines)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Entity({self.name!r}, fields={self.field_names!r})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: an Entity is immutable")
 
     def field(self, name: str) -> Field:
         found = self._by_name.get(name)
@@ -76,10 +96,6 @@ class Entity:
             f"{self.name} has no field {name!r}",
             details={"field": name, "known": [f.name for f in self.fields]},
         )
-
-    @cached_property
-    def field_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
 
 
 LINE_FIELD = Field("line", "line")

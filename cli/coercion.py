@@ -9,7 +9,6 @@ on a typer without this machinery (older releases coerce with click types) it do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -43,8 +42,7 @@ def _supported(descriptor: Any) -> bool:
 
 if RuntimeParam is not None:
 
-    @dataclass(frozen=True)
-    class PlainParam(RuntimeParam):
+    class PlainParam(RuntimeParam):  # no new fields: RuntimeParam's dataclass methods serve it
         """Coerces str, bool, int (with min/max), Path (with typer's exists/dir checks) and Enum values."""
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:

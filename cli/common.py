@@ -10,10 +10,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
@@ -42,8 +41,7 @@ def sub_app(help: str, *, example: str | None = None) -> typer.Typer:
                        add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 
-@dataclass
-class Home:
+class Home(NamedTuple):  # not a dataclass: @dataclass costs start-up
     """Where the store lives: --home, else CRM_HOME, else the platform's user data directory;
     and the time zone given with --tz (None: the machine's)."""
 

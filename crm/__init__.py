@@ -4,23 +4,45 @@ The public surface is small; everything else is private to its module. Sync (htt
 server (Starlette) live in submodules that load only when used, so local commands stay fast.
 """
 
-from .device import Change, Device
-from .errors import (
-    AuthRefusedError,
-    CrmError,
-    ImportFileError,
-    NotConfiguredError,
-    NotFoundError,
-    SchemaTooNewError,
-    ServerError,
-    ServerUnreachableError,
-    StateError,
-    StoreCorruptError,
-    StoreLockedError,
-    StoreMissingError,
-    ValidationError,
-)
-from .records import canonical_json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .device import Change, Device
+    from .errors import (
+        AuthRefusedError,
+        CrmError,
+        ImportFileError,
+        NotConfiguredError,
+        NotFoundError,
+        SchemaTooNewError,
+        ServerError,
+        ServerUnreachableError,
+        StateError,
+        StoreCorruptError,
+        StoreLockedError,
+        StoreMissingError,
+        ValidationError,
+    )
+    from .records import canonical_json
+
+# The public names load on first use (PEP 562), so `import crm.errors` or `crm --version` does not
+# pay for the device, the merge rules and the store.
+_LAZY = {"Change": "device", "Device": "device", "canonical_json": "records"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        module = _LAZY[name]
+    elif name.endswith("Error") and name in __all__:
+        module = "errors"
+    else:
+        raise AttributeError(f"module 'crm' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -12,10 +12,9 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import hlc as clocks
 from . import merge, search
@@ -38,7 +37,7 @@ from .ids import new_id
 from .merge import Record
 from .ops import Op, loads, op_from_wire, op_to_json
 from .records import export_state, meta_column, present, record_from_row, row_of, row_of_create
-from .store import MetaKey, Store, meta_error, meta_problem, sqlite_errors
+from .store import MetaKey, Store, meta_error, meta_problem, op_key, pack_op, sqlite_errors, unpack_op
 
 __all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
 
@@ -54,8 +53,7 @@ def _duration(seconds: float) -> str:
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):  # not a dataclass: @dataclass costs start-up
     """One record change to write: the engine turns each into an op inside a transaction."""
 
     entity: str
@@ -597,8 +595,8 @@ class Device:
         where the rep can see it; remember the server's continuity answer."""
         with self.store.write() as conn:
             keys = [(op_id,) for op_id in acked]
-            conn.executemany("INSERT OR IGNORE INTO sent (op_id, body) "
-                             "SELECT op_id, body FROM outbox WHERE op_id = ?", keys)
+            conn.executemany("INSERT OR IGNORE INTO sent (op_key, body) SELECT ?, body FROM outbox WHERE op_id = ?",
+                             [(op_key(op_id), op_id) for op_id in acked])
             conn.executemany("DELETE FROM outbox WHERE op_id = ?", keys)
             conn.executemany("UPDATE outbox SET state = 'rejected', reason = ? WHERE op_id = ?",
                              [(reason, op_id) for op_id, reason in rejected])
@@ -733,8 +731,8 @@ class Device:
         """Whether this home made ``op_id`` (queued, parked or acknowledged)."""
         with sqlite_errors(self.store.path):
             return self.store.conn.execute(
-                "SELECT 1 FROM outbox WHERE op_id = ? UNION ALL SELECT 1 FROM sent WHERE op_id = ?",
-                (op_id, op_id)).fetchone() is not None
+                "SELECT 1 FROM outbox WHERE op_id = ? UNION ALL SELECT 1 FROM sent WHERE op_key = ?",
+                (op_id, op_key(op_id))).fetchone() is not None
 
     def adopt_latest(self, latest: str | None) -> None:
         """The log's latest op of this device id is one this home made (its answer was lost)."""
@@ -759,8 +757,26 @@ class Device:
     def kept_ops(self, *, after: int, limit: int) -> list[tuple[int, str]]:
         """Acknowledged ops after position ``after`` of the kept list, oldest first: (seq, body)."""
         with sqlite_errors(self.store.path):
-            return self.store.conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
+            rows = self.store.conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
                                            (after, limit)).fetchall()
+        return [(seq, unpack_op(body) if isinstance(body, bytes) else body) for seq, body in rows]
+
+    def pack_kept(self, *, batch: int = 2000) -> int:
+        """Pack the kept ops a push stored as text (bench_footprint.py); returns how many. Done after
+        a push rather than while settling it, so the push's round trips do not wait for it; a batch
+        per transaction, so a kill loses nothing (an op is text or packed, both readable)."""
+        packed = 0
+        while True:
+            with self.store.write() as conn:
+                start = int(self.store.get_meta(MetaKey.PACKED_TO) or 0)
+                rows = conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (start, batch)).fetchall()
+                if not rows:
+                    return packed
+                text = [(pack_op(body), seq) for seq, body in rows if isinstance(body, str)]
+                conn.executemany("UPDATE sent SET body = ? WHERE seq = ?", text)
+                self.store.set_meta(conn, MetaKey.PACKED_TO, str(rows[-1][0]))
+                packed += len(text)
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
                      latest: str | None = None, moves: Iterable[dict[str, Any]] = (),

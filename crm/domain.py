@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from decimal import Decimal, InvalidOperation
-from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ValidationError
+
+if TYPE_CHECKING:  # decimal loads only when a decimal field is checked: `crm visit log` starts faster
+    from decimal import Decimal
 
 ORDER_STATUSES = ("draft", "submitted", "cancelled")
 # An order's status only moves forward: the merge keeps the furthest status any replica set.
@@ -37,8 +37,7 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$")
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):  # not a dataclass: @dataclass costs start-up
     name: str
     kind: str  # text, long_text, email, decimal, int, float, datetime, ref, enum, currency, sku
     required: bool = False
@@ -51,20 +50,42 @@ class Field:
     default: Callable[[], Any] | None = None
 
 
-@dataclass(frozen=True)
 class Entity:
+    """An entity's fields and rules. Written out rather than made by @dataclass, which costs
+    every command's start-up (bench_startup.py); immutable and compared by value as before."""
+
     name: str
     fields: tuple[Field, ...]
-    parent: str | None = None  # the ref field whose value groups this record (for lookups)
-    append_only: bool = False  # created once, never edited or deleted (notes)
-    device_writable: bool = True  # products are written by the server only
+    parent: str | None  # the ref field whose value groups this record (for lookups)
+    append_only: bool  # created once, never edited or deleted (notes)
+    device_writable: bool  # products are written by the server only
     # An order's lines are fields named "line:<line id>", each a {sku, quantity, unit_price}
     # object: lines added on different devices are different fields, so all of them survive.
-    has_lines: bool = False
+    has_lines: bool
 
-    @cached_property
-    def _by_name(self) -> dict[str, Field]:  # every op and row looks fields up by name
-        return {f.name: f for f in self.fields}
+    def __init__(self, name: str, fields: tuple[Field, ...], parent: str | None = None,
+                 append_only: bool = False, device_writable: bool = True, has_lines: bool = False) -> None:
+        put = object.__setattr__
+        for key, value in (("name", name), ("fields", fields), ("parent", parent), ("append_only", append_only),
+                           ("device_writable", device_writable), ("has_lines", has_lines),
+                           ("_by_name", {f.name: f for f in fields}),  # every op and row looks fields up by name
+                           ("field_names", tuple(f.name for f in fields))):
+            put(self, key, value)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.fields, self.parent, self.append_only, self.device_writable, self.has_lines)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if other.__class__ is self.__class__ else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Entity({self.name!r}, fields={self.field_names!r})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: an Entity is immutable")
 
     def field(self, name: str) -> Field:
         found = self._by_name.get(name)
@@ -78,10 +99,6 @@ class Entity:
             f"{self.name} has no field {name!r}",
             details={"field": name, "known": [f.name for f in self.fields]},
         )
-
-    @cached_property
-    def field_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
 
 
 LINE_FIELD = Field("line", "line")
@@ -196,6 +213,8 @@ def entity(name: str) -> Entity:
 
 def canonical_decimal(value: Decimal) -> str:
     """Money as text with at least two decimals and no exponent: '2.5' -> '2.50'."""
+    from decimal import Decimal
+
     if value == value.to_integral_value() or value.as_tuple().exponent >= -2:
         value = value.quantize(Decimal("0.01"))
     text = format(value, "f")
@@ -296,6 +315,8 @@ def normalize_value(f: Field, value: Any) -> Any:
             out[line_id] = None if line is None else normalize_value(LINE_FIELD, line)
         return out
     if kind == "decimal":
+        from decimal import Decimal, InvalidOperation
+
         if isinstance(value, float) or isinstance(value, bool):
             raise _bad(f, "must be a decimal written as text, not a float", value)
         try:

@@ -28,8 +28,7 @@ and any version stamped at or before the horizon counts as seen.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .domain import DELETED, LINE_PREFIX, STATUS_RANK, SUBMISSION
 from .ops import Op
@@ -44,23 +43,42 @@ MAX_HISTORY = 256
 HORIZON = "~"  # the meta key of a record's horizon: never a field name (admission checks names)
 
 
-@dataclass
 class Record:
+    """A record's winning values and merge metadata. Written out rather than made by @dataclass,
+    which costs every command's start-up (bench_startup.py); it behaves as the dataclass it was."""
+
     entity: str
     id: str
-    values: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    values: dict[str, Any]
+    meta: dict[str, dict[str, Any]]
     # How many history entries ``meta`` holds (None: not counted yet); kept up to date by the merge
     # so that bounding history costs what an op touches, not the size of the record.
-    history: int | None = field(default=None, compare=False, repr=False)
+    history: int | None  # neither compared nor shown
+
+    def __init__(self, entity: str, id: str, values: dict[str, Any] | None = None,  # noqa: A002
+                 meta: dict[str, dict[str, Any]] | None = None, history: int | None = None) -> None:
+        self.entity = entity
+        self.id = id
+        self.values = {} if values is None else values
+        self.meta = {} if meta is None else meta
+        self.history = history
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.entity, self.id, self.values, self.meta) == (other.entity, other.id, other.values, other.meta)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"Record(entity={self.entity!r}, id={self.id!r}, values={self.values!r}, meta={self.meta!r})"
 
     @property
     def deleted(self) -> bool:
         return self.values.get(DELETED) is True
 
 
-@dataclass(frozen=True)
-class Conflict:
+class Conflict(NamedTuple):  # not a dataclass: @dataclass costs start-up
     id: str  # "<losing op id>:<field>": the same on every replica
     entity: str
     record_id: str

@@ -20,8 +20,8 @@ import re
 import sqlite3
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import search
 from .errors import (
@@ -35,7 +35,7 @@ from .errors import (
     UsageError,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_FILENAME = "crm.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock; CRM_BUSY_TIMEOUT_MS overrides
 
@@ -92,7 +92,56 @@ MIGRATIONS: dict[int, str] = {
     # The search index: derived from records, local to this store, rebuilt by the migration
     # (crm/search.py).
     3: search.SCHEMA,
+    # Kept ops packed (issue 16, bench/bench_footprint.py): the op id as its 16 bytes, the wire
+    # JSON deflated against a fixed dictionary (pack_op): 460 bytes an account's create down to
+    # about 220, the row and its op id index together. A push keeps an op as text (a BLOB is
+    # packed, TEXT is not); `Device.pack_kept` packs them after the push, off its round trips.
+    4: """
+    CREATE TABLE sent_packed (
+        seq    INTEGER PRIMARY KEY,
+        op_key BLOB NOT NULL UNIQUE,      -- op_key(op id)
+        body   BLOB NOT NULL              -- pack_op(wire JSON)
+    );
+    INSERT INTO sent_packed (seq, op_key, body) SELECT seq, crm_op_key(op_id), body FROM sent;
+    DROP TABLE sent;
+    ALTER TABLE sent_packed RENAME TO sent;
+    """,
 }
+
+# The dictionary kept ops are deflated against: the keys and common values of an op's wire JSON.
+# Never change it: packed ops must stay readable (a new dictionary needs a new schema version).
+_OP_DICT = (b'"base":{},"dev":"","entity":"account","fields":{"account":"","address":"","city":"",'
+            b'"email":"","name":"","owner":"","phone":"","postcode":"","external_ref":"","role":"",'
+            b'"duration_min":,"lat":,"lon":,"notes":"","outcome":"","rep":"","text":"","visit":"",'
+            b'"order":"","at":"T00:00:00Z"},"hlc":".00000@","id":"","kind":"update","kind":"create","op":"')
+
+
+def op_key(op_id: str) -> bytes | str:
+    """How a kept op's id is stored and looked up: a UUID (canonical text) as its 16 bytes, anything
+    else as is. No regex: compiling one costs every command's start-up."""
+    if len(op_id) == 36 and op_id[8] + op_id[13] + op_id[18] + op_id[23] == "----":
+        digits = op_id.replace("-", "")
+        try:
+            raw = bytes.fromhex(digits)
+        except ValueError:
+            return op_id
+        if len(raw) == 16 and raw.hex() == digits:
+            return raw
+    return op_id
+
+
+def pack_op(body: str) -> bytes:
+    import zlib  # loaded when ops are packed or read back, not by every command
+
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -11, 4, zlib.Z_DEFAULT_STRATEGY, _OP_DICT)
+    return deflate.compress(body.encode()) + deflate.flush()
+
+
+def unpack_op(packed: bytes) -> str:
+    import zlib
+
+    inflate = zlib.decompressobj(-11, _OP_DICT)
+    return (inflate.decompress(packed) + inflate.flush()).decode()
 
 
 class MetaKey:
@@ -110,6 +159,7 @@ class MetaKey:
     WITNESS = "witness"  # continuity: a log entry this device saw (docs/sync-protocol.md)
     KNOWN = "known"  # continuity: this device's latest op the log holds ("" none)
     RESEND_FROM = "resend_from"  # position in the kept ops to send again from ("" none)
+    PACKED_TO = "packed_to"  # every kept op up to this position is packed (Device.pack_kept)
     FIRST_PUSH_AT = "first_push_at"
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"
@@ -253,6 +303,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=timeout_ms / 1000, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+    conn.create_function("crm_op_key", 1, op_key, deterministic=True)
+    conn.create_function("crm_pack_op", 1, pack_op, deterministic=True)
     return conn
 
 
@@ -445,8 +497,7 @@ def _holds_data(conn: sqlite3.Connection, tables: set[str]) -> bool:
 
 
 # -- what is at a home, and making a new store ----------------------------------------------------
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):  # not a dataclass: @dataclass costs start-up
     """What a home's store path holds: ``absent``, ``complete``, ``unfinished`` (not usable and
     holding nothing: safe to replace) or ``damaged`` (not usable, holding records or queued changes)."""
 
@@ -589,6 +640,7 @@ def _build(home: Path, meta: dict[str, str]) -> Path:
                 with transaction(conn, temp, "BEGIN IMMEDIATE"):
                     _apply_migrations(conn, 0)
                     conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(meta.items()))
+                conn.execute("VACUUM")  # no free pages left by the migrations (one replaces a table)
                 _configure(conn)
             finally:
                 conn.close()

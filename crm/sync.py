@@ -408,6 +408,7 @@ def _sync_with_recovery(device: Device, client: SyncClient, result: SyncResult) 
             result.rejected += rejected
             result.restamped += restamped
             result.pulled, result.applied = pull_changes(device, client)
+            device.pack_kept()
             return
         except ContinuityBroken as broken:
             if broken.reason == "log_changed":

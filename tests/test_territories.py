@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from crm import canonical_json
 from crm.device import Device
-from crm.errors import ServerError
+from crm.errors import NotFoundError, ServerError
 from crm.server import ServerStore
 from crm.server.app import create_app
 from crm.sync import SyncClient, sync_once
@@ -470,7 +470,7 @@ def test_the_search_index_follows_moves_in_and_out_of_scope(rig):
     found, total = s.search("zebedee leeds")
     assert total == 1 and found[0]["id"] == acc
     assert s.search("zebra")[1] == 1 and s.resolve("note", note[-8:]) == note
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):
         n.resolve("account", acc[-8:])
     rig.store.assign(ORG, "s", "south", remove=True)
     rig.store.assign(ORG, "s", "west")

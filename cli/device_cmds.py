@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -85,28 +81,14 @@ export_app = sub_app("Print the store's data as canonical JSON.")
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a temp file beside it, fsynced, then renamed over it."""
-    from crm.errors import DiskFullError
+    """Write a whole file or nothing (crm.files.replacing)."""
+    from crm.files import replacing
 
-    directory = path.resolve().parent
-    try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
-        raise invalid(f"--output {str(path)!r}: cannot write there ({exc.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError.at(directory, exc.strerror, kept=f"{path} was not written") from None
-        raise
+    def cannot(exc: OSError) -> Exception:
+        return invalid(f"--output {str(path)!r}: cannot write there ({exc.strerror})")
+
+    with replacing(path, cannot=cannot, kept=f"{path} was not written") as handle:
+        handle.write(text)
 
 
 @export_app.command("export")

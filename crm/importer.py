@@ -20,14 +20,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import errno
 import hashlib
 import io
 import json
 import os
 import re
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,8 @@ from . import merge
 from .device import Change, Device
 from .domain import ENTITIES, validate_create
 from .domain import entity as entity_spec
-from .errors import CrmError, DiskFullError, ImportFileError, InterruptedError_, UsageError, ValidationError
+from .errors import CrmError, ImportFileError, InterruptedError_, UsageError, ValidationError
+from .files import replacing
 from .ids import new_id
 from .merge import Record
 from .ops import dumps
@@ -539,45 +538,21 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, reading: _Readi
 def _write_errors(path: Path, fmt: str, reading: _Reading, invalid: list[RowError], rejected: list[Any]) -> None:
     """The rejected rows, each with its line and reason, written whole or not at all: CSV (UTF-8
     with a BOM, commas) under the file's own header, or JSON lines for a JSON-lines file."""
-    directory = path.absolute().parent
-    kept = f"{path} was not written; nothing was imported"
-    try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError.at(directory, exc.strerror, kept=kept) from None
-        raise ImportFileError(f"cannot write the errors file {path} ({exc.strerror or exc}); "
-                              "nothing was imported") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig" if fmt == "csv" else "utf-8", newline="") as handle:
-            if fmt == "csv":
-                header = reading.header or []
-                own = {i for i, cell in enumerate(header) if _canonical(cell) in TOOL_COLUMNS}
-                writer = csv.writer(handle)
-                writer.writerow(["crm_line", "crm_reason", *(c for i, c in enumerate(header) if i not in own)])
-                for error, cells in zip(invalid, rejected, strict=True):
-                    writer.writerow([error.line, error.reason, *(c for i, c in enumerate(cells) if i not in own)])
-            else:
-                for error, raw in zip(invalid, rejected, strict=True):
-                    handle.write(json.dumps(_rejected_line(error, raw), ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError.at(directory, exc.strerror, kept=kept) from None
-            raise ImportFileError(f"cannot write the errors file {path} ({exc.strerror or exc}); "
-                                  "nothing was imported") from None
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    def cannot(exc: OSError) -> CrmError:
+        return ImportFileError(f"cannot write the errors file {path} ({exc.strerror or exc}); nothing was imported")
+
+    with replacing(path, cannot=cannot, kept=f"{path} was not written; nothing was imported",
+                   encoding="utf-8-sig" if fmt == "csv" else "utf-8", newline="") as handle:
+        if fmt == "csv":
+            header = reading.header or []
+            own = {i for i, cell in enumerate(header) if _canonical(cell) in TOOL_COLUMNS}
+            writer = csv.writer(handle)
+            writer.writerow(["crm_line", "crm_reason", *(c for i, c in enumerate(header) if i not in own)])
+            for error, cells in zip(invalid, rejected, strict=True):
+                writer.writerow([error.line, error.reason, *(c for i, c in enumerate(cells) if i not in own)])
+        else:
+            for error, raw in zip(invalid, rejected, strict=True):
+                handle.write(json.dumps(_rejected_line(error, raw), ensure_ascii=False) + "\n")
 
 
 def _rejected_line(error: RowError, raw: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,25 +415,10 @@ class HostedServer(ServerHandle):
         """Wait for the ``ready`` URL to answer 200, if the profile gives one."""
         ready = self.profile.ready_url()
         if ready is not None:
-            import urllib.error
-            import urllib.request
-
-            deadline, last = time.monotonic() + self.profile.ready_timeout_s, "no answer"
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            while True:
-                try:
-                    with opener.open(ready, timeout=5) as response:
-                        if response.status == 200:
-                            break
-                        last = f"HTTP {response.status}"
-                except urllib.error.HTTPError as exc:
-                    last = f"HTTP {exc.code}"
-                except (OSError, ValueError) as exc:
-                    last = str(exc)
-                if time.monotonic() >= deadline:
-                    raise DriverError(f"the hosted SUT server did not answer 200 at {ready} within "
-                                      f"{self.profile.ready_timeout_s:g} s (last: {last})")
-                time.sleep(0.2)
+            last = processes.wait_for_200(ready, self.profile.ready_timeout_s, interval=0.2)
+            if last is not None:
+                raise DriverError(f"the hosted SUT server did not answer 200 at {ready} within "
+                                  f"{self.profile.ready_timeout_s:g} s (last: {last})")
         return self
 
     def stop(self) -> None:

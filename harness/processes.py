@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -269,6 +269,31 @@ def run_and_kill(argv: Sequence[str], delay: float, *, env: Mapping[str, str] | 
     return child.wait()
 
 
+def wait_for_200(url: str, timeout: float, *, interval: float,
+                 stop: Callable[[], str | None] = lambda: None) -> str | None:
+    """GET ``url`` (never through HTTP_PROXY) until it answers 200: None then; after ``timeout``
+    seconds, the last answer seen. ``stop()`` returning a reason ends the wait with ProcessError."""
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    last = "no answer yet"
+    while True:
+        reason = stop()
+        if reason is not None:
+            raise ProcessError(reason)
+        try:
+            with opener.open(url, timeout=min(1.0, timeout)) as response:
+                if response.status == 200:
+                    return None
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(interval)
+
+
 class ManagedProcess:
     """A long-running child (a server, an agent) with a readiness check and guaranteed cleanup.
 
@@ -321,26 +346,16 @@ class ManagedProcess:
 
     def wait_ready(self, url: str, timeout: float = 30.0) -> None:
         """Poll ``url`` with GET until it answers 200; fail early if the process dies first."""
-        deadline = time.monotonic() + timeout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP_PROXY
-        last = "no answer yet"
-        while True:
-            if not self.running:
-                raise ProcessError(f"{self.name} exited with code {self.returncode} before {url} answered; "
-                                   f"stderr ends with:\n{self.log_tail()}")
-            try:
-                with opener.open(url, timeout=min(1.0, timeout)) as response:
-                    if response.status == 200:
-                        return
-                    last = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-            except (OSError, ValueError) as exc:
-                last = str(exc)
-            if time.monotonic() >= deadline:
-                raise ProcessError(f"{self.name} did not answer 200 at {url} within {timeout:g}s "
-                                   f"(last: {last}); stderr ends with:\n{self.log_tail()}")
-            time.sleep(0.05)
+        def dead() -> str | None:
+            if self.running:
+                return None
+            return (f"{self.name} exited with code {self.returncode} before {url} answered; "
+                    f"stderr ends with:\n{self.log_tail()}")
+
+        last = wait_for_200(url, timeout, interval=0.05, stop=dead)
+        if last is not None:
+            raise ProcessError(f"{self.name} did not answer 200 at {url} within {timeout:g}s "
+                               f"(last: {last}); stderr ends with:\n{self.log_tail()}")
 
     def stop(self, grace: float = 5.0) -> int | None:
         """Graceful stop: SIGTERM the group, SIGKILL after ``grace`` seconds. Returns the exit code."""

@@ -30,7 +30,11 @@ LEVEL_NAMES = {1: "online-only", 2: "offline writes", 3: "offline-first"}
 LIMITS = {"hosted": ("a hosted server (profile [server] url): scenarios that crash, restart, back up or "
                      "restore the server were not exercised and chaos schedules crashed no server, so the level "
                      "is claimed without server-crash and server-restore evidence",
-                     "hosted: server faults not exercised")}
+                     "hosted: server faults not exercised"),
+          "territories": ("a SUT without territories (no [server] assign and rep_export): the scenarios of reps "
+                          "holding different territories and of accounts moved while phones were offline were "
+                          "not exercised, so the level says nothing about partial replication",
+                          "territories not exercised")}
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,14 @@ class HostedLimit(NotExercisable):
     limit = "hosted"
 
 
+class TerritoryLimit(NotExercisable):
+    """The scenario needs territories (the profile's optional ``[server] assign`` and ``rep_export``)
+    and the SUT does not scope what a device holds: *not exercised*, a declared limit, since
+    territories are an optional part of the contract (docs/levels.md, "Territories")."""
+
+    limit = "territories"
+
+
 @dataclass
 class Device:
     name: str
@@ -364,12 +372,12 @@ class Session:
     def assign(self, rep: str, territory: str) -> ActionResult:
         """Give ``rep`` a territory (territories: the profile's optional assign and rep_export)."""
         if self.profile.rep_export is None:
-            raise NotExercisable("not exercisable: the SUT profile has no [server] rep_export, so what a "
+            raise TerritoryLimit("not exercisable: the SUT profile has no [server] rep_export, so what a "
                                  "device of a rep with territories must hold cannot be checked")
         try:
             return self.server.assign(self.org, rep, territory)
         except MissingAction as exc:
-            raise NotExercisable(f"not exercisable: {exc}") from None
+            raise TerritoryLimit(f"not exercisable: {exc}") from None
 
     def sync(self, name: str, *, kill_after: float | None = None) -> ActionResult:
         return self.act(name, "sync", kill_after=kill_after)

@@ -232,3 +232,24 @@ def test_a_comparison_shows_a_hosted_certificates_not_exercised_scenarios(tmp_pa
     html = compare.page(data)
     parse(html)
     assert ">n/e<" in html and compare.COLOURS["NOT EXERCISED"] in html
+
+
+# -- a SUT without territories: a declared limit too -----------------------------------------------
+TERRITORY = {**CRASH, "name": "Two reps in different territories", "limit": "territories",
+             "inconclusive": "not exercisable: the SUT profile has no [server] rep_export"}
+
+
+def test_a_sut_without_territories_keeps_its_level_with_the_territory_scenarios_named():
+    """Territories are an optional part of the contract (docs/driver-contract.md): a SUT that does not
+    scope devices is not capped for it, but its claim says the territory scenarios were not run."""
+    from harness.session import NotExercisable, TerritoryLimit
+
+    assert issubclass(TerritoryLimit, NotExercisable) and TerritoryLimit.limit == "territories"
+    level, reasons = certify_level([OFFLINE_CREATE, TERRITORY])
+    assert level == 3 and "1 not exercised (territories)" in reasons[0]
+    limits = claim_limits([OFFLINE_CREATE, CRASH, TERRITORY])
+    assert [(x["limit"], x["scenarios"]) for x in limits] == [("hosted", [CRASH["name"]]),
+                                                             ("territories", [TERRITORY["name"]])]
+    assert "partial replication" in limits[1]["what"]
+    fields = certify_mod.level_fields([OFFLINE_CREATE, TERRITORY], None)
+    assert fields["level_name"] == "offline-first, territories not exercised"

@@ -377,14 +377,16 @@ class Device:
             self.write([Change(entity, rid, values, {}, "create")], conn)
         return {"id": rid, **values}
 
-    def with_rep(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """``fields`` with this device's rep as the record's owner (or rep) when none is given."""
+    def with_rep(self, entity: str, fields: dict[str, Any], *, territory: str | None = "") -> dict[str, Any]:
+        """``fields`` with this device's rep as the record's owner (or rep) when none is given.
+        ``territory``: the rep's default territory when the caller has read it (an import reads
+        it once, not once a row), "" to read it here."""
         names = entity_spec(entity).field_names
         key = "owner" if "owner" in names else "rep" if "rep" in names else None
         if key and fields.get(key) in (None, ""):
             fields = {**fields, key: self.rep}
         if entity == "account" and fields.get("territory") in (None, ""):  # the rep's default, if any
-            default = self.setting(MetaKey.DEFAULT_TERRITORY)
+            default = self.setting(MetaKey.DEFAULT_TERRITORY) if territory == "" else territory
             if default:
                 fields = {**fields, "territory": default}
         return fields

@@ -9,9 +9,10 @@ import sqlite3
 from pathlib import Path
 
 from crm import Device
+from crm.doctor import diagnose
 from crm.ids import new_id
 from crm.ops import Op
-from crm.store import APPLICATION_ID, MIGRATIONS, STORE_FILENAME, pack_op
+from crm.store import APPLICATION_ID, MIGRATIONS, STORE_FILENAME, MetaKey, pack_op
 from crm.sync import sync_once
 
 
@@ -95,6 +96,7 @@ def _referenced(dev: Device) -> int:
 
 def _settled(home: Path, n: int) -> tuple[Device, list[tuple[str, str]], list[str]]:
     dev, queued = _queue(home, n)
+    dev.set_settings({MetaKey.FIRST_PUSH_AT: "2026-12-02T15:00:00Z"})  # as a push does (crm doctor reads it)
     dev.settle_pushed([op_id for op_id, _ in queued], [])
     dev.pack_kept()
     ids = [json.loads(body)["id"] for _, body in queued]
@@ -156,6 +158,7 @@ def test_a_new_device_id_writes_every_reference_out(tmp_path: Path) -> None:
 
 def test_a_schema_4_store_with_packed_ops_is_migrated(tmp_path: Path) -> None:
     dev, queued = _queue(tmp_path / "h", 3)
+    dev.set_settings({MetaKey.FIRST_PUSH_AT: "2026-12-02T15:00:00Z"})
     dev.settle_pushed([op_id for op_id, _ in queued], [])
     conn = dev.store.conn  # make it what schema 4 stored: every op deflated, no form byte
     with dev.store.write():
@@ -167,3 +170,12 @@ def test_a_schema_4_store_with_packed_ops_is_migrated(tmp_path: Path) -> None:
     assert dev.store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
     assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
     assert _referenced(dev) == 0  # packed ops stay packed: only text is turned into references
+    dev.close()
+    assert diagnose(tmp_path / "h").healthy
+
+
+def test_a_store_holding_references_passes_the_doctor(tmp_path: Path) -> None:
+    dev, _, ids = _settled(tmp_path / "h", 2)
+    dev.edit("account", ids[0], {"city": "York"})
+    dev.close()
+    assert diagnose(tmp_path / "h").healthy

@@ -66,7 +66,7 @@ def per_record(before: dict[str, int], after: dict[str, int], n: int) -> dict[st
     return {name: round(v, 1) for name, v in out.items() if abs(v) >= 0.05}
 
 
-def trial(entity: str, n: int, workdir: Path) -> dict:
+def trial(entity: str, n: int, workdir: Path, made: list[dict] | None = None) -> dict:
     with running_server(workdir / f"server-{entity}") as server:
         token = server.add_rep("bench", "rep")
         login = {"server_url": server.url, "token": token}
@@ -76,7 +76,8 @@ def trial(entity: str, n: int, workdir: Path) -> dict:
             push_outbox(source, client)
         base = usage(source.home)
         for start in range(0, n, 1000):
-            source.write([Change(entity, new_id(), validate_create(entity, values(entity, i, account)), {}, "create")
+            source.write([Change(entity, new_id(), made[i] if made else
+                                 validate_create(entity, values(entity, i, account)), {}, "create")
                           for i in range(start, min(n, start + 1000))])
         full = usage(source.home)
         with client_for(source) as client:
@@ -100,9 +101,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000, help="records per entity")
     parser.add_argument("--entities", default="account,contact,visit,note")
+    parser.add_argument("--faker", action="store_true",
+                        help="accounts as bench_search.py makes them (Faker names, addresses, refs; a fifth "
+                             "accented) instead of the short repetitive values")
     args = parser.parse_args(argv)
+    made = None
+    if args.faker:
+        from bench_search import accounts
+
+        made = accounts(args.records, seed=7)
     with tempfile.TemporaryDirectory() as tmp:
-        entities = {e: trial(e, args.records, Path(tmp)) for e in args.entities.split(",")}
+        entities = {e: trial(e, args.records, Path(tmp), made if e == "account" else None)
+                    for e in args.entities.split(",")}
     for entity, states in entities.items():
         for state, figures in states.items():
             parts = ", ".join(f"{k} {v:g}" for k, v in figures["by_table"].items())

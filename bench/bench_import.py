@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sqlite3
 import statistics
 import sys
@@ -22,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import load_dataset_module, print_table, write_result  # noqa: E402
 
-from crm import Device  # noqa: E402
+from crm import Device, search  # noqa: E402
 from crm.importer import import_file  # noqa: E402
 
-TARGET = 0.40
+TARGET = 0.20  # issue 16 (0.40 before)
 BATCH = 1000
 SEED = 7
 
@@ -80,13 +81,17 @@ def store_floor(source_home: Path, home: Path) -> float:
     written with executemany, BATCH rows of each per transaction, WAL and synchronous=FULL. It is
     the most any importer could reach with this store format (records with merge metadata, an
     outbox op per record, their indexes), so it says how much of the gap is Python and how much is
-    the rows themselves.
+    the rows themselves. The search index's rows (``find`` and the FTS5 insert of the folded
+    text, computed before the clock starts) are written too, as the import writes them.
     """
     src = sqlite3.connect(source_home / "crm.sqlite3")
     records = src.execute("SELECT entity, id, data, meta, parent, deleted, conflicts, ikey FROM records "
                           "WHERE entity = 'account' ORDER BY id").fetchall()  # uuid7 ids: creation order
     outbox = src.execute("SELECT op_id, entity, record_id, hlc, body FROM outbox ORDER BY seq").fetchall()
+    find = src.execute("SELECT k, id, s FROM find ORDER BY k").fetchall()  # the search index (schema 3) ...
     src.close()
+    data = {rid: json.loads(text) for _entity, rid, text, *_ in records}
+    docs = [(k, *search._doc("account", data[rid])) for k, rid, _ in find]  # ... its text folded beforehand
     Device.init(home, rep="Bench").close()
     conn = sqlite3.connect(home / "crm.sqlite3", isolation_level=None)
     conn.execute("PRAGMA synchronous = FULL")
@@ -96,6 +101,8 @@ def store_floor(source_home: Path, home: Path) -> float:
         conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records[i:i + BATCH])
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) VALUES (?, ?, ?, ?, ?)",
                          outbox[i:i + BATCH])
+        conn.executemany("INSERT INTO find (k, id, s) VALUES (?, ?, ?)", find[i:i + BATCH])
+        conn.executemany(search._INSERT, docs[i:i + BATCH])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
@@ -130,9 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline": {"label": f"{base_rate:,.0f} rows/s", "rows_per_s": base_rate,
                      "median_s": statistics.median(base_s), "runs_s": base_s},
         "store_floor": {"what": "the import's own rows, prebuilt, inserted into an empty store "
-                                "(no Python work): the best any importer could do with this format",
+                                "(no Python work), search index included: the best any importer "
+                                "could do with this format",
                         "rows_per_s": args.rows / statistics.median(floor_s), "median_s": statistics.median(floor_s),
-                        "runs_s": floor_s, "ratio": (args.rows / statistics.median(floor_s)) / base_rate},
+                        "runs_s": floor_s, "ratio": (args.rows / statistics.median(floor_s)) / base_rate,
+                        "ours_share": ours_rate / (args.rows / statistics.median(floor_s))},
         "rows": args.rows, "seed": SEED, "batch": BATCH,
         "ratio": ratio, "target": f">= {TARGET:.2f}x", "target_met": ratio >= TARGET,
     }

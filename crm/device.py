@@ -31,13 +31,25 @@ from .domain import (
 from .domain import (
     entity as entity_spec,
 )
-from .errors import NotFoundError, StateError, ValidationError
+from .errors import NotFoundError, StateError, StoreCorruptError, ValidationError
 from .hlc import HybridClock, ServerTime
 from .ids import new_id
 from .merge import Record
 from .ops import Op, loads, op_from_wire, op_to_json
 from .records import export_state, meta_column, present, record_from_row, row_of, row_of_create
-from .store import MetaKey, Store, meta_error, meta_problem, op_key, pack_op, sqlite_errors, unpack_op
+from .store import (
+    MetaKey,
+    Store,
+    meta_error,
+    meta_problem,
+    op_id_of,
+    op_key,
+    pack_op,
+    pack_ref,
+    read_ref,
+    sqlite_errors,
+    unpack_op,
+)
 
 __all__ = ["MAX_LINES_PER_ORDER", "Change", "Device"]
 
@@ -332,6 +344,7 @@ class Device:
         known = {(op.entity, op.record_id): op.fields for op in ops if op.kind == "create"}
         known.update({key: rec.values for key, (rec, _) in touched.items()})
         search.reindex(conn, rows, known)  # the local search index, in this same transaction
+        self._unref(conn, touched)
         conn.executemany(self._UPSERT_RECORD, rows)
         conn.executemany("INSERT INTO outbox (op_id, entity, record_id, hlc, body) "
                          "VALUES (?, ?, ?, ?, ?)", outbox_rows)
@@ -364,14 +377,16 @@ class Device:
             self.write([Change(entity, rid, values, {}, "create")], conn)
         return {"id": rid, **values}
 
-    def with_rep(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """``fields`` with this device's rep as the record's owner (or rep) when none is given."""
+    def with_rep(self, entity: str, fields: dict[str, Any], *, territory: str | None = "") -> dict[str, Any]:
+        """``fields`` with this device's rep as the record's owner (or rep) when none is given.
+        ``territory``: the rep's default territory when the caller has read it (an import reads
+        it once, not once a row), "" to read it here."""
         names = entity_spec(entity).field_names
         key = "owner" if "owner" in names else "rep" if "rep" in names else None
         if key and fields.get(key) in (None, ""):
             fields = {**fields, key: self.rep}
         if entity == "account" and fields.get("territory") in (None, ""):  # the rep's default, if any
-            default = self.setting(MetaKey.DEFAULT_TERRITORY)
+            default = self.setting(MetaKey.DEFAULT_TERRITORY) if territory == "" else territory
             if default:
                 fields = {**fields, "territory": default}
         return fields
@@ -686,6 +701,7 @@ class Device:
                     fields=op.fields, base={name: sorted(new(s) for s in stamps) for name, stamps in op.base.items()},
                     kind=op.kind)
             conn.execute("UPDATE outbox SET hlc = ?, body = ? WHERE op_id = ?", (new(stamp), op_to_json(op), op_id))
+        self._unref(conn, {(row[1], row[2]) for row in rows})
         for entity, rid in sorted({(row[1], row[2]) for row in rows}):
             rec = self._load(conn, entity, rid)
             if rec is None:
@@ -749,6 +765,8 @@ class Device:
         """Another copy of this device id pushed: this home becomes a new device, which pulls the
         whole log again, its former id's ops included. Its own ops keep the ids and stamps they
         were made with (they are distinct ops; the server applies each once)."""
+        with self.store.write() as conn:
+            self._unref_all(conn)  # references give back ops as made by the current device id
         new = new_id()
         self.set_settings({MetaKey.DEVICE_ID: new, MetaKey.PULL_CURSOR: "0", MetaKey.WITNESS: "", MetaKey.KNOWN: ""})
         self.device_id = new
@@ -756,15 +774,79 @@ class Device:
 
     def kept_ops(self, *, after: int, limit: int) -> list[tuple[int, str]]:
         """Acknowledged ops after position ``after`` of the kept list, oldest first: (seq, body)."""
-        with sqlite_errors(self.store.path):
-            rows = self.store.conn.execute("SELECT seq, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
-                                           (after, limit)).fetchall()
-        return [(seq, unpack_op(body) if isinstance(body, bytes) else body) for seq, body in rows]
+        with self.store.read() as conn:
+            rows = conn.execute("SELECT seq, op_key, body FROM sent WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (after, limit)).fetchall()
+            return [(seq, self._kept_body(conn, key, body)) for seq, key, body in rows]
+
+    def _kept_body(self, conn: sqlite3.Connection, key: bytes | str, body: bytes | str) -> str:
+        if isinstance(body, str):
+            return body
+        ref = read_ref(body)
+        if ref is None:
+            return unpack_op(body)
+        row = conn.execute("SELECT data, meta FROM records WHERE entity = ? AND id = ?", ref).fetchone()
+        wire = self._create_wire(*ref, *row, op_id_of(key)) if row else None
+        if wire is None:
+            raise StoreCorruptError(f"{self.store.path}: the kept op {op_id_of(key)} stands for {ref[0]} {ref[1]}, "
+                                    "which changed or went without writing it out; run `crm doctor`")
+        return wire
+
+    def _create_wire(self, entity: str, rid: str, data: str, meta: str, op_id: str) -> str | None:
+        """The wire JSON of the create op ``op_id`` of this device that a record's row (``data``,
+        ``meta``) is exactly the result of, or None when the row is not that (changed since)."""
+        try:
+            stamp = loads(meta)["*"][0]
+            op = Op(op_id=op_id, device=self.device_id, hlc=stamp, entity=entity, record_id=rid,
+                    fields=loads(data), base={}, kind="create")
+        except (ValueError, TypeError, KeyError, IndexError):
+            return None
+        made = row_of_create(op)
+        return op_to_json(op) if (made.data, made.meta) == (data, meta) else None
+
+    def _unref(self, conn: sqlite3.Connection, keys: Iterable[tuple[str, str]]) -> None:
+        """Write out the kept creates that stand as references to these records (``pack_kept``)
+        before the records change or go; call it in the transaction that changes them."""
+        keys = list(keys)
+        if not keys or conn.execute("SELECT 1 FROM meta WHERE key = ?", (MetaKey.KEPT_REFS,)).fetchone() is None:
+            return
+        by_entity: dict[str, list[str]] = {}
+        for entity, rid in keys:
+            by_entity.setdefault(entity, []).append(rid)
+        out = []
+        for entity, rids in by_entity.items():
+            for rid, data, meta in conn.execute(
+                    "SELECT id, data, meta FROM records WHERE entity = ? AND id IN (SELECT value FROM json_each(?)) "
+                    "AND meta LIKE '{\"*\":%'", (entity, json.dumps(rids))):
+                try:
+                    op_id = loads(meta)["*"][1]
+                except (ValueError, TypeError, KeyError, IndexError):
+                    continue
+                if not isinstance(op_id, str):
+                    continue
+                row = conn.execute("SELECT seq, body FROM sent WHERE op_key = ?", (op_key(op_id),)).fetchone()
+                if row and isinstance(row[1], bytes) and read_ref(row[1]) == (entity, rid):
+                    wire = self._create_wire(entity, rid, data, meta, op_id)
+                    if wire is not None:
+                        out.append((pack_op(wire), row[0]))
+        conn.executemany("UPDATE sent SET body = ? WHERE seq = ?", out)
+
+    def _unref_all(self, conn: sqlite3.Connection) -> None:
+        """Write out every reference (before this home takes a new device id: they name the old one)."""
+        refs = [read_ref(body) for (body,) in conn.execute(
+            "SELECT body FROM sent WHERE typeof(body) = 'blob' AND substr(body, 1, 1) = X'01'")]
+        self._unref(conn, [ref for ref in refs if ref])
+        conn.execute("DELETE FROM meta WHERE key = ?", (MetaKey.KEPT_REFS,))
 
     def pack_kept(self, *, batch: int = 2000) -> int:
         """Pack the kept ops a push stored as text (bench_footprint.py); returns how many. Done after
         a push rather than while settling it, so the push's round trips do not wait for it; a batch
-        per transaction, so a kill loses nothing (an op is text or packed, both readable)."""
+        per transaction, so a kill loses nothing (an op is text or packed, both readable).
+
+        A create of this device whose record has not changed since is kept as a reference to that
+        record (``pack_ref``, 18 bytes): the record's row gives the op back exactly (checked here
+        before it is stored so), and every path that changes or removes a record writes such an
+        op out first (``_unref``)."""
         packed = 0
         while True:
             with self.store.write() as conn:
@@ -773,10 +855,27 @@ class Device:
                                     (start, batch)).fetchall()
                 if not rows:
                     return packed
-                text = [(pack_op(body), seq) for seq, body in rows if isinstance(body, str)]
+                text = [(self._pack(conn, body), seq) for seq, body in rows if isinstance(body, str)]
+                if any(body[:1] == b"\x01" for body, _ in text):
+                    self.store.set_meta(conn, MetaKey.KEPT_REFS, "1")
                 conn.executemany("UPDATE sent SET body = ? WHERE seq = ?", text)
                 self.store.set_meta(conn, MetaKey.PACKED_TO, str(rows[-1][0]))
                 packed += len(text)
+
+    def _pack(self, conn: sqlite3.Connection, body: str) -> bytes:
+        """A kept op as stored: a reference to its record when the record gives it back, else packed."""
+        try:
+            wire = loads(body)
+            entity, rid, op_id = wire["entity"], wire["id"], wire["op"]
+        except (ValueError, TypeError, KeyError):
+            return pack_op(body)
+        if wire.get("kind") == "create" and wire.get("dev") == self.device_id and isinstance(entity, str) \
+                and isinstance(rid, str) and isinstance(op_id, str):
+            ref = pack_ref(entity, rid)
+            row = conn.execute("SELECT data, meta FROM records WHERE entity = ? AND id = ?", (entity, rid)).fetchone()
+            if ref is not None and row is not None and self._create_wire(entity, rid, *row, op_id) == body:
+                return ref
+        return pack_op(body)
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
                      latest: str | None = None, moves: Iterable[dict[str, Any]] = (),
@@ -809,6 +908,7 @@ class Device:
             known = {(op.entity, op.record_id): op.fields for op in foreign if op.kind == "create"}
             known.update({(rec.entity, rec.id): rec.values for rec in changed.values()})
             search.reindex(conn, rows, known)  # the local search index, in this same transaction
+            self._unref(conn, [(rec.entity, rec.id) for rec in changed.values()])
             conn.executemany(self._UPSERT_RECORD, rows)
             orphans = self._orphans(conn)
             if orphans and foreign:  # back in scope: no longer kept only for unsynced work
@@ -868,6 +968,7 @@ class Device:
             return
         unsynced = self._unsynced(conn)
         search.forget(conn, keys - unsynced)
+        self._unref(conn, keys - unsynced)
         conn.executemany("DELETE FROM records WHERE entity = ? AND id = ?", sorted(keys - unsynced))
         kept = keys & unsynced
         if kept:
@@ -906,6 +1007,7 @@ class Device:
                 rec = merge.apply_op(rec, op)
             out.append((*row_of(rec), None))
         search.reindex(conn, out)  # the local search index, in this same transaction
+        self._unref(conn, keys)
         conn.executemany(self._UPSERT_RECORD, out)
         orphans = self._orphans(conn)
         if orphans & keys:
@@ -942,6 +1044,7 @@ class Device:
                 return 0
             done = orphans - self._unsynced(conn)
             search.forget(conn, done)
+            self._unref(conn, done)
             conn.executemany("DELETE FROM records WHERE entity = ? AND id = ?", sorted(done))
             self._set_orphans(conn, orphans - done)
             return len(done)

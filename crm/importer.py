@@ -41,6 +41,7 @@ from .ids import new_id
 from .merge import Record
 from .ops import dumps
 from .records import record_from_row
+from .store import MetaKey
 
 __all__ = ["IMPORTABLE", "ImportReport", "RowError", "import_file"]
 
@@ -499,6 +500,7 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, reading: _Readi
     else:
         refs = None
     defaulted = "owner" if entity == "account" else None  # filled with the device's rep when empty
+    territory = device.setting(MetaKey.DEFAULT_TERRITORY) or None  # read once, not once a row (bench_import.py)
     rows: list[_Row] = []
     rejected: list[Any] = []  # in step with report.invalid
     for line, fields, raw in source:
@@ -512,7 +514,7 @@ def _validate(device: Device, entity: str, path: Path, fmt: str, reading: _Readi
                 fields["account"] = refs.account(fields["account"])
             given = tuple(name for name in fields
                           if not (name == defaulted and fields[name] in (None, "")))
-            values = validate_create(entity, device.with_rep(entity, fields))
+            values = validate_create(entity, device.with_rep(entity, fields, territory=territory))
             ikey = _import_key(values)
             if refs is not None and ikey.startswith("ref:"):
                 # a contact's account is fixed at creation; a re-import cannot move it

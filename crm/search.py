@@ -197,12 +197,11 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
                 inserts.append((k, *new_doc))
     conn.executemany(_DELETE, removals)
     if new_find:
+        keys = [key_of(rid, entity) for entity, rid in new_find]  # computed once (bulk imports, first pulls)
         taken = {k for (k,) in conn.execute(
-            "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))",
-            (json.dumps([key_of(rid, entity) for entity, rid in new_find]),))}
+            "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))", (json.dumps(keys),))}
         find_rows = []
-        for entity, rid in new_find:
-            k = key_of(rid, entity)
+        for (entity, rid), k in zip(new_find, keys, strict=True):
             while k in taken:  # another record's key: the next free one (a range query still finds it)
                 k = (k & ~((1 << _TAIL_BITS) - 1)) | ((k + 1) & ((1 << _TAIL_BITS) - 1))
                 if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():

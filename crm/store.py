@@ -35,7 +35,7 @@ from .errors import (
     UsageError,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STORE_FILENAME = "crm.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's lock; CRM_BUSY_TIMEOUT_MS overrides
 
@@ -106,6 +106,13 @@ MIGRATIONS: dict[int, str] = {
     DROP TABLE sent;
     ALTER TABLE sent_packed RENAME TO sent;
     """,
+    # A kept op's packed body starts with its form (issue 16): 0x00 the wire JSON deflated as in
+    # schema 4, 0x01 a reference to the record it created (``pack_ref``: a create this device made,
+    # the record unchanged since, so its row gives the op back; written out before the record
+    # changes, ``Device._unref``). Schema-4 bodies are all of the first form.
+    5: """
+    UPDATE sent SET body = CAST(X'00' || body AS BLOB) WHERE typeof(body) = 'blob';
+    """,
 }
 
 # The dictionary kept ops are deflated against: the keys and common values of an op's wire JSON.
@@ -134,14 +141,44 @@ def pack_op(body: str) -> bytes:
     import zlib  # loaded when ops are packed or read back, not by every command
 
     deflate = zlib.compressobj(6, zlib.DEFLATED, -11, 4, zlib.Z_DEFAULT_STRATEGY, _OP_DICT)
-    return deflate.compress(body.encode()) + deflate.flush()
+    return PACKED + deflate.compress(body.encode()) + deflate.flush()
+
+
+PACKED, REFERENCE = b"\x00", b"\x01"  # the first byte of a packed kept op: its form (schema 5)
 
 
 def unpack_op(packed: bytes) -> str:
+    """The wire JSON of a kept op packed by ``pack_op`` (not of a reference: ``read_ref``)."""
     import zlib
 
+    if packed[:1] != PACKED:
+        raise ValueError("not a packed op")
     inflate = zlib.decompressobj(-11, _OP_DICT)
-    return (inflate.decompress(packed) + inflate.flush()).decode()
+    return (inflate.decompress(packed[1:]) + inflate.flush()).decode()
+
+
+def pack_ref(entity: str, rid: str) -> bytes | None:
+    """A kept create stored as the record it made: the form byte, the entity's code (the search
+    index's, never renumbered) and the record id's 16 bytes; None when the id is not a UUID."""
+    key = op_key(rid)
+    code = search.ENTITY_CODE.get(entity)
+    return REFERENCE + bytes([code]) + key if isinstance(key, bytes) and code is not None else None
+
+
+def read_ref(packed: bytes) -> tuple[str, str] | None:
+    """(entity, record id) of a reference made by ``pack_ref``; None for any other body."""
+    if len(packed) != 18 or packed[:1] != REFERENCE:
+        return None
+    entity = next((name for name, code in search.ENTITY_CODE.items() if code == packed[1]), None)
+    return (entity, op_id_of(packed[2:])) if entity else None
+
+
+def op_id_of(key: bytes | str) -> str:
+    """The op id a kept op's ``op_key`` stands for."""
+    if isinstance(key, str):
+        return key
+    digits = key.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class MetaKey:
@@ -160,6 +197,7 @@ class MetaKey:
     KNOWN = "known"  # continuity: this device's latest op the log holds ("" none)
     RESEND_FROM = "resend_from"  # position in the kept ops to send again from ("" none)
     PACKED_TO = "packed_to"  # every kept op up to this position is packed (Device.pack_kept)
+    KEPT_REFS = "kept_refs"  # set once a kept op is stored as a reference to its record (Device.pack_kept)
     FIRST_PUSH_AT = "first_push_at"
     LAST_SYNC = "last_sync"
     LAST_SYNC_ERROR = "last_sync_error"

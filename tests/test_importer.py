@@ -760,3 +760,13 @@ def test_contacts_from_a_spreadsheet_name_their_account_through_a_mapped_column(
     rows = read_errors(errors)
     assert [(r["Kunde"], r["Name"]) for r in rows] == [("ACC-9999", "Zoë Brandt")]
     assert "no account 'ACC-9999'" in rows[0]["crm_reason"]
+
+
+def test_imported_accounts_without_a_territory_take_the_reps_default(device: Device, tmp_path: Path) -> None:
+    from crm.store import MetaKey
+
+    device.set_settings({MetaKey.DEFAULT_TERRITORY: "north"})
+    path = write(tmp_path, "t.csv", "name,city,territory\nA,Leeds,\nB,York,south\n")
+    assert import_file(device, "accounts", path, dry_run=True).created == 2
+    assert import_file(device, "accounts", path).created == 2
+    assert sorted((a["name"], a["territory"]) for a in device.list("account")) == [("A", "north"), ("B", "south")]

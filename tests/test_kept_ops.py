@@ -4,11 +4,15 @@ older crm (schema 2, the wire JSON as text), and take far fewer bytes than their
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 from crm import Device
-from crm.store import APPLICATION_ID, MIGRATIONS, STORE_FILENAME
+from crm.doctor import diagnose
+from crm.ids import new_id
+from crm.ops import Op
+from crm.store import APPLICATION_ID, MIGRATIONS, STORE_FILENAME, MetaKey, pack_op
 from crm.sync import sync_once
 
 
@@ -84,3 +88,94 @@ def test_only_a_canonical_uuid_is_stored_as_its_bytes() -> None:
     assert op_key(uid) == bytes.fromhex(uid.replace("-", ""))
     for other in (uid.upper(), uid.replace("2", " ", 1), uid[:-1], "x", "", uid.replace("-", "+")):
         assert op_key(other) == other  # kept as text: two ids never share a key
+
+
+def _referenced(dev: Device) -> int:
+    return dev.store.conn.execute("SELECT count(*) FROM sent WHERE substr(body, 1, 1) = X'01'").fetchone()[0]
+
+
+def _settled(home: Path, n: int) -> tuple[Device, list[tuple[str, str]], list[str]]:
+    dev, queued = _queue(home, n)
+    dev.set_settings({MetaKey.FIRST_PUSH_AT: "2026-12-02T15:00:00Z"})  # as a push does (crm doctor reads it)
+    dev.settle_pushed([op_id for op_id, _ in queued], [])
+    dev.pack_kept()
+    ids = [json.loads(body)["id"] for _, body in queued]
+    return dev, queued, ids
+
+
+def test_an_unchanged_create_is_kept_as_a_reference_to_its_record(tmp_path: Path) -> None:
+    dev, queued, _ = _settled(tmp_path / "h", 3)
+    assert _referenced(dev) == 3
+    lengths = dev.store.conn.execute("SELECT LENGTH(body) FROM sent").fetchall()
+    assert lengths == [(18,)] * 3
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+    dev.close()
+    assert [body for _, body in Device.open(tmp_path / "h").kept_ops(after=0, limit=10)] == \
+        [body for _, body in queued]
+
+
+def test_a_create_whose_record_changed_before_packing_is_packed_whole(tmp_path: Path) -> None:
+    dev, queued = _queue(tmp_path / "h", 2)
+    dev.settle_pushed([op_id for op_id, _ in queued], [])
+    dev.edit("account", json.loads(queued[0][1])["id"], {"city": "York"})
+    dev.pack_kept()
+    assert _referenced(dev) == 1
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+
+
+def test_an_edit_a_delete_and_a_pulled_op_write_the_referenced_op_out_first(tmp_path: Path) -> None:
+    dev, queued, ids = _settled(tmp_path / "h", 3)
+    dev.edit("account", ids[0], {"city": "York"})
+    dev.delete("account", ids[1])
+    other = Op(op_id=new_id(), device=new_id(), hlc="9999999999999.00000@x", entity="account", record_id=ids[2],
+               fields={"city": "Hull"}, base={}, kind="update")
+    dev.apply_remote([other], cursor="1")
+    assert _referenced(dev) == 0
+    assert dev.get("account", ids[2])["city"] == "Hull"
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+
+
+def test_records_leaving_the_device_write_their_referenced_ops_out_first(tmp_path: Path) -> None:
+    dev, queued, ids = _settled(tmp_path / "h", 2)
+    dev.reset_scope({"territories": ["north"], "epoch": 1, "default": ""})  # neither account is in it
+    assert dev.store.conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
+    assert _referenced(dev) == 0
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+
+
+def test_a_new_device_id_writes_every_reference_out(tmp_path: Path) -> None:
+    dev, queued, _ = _settled(tmp_path / "h", 2)
+    dev.take_new_identity()
+    assert _referenced(dev) == 0
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+    dev.create("account", {"name": "After"})
+    (op_id, body), = dev.pending_ops(limit=5)
+    dev.settle_pushed([op_id], [])
+    dev.pack_kept()
+    assert _referenced(dev) == 1  # made by the new id: a reference again
+    assert [b for _, b in dev.kept_ops(after=0, limit=10)] == [b for _, b in queued] + [body]
+
+
+def test_a_schema_4_store_with_packed_ops_is_migrated(tmp_path: Path) -> None:
+    dev, queued = _queue(tmp_path / "h", 3)
+    dev.set_settings({MetaKey.FIRST_PUSH_AT: "2026-12-02T15:00:00Z"})
+    dev.settle_pushed([op_id for op_id, _ in queued], [])
+    conn = dev.store.conn  # make it what schema 4 stored: every op deflated, no form byte
+    with dev.store.write():
+        conn.executemany("UPDATE sent SET body = ? WHERE seq = ?",
+                         [(pack_op(body)[1:], seq) for seq, body in conn.execute("SELECT seq, body FROM sent")])
+        conn.execute("PRAGMA user_version = 4")
+    dev.close()
+    dev = Device.open(tmp_path / "h")
+    assert dev.store.conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]
+    assert _referenced(dev) == 0  # packed ops stay packed: only text is turned into references
+    dev.close()
+    assert diagnose(tmp_path / "h").healthy
+
+
+def test_a_store_holding_references_passes_the_doctor(tmp_path: Path) -> None:
+    dev, _, ids = _settled(tmp_path / "h", 2)
+    dev.edit("account", ids[0], {"city": "York"})
+    dev.close()
+    assert diagnose(tmp_path / "h").healthy

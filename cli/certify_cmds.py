@@ -22,6 +22,22 @@ CONTRACT_VIOLATION = 32  # `crm certify check` / `try`: the SUT broke the driver
 SMOKE_FAILED = 33  # `crm certify --smoke`: the round trip failed
 
 
+# What `crm certify` imports beyond a rep's crm: the `harness` extra of pyproject.toml.
+HARNESS_MODULES = ("pytest", "pytest_bdd", "xdist", "toxiproxy", "requests", "jsonschema", "faker")
+
+
+def _require_harness() -> None:
+    """One line naming the extra when the harness's packages are not installed (exit 42)."""
+    import importlib.util
+
+    from crm.errors import HarnessMissingError
+
+    missing = sorted(name for name in HARNESS_MODULES if importlib.util.find_spec(name) is None)
+    if missing:
+        raise HarnessMissingError(f"crm certify needs the harness's packages: pip install 'crm-offline[harness]' "
+                                  f"(missing: {', '.join(missing)})")
+
+
 @certify_app.callback()
 def certify(
     ctx: typer.Context,
@@ -87,6 +103,7 @@ def certify(
       crm certify --list -k airplane
       crm certify --sut fixtures/sut/reference.toml --smoke
     """
+    _require_harness()
     if ctx.invoked_subcommand is not None:
         return
     from crm.errors import EmptySelectionError, ToxiproxyMissingError, UsageError, ValidationError

@@ -167,6 +167,13 @@ class EmptySelectionError(CrmError):
     kind = "empty_selection"
 
 
+class HarnessMissingError(CrmError):
+    """`crm certify` in an install without the harness's packages (the `harness` extra)."""
+
+    exit_code = 42
+    kind = "harness_missing"
+
+
 class InterruptedError_(CrmError):
     """Ctrl-C: whatever was committed stays, the rest was rolled back."""
 

@@ -170,3 +170,24 @@ def test_the_installed_wheel_certifies_from_any_folder(tmp_path):
     suite = ET.parse(anywhere / "out.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) == 2 and int(suite.get("failures")) == int(suite.get("errors")) == 0
     print(f"installed-wheel test: {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+# -- installed without the harness's extra -----------------------------------------------------
+@pytest.mark.parametrize("argv", [["certify", "--list"], ["certify", "check", "reference"],
+                                  ["certify", "compare", "a", "b"]])
+def test_certify_without_the_harness_extra_says_what_to_install(argv, monkeypatch, tmp_path):
+    """`pip install crm-offline` alone gives a rep's crm; `crm certify` then names the extra to
+    install, one line and its own exit code, instead of an internal error about a module."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name in ("requests", "pytest_bdd") else real(name, *a, **k))
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), *argv])
+    assert result.exit_code == 42, (result.exit_code, result.stderr)
+    assert "pip install 'crm-offline[harness]'" in result.stderr and "pytest_bdd, requests" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -251,8 +251,11 @@ class MissingAction(LookupError):
 
 
 def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) -> Profile:
-    """Read and check a profile; any problem is a ProfileError naming the file and the key."""
-    path = Path(path)
+    """Read and check a profile; any problem is a ProfileError naming the file and the key. A bare
+    name of a shipped profile (``reference``) is that profile, for every command that reads one."""
+    from .locations import resolve_profile
+
+    path = resolve_profile(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -269,3 +269,12 @@ def test_life_event_commands_are_optional_and_take_a_backup_dir(tmp_path, refere
     reference_data["server"]["restore"] = [*COPY, "{backup_dir}", "{home}"]
     with pytest.raises(ProfileError, match=r"server.restore: placeholder \{home\} has no value here"):
         load_profile(write(tmp_path, reference_data))
+
+
+def test_every_command_that_takes_a_profile_takes_a_shipped_profiles_name(tmp_path, monkeypatch):
+    """`crm certify --sut reference`, `crm certify check reference` and `try reference ...` all mean
+    the shipped profile: the bare name is resolved where every profile is read."""
+    monkeypatch.chdir(tmp_path)  # no file called "reference" here
+    assert load_profile("reference").name == load_profile(REFERENCE).name
+    with pytest.raises(ProfileError, match="a bare name picks a shipped profile"):
+        load_profile("no-such-vendor")

@@ -225,7 +225,7 @@ class Generator:
             if w.server_down > 3 or self.rng.random() < 0.5:
                 w.server_down = 0
                 return {"do": "server_start"}
-        for device in w.agents:
+        for device in sorted(w.agents):  # a set's order changes with PYTHONHASHSEED
             w.exchange(device)
         roll = self.rng.random()
         if roll < 0.45:

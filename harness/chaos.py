@@ -132,6 +132,18 @@ class _Player:
             s = self.session
             s.server.backoffice_edit(step["entity"], rid, step["field"], step["value"], org=s.org)
 
+    def _assign(self, step: dict[str, Any]) -> None:
+        """Territories: the device's rep is given a territory (first, or one more: a reassignment)."""
+        self.session.assign(self.session.device(step["device"]).rep, step["territory"])
+
+    def _move_account(self, step: dict[str, Any]) -> None:
+        """Territories: the back office moves an account to another territory (server.backoffice_edit
+        of its ``territory``)."""
+        rid = self._id(step["account"])
+        if rid is not None:
+            s = self.session
+            s.server.backoffice_edit("account", rid, "territory", step["territory"], org=s.org)
+
     def _sync(self, step: dict[str, Any]) -> None:
         s, device = self.session, step["device"]
         if step.get("background"):  # the next steps overlap it
@@ -197,6 +209,7 @@ PLAYS: dict[str, Callable[[_Player, dict[str, Any]], None]] = {
     "reopen": _Player._reopen, "offline": _Player._offline, "online": _Player._online, "toxic": _Player._toxic,
     "clear_toxics": _Player._clear_toxics, "kill": _Player._kill, "server_kill": _Player._server_kill,
     "server_start": _Player._server_start, "pause": _Player._pause,
+    "assign": _Player._assign, "move_account": _Player._move_account,
 }
 ALIASES = {"start_agent": "start_background_sync", "stop_agent": "stop_background_sync"}  # schedules of 2026-11
 

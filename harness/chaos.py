@@ -212,6 +212,9 @@ PLAYS: dict[str, Callable[[_Player, dict[str, Any]], None]] = {
     "assign": _Player._assign, "move_account": _Player._move_account,
 }
 ALIASES = {"start_agent": "start_background_sync", "stop_agent": "stop_background_sync"}  # schedules of 2026-11
+# The contract action a step kind plays when the kind is not named after one: a move is the back
+# office editing an account's territory; assign is the profile's server.assign.
+PLAYED_AS = {"move_account": "backoffice_edit"}
 
 
 def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, workdir: Path) -> RunResult:

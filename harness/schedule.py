@@ -32,7 +32,7 @@ EDITABLE = {"account": ("name", "city"), "visit": ("outcome",)}
 # Every step kind, and whether it is a fault (or its heal) rather than a contract action.
 ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
            "delete_record", "backoffice_edit", "sync", "start_background_sync", "stop_background_sync", "reopen",
-           "assign", "move_account")
+           "assign", "unassign", "move_account")
 FAULTS = ("offline", "online", "toxic", "clear_toxics", "kill", "server_kill", "server_start")
 KINDS = (*ACTIONS, *FAULTS, "pause")
 
@@ -47,6 +47,7 @@ TERRITORIES = ("north", "south", "east")
 W_MOVE = 24
 W_ASSIGN = 6
 P_START_ASSIGNED = 0.8
+P_UNASSIGN = 0.5  # of a reassignment of a rep holding territories, with server.unassign
 
 
 class ScheduleError(ValueError):
@@ -64,6 +65,7 @@ class Capabilities:
     order_lines: bool = True
     server_faults: bool = True  # the harness may crash the server (not a hosted one: [server] url)
     territories: bool = False  # assign reps, move accounts (server.assign, rep_export, backoffice_edit)
+    unassign: bool = False  # and take territories away (server.unassign too)
 
     @classmethod
     def of(cls, profile: Any) -> Capabilities:
@@ -72,7 +74,9 @@ class Capabilities:
                    backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"),
                    order_lines=profile.has("add_order_line"), server_faults=not getattr(profile, "hosted", False),
                    territories=all(getattr(profile, name, None) is not None
-                                   for name in ("assign", "rep_export", "backoffice_edit")))
+                                   for name in ("assign", "rep_export", "backoffice_edit")),
+                   unassign=all(getattr(profile, name, None) is not None
+                                for name in ("assign", "unassign", "rep_export", "backoffice_edit")))
 
 
 @dataclass
@@ -254,8 +258,13 @@ class Generator:
         return steps
 
     def _assign(self, device: str) -> dict[str, Any]:
-        """Give the device's rep another territory (a reassignment, when it already had one)."""
+        """Give the device's rep another territory (a reassignment, when it already had one), or
+        (with server.unassign) now and then take one away: a rep left with none holds everything."""
         scope = self.world.scope[device]
+        if self.caps.unassign and scope and self.rng.random() < P_UNASSIGN:
+            territory = self.rng.choice(scope)
+            scope.remove(territory)
+            return {"do": "unassign", "device": device, "territory": territory}
         territory = self.rng.choice([t for t in TERRITORIES if t not in scope] or list(TERRITORIES))
         if territory not in scope:
             scope.append(territory)

@@ -176,7 +176,7 @@ def test_every_kind_of_step_can_be_played_and_is_named_after_its_contract_action
     from harness.schedule import KINDS
 
     assert sorted(PLAYS) == sorted(KINDS)
-    contract = set(REQUIRED_ACTIONS) | set(OPTIONAL_ACTIONS) | {"backoffice_edit", "assign"}
+    contract = set(REQUIRED_ACTIONS) | set(OPTIONAL_ACTIONS) | {"backoffice_edit", "assign", "unassign"}
     work = [PLAYED_AS.get(k, k) for k in KINDS if not k.startswith(("server_", "offline", "online", "toxic", "clear",
                                                                     "kill", "pause", "reopen"))]
     assert set(work) <= contract, set(work) - contract

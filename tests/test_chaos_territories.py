@@ -47,7 +47,7 @@ FAKED = ("name", "city", "outcome", "text", "value")  # Faker's data: its releas
 def _without_territories(tmp_path: Path) -> Path:
     """The reference profile without server.assign and server.rep_export."""
     text = REFERENCE.read_text(encoding="utf-8")
-    kept = [line for line in text.splitlines() if not line.startswith(("assign =", "rep_export ="))]
+    kept = [line for line in text.splitlines() if not line.startswith(("assign =", "unassign =", "rep_export ="))]
     path = tmp_path / "no-territories.toml"
     path.write_text("\n".join(kept) + "\n", encoding="utf-8")
     return path
@@ -72,9 +72,15 @@ BEFORE_TERRITORIES = {
 def test_a_profile_with_assign_rep_export_and_backoffice_edit_gets_territory_steps(tmp_path):
     from harness.profile import load_profile
 
-    assert Capabilities.of(load_profile(REFERENCE)).territories
+    reference = Capabilities.of(load_profile(REFERENCE))
+    assert reference.territories and reference.unassign
     assert not Capabilities.of(load_profile(_without_territories(tmp_path))).territories
-    assert not Capabilities().territories
+    assert not Capabilities().territories and not Capabilities().unassign
+    text = REFERENCE.read_text(encoding="utf-8")
+    (tmp_path / "no-unassign.toml").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("unassign =")) + "\n", encoding="utf-8")
+    caps = Capabilities.of(load_profile(tmp_path / "no-unassign.toml"))
+    assert caps.territories and not caps.unassign
 
 
 def test_a_profile_without_territories_gets_exactly_the_schedules_it_got_before(tmp_path):
@@ -114,6 +120,23 @@ def test_territory_schedules_open_with_reps_in_different_territories_then_move_a
                 reassigns += 1
         assert generate(seed, devices=3, steps=20, capabilities=TERRITORIAL).to_json() == schedule.to_json()
     assert moves >= 40 and reassigns >= 10, (moves, reassigns)
+
+
+def test_with_server_unassign_reps_also_lose_territories_they_were_given():
+    caps = Capabilities(territories=True, unassign=True)
+    taken = 0
+    for seed in range(1, 120):
+        schedule = generate(seed, devices=3, steps=20, capabilities=caps)
+        held: dict[str, set[str]] = {d: set() for d in schedule.devices}
+        for step in schedule.steps:
+            if step["do"] == "assign":
+                held[step["device"]].add(step["territory"])
+            elif step["do"] == "unassign":
+                assert step["territory"] in held[step["device"]], (seed, step)
+                held[step["device"]].discard(step["territory"])
+                taken += 1
+        assert "unassign" not in generate(seed, devices=3, steps=20, capabilities=TERRITORIAL).counts()
+    assert taken >= 8, taken
 
 
 def test_a_territory_schedule_round_trips_through_its_file_and_any_sub_list_is_a_schedule(tmp_path):
@@ -178,6 +201,21 @@ MOVES = [
 ]
 
 
+# d1's rep holds north and south; d1 creates an account (in north, its default) and syncs; offline,
+# it logs a visit there while its rep loses north. Back online its visit must reach the server and
+# the account leave d1; d2's rep, with no territory, holds the whole organisation.
+UNASSIGN = [
+    {"do": "assign", "device": "d1", "territory": "north"},
+    {"do": "assign", "device": "d1", "territory": "south"},
+    {"do": "create_account", "device": "d1", "name": "Corner Store", "city": "Leeds", "ref": "a1"},
+    {"do": "sync", "device": "d1"},
+    {"do": "offline", "device": "d1"},
+    {"do": "unassign", "device": "d1", "territory": "north"},
+    {"do": "log_visit", "device": "d1", "account": "a1", "outcome": "met the buyer", "ref": "v1"},
+    {"do": "online", "device": "d1"},
+]
+
+
 def _play(profile_path: Path, steps: list[dict], tmp_path: Path):
     from harness.chaos import run_schedule
     from harness.profile import load_profile
@@ -213,6 +251,18 @@ def test_the_reference_drops_what_moved_away_and_keeps_the_write_made_before(tmp
     assert _accounts(exports["d2"]) == {"Corner Store": ("south", "York")}  # d1's offline edit, honoured
     assert _accounts(exports["server"]) == {"Corner Store": ("south", "York"), "Café Müller": ("east", "Hull")}
     assert set(result.history.rep_exports()) == {"d1", "d2"}, "each device judged against its rep's export"
+
+
+@REAL_RUN
+def test_the_reference_honours_an_offline_visit_on_an_account_its_rep_lost(tmp_path):
+    result = _play(REFERENCE, UNASSIGN, tmp_path)
+    assert not result.error and not result.anomalies, (result.error, result.anomalies)
+    exports = result.history.final_exports()
+    assert _accounts(exports["d1"]) == {} and exports["d1"].get("visit", []) == []
+    assert _accounts(exports["d2"]) == _accounts(exports["server"]) == {"Corner Store": ("north", "Leeds")}
+    assert [v["outcome"] for v in exports["server"]["visit"]] == ["met the buyer"]
+    assert [e.action for e in result.history if e.type == "ok" and e.device == "server"][:3] == \
+        ["assign", "assign", "unassign"]
 
 
 @REAL_RUN

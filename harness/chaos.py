@@ -25,7 +25,7 @@ from .checkers import Anomaly
 from .driver import DriverError
 from .history import OUTCOMES, History
 from .locations import resolve_profile
-from .profile import Profile, load_profile
+from .profile import MissingAction, Profile, load_profile
 from .schedule import Capabilities, Schedule, generate, is_fault
 from .session import NotExercisable, ScenarioFailure, Session
 from .shrink import ddmin
@@ -132,6 +132,29 @@ class _Player:
             s = self.session
             s.server.backoffice_edit(step["entity"], rid, step["field"], step["value"], org=s.org)
 
+    def _assign(self, step: dict[str, Any]) -> None:
+        """Territories: the device's rep is given a territory (first, or one more: a reassignment)."""
+        self.session.assign(self.session.device(step["device"]).rep, step["territory"])
+
+    def _unassign(self, step: dict[str, Any]) -> None:
+        """Territories: a territory is taken away from the device's rep (server.unassign)."""
+        s = self.session
+        try:
+            s.server.unassign(s.org, s.device(step["device"]).rep, step["territory"])
+        except MissingAction as exc:  # a schedule replayed against a profile without it
+            raise NotExercisable(f"not exercisable: {exc}") from None
+
+    def _move_account(self, step: dict[str, Any]) -> None:
+        """Territories: the back office moves an account to another territory (server.backoffice_edit
+        of its ``territory``)."""
+        rid = self._id(step["account"])
+        if rid is not None:
+            s = self.session
+            try:
+                s.server.backoffice_edit("account", rid, "territory", step["territory"], org=s.org)
+            except MissingAction as exc:
+                raise NotExercisable(f"not exercisable: {exc}") from None
+
     def _sync(self, step: dict[str, Any]) -> None:
         s, device = self.session, step["device"]
         if step.get("background"):  # the next steps overlap it
@@ -197,8 +220,12 @@ PLAYS: dict[str, Callable[[_Player, dict[str, Any]], None]] = {
     "reopen": _Player._reopen, "offline": _Player._offline, "online": _Player._online, "toxic": _Player._toxic,
     "clear_toxics": _Player._clear_toxics, "kill": _Player._kill, "server_kill": _Player._server_kill,
     "server_start": _Player._server_start, "pause": _Player._pause,
+    "assign": _Player._assign, "unassign": _Player._unassign, "move_account": _Player._move_account,
 }
 ALIASES = {"start_agent": "start_background_sync", "stop_agent": "stop_background_sync"}  # schedules of 2026-11
+# The contract action a step kind plays when the kind is not named after one: a move is the back
+# office editing an account's territory; assign is the profile's server.assign.
+PLAYED_AS = {"move_account": "backoffice_edit"}
 
 
 def run_schedule(schedule: Schedule, *, profile: Profile, toxiproxy: Toxiproxy, workdir: Path) -> RunResult:

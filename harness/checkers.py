@@ -434,6 +434,10 @@ def conflict_log(history: History) -> list[Anomaly]:
     values nobody wrote, or that records an edit as losing to one it had seen, explains nothing."""
     found = []
     reported: set[str] = set()
+    # Territories: an account created without one gets its rep's default territory from the device
+    # or, when the create reaches the server first, from the server (an op of its own): values no
+    # action passed, yet written. Any territory an assignment gave a rep may be such a value.
+    assigned = {str(op.args.get("territory")) for op in history.operations("assign") if op.outcome != "fail"}
     for where, export in history.final_exports().items():
         for c in export.get("conflicts") or []:
             if not isinstance(c, dict):
@@ -446,9 +450,10 @@ def conflict_log(history: History) -> list[Anomaly]:
             losers = [w for w in writers if _wrote(w, name, _side(c, "loser"))]
             evidence = {"export": where, "conflict": c, "writes": [_op_summary(w) for w in writers]}
             problem = None
-            if not losers:
+            implicit = (entity, name) == ("account", "territory") and str(_side(c, "loser")) in assigned
+            if not losers and not implicit:
                 problem = f"its loser {_side(c, 'loser')!r} is a value no action wrote to that field"
-            elif c.get("kind") == "concurrent_edit":
+            elif losers and c.get("kind") == "concurrent_edit":
                 winners = [w for w in writers if _wrote(w, name, _side(c, "winner"))]
                 if not winners:
                     problem = f"its winner {_side(c, 'winner')!r} is a value no action wrote to that field"

@@ -364,6 +364,14 @@ class ServerHandle:
             raise MissingAction(self.profile, "assign")
         return self._runner.execute("assign", self.profile.assign, {"org": org, "rep": rep, "territory": territory})
 
+    def unassign(self, org: str, rep: str, territory: str) -> ActionResult:
+        """Take the territory ``territory`` away from ``rep`` (the optional ``unassign``), recorded as a
+        server action."""
+        if self.profile.unassign is None:
+            raise MissingAction(self.profile, "unassign")
+        return self._runner.execute("unassign", self.profile.unassign,
+                                    {"org": org, "rep": rep, "territory": territory})
+
     def __enter__(self) -> ServerHandle:
         return self.start()
 

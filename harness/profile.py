@@ -59,6 +59,7 @@ SLOTS: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {
     # Territories (optional): what one rep's devices must hold, and giving a rep a territory.
     ("server", "rep_export"): (False, SERVER | {"org", "rep"}),
     ("server", "assign"): (False, SERVER | {"org", "rep", "territory"}),
+    ("server", "unassign"): (False, SERVER | {"org", "rep", "territory"}),  # take a territory away
     ("device", "init"): (True, DEVICE),
     # Life events (docs/driver-contract.md): how to back up and restore state where a plain copy of
     # {home} / {server_dir} while the process is stopped is not right (optional).
@@ -168,6 +169,7 @@ class Profile:
     # device are compared with their rep's, not the organisation's (docs/driver-contract.md).
     rep_export: Template | None = None
     assign: Template | None = None
+    unassign: Template | None = None
     version: Template | None = None
     exit_codes: ExitCodes = field(default_factory=ExitCodes)
     action_timeout_s: float = 30.0
@@ -323,6 +325,7 @@ def load_profile(path: str | Path, *, fixtures_dir: str | Path | None = None) ->
         provision=template("server", "provision"), server_export=template("server", "export"),
         backoffice_edit=template("server", "backoffice_edit"), device_init=template("device", "init"),
         rep_export=template("server", "rep_export"), assign=template("server", "assign"),
+        unassign=template("server", "unassign"),
         actions=actions, exit_codes=_exit_codes(path, data.get("exit_codes", {})),
         action_timeout_s=_seconds(path, data, "action_s", 30.0),
         ready_timeout_s=_seconds(path, data, "ready_s", 30.0),

@@ -31,7 +31,8 @@ EDITABLE = {"account": ("name", "city"), "visit": ("outcome",)}
 
 # Every step kind, and whether it is a fault (or its heal) rather than a contract action.
 ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
-           "delete_record", "backoffice_edit", "sync", "start_background_sync", "stop_background_sync", "reopen")
+           "delete_record", "backoffice_edit", "sync", "start_background_sync", "stop_background_sync", "reopen",
+           "assign", "unassign", "move_account")
 FAULTS = ("offline", "online", "toxic", "clear_toxics", "kill", "server_kill", "server_start")
 KINDS = (*ACTIONS, *FAULTS, "pause")
 
@@ -39,6 +40,14 @@ KINDS = (*ACTIONS, *FAULTS, "pause")
 # How often a device's work is taking an order, and adding a line to an order some device holds.
 W_ORDER = 16
 W_ADD_LINE = 20
+# Territories (profiles with server.assign, server.rep_export and server.backoffice_edit): the
+# territories accounts move between, how often the back office moves an account and gives a rep
+# another territory, and how likely each device's rep starts with a territory of its own.
+TERRITORIES = ("north", "south", "east")
+W_MOVE = 24
+W_ASSIGN = 6
+P_START_ASSIGNED = 0.8
+P_UNASSIGN = 0.5  # of a reassignment of a rep holding territories, with server.unassign
 
 
 class ScheduleError(ValueError):
@@ -55,13 +64,19 @@ class Capabilities:
     delete: bool = True
     order_lines: bool = True
     server_faults: bool = True  # the harness may crash the server (not a hosted one: [server] url)
+    territories: bool = False  # assign reps, move accounts (server.assign, rep_export, backoffice_edit)
+    unassign: bool = False  # and take territories away (server.unassign too)
 
     @classmethod
     def of(cls, profile: Any) -> Capabilities:
         return cls(sync=profile.has("sync"),
                    agent=profile.has("start_background_sync") and profile.has("stop_background_sync"),
                    backoffice=profile.backoffice_edit is not None, delete=profile.has("delete_record"),
-                   order_lines=profile.has("add_order_line"), server_faults=not getattr(profile, "hosted", False))
+                   order_lines=profile.has("add_order_line"), server_faults=not getattr(profile, "hosted", False),
+                   territories=all(getattr(profile, name, None) is not None
+                                   for name in ("assign", "rep_export", "backoffice_edit")),
+                   unassign=all(getattr(profile, name, None) is not None
+                                for name in ("assign", "unassign", "rep_export", "backoffice_edit")))
 
 
 @dataclass
@@ -152,6 +167,16 @@ class _World:
         self.agents: set[str] = set()
         self.server_down = 0  # steps since the server was killed; 0 while it runs
         self.last_edit: tuple[str, str, str, str] | None = None  # (who, entity, handle, field)
+        # Territories: each rep's territories (none: the whole organisation), each account's
+        # territory, the account each child record hangs off. Without territories all stay empty.
+        self.scope: dict[str, list[str]] = {d: [] for d in devices}
+        self.territory: dict[str, str] = {}
+        self.parent: dict[str, str] = {}
+
+    def holds(self, device: str, handle: str) -> bool:
+        """Whether the device's rep is entitled to the record (always, for a rep without territories)."""
+        scope = self.scope[device]
+        return not scope or self.territory.get(self.parent.get(handle, handle), "") in scope
 
     def reachable(self, device: str) -> bool:
         return device not in self.offline and not self.server_down
@@ -164,8 +189,10 @@ class _World:
             if handle not in self.on_server:
                 self.on_server.append(handle)
         for handle in self.on_server:
-            if handle not in self.known[device]:
+            if handle not in self.known[device] and self.holds(device, handle):
                 self.known[device].append(handle)
+        if self.scope[device]:  # what moved away (or left with a reassignment) is dropped
+            self.known[device] = [h for h in self.known[device] if self.holds(device, h)]
 
 
 class Generator:
@@ -215,8 +242,44 @@ class Generator:
 
     # -- steps -------------------------------------------------------------------------------------
     def schedule(self) -> Schedule:
+        start = self._territories() if self.caps.territories else []
         steps = [self._step() for _ in range(self.length)]
-        return Schedule(self.seed, list(self.names), steps)
+        return Schedule(self.seed, list(self.names), start + steps)
+
+    def _territories(self) -> list[dict[str, Any]]:
+        """The opening assignments (on top of the scheduled steps): most reps get a territory, so
+        devices hold different parts of the organisation; a rep left without one holds it all."""
+        steps, first = [], self.rng.randrange(len(TERRITORIES))
+        for number, device in enumerate(self.names):
+            if self.rng.random() < P_START_ASSIGNED:  # neighbours get different territories
+                territory = TERRITORIES[(first + number) % len(TERRITORIES)]
+                self.world.scope[device].append(territory)
+                steps.append({"do": "assign", "device": device, "territory": territory})
+        return steps
+
+    def _assign(self, device: str) -> dict[str, Any]:
+        """Give the device's rep another territory (a reassignment, when it already had one), or
+        (with server.unassign) now and then take one away: a rep left with none holds everything."""
+        scope = self.world.scope[device]
+        if self.caps.unassign and scope and self.rng.random() < P_UNASSIGN:
+            territory = self.rng.choice(scope)
+            scope.remove(territory)
+            return {"do": "unassign", "device": device, "territory": territory}
+        territory = self.rng.choice([t for t in TERRITORIES if t not in scope] or list(TERRITORIES))
+        if territory not in scope:
+            scope.append(territory)
+        return {"do": "assign", "device": device, "territory": territory}
+
+    def _move(self) -> dict[str, Any]:
+        """The back office moves an account that reached the server to another territory."""
+        w = self.world
+        accounts = [h for h in w.on_server if w.entity[h] == "account"]
+        if not accounts:
+            return self._create_account(self.rng.choice(self.names))
+        account = self.rng.choice(accounts)
+        territory = self.rng.choice([t for t in TERRITORIES if t != w.territory.get(account, "")])
+        w.territory[account] = territory
+        return {"do": "move_account", "account": account, "territory": territory}
 
     def _step(self) -> dict[str, Any]:
         w = self.world
@@ -225,7 +288,7 @@ class Generator:
             if w.server_down > 3 or self.rng.random() < 0.5:
                 w.server_down = 0
                 return {"do": "server_start"}
-        for device in w.agents:
+        for device in sorted(w.agents):  # a set's order changes with PYTHONHASHSEED
             w.exchange(device)
         roll = self.rng.random()
         if roll < 0.45:
@@ -257,19 +320,29 @@ class Generator:
         if self.caps.order_lines and holders:  # orders grow several lines, added on any device holding them
             kinds.append("add_order_line")
             weights.append(W_ADD_LINE)
+        if self.caps.territories:
+            kinds += ["move_account", "assign"]
+            weights += [W_MOVE, W_ASSIGN]
         kind = self.rng.choices(kinds, weights)[0]
         account = self.rng.choice(accounts)
         faker = self._faker()
         if kind == "create_account":
             return self._create_account(device)
+        if kind == "move_account":
+            return self._move()
+        if kind == "assign":
+            return self._assign(device)
         if kind == "log_visit":
             step = {"do": "log_visit", "device": device, "account": account,
                     "outcome": self._unique(faker.catch_phrase)}
             step["ref"] = self._handle("v", "visit", device)
+            self.world.parent[step["ref"]] = account
             return self._maybe_killed(step)
         if kind == "take_order":
-            return self._maybe_killed({"do": "take_order", "device": device, "account": account,
-                                       **self._line(), "ref": self._handle("o", "order", device)})
+            step = {"do": "take_order", "device": device, "account": account, **self._line(),
+                    "ref": self._handle("o", "order", device)}
+            self.world.parent[step["ref"]] = account
+            return self._maybe_killed(step)
         if kind == "add_order_line":
             device, order = self._order_to_extend(device, holders)
             return self._maybe_killed({"do": "add_order_line", "device": device, "order": order, **self._line()})
@@ -308,6 +381,8 @@ class Generator:
         step = {"do": "create_account", "device": device, "name": self._unique(faker.company),
                 "city": self._unique(faker.city)}
         step["ref"] = self._handle("a", "account", device)
+        if self.world.scope[device]:  # a new account takes its rep's default territory (the first)
+            self.world.territory[step["ref"]] = self.world.scope[device][0]
         return self._maybe_killed(step)
 
     def _maybe_killed(self, step: dict[str, Any]) -> dict[str, Any]:

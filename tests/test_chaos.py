@@ -171,14 +171,14 @@ def test_ddmin_of_an_order_dependent_failure_keeps_the_order():
 
 
 def test_every_kind_of_step_can_be_played_and_is_named_after_its_contract_action():
-    from harness.chaos import ALIASES, PLAYS
+    from harness.chaos import ALIASES, PLAYED_AS, PLAYS
     from harness.profile import OPTIONAL_ACTIONS, REQUIRED_ACTIONS
     from harness.schedule import KINDS
 
     assert sorted(PLAYS) == sorted(KINDS)
-    contract = set(REQUIRED_ACTIONS) | set(OPTIONAL_ACTIONS) | {"backoffice_edit"}
-    work = [k for k in KINDS if not k.startswith(("server_", "offline", "online", "toxic", "clear", "kill", "pause",
-                                                   "reopen"))]
+    contract = set(REQUIRED_ACTIONS) | set(OPTIONAL_ACTIONS) | {"backoffice_edit", "assign", "unassign"}
+    work = [PLAYED_AS.get(k, k) for k in KINDS if not k.startswith(("server_", "offline", "online", "toxic", "clear",
+                                                                    "kill", "pause", "reopen"))]
     assert set(work) <= contract, set(work) - contract
     assert set(ALIASES.values()) <= set(PLAYS)
 
@@ -250,7 +250,9 @@ def test_a_short_chaos_run_finds_no_anomaly_in_the_reference(tmp_path):
     assert summary["passed"] and summary["runs"] == 3 and summary["anomalies"] == 0
     assert [r["seed"] for r in cert["runs"]] == [21, 22, 23] and all(r["passed"] for r in cert["runs"])
     s = cert["summary"]
-    assert s["steps"] == 42 and s["actions"] > 42 and s["faults"] > 0 and s["fault_steps"] > 0
+    # 3 x 14 scheduled steps, and the 5 opening assignments of the reference's territories on top
+    assert s["steps"] == 42 + 5 and s["step_kinds"]["assign"] >= 5
+    assert s["actions"] > 42 and s["faults"] > 0 and s["fault_steps"] > 0
     assert proc.stderr.count("PASS  run") == 3
     assert "No anomaly" in (tmp_path / "certificate.html").read_text()
     assert "| PASS | 3 | 23 |" in (tmp_path / "certificate.md").read_text()

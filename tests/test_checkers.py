@@ -627,3 +627,23 @@ def test_a_lost_write_names_the_record_that_carries_its_payload_under_another_id
     found = checkers.lost_write(h)
     assert {a.evidence["same_payload_ids"][0] for a in found} == {"srv-9"}
     assert all("under another id" in a.message for a in found)
+
+
+def test_a_conflict_on_the_territory_a_rep_was_assigned_is_a_value_the_server_wrote():
+    # Found by chaos with territories: d1 created the account offline before it learnt its rep's
+    # territory, and deleted it; the create reached the server without a territory, so the server
+    # set the rep's (east) with an op of its own, which lost to the delete: a precise entry, though
+    # no action of the harness wrote 'east' to that field. A territory nobody was given still is not.
+    def entry(loser):
+        return {"id": "op9:territory", "entity": "account", "record": "a1", "field": "territory",
+                "kind": "edit_of_deleted", "winner": {"value": True, "stamp": "1@d1"},
+                "loser": {"value": loser, "stamp": "2@backoffice"}}
+
+    h = History()
+    act(h, "server", "assign", {"org": "acme", "rep": "rep-1", "territory": "east"})
+    create(h, "d1", "a1")
+    act(h, "d1", "delete_record", {"entity": "account", "record_id": "a1"})
+    state = export(conflicts=[entry("east"), entry("west")])
+    finish(h, d1=state, server=state)
+    found = checkers.conflict_log(h)
+    assert [a.evidence["conflict"]["loser"]["value"] for a in found] == ["west"]

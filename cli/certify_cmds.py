@@ -159,12 +159,13 @@ def certify(
                "inconclusive": cert.data["summary"]["inconclusive"],
                "not_exercised": cert.data["summary"].get("not_exercised", 0),
                "duration_s": cert.data["duration_s"], "report": str(report.resolve() / "certificate.html")}
+    limits = sorted({v.get("limit") for v in cert.data["scenarios"] if v.get("limit") and not v.get("passed")})
     verdict = f"PARTIAL (no level; -k {select!r})" if cert.partial else f"level {cert.level} ({cert.data['level_name']})"
     output.emit(summary, as_json=as_json,
                 text=f"{verdict} for {summary['sut']}: "
                      f"{summary['passed']} passed, {summary['failed']} failed, {summary['inconclusive']} "
                      f"inconclusive"
-                     + (f", {summary['not_exercised']} not exercised (hosted server)" if summary["not_exercised"] else "")
+                     + (f", {summary['not_exercised']} not exercised ({', '.join(limits)})" if summary["not_exercised"] else "")
                      + f" in {summary['duration_s']} s\n"
                      f"certificate: {summary['report']}")
     if require_level is not None and cert.level < require_level:

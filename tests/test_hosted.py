@@ -186,7 +186,7 @@ def test_a_hosted_certification_exercises_device_faults_and_names_the_server_fau
         assert v["inconclusive"].startswith("not exercisable on a hosted server")
         assert "history" not in v  # refused at its first step: no device was set up for nothing
     assert cert["summary"]["not_exercised"] == 2 and cert["summary"]["inconclusive"] == 0
-    assert "2 not exercised (hosted server)" in done.stdout
+    assert "2 not exercised (hosted)" in done.stdout
     assert cert["partial_level"] == 3  # what the selection shows: nothing failed, two not exercised
     assert [x["scenarios"] for x in cert["limits"]] == [sorted([crash["name"], restore["name"]],
                                                                key=[v["name"] for v in cert["scenarios"]].index)]
@@ -253,3 +253,13 @@ def test_a_sut_without_territories_keeps_its_level_with_the_territory_scenarios_
     assert "partial replication" in limits[1]["what"]
     fields = certify_mod.level_fields([OFFLINE_CREATE, TERRITORY], None)
     assert fields["level_name"] == "offline-first, territories not exercised"
+
+
+@pytest.mark.process
+@pytest.mark.conformance
+def test_the_summary_line_names_the_limit_that_left_scenarios_out(tmp_path):
+    """The weak SUT has no territories: its territory scenario is not exercised, and the summary
+    says why (it said "hosted server" for every limit)."""
+    done = _crm("certify", "--sut", "fragile-sync", "--report", str(tmp_path / "r"), "-k", "different_territories")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 not exercised (territories)" in done.stdout and "hosted" not in done.stdout

@@ -70,6 +70,7 @@ def compare(folders: list[str | Path]) -> dict[str, Any]:
     suts = [{"label": label, "folder": str(Path(folder).resolve()), "name": cert["sut"]["name"],
              "version": cert["sut"]["version"], "level": cert.get("level"), "partial": bool(cert.get("partial")),
              "partial_level": cert.get("partial_level"), "verdict": _verdict(cert), "seed": cert.get("seed"),
+             "claim": cert.get("level_name") or "",  # e.g. "offline-first, territories not exercised"
              "duration_s": cert.get("duration_s"), "started_at": cert.get("started_at"),
              "selection": cert.get("suite", {}).get("selection", "all"), "summary": cert.get("summary", {}),
              "profile_sha256": (cert.get("provenance") or {}).get("profile", {}).get("sha256"),
@@ -89,7 +90,8 @@ def markdown(data: dict[str, Any]) -> str:
     suts = data["suts"]
     out = ["# Certificates compared", "", "| | " + " | ".join(s["label"] for s in suts) + " |",
            "|---|" + "---|" * len(suts)]
-    for title, value in (("verdict", lambda s: f"**{s['verdict']}**"), ("version", lambda s: s["version"]),
+    for title, value in (("verdict", lambda s: f"**{s['verdict']}**"), ("claim", lambda s: s["claim"]),
+                         ("version", lambda s: s["version"]),
                          ("selection", lambda s: s["selection"]), ("seed", lambda s: s["seed"]),
                          ("duration", lambda s: f"{s['duration_s']} s"),
                          ("passed / failed / inconclusive", lambda s: "{passed} / {failed} / {inconclusive}".format(
@@ -138,7 +140,8 @@ def page(data: dict[str, Any], folder: str | Path | None = None) -> str:
 
     facts = "".join(
         f"<tr><th>{esc(title)}</th>{''.join(f'<td>{esc(str(value(s)))}</td>' for s in suts)}</tr>"
-        for title, value in (("version", lambda s: s["version"]), ("selection", lambda s: s["selection"]),
+        for title, value in (("claim", lambda s: s["claim"]), ("version", lambda s: s["version"]),
+                             ("selection", lambda s: s["selection"]),
                              ("seed", lambda s: s["seed"]), ("duration", lambda s: f"{s['duration_s']} s"),
                              ("started", lambda s: s["started_at"]),
                              ("profile SHA-256", lambda s: (s["profile_sha256"] or "")[:12]),

@@ -55,6 +55,7 @@ def test_compare_puts_each_scenario_of_each_sut_in_one_grid(tmp_path, monkeypatc
     assert "LEVEL 3" in text and "PARTIAL" in text and "lost_write" in text
     md = compare.markdown(data)
     assert "| verdict | **level 3** | **level 2** | **PARTIAL** |" in md and "not run" in md
+    assert "| claim | offline-first | offline writes | PARTIAL |" in md  # the level's name, its limits named
 
 
 def test_the_compare_command_writes_the_three_files(tmp_path, monkeypatch):

@@ -43,6 +43,10 @@ class Result:
     def json(self) -> Any:
         return json.loads(self.stdout)
 
+    @property
+    def exit_code(self) -> int:  # the name typer's CliRunner result gives it
+        return self.code
+
 
 def crm(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 60) -> Result:
@@ -73,6 +77,13 @@ def crm_inprocess(*args: str, home: Path | None = None, env: dict[str, str] | No
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def ok_inprocess(home: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """The JSON a `crm ... --json` run in this process printed; it must have exited 0."""
+    result = crm_inprocess(*args, "--json", home=home, env=env)
+    assert result.code == 0, result.stderr
+    return result.json
 
 
 def ok(*args: str, **kwargs: Any) -> Any:

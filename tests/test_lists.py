@@ -13,20 +13,18 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import output
-from cli.main import app
 from crm.search import short_id
+from tests.support import crm_inprocess, ok_inprocess
 
 runner = CliRunner()
 
 
 def crm(home: Path, *args: str, env: dict[str, str] | None = None):
-    return runner.invoke(app, ["--home", str(home), *args], env=env)
+    return crm_inprocess(*args, home=home, env=env)
 
 
 def ok_json(home: Path, *args: str):
-    result = crm(home, *args, "--json")
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
+    return ok_inprocess(home, *args)
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
 from crm.domain import entity as entity_spec
 from crm.domain import in_zone, localize_datetime, normalize_value
 from crm.errors import ValidationError
+from tests.support import crm_inprocess, ok_inprocess
 
 NEW_YORK = ZoneInfo("America/New_York")
 AT = entity_spec("visit").field("at")
@@ -69,14 +69,11 @@ def test_a_stored_time_is_shown_in_the_zone(stored: str, zone: str, shown: str) 
 
 # -- the command line -----------------------------------------------------------------------------
 def crm(home: Path, *args: str, tz: str | None = "UTC"):
-    env = {"TZ": tz} if tz is not None else {}
-    return runner.invoke(app, ["--home", str(home), *args], env=env)
+    return crm_inprocess(*args, home=home, env={"TZ": tz} if tz is not None else {})
 
 
 def ok_json(home: Path, *args: str, tz: str | None = "UTC"):
-    result = crm(home, *args, "--json", tz=tz)
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
+    return ok_inprocess(home, *args, env={"TZ": tz} if tz is not None else {})
 
 
 @pytest.fixture

@@ -122,6 +122,15 @@ class Server:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the {engine} server did not start")
 
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds (user, system) the server processes have used so far, from /proc."""
+        user = system = 0
+        for proc in self.procs:
+            with open(f"/proc/{proc.pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+        return user / os.sysconf("SC_CLK_TCK"), system / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         for proc in self.procs:
             proc.terminate()
@@ -196,8 +205,11 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
             t.start()
         gate.wait()
         release = time.perf_counter()
+        cpu_before = (server.cpu_s(), os.times())
         for t in threads:
             t.join()
+        server_cpu = [after - before for after, before in zip(server.cpu_s(), cpu_before[0], strict=True)]
+        devices_cpu = [after - before for after, before in zip(os.times()[:2], cpu_before[1][:2], strict=True)]
         if errors:
             raise RuntimeError(f"{len(errors)} devices failed: {errors[:3]}")
         wall = max(done_at) - release
@@ -218,6 +230,9 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
                 "push_p50_ms": round(_pct(push_s, 0.5)), "push_p99_ms": round(_pct(push_s, 0.99)),
                 "sync_p50_ms": round(_pct(sync_s, 0.5)), "sync_p99_ms": round(_pct(sync_s, 0.99)),
                 "sync_mean_ms": round(statistics.mean(sync_s) * 1000),
+                # CPU over the run (release to the last device done): where the wall time went
+                "server_cpu_user_s": round(server_cpu[0], 2), "server_cpu_system_s": round(server_cpu[1], 2),
+                "devices_cpu_user_s": round(devices_cpu[0], 2), "devices_cpu_system_s": round(devices_cpu[1], 2),
                 "ops_delivered_by_pulls": sum(received), "setup_s": round(setup_s, 1), **verified}
     finally:
         server.close()

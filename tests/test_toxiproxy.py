@@ -101,14 +101,16 @@ def test_disabled_proxy_refuses_connections_and_reenabled_keeps_its_url(toxi, pr
 @pytest.mark.parametrize("stream", ["downstream", "upstream"])
 def test_latency_toxic_adds_at_least_the_latency(toxi, proxy, stream):
     url = tp.proxy_url(proxy) + "/hello"
-    toxi.client.add_toxic(proxy.name, tp.latency(400, jitter_ms=50, stream=stream))
+    # 3 s: far above what a local request takes even on a loaded CI machine, so the second
+    # request's bound tells "latency gone" from "machine slow"
+    toxi.client.add_toxic(proxy.name, tp.latency(3000, jitter_ms=50, stream=stream))
     started = time.monotonic()
     assert get(url).status_code == 200
-    assert time.monotonic() - started >= 0.35  # latency minus the jitter
+    assert time.monotonic() - started >= 2.95  # latency minus the jitter
     toxi.client.remove_toxic(proxy.name, f"latency_{stream}")
     started = time.monotonic()
     get(url)
-    assert time.monotonic() - started < 0.35
+    assert time.monotonic() - started < 2.95
 
 
 def test_timeout_toxic_stalls_the_connection(toxi, proxy):
@@ -168,11 +170,11 @@ def test_control_errors_name_the_operation(toxi, proxy):
 
 
 def test_control_call_against_a_dead_toxiproxy_fails_fast():
-    client = tp.Toxiproxy(f"http://127.0.0.1:{free_port()}", timeout=1.0)
+    client = tp.Toxiproxy(f"http://127.0.0.1:{free_port()}", timeout=60)
     started = time.monotonic()
     with pytest.raises(tp.ToxiproxyError, match="cannot reach Toxiproxy"):
         client.create_proxy("d1", "127.0.0.1:1")
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 30  # refused at once, not after the 60 s timeout
 
 
 def wait_until_stopped(pid: int) -> None:
@@ -188,14 +190,14 @@ def wait_until_stopped(pid: int) -> None:
 
 
 def test_control_call_against_a_hung_toxiproxy_fails_within_its_timeout(tmp_path):
-    with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=0.5) as server:
+    with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=2) as server:
         os.kill(server.process.pid, signal.SIGSTOP)  # accepts TCP (kernel backlog), never answers
         try:
             wait_until_stopped(server.process.pid)
             started = time.monotonic()
-            with pytest.raises(tp.ToxiproxyError, match=r"did not answer within 0.5s"):
+            with pytest.raises(tp.ToxiproxyError, match=r"did not answer within 2s"):
                 server.client.reset()
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 30  # gave up at its timeout: it never answers
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
     assert server.process.pid not in processes.leftovers()

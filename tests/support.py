@@ -25,6 +25,10 @@ import httpx
 from harness.ports import free_port
 
 CRM = [sys.executable, "-m", "cli.main"]
+# A whole certification (or chaos campaign) run as a subprocess may take this long before a test
+# calls it hung. A safety net, not a speed check: on a loaded 2-core CI machine one took 11 min
+# that takes 2 on a quiet one, and a 600 s net failed the run for it.
+CERTIFY_TIMEOUT = 1800
 
 
 def examples(ci: int) -> int:

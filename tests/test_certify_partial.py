@@ -21,6 +21,7 @@ from cli.main import app
 from harness import certify as certify_mod
 from harness import coverage
 from harness.report import markdown, page
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "fixtures" / "sut" / "reference.toml"
@@ -187,7 +188,7 @@ def test_a_selection_of_a_level_2_sut_gives_a_partial_certificate_not_a_level(tm
     done = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut",
                            str(ROOT / "fixtures" / "sut" / "fragile-sync.toml"), "-k", "create_a_new_account",
                            "--report", str(report), "--workers", "1", "--json"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+                          capture_output=True, text=True, cwd=ROOT, timeout=CERTIFY_TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["level"] is None and summary["partial"] is True

@@ -18,6 +18,7 @@ from harness import checkers
 from harness.history import History
 from harness.schedule import FAULTS, Capabilities, Schedule, ScheduleError, generate, is_fault
 from harness.shrink import ddmin
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 SUT = ROOT / "fixtures" / "sut"
@@ -235,7 +236,7 @@ def test_an_edit_is_superseded_once_its_device_may_have_pushed_it(before, betwee
 
 
 # -- real campaigns --------------------------------------------------------------------------------
-def crm_certify(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def crm_certify(*args: str, timeout: float = CERTIFY_TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", "certify", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.schedule import Capabilities, generate
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,7 +274,7 @@ def test_a_device_that_keeps_what_moved_away_is_caught(tmp_path, keep_moved_away
     assert any(a.check == "divergence" and a.evidence.get("device") == "d1" for a in result.anomalies)
 
 
-def crm_certify(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def crm_certify(*args: str, timeout: float = CERTIFY_TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", "certify", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
 

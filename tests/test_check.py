@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import check
+from tests.support import CERTIFY_TIMEOUT
 
 pytestmark = pytest.mark.process  # real servers, real devices
 
@@ -128,6 +129,6 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     for line in steps:
         argv = [str(REFERENCE) if a == "my-client.toml" else str(tmp_path / a) if a.startswith("reports/") else a
                 for a in shlex.split(line)[1:]]
-        done = crm(*argv, timeout=600)
+        done = crm(*argv, timeout=CERTIFY_TIMEOUT)
         assert done.returncode == 0, f"{line}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert json.loads((tmp_path / "reports" / "my-client-partial" / "certificate.json").read_text())["partial"]

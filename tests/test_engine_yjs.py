@@ -19,6 +19,7 @@ import pytest
 
 from harness import check
 from harness.profile import load_profile
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "fixtures" / "engines" / "yjs"
@@ -59,7 +60,7 @@ def test_the_page_is_linked_and_cites_the_certificate_it_explains():
 @pytest.fixture(scope="module")
 def installed() -> Path:
     done = subprocess.run(["bash", str(ROOT / "scripts" / "install-yjs.sh")], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=CERTIFY_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     return PROFILE
 
@@ -84,7 +85,7 @@ def test_selected_scenarios_give_the_verdicts_the_page_explains(installed, tmp_p
     conflict log (lost_edit only): why Yjs is level 2. Two scenarios, to keep the slow tier short."""
     select = "create_a_new_account_in_airplane_mode or edit_the_same_field"
     done = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut", str(installed), "-k", select,
-                           "--report", str(tmp_path / "yjs")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "--report", str(tmp_path / "yjs")], capture_output=True, text=True, cwd=ROOT, timeout=CERTIFY_TIMEOUT)
     certificate = json.loads((tmp_path / "yjs" / "certificate.json").read_text(encoding="utf-8"))
     by_name = {v["name"]: v for v in certificate["scenarios"]}
     assert len(by_name) == 2, (done.stdout[-3000:], done.stderr[-3000:])

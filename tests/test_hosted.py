@@ -18,7 +18,7 @@ from harness.levels import certify_level, claim_limits
 from harness.profile import ProfileError, load_profile
 from harness.report import mark, markdown, page
 from harness.schedule import Capabilities, generate
-from tests.support import reference_profile_with
+from tests.support import CERTIFY_TIMEOUT, reference_profile_with
 from tests.test_certify_partial import OFFLINE_CREATE, certificate, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def staging(tmp_path):
         server.stop()
 
 
-def _crm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _crm(*args: str, timeout: float = CERTIFY_TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.history import History
-from tests.support import reference_profile_with
+from tests.support import CERTIFY_TIMEOUT, reference_profile_with
 
 ROOT = Path(__file__).resolve().parent.parent
 COPY = ["{python}", "-c", "import pathlib, shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True); "
@@ -39,7 +39,7 @@ def test_the_profiles_backup_and_restore_commands_make_the_life_events(tmp_path)
     report = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut", str(profile), "--report", str(report),
                            "-k", "phone_is_restored or copied_onto or server_is_restored", "--workers", "2",
-                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=CERTIFY_TIMEOUT)
     cert = json.loads((report / "certificate.json").read_text())
     assert len(cert["scenarios"]) == 3 and all(v["passed"] for v in cert["scenarios"]), done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "marks").iterdir()) == [

@@ -38,6 +38,7 @@ import pytest
 from harness import coverage
 from harness.certify import CHECKS
 from harness.profile import load_profile
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS_DIR = ROOT / "fixtures" / "mutants"
@@ -145,7 +146,7 @@ def _certify(name: str, folder: Path) -> Run:
     try:
         done = subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut", str(profile), "-k", select,
                                "--seed", str(SEED), "--workers", "1", "--report", str(report), "--json"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+                              cwd=ROOT, capture_output=True, text=True, timeout=CERTIFY_TIMEOUT)
         code, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as exc:
         code, stderr = None, f"certification timed out: {exc}"

@@ -23,6 +23,7 @@ import pytest
 from setuptools import find_packages
 
 from harness import certify, coverage, locations, pytest_plugin
+from tests.support import CERTIFY_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -119,7 +120,7 @@ def test_the_installed_wheel_certifies_from_any_folder(tmp_path):
     python, bindir = venv / "bin" / "python", venv / "bin"
     # Dependencies from the index (or the local pip cache), as a user installs it.
     installed = _run([str(python), "-m", "pip", "install", "-q", f"{wheel}[harness]"], cwd=tmp_path,
-                     env=dict(os.environ), timeout=600)
+                     env=dict(os.environ), timeout=CERTIFY_TIMEOUT)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     # A clean environment: the venv's bin first, nothing of the checkout on the import path, and
@@ -157,7 +158,7 @@ def test_the_installed_wheel_certifies_from_any_folder(tmp_path):
 
     # The reference, by name, one scenario: the offline create saves.
     done = _run([str(bindir / "crm"), "certify", "--sut", "reference", "-k", "create_a_new_account_in_airplane_mode",
-                 "--report", "R2"], cwd=anywhere, env=env, timeout=600)
+                 "--report", "R2"], cwd=anywhere, env=env, timeout=CERTIFY_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     cert = json.loads((anywhere / "R2" / "certificate.json").read_text())
     assert cert["summary"]["scenarios"] == cert["summary"]["passed"] == 1, cert["scenarios"]
@@ -165,7 +166,7 @@ def test_the_installed_wheel_certifies_from_any_folder(tmp_path):
     # Plain pytest, as a QA engineer runs it: the plugin's options, their own flags.
     done = _run([str(python), "-m", "pytest", "--pyargs", "harness.features", "--crm-sut", "reference",
                  "-k", "lost_answer_reset", "-n", "2", "--junitxml=out.xml"],
-                cwd=anywhere, env=env, timeout=600)
+                cwd=anywhere, env=env, timeout=CERTIFY_TIMEOUT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     suite = ET.parse(anywhere / "out.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) == 2 and int(suite.get("failures")) == int(suite.get("errors")) == 0

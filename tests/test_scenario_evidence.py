@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import reference_profile_with
+from tests.support import CERTIFY_TIMEOUT, reference_profile_with
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def _refusing_profile(tmp_path: Path) -> Path:
 
 def _certify(profile: Path, report: Path, *args: str) -> dict:
     subprocess.run([sys.executable, "-m", "cli.main", "certify", "--sut", str(profile), "--report", str(report),
-                    "--json", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                    "--json", *args], capture_output=True, text=True, cwd=ROOT, timeout=CERTIFY_TIMEOUT)
     return json.loads((report / "certificate.json").read_text())
 
 

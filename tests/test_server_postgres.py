@@ -25,7 +25,7 @@ import pytest
 
 from crm import Device
 from crm.sync import SyncClient, sync_once
-from tests.support import CRM, Server, crm, export, free_port, ok
+from tests.support import CERTIFY_TIMEOUT, CRM, Server, crm, export, free_port, ok
 
 pytestmark = pytest.mark.process  # real server processes on a real PostgreSQL
 
@@ -317,7 +317,7 @@ def test_the_reference_on_two_postgres_server_processes_is_certified_level_3(tmp
     try:
         proc = subprocess.run([*CRM, "certify", "--sut", str(root / "fixtures" / "sut" / "reference-postgres.toml"),
                                "--report", str(report), "--json", "--seed", "7", "--chaos-runs", "1"],
-                              capture_output=True, text=True, cwd=root, timeout=600,
+                              capture_output=True, text=True, cwd=root, timeout=CERTIFY_TIMEOUT,
                               env={**os.environ, "CRM_TEST_PG_DSN": admin_dsn, "CRM_SUT_DB_PREFIX": prefix})
         cert = json.loads((report / "certificate.json").read_text()) if (report / "certificate.json").exists() else {}
         assert cert, f"no certificate written: {proc.stderr[-2000:]}"

@@ -206,8 +206,12 @@ CHILD_ENTITIES = tuple(name for name, spec in ENTITIES.items() if spec.parent ==
 # entity's rows by id; a page may end inside it, the answer's ``part`` naming the last row sent.
 FAMILY = ("account", *CHILD_ENTITIES)
 FAMILY_BATCH = 500  # snapshot row sizes read at a time
+# Bytes of a pull answer besides its ops' and rows' own text, at their longest (the cap bounds it all):
 MOVE_BYTES = 27  # {"account":"<id>","records":[...]} or {"account":"<id>","drop":true}, and a comma
 ROW_BYTES = 14  # ["<entity>","<id>","<data>","<meta>"] and a comma, besides its four strings
+ENVELOPE_BYTES = 52  # {"ops":[],"cursor":<19 digits>,"more":false}
+CONTINUITY_BYTES = 173  # ,"witness":"<19 digits>:<64>","latest":"<64>"
+SCOPE_BYTES = 102  # ,"scope":<its JSON>,"moves":[],"part":"<entity>:<64>"
 _PART = re.compile(f"({'|'.join(FAMILY)}):({ID.pattern})")
 
 
@@ -684,8 +688,9 @@ class ServerStore:
         ``own``: the caller's own ops are sent too (a device refilling after a scope change).
 
         A page holds at most ``limit`` log entries and stops before the op, or the snapshot row,
-        that would take what it sends (ops and moves) past ``max_bytes``, but always holds at
-        least one, so a client makes progress whatever size an op or a record is. Sizes are read
+        that would take the answer past ``max_bytes`` (what it sends, and the fields around it
+        counted at their longest), but always holds at least one, so a client makes progress
+        whatever size an op or a record is. Sizes are read
         first and bodies only for the page, so a page of huge ops, or a move of an account with
         200,000 visits, is never loaded whole to be cut.
 
@@ -709,6 +714,10 @@ class ServerStore:
                                        f"clients of protocol {PROTOCOL}; upgrade crm")
             if part is not None:
                 extra["part"] = ""
+            # The cap bounds the whole answer: what it sends, and the fields around it at their longest.
+            around = ENVELOPE_BYTES + (0 if device is None else CONTINUITY_BYTES) + (0 if epoch is None else (
+                SCOPE_BYTES + len(json.dumps(extra["scope"], separators=(",", ":"), ensure_ascii=False).encode())))
+            budget = max(1, max_bytes - around)
             if epoch is not None and epoch != scope.epoch:  # the rep's territories changed: start again
                 return [], cursor, False, {**_continuity_json(None, latest), **extra, "reset": True}
             if scope.territories is None:
@@ -739,7 +748,7 @@ class ServerStore:
             for seq, dev, length, op_id, terr, account in entries:
                 if terr != MOVE_TERR:
                     if dev != skip:
-                        if sent and total + length + 1 > max_bytes:
+                        if sent and total + length + 1 > budget:
                             more = True
                             break
                         total += length + 1  # the comma between ops
@@ -753,7 +762,7 @@ class ServerStore:
                 where = conn.execute("SELECT territory FROM account_terr WHERE org = ? AND account = ?",
                                      (org, account)).fetchone()
                 if where is None or not scope.holds(where[0]):
-                    if sent and total + head > max_bytes:
+                    if sent and total + head > budget:
                         more = True
                         break
                     total += head
@@ -764,7 +773,7 @@ class ServerStore:
                 keys: list[tuple[int, str]] = []
                 whole = True
                 for key, row_bytes in self._family_sizes(conn, org, account, resume if seq == cursor else None):
-                    if (sent or keys) and total + head + row_bytes > max_bytes:
+                    if (sent or keys) and total + head + row_bytes > budget:
                         whole = False
                         break
                     head += row_bytes

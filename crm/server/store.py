@@ -743,6 +743,7 @@ class ServerStore:
                 entries.insert(0, tuple(marker))
             total = sent = 0
             plan: list[tuple[str, list[tuple[int, str]] | None]] = []  # (account, snapshot rows | None: drop)
+            planned: set[str] = set()  # the accounts of ``plan``
             last: tuple[int, str] | None = None  # the last entry wholly in the page
             cut: tuple[int, str, tuple[int, str]] | None = None  # the page ends inside this marker's snapshot
             for seq, dev, length, op_id, terr, account in entries:
@@ -755,9 +756,10 @@ class ServerStore:
                         sent += 1
                     last = (seq, op_id)
                     continue
-                if any(account == a for a, _ in plan):  # moved twice in the page: one move says where it is now
+                if account in planned:  # moved twice in the page: one move says where it is now
                     last = (seq, op_id)
                     continue
+                planned.add(account)
                 head = MOVE_BYTES + len(account)
                 where = conn.execute("SELECT territory FROM account_terr WHERE org = ? AND account = ?",
                                      (org, account)).fetchone()

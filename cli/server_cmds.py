@@ -75,7 +75,8 @@ def serve(
     max_head_bytes: Annotated[int, typer.Option(
         min=1024, max=1024 * 1024, metavar="BYTES", help="Largest request line and headers; more get 400")] = 16384,
     max_pull_bytes: Annotated[int, typer.Option(
-        min=1024, max=1 << 30, metavar="BYTES", help="Bytes of ops in one pull page (at least one op is sent)")
+        min=1024, max=1 << 30, metavar="BYTES",
+        help="Bytes of one pull answer: ops, move snapshots, other fields (at least one op or record is sent)")
     ] = 4 * 1024 * 1024,
 ) -> None:
     """Start the sync server: SQLite under DIR (one command, no other service), or PostgreSQL,

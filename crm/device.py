@@ -756,7 +756,8 @@ class Device:
 
     def forget_server_log(self) -> None:
         """The server's log went back: pull it all again, and send every kept op again first."""
-        self.set_settings({MetaKey.PULL_CURSOR: "0", MetaKey.WITNESS: "", MetaKey.RESEND_FROM: "0"})
+        self.set_settings({MetaKey.PULL_CURSOR: "0", MetaKey.PULL_PART: "", MetaKey.WITNESS: "",
+                           MetaKey.RESEND_FROM: "0"})
 
     def reload_identity(self) -> None:
         self.device_id = self.setting(MetaKey.DEVICE_ID) or self.device_id
@@ -768,7 +769,8 @@ class Device:
         with self.store.write() as conn:
             self._unref_all(conn)  # references give back ops as made by the current device id
         new = new_id()
-        self.set_settings({MetaKey.DEVICE_ID: new, MetaKey.PULL_CURSOR: "0", MetaKey.WITNESS: "", MetaKey.KNOWN: ""})
+        self.set_settings({MetaKey.DEVICE_ID: new, MetaKey.PULL_CURSOR: "0", MetaKey.PULL_PART: "",
+                           MetaKey.WITNESS: "", MetaKey.KNOWN: ""})
         self.device_id = new
         return new
 
@@ -879,10 +881,11 @@ class Device:
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
                      latest: str | None = None, moves: Iterable[dict[str, Any]] = (),
-                     scope: dict[str, Any] | None = None, own: bool = False) -> int:
+                     scope: dict[str, Any] | None = None, own: bool = False, part: str = "") -> int:
         """Apply pulled ops and moves and move the pull cursor in one transaction; returns ops
         applied. ``own``: this device's own ops are in the page too (a refill after a scope
-        change) and are applied like the others (merge is idempotent).
+        change) and are applied like the others (merge is idempotent). ``part``: where the page
+        stopped inside a move's snapshot ("<cursor> <ENTITY:ID>", "" none), kept with the cursor.
 
         The clock observes every pulled stamp, so a device whose wall clock is behind still
         stamps its next edit after everything it has seen.
@@ -919,6 +922,7 @@ class Device:
                 self._remember_scope(conn, scope)
             self._save_clock(conn, clock)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
+            self.store.set_meta(conn, MetaKey.PULL_PART, part)
             self._remember_server(conn, witness=witness, latest=latest)
         return len(rows)
 
@@ -1034,6 +1038,7 @@ class Device:
                 self._remove(conn, keys)
             self._remember_scope(conn, scope)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, "0")
+            self.store.set_meta(conn, MetaKey.PULL_PART, "")
             self.store.set_meta(conn, MetaKey.SCOPE_REFILL, "1")
 
     def sweep_orphans(self) -> int:

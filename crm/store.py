@@ -193,6 +193,9 @@ class MetaKey:
     TOKEN = "token"
     AUTOSYNC = "autosync"  # "1": background sync is on, and reopening the app restarts it
     PULL_CURSOR = "pull_cursor"
+    # "<cursor> <ENTITY:ID>": the pull stopped inside the snapshot of the move at that cursor, after
+    # that row (docs/sync-protocol.md, "Territories"); "" or another cursor: at an entry boundary
+    PULL_PART = "pull_part"
     WITNESS = "witness"  # continuity: a log entry this device saw (docs/sync-protocol.md)
     KNOWN = "known"  # continuity: this device's latest op the log holds ("" none)
     RESEND_FROM = "resend_from"  # position in the kept ops to send again from ("" none)

@@ -149,10 +149,13 @@ class SyncClient:
         return self._call("POST", "/v1/push", content=body, headers={"content-type": "application/json"})
 
     def pull(self, *, cursor: int, limit: int, device_id: str, witness: str | None = None,
-             known: str | None = None, scope: int | None = None, own: bool = False) -> dict[str, Any]:
+             known: str | None = None, scope: int | None = None, own: bool = False,
+             part: str | None = None) -> dict[str, Any]:
+        """One pull page. ``part`` (with ``scope``): where the device is inside a move's snapshot
+        ("" none); sending it says the device resumes inside a move, so big moves come paged."""
         params = {"cursor": cursor, "limit": limit, "device": device_id}
-        params.update({key: value for key, value in (("witness", witness), ("known", known), ("scope", scope))
-                       if value is not None})
+        params.update({key: value for key, value in (("witness", witness), ("known", known), ("scope", scope),
+                                                     ("part", part)) if value is not None})
         if own:
             params["own"] = 1
         return self._call("GET", "/v1/pull", params=params)
@@ -313,14 +316,19 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
         cursor = int(device.setting(MetaKey.PULL_CURSOR, "0") or 0)
         epoch = int(device.setting(MetaKey.SCOPE_EPOCH, "0") or 0)
         refill = device.setting(MetaKey.SCOPE_REFILL) == "1"
+        at, _, part = (device.setting(MetaKey.PULL_PART) or "").partition(" ")
+        part = part if at == str(cursor) else ""  # it belongs to the cursor it was stored with
         witness, known = device.continuity()
         answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known,
-                             scope=epoch, own=refill)
+                             scope=epoch, own=refill, part=part)
         try:
             ops = [op_from_wire(raw) for raw in answer.get("ops", [])]
             new_cursor = int(answer["cursor"])
             scope = answer.get("scope")
             moves = answer.get("moves") or []
+            new_part = answer.get("part") or ""  # an older server sends none: it never stops inside a move
+            if not isinstance(new_part, str) or " " in new_part:
+                raise TypeError("part is not ENTITY:ID")
             if scope is not None and not isinstance(scope, dict):
                 raise TypeError("scope is not an object")
             for move in moves:
@@ -337,8 +345,11 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
             continue
         if new_cursor < cursor:
             raise ServerError("the server's pull cursor went backwards")
+        if answer.get("more") and (new_cursor, new_part) == (cursor, part):
+            raise ServerError("the server's pull made no progress (the same cursor and part again)")
         applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
-                                       latest=_latest(answer), moves=moves, scope=scope, own=refill)
+                                       latest=_latest(answer), moves=moves, scope=scope, own=refill,
+                                       part=f"{new_cursor} {new_part}" if new_part else "")
         pulled += len(ops)
         if not answer.get("more"):
             if refill:

@@ -362,3 +362,32 @@ def test_territories_on_postgresql(tmp_path, dsn):
                           {"territory": "south", "reps": ["n", "s"], "accounts": 1}]
     finally:
         rig.close()
+
+
+def test_territories_big_move_paged_on_postgresql(tmp_path, dsn):
+    """A move many times the pull byte cap, on PostgreSQL: every answer within the cap (sizes
+    read before bodies, escapes counted alike), an interrupted snapshot resumed, and the gainer
+    holding what `crm server export --rep` prints."""
+    from crm import canonical_json
+    from crm.errors import ServerUnreachableError
+    from tests.test_territory_paging import CAP, VISITS, PagedRig, big_account, north_south
+
+    rig = PagedRig(tmp_path, dsn)
+    try:
+        n, s = north_south(rig)
+        acc = big_account(rig, n)
+        rig.sync(s)
+        rig.move(acc, "south")
+        rig.transport.fail_after = 3
+        with pytest.raises(ServerUnreachableError):
+            rig.sync(s)
+        assert 0 < len(s.export()["visit"]) < VISITS
+        rig.transport.fail_after = None
+        rig.sync(s, n)
+        answers = [answer for _, answer in rig.transport.pulls]
+        assert len(answers) > 6 and max(len(answer.content) for answer in answers) <= CAP
+        for dev, rep in ((n, "n"), (s, "s")):
+            assert canonical_json(dev.export()) == crm("server", "export", "--db", dsn, "--org", ORG,
+                                                       "--rep", rep).stdout
+    finally:
+        rig.close()

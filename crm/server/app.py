@@ -34,12 +34,14 @@ from .limits import BodyTimeout, Limits
 from .store import (
     MAX_PULL_LIMIT,
     MAX_PUSH_OPS,
+    BadPart,
     Continuity,
     ContinuityBroken,
     Identity,
     OutOfScopeClient,
     PushResult,
     ServerStore,
+    parse_part,
 )
 
 SERVER_TIME_HEADER = b"crm-server-time"
@@ -51,7 +53,7 @@ MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
 PUSH_KEYS = frozenset({"protocol", "device", "ops", "witness", "known"})
 EDIT_KEYS = frozenset({"protocol", "entity", "id", "set"})
-PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known", "scope", "own"})
+PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known", "scope", "own", "part"})
 _WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
 _WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢" and "1_000"
 # JSON nesting: a push is 6 levels deep; refuse past MAX_DEPTH before any parser recurses into it
@@ -211,12 +213,12 @@ def _continuity_broken(exc: ContinuityBroken) -> JSONResponse:
     return _error(409, "continuity", says[exc.reason], reason=exc.reason, latest=exc.latest)
 
 
-def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity, int | None, bool]:
+def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity, int | None, bool, str | None]:
     params = request.query_params
     unknown = sorted(set(params) - PULL_PARAMS)
     if unknown:
         raise _Refusal(_error(400, "bad_request", f"unknown query parameter(s): {', '.join(unknown)[:200]}; "
-                                                  "expected cursor, limit, device, witness, known, scope, own"))
+                                                  "expected cursor, limit, device, witness, known, scope, own, part"))
     cursor, limit = params.get("cursor", "0"), params.get("limit", str(DEFAULT_PULL_LIMIT))
     if not _WHOLE.fullmatch(cursor) or int(cursor) > MAX_CURSOR:
         raise _Refusal(_error(400, "bad_request", f"cursor must be a whole number from 0 to {MAX_CURSOR}"))
@@ -231,8 +233,17 @@ def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity, in
     own = params.get("own", "0")
     if own not in ("0", "1"):
         raise _Refusal(_error(400, "bad_request", "own must be 0 or 1"))
+    part = params.get("part")  # where the device is inside a move's snapshot ("": at the cursor's entry)
+    if part is not None:
+        if epoch is None:
+            raise _Refusal(_error(400, "bad_request", "part needs scope (protocol 2)"))
+        if part:
+            try:
+                parse_part(part)
+            except BadPart as exc:
+                raise _Refusal(_error(400, "bad_request", str(exc))) from None
     return (int(cursor), int(limit), device, _continuity(device, params.get("witness"), params.get("known")),
-            None if epoch is None else int(epoch), own == "1")
+            None if epoch is None else int(epoch), own == "1", part)
 
 
 class _OrgGates:
@@ -306,21 +317,23 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
     async def pull(request: Request) -> Response:
         try:
             identity = await run_in_threadpool(_identity, store, request, "device")
-            cursor, limit, device, continuity, epoch, own = _pull_params(request)
+            cursor, limit, device, continuity, epoch, own, part = _pull_params(request)
         except _Refusal as refusal:
             return refusal.response
         try:
             ops, new_cursor, more, seen = await run_in_threadpool(
                 store.pull, identity, cursor=cursor, limit=limit, device=device, max_bytes=max_pull_bytes,
-                continuity=continuity, epoch=epoch, own=own)
+                continuity=continuity, epoch=epoch, own=own, part=part)
         except ContinuityBroken as exc:
             return _continuity_broken(exc)
+        except BadPart as exc:
+            return _error(400, "bad_request", str(exc))
         except OutOfScopeClient as exc:
             return _error(400, "protocol", str(exc))
         # A reader that names no device gets the plain page; a device also what it checks next time.
         tail = "" if device is None else f',"witness":{orjson.dumps(seen["witness"]).decode()},' \
                                          f'"latest":{orjson.dumps(seen["latest"]).decode()}'
-        for key in ("scope", "moves", "reset"):  # protocol 2 (docs/sync-protocol.md, "Territories")
+        for key in ("scope", "moves", "reset", "part"):  # protocol 2 (docs/sync-protocol.md, "Territories")
             if key in seen:
                 tail += f',"{key}":{orjson.dumps(seen[key]).decode()}'
         body = ('{"ops":[' + ",".join(ops) + f'],"cursor":{new_cursor},"more":{"true" if more else "false"}'

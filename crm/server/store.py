@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import merge
-from ..admission import CLOCK_AHEAD, ClockAhead, InvalidOp, admit, parse
+from ..admission import CLOCK_AHEAD, ID, ClockAhead, InvalidOp, admit, parse
 from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, SUBMISSION, validate_create, validate_edit
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
@@ -201,6 +202,17 @@ GLOBAL_TERR = "*"  # ops.terr of the catalogue: every rep gets it
 MOVE_TERR = "!"  # ops.terr of a move marker: read by protocol-2 pulls, never sent as an op
 MOVE_DEVICE = "~move"  # ops.device of a move marker (no device id starts with '~')
 CHILD_ENTITIES = tuple(name for name, spec in ENTITIES.items() if spec.parent == "account")
+# A move's snapshot (docs/sync-protocol.md, "Territories"): the account's row, then each child
+# entity's rows by id; a page may end inside it, the answer's ``part`` naming the last row sent.
+FAMILY = ("account", *CHILD_ENTITIES)
+FAMILY_BATCH = 500  # snapshot row sizes read at a time
+# Bytes of a pull answer besides its ops' and rows' own text, at their longest (the cap bounds it all):
+MOVE_BYTES = 27  # {"account":"<id>","records":[...]} or {"account":"<id>","drop":true}, and a comma
+ROW_BYTES = 14  # ["<entity>","<id>","<data>","<meta>"] and a comma, besides its four strings
+ENVELOPE_BYTES = 52  # {"ops":[],"cursor":<19 digits>,"more":false}
+CONTINUITY_BYTES = 173  # ,"witness":"<19 digits>:<64>","latest":"<64>"
+SCOPE_BYTES = 102  # ,"scope":<its JSON>,"moves":[],"part":"<entity>:<64>"
+_PART = re.compile(f"({'|'.join(FAMILY)}):({ID.pattern})")
 
 
 @dataclass(frozen=True)
@@ -666,7 +678,7 @@ class ServerStore:
 
     def pull(self, identity: Identity, *, cursor: int, limit: int, device: str | None = None,
              max_bytes: int = MAX_PULL_BYTES, continuity: Continuity | None = None, epoch: int | None = None,
-             own: bool = False) -> tuple[list[str], int, bool, dict[str, Any]]:
+             own: bool = False, part: str | None = None) -> tuple[list[str], int, bool, dict[str, Any]]:
         """Ops (wire JSON text) after ``cursor`` in log order, skipping the caller's own and those
         outside the rep's territories; the new cursor; whether more follow; and the other fields of
         the answer: the continuity fields (the entry at the new cursor, the latest op of
@@ -675,15 +687,23 @@ class ServerStore:
         does not hold; OutOfScopeClient for a protocol-1 client of a rep who holds territories.
         ``own``: the caller's own ops are sent too (a device refilling after a scope change).
 
-        A page holds at most ``limit`` log entries and stops before the op that would take its
-        bodies past ``max_bytes``, but always holds at least one op, so a client makes progress
-        whatever size an op is. Sizes are read first and bodies only for the page, so a page of
-        huge ops is never loaded whole to be cut."""
+        A page holds at most ``limit`` log entries and stops before the op, or the snapshot row,
+        that would take the answer past ``max_bytes`` (what it sends, and the fields around it
+        counted at their longest), but always holds at least one, so a client makes progress
+        whatever size an op or a record is. Sizes are read
+        first and bodies only for the page, so a page of huge ops, or a move of an account with
+        200,000 visits, is never loaded whole to be cut.
+
+        ``part`` (protocol 2): None for a client that cannot resume inside a move (it gets each
+        snapshot whole, or OutOfScopeClient when one does not fit in a page); "" at an entry
+        boundary; "ENTITY:ID", the last snapshot row it stored of the move marker at ``cursor``
+        (BadPart when there is no marker there). The answer's ``part`` says where the page stopped."""
         limit = max(1, min(limit, MAX_PULL_LIMIT))
         continuity = continuity or Continuity(device=device)
         size = "octet_length(body)" if self.db.dialect == "postgresql" else "length(CAST(body AS BLOB))"
         org = identity.org
         skip = None if own else device  # the device whose ops are left out
+        resume = parse_part(part) if part else None
         with self.db.snapshot() as conn:
             self._check_continuity(conn, org, continuity)
             latest = self._latest_of(conn, org, device)
@@ -692,87 +712,172 @@ class ServerStore:
             if epoch is None and scope.territories is not None:
                 raise OutOfScopeClient(f"rep {identity.rep!r} holds territories: this server sends them only to "
                                        f"clients of protocol {PROTOCOL}; upgrade crm")
+            if part is not None:
+                extra["part"] = ""
+            # The cap bounds the whole answer: what it sends, and the fields around it at their longest.
+            around = ENVELOPE_BYTES + (0 if device is None else CONTINUITY_BYTES) + (0 if epoch is None else (
+                SCOPE_BYTES + len(json.dumps(extra["scope"], separators=(",", ":"), ensure_ascii=False).encode())))
+            budget = max(1, max_bytes - around)
             if epoch is not None and epoch != scope.epoch:  # the rep's territories changed: start again
                 return [], cursor, False, {**_continuity_json(None, latest), **extra, "reset": True}
             if scope.territories is None:
                 terrs: tuple[str, ...] = ()
                 rows = conn.execute(
-                    f"SELECT seq, device, {size}, op_id FROM ops WHERE org = ? AND seq > ? AND terr <> ? "
-                    "ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
+                    f"SELECT seq, device, {size}, op_id, terr, scope FROM ops WHERE org = ? AND seq > ? "
+                    "AND terr <> ? ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
             else:  # one index range (org, terr, seq) per territory, merged: a page costs what it
                 # holds, however much of the log belongs to other territories
                 terrs = (GLOBAL_TERR, MOVE_TERR, *scope.territories)
                 ranges = " UNION ALL ".join(
-                    f"SELECT * FROM (SELECT seq, device, {size} AS size, op_id FROM ops WHERE org = ? AND terr = ? "
-                    f"AND seq > ? ORDER BY seq LIMIT ?) AS r{n}" for n in range(len(terrs)))
+                    f"SELECT * FROM (SELECT seq, device, {size} AS size, op_id, terr, scope FROM ops WHERE org = ? "
+                    f"AND terr = ? AND seq > ? ORDER BY seq LIMIT ?) AS r{n}" for n in range(len(terrs)))
                 rows = conn.execute(f"{ranges} ORDER BY seq LIMIT ?",
                                     (*(v for t in terrs for v in (org, t, cursor, limit + 1)), limit + 1)).fetchall()
             more = len(rows) > limit
-            taken, total, sent = 0, 0, 0
-            for _, dev, length, _ in rows[:limit]:
-                if dev != skip:
-                    if sent and total + length + 1 > max_bytes:
+            entries = list(rows[:limit])
+            if resume is not None:  # the page starts inside the snapshot of the marker at the cursor
+                marker = conn.execute("SELECT seq, device, 0, op_id, terr, scope FROM ops WHERE org = ? AND seq = ?",
+                                      (org, cursor)).fetchone()
+                if marker is None or marker[4] != MOVE_TERR or scope.territories is None:
+                    raise BadPart(f"part: the entry at cursor {cursor} is not a move of this rep's log")
+                entries.insert(0, tuple(marker))
+            total = sent = 0
+            plan: list[tuple[str, list[tuple[int, str]] | None]] = []  # (account, snapshot rows | None: drop)
+            planned: set[str] = set()  # the accounts of ``plan``
+            last: tuple[int, str] | None = None  # the last entry wholly in the page
+            cut: tuple[int, str, tuple[int, str]] | None = None  # the page ends inside this marker's snapshot
+            for seq, dev, length, op_id, terr, account in entries:
+                if terr != MOVE_TERR:
+                    if dev != skip:
+                        if sent and total + length + 1 > budget:
+                            more = True
+                            break
+                        total += length + 1  # the comma between ops
+                        sent += 1
+                    last = (seq, op_id)
+                    continue
+                if account in planned:  # moved twice in the page: one move says where it is now
+                    last = (seq, op_id)
+                    continue
+                planned.add(account)
+                head = MOVE_BYTES + len(account)
+                where = conn.execute("SELECT territory FROM account_terr WHERE org = ? AND account = ?",
+                                     (org, account)).fetchone()
+                if where is None or not scope.holds(where[0]):
+                    if sent and total + head > budget:
                         more = True
                         break
-                    total += length + 1  # the comma between ops
+                    total += head
                     sent += 1
-                taken += 1
-            if more:
-                new_cursor, at = rows[taken - 1][0], rows[taken - 1][3]
+                    plan.append((account, None))
+                    last = (seq, op_id)
+                    continue
+                keys: list[tuple[int, str]] = []
+                whole = True
+                for key, row_bytes in self._family_sizes(conn, org, account, resume if seq == cursor else None):
+                    if (sent or keys) and total + head + row_bytes > budget:
+                        whole = False
+                        break
+                    head += row_bytes
+                    keys.append(key)
+                if whole:
+                    total += head
+                    sent += 1
+                    plan.append((account, keys))
+                    last = (seq, op_id)
+                    continue
+                more = True
+                if part is None:  # a client that cannot resume inside a move: a snapshot goes whole
+                    if sent:
+                        break  # it starts the next page
+                    raise OutOfScopeClient(
+                        f"account {account} moved into rep {identity.rep!r}'s territories with more records than "
+                        f"fit in a pull page ({max_bytes} bytes): this server sends such a move over several "
+                        "pages, to clients that resume inside a move (`part`); upgrade crm")
+                if keys:
+                    total += head
+                    sent += 1
+                    plan.append((account, keys))
+                    cut = (seq, op_id, keys[-1])
+                break
+            if cut is not None:  # the cursor stays at the marker; ``part`` says how far its snapshot went
+                new_cursor, at = cut[0], cut[1]
+                extra["part"] = f"{FAMILY[cut[2][0]]}:{cut[2][1]}"
+            elif more and last is not None:
+                new_cursor, at = last
             else:  # nothing more for this rep: the cursor moves to the log's end, past what is not theirs
-                head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
-                                    (org,)).fetchone()
-                if head is None or head[0] <= cursor:
+                head_entry = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
+                                          (org,)).fetchone()
+                if (head_entry is None or head_entry[0] <= cursor) and not plan:
                     return [], cursor, False, {**_continuity_json(None, latest), **extra}
-                new_cursor, at = head
+                new_cursor, at = head_entry if head_entry[0] > cursor else (cursor, entries[0][3])
             seen = {**_continuity_json((new_cursor, at), latest), **extra}
             if not sent:
                 return [], new_cursor, more, seen
             mine = "" if skip is None else " AND device <> ?"
             others = () if skip is None else (skip,)
             if not terrs:
-                found = conn.execute(
-                    f"SELECT body, terr FROM ops WHERE org = ? AND seq > ? AND seq <= ? AND terr <> ?{mine} "
-                    "ORDER BY seq", (org, cursor, new_cursor, MOVE_TERR, *others)).fetchall()
+                ops = [body for (body,) in conn.execute(
+                    f"SELECT body FROM ops WHERE org = ? AND seq > ? AND seq <= ? AND terr <> ?{mine} "
+                    "ORDER BY seq", (org, cursor, new_cursor, MOVE_TERR, *others)).fetchall()]
             else:
-                found = [(body, terr) for _, body, terr in sorted(
-                    row for t in terrs for row in conn.execute(
-                        f"SELECT seq, body, terr FROM ops WHERE org = ? AND terr = ? AND seq > ? AND seq <= ?{mine}",
+                ops = [body for _, body in sorted(
+                    row for t in terrs if t != MOVE_TERR for row in conn.execute(
+                        f"SELECT seq, body FROM ops WHERE org = ? AND terr = ? AND seq > ? AND seq <= ?{mine}",
                         (org, t, cursor, new_cursor, *others)).fetchall())]
-            ops = [body for body, terr in found if terr != MOVE_TERR]
             if epoch is not None:
-                moved = list(dict.fromkeys(json.loads(body)["move"] for body, terr in found if terr == MOVE_TERR))
-                seen["moves"] = self._moves(conn, org, scope, moved)
+                seen["moves"] = self._moves(conn, org, plan)
         return ops, new_cursor, more, seen
 
-    def _moves(self, conn: Any, org: str, scope: Scope, accounts: list[str]) -> list[dict[str, Any]]:
-        """For each moved account, what a device of ``scope`` does: take its current state and its
-        children's (it holds the account now) or drop them (it does not)."""
-        out = []
-        for account in accounts:
-            row = conn.execute("SELECT territory FROM account_terr WHERE org = ? AND account = ?",
-                               (org, account)).fetchone()
-            if row is not None and scope.holds(row[0]):
-                out.append({"account": account, "records": self._family(conn, org, [account])})
-            else:
+    def _moves(self, conn: Any, org: str, plan: list[tuple[str, list[tuple[int, str]] | None]]
+               ) -> list[dict[str, Any]]:
+        """The moves of a page: for each moved account, what a device of the rep does: drop it and
+        its children (None: it does not hold the account now) or take the current state of the
+        snapshot rows the page holds (keys (FAMILY index, id) in the snapshot's order)."""
+        out: list[dict[str, Any]] = []
+        for account, keys in plan:
+            if keys is None:
                 out.append({"account": account, "drop": True})
+                continue
+            found: dict[tuple[int, str], list[str]] = {}
+            for index, entity in enumerate(FAMILY):
+                for chunk, marks in _in_chunks([rid for i, rid in keys if i == index]):
+                    for rid, data, meta in conn.execute(
+                            f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
+                            (org, entity, *chunk)).fetchall():
+                        found[(index, rid)] = [entity, rid, data, meta]
+            out.append({"account": account, "records": [found[key] for key in keys if key in found]})
         return out
 
     def _parent_expr(self) -> str:
         return "(data::json) ->> 'account'" if self.db.dialect == "postgresql" else "json_extract(data, '$.account')"
 
-    def _family(self, conn: Any, org: str, accounts: list[str]) -> list[list[str]]:
-        """The rows [entity, id, data, meta] of ``accounts`` and every record hanging off them."""
-        out: list[list[str]] = []
-        for chunk, marks in _in_chunks(accounts):
-            out += [["account", *row] for row in conn.execute(
-                f"SELECT id, data, meta FROM records WHERE org = ? AND entity = 'account' AND id IN ({marks}) "
-                "ORDER BY id", (org, *chunk)).fetchall()]
-            for entity in CHILD_ENTITIES:
-                out += [[entity, *row] for row in conn.execute(
-                    f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND {self._parent_expr()} "
-                    f"IN ({marks}) ORDER BY id", (org, entity, *chunk)).fetchall()]
-        return out
+    def _escaped_length(self, column: str) -> str:
+        """SQL for the bytes of a JSON text column once written as a JSON string: its bytes, and
+        one more for each quote and backslash (the only characters stored JSON text escapes again)."""
+        octets = f"octet_length({column})" if self.db.dialect == "postgresql" else f"length(CAST({column} AS BLOB))"
+        return f"({octets} + length({column}) - length(replace(replace({column}, '\"', ''), '\\', '')))"
+
+    def _family_sizes(self, conn: Any, org: str, account: str, after: tuple[int, str] | None):
+        """The rows of ``account``'s snapshot after ``after``, in the snapshot's order (the account,
+        then each child entity by id), as ((FAMILY index, id), bytes on the wire): sizes only, read
+        FAMILY_BATCH rows at a time, so the caller stops reading where its page is full."""
+        size = f"{self._escaped_length('data')} + {self._escaped_length('meta')} + length(id)"
+        for index, entity in enumerate(FAMILY):
+            if after is not None and index < after[0]:
+                continue
+            last = after[1] if after is not None and index == after[0] else None
+            owner = "id = ?" if entity == "account" else f"{self._parent_expr()} = ?"
+            while True:
+                rows = conn.execute(
+                    f"SELECT id, {size} FROM records WHERE org = ? AND entity = ? AND {owner}"
+                    + ("" if last is None else " AND id > ?") + " ORDER BY id LIMIT ?",
+                    (org, entity, account, *(() if last is None else (last,)), FAMILY_BATCH)).fetchall()
+                for rid, row_bytes in rows:
+                    yield (index, rid), int(row_bytes) + len(entity) + ROW_BYTES
+                if len(rows) < FAMILY_BATCH:
+                    break
+                last = rows[-1][0]
 
     # -- territories ---------------------------------------------------------------------------
     @staticmethod
@@ -960,7 +1065,20 @@ class ServerStore:
 
 
 class OutOfScopeClient(Exception):
-    """A client of protocol 1 asked for the log of a rep who holds territories."""
+    """A client of protocol 1 asked for the log of a rep who holds territories, or a client that
+    cannot resume inside a move (no ``part``) for a snapshot that does not fit in a page."""
+
+
+class BadPart(Exception):
+    """A pull's ``part`` is not ENTITY:ID of a snapshot row, or there is no move at its cursor."""
+
+
+def parse_part(part: str) -> tuple[int, str]:
+    """A pull's ``part`` ("ENTITY:ID", the last snapshot row a device stored) as (FAMILY index, id)."""
+    match = _PART.fullmatch(part)
+    if match is None:
+        raise BadPart("part must be ENTITY:ID of a record of a moved account (as the previous page said)")
+    return FAMILY.index(match[1]), match[2]
 
 
 def check_territory(territory: str) -> str:
@@ -995,5 +1113,5 @@ def _run_script(conn: Any, script: str) -> None:
             conn.execute(statement)
 
 
-__all__ = ["Continuity", "ContinuityBroken", "Identity", "OutOfScopeClient", "PushResult", "Scope", "ServerStore",
-           "check_territory", "hash_token"]
+__all__ = ["BadPart", "Continuity", "ContinuityBroken", "Identity", "OutOfScopeClient", "PushResult", "Scope", "ServerStore",
+           "check_territory", "hash_token", "parse_part"]

@@ -13,7 +13,7 @@ from ..admission import ID, RECORD_ID
 from ..domain import ENTITY_ORDER
 from ..hlc import MAX_AHEAD_MS
 from ..ops import MAX_BASE_STAMPS, MAX_FIELD_NAME, MAX_FIELDS_PER_OP
-from .store import MAX_PULL_LIMIT, MAX_PUSH_OPS
+from .store import FAMILY, MAX_PULL_LIMIT, MAX_PUSH_OPS
 
 STAMP = r"^[0-9]{13}\.[0-9]{5}@[^@]{1,64}$"
 # Continuity claims (docs/sync-protocol.md): a log entry the device saw, its own latest op.
@@ -138,6 +138,23 @@ def _schemas() -> dict[str, Any]:
                 "witness": {**WITNESS, "type": ["string", "null"],
                             "description": "with device: the entry at the new cursor (null: none on this page)"},
                 "latest": LATEST,
+                # protocol 2 (with scope): what the rep holds, and the moves of the page
+                "scope": {"type": "object", "required": ["epoch", "territories", "default"],
+                          "properties": {"epoch": {"type": "integer", "minimum": 0},
+                                         "territories": {"type": ["array", "null"], "items": {"type": "string"},
+                                                         "description": "null: the whole organisation"},
+                                         "default": {"type": ["string", "null"]}}},
+                "moves": {"type": "array", "items": {
+                    "type": "object", "required": ["account"],
+                    "properties": {"account": {"type": "string"},
+                                   "drop": {"type": "boolean", "description": "the rep no longer holds it"},
+                                   "records": {"type": "array", "description": "rows [entity, id, data, meta] of "
+                                               "the account's current state and its children's",
+                                               "items": {"type": "array", "minItems": 4, "maxItems": 4,
+                                                         "items": {"type": "string"}}}}}},
+                "reset": {"type": "boolean", "description": "the rep's territories changed: pull again from 0"},
+                "part": {"type": "string", "description": "'' or ENTITY:ID: where the page stopped inside a "
+                         "move's snapshot; send it back with the cursor"},
             },
         },
         "EditRequest": {
@@ -235,6 +252,15 @@ def document(*, version: str) -> dict[str, Any]:
                      "schema": {"type": "string", "pattern": f"^{ID.pattern}$"}},
                     {"name": "witness", "in": "query", "schema": WITNESS},
                     {"name": "known", "in": "query", "description": "needs device", "schema": KNOWN},
+                    # protocol 2 (docs/sync-protocol.md, "Territories")
+                    {"name": "scope", "in": "query", "description": "protocol 2: the scope epoch the device "
+                     "holds (0 at first); a different one gets reset", "schema": {"type": "integer", "minimum": 0,
+                                                                                  "maximum": 2**63 - 1}},
+                    {"name": "own", "in": "query", "description": "1: include the device's own ops",
+                     "schema": {"type": "integer", "enum": [0, 1], "default": 0}},
+                    {"name": "part", "in": "query", "description": "needs scope: the last snapshot row of a "
+                     "move the device stored (ENTITY:ID, as the previous page's part said), '' at none",
+                     "schema": {"type": "string", "pattern": f"^(({'|'.join(FAMILY)}):{ID.pattern})?$"}},
                 ],
                 "responses": {
                     "200": _json(_ref("PullResponse"), "a page of the log"),

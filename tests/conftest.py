@@ -73,3 +73,22 @@ def module_server(request, tmp_path_factory) -> Iterator[Server]:
     """One rig for a whole module (each test uses its own organisation or records)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         yield from _rig(request.param, tmp_path_factory.mktemp("rig") / "server", monkeypatch)
+
+
+# The scopes that run longest, longest first (`--durations` of the full run, 2026-12-03). xdist's
+# loadscope hands scopes to workers in collection order; collected alphabetically, these started
+# last and the run ended with one worker busy and three idle. Started first, they overlap the
+# many short modules instead. Only the order changes: every test still runs, each module's tests
+# in their own order.
+HEAVY_FIRST = (
+    "tests/test_mutants.py", "tests/test_calibration.py", "tests/test_packaging.py",
+    "tests/test_server_postgres.py", "tests/test_chaos_territories.py", "tests/test_crash.py",
+    "tests/test_init_crash.py", "tests/test_scenario_evidence.py", "tests/test_sync_clock.py",
+    "tests/test_security_openapi.py", "tests/test_check.py", "tests/test_chaos.py", "tests/test_engine_yjs.py",
+    "tests/test_hosted.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(HEAVY_FIRST)))  # stable

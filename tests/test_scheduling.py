@@ -1,0 +1,24 @@
+"""The heavy-first order of the full run (tests/conftest.py) names real modules and is applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import HEAVY_FIRST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_heavy_module_exists():
+    missing = [path for path in HEAVY_FIRST if not (ROOT / path).is_file()]
+    assert not missing, f"HEAVY_FIRST names modules that are gone: {missing}"
+
+
+def test_the_collection_starts_with_the_heavy_modules(request):
+    seen: list[str] = []
+    for item in request.session.items:
+        path = item.nodeid.split("::", 1)[0]
+        if not seen or seen[-1] != path:
+            seen.append(path)
+    heavy_collected = [path for path in HEAVY_FIRST if path in seen]
+    assert seen[:len(heavy_collected)] == heavy_collected, seen[:len(heavy_collected) + 2]

@@ -173,3 +173,58 @@ def test_pushes_waiting_for_their_organisation_are_applied_together_over_http(tm
     assert all(answers[f"dev-{n}"].json()["acked"] == [f"g-dev-{n}-0"] for n in range(6))
     assert sum(groups) == 6 and max(groups) >= 2, f"pushes that waited went in together: {groups}"
     assert store.stats("acme")["ops"] == 6
+
+
+def test_a_write_woken_for_a_turn_that_another_writer_took_with_it_is_applied_once(tmp_path):
+    """W waits; the turns free and W is woken; before W runs, N arrives, takes a turn and W with
+    its own push. W must then wait for N's batch, not take a turn of its own (it was applied twice,
+    or the server answered 500, before)."""
+    import threading
+
+    import anyio
+
+    from crm.server.app import _OrgWrites, _Write
+    from crm.server.store import Continuity
+
+    store = ServerStore.open(tmp_path)
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    hold = threading.Event()
+    calls: list[list[str]] = []
+    real = store.push_group
+
+    def push_group(pushes):
+        calls.append([ops[0].op_id for _, ops, _ in pushes])
+        if len(calls) <= 2:
+            hold.wait(120)  # the first two writers keep their turns
+        return real(pushes)
+
+    store.push_group = push_group
+    writes = _OrgWrites(store, 2)
+
+    def write(n: int) -> _Write:
+        return _Write(push=(who, [_wire_create(n, "dev-w")], Continuity(), None))
+
+    async def scenario():
+        async with anyio.create_task_group() as tasks:
+            for n in (0, 1):
+                tasks.start_soon(writes.run, "acme", write(n))
+            with anyio.fail_after(120):
+                while len(calls) < 2:
+                    await anyio.sleep(0.01)
+            waiting = write(2)
+            tasks.start_soon(writes.run, "acme", waiting)
+            with anyio.fail_after(120):
+                while writes.pending("acme") < 3:
+                    await anyio.sleep(0.01)
+            queue, running = writes._orgs["acme"]
+            running[0] -= 2  # both turns free: the first in line is woken ...
+            writes._wake(queue, running)
+            await writes.run("acme", write(3))  # ... but a newcomer takes it, and the woken write along
+            running[0] += 2
+            hold.set()
+        assert waiting.done and waiting.error is None and waiting.result.acked == ["g-dev-w-2"]
+
+    anyio.run(scenario)
+    assert sorted(calls) == [["g-dev-w-0"], ["g-dev-w-1"], ["g-dev-w-3", "g-dev-w-2"]], calls
+    assert store.stats("acme")["ops"] == 4

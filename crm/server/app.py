@@ -244,7 +244,7 @@ class _Write:
     """One write waiting for its organisation's turn: a push (``push``: identity, the body's ops,
     continuity, the body for the typed path) or any other write (``run``, called alone)."""
 
-    __slots__ = ("push", "run", "size", "result", "error", "done", "wake")
+    __slots__ = ("push", "run", "size", "result", "error", "taken", "done", "wake")
 
     def __init__(self, *, push: tuple[Identity, list[Any], Continuity, bytes | None] | None = None,
                  run: Callable[[], Any] | None = None) -> None:
@@ -252,6 +252,7 @@ class _Write:
         self.size = len(push[1]) if push is not None else 0
         self.result: Any = None
         self.error: BaseException | None = None
+        self.taken = False  # a writer took it into its batch: it is in the store, or done
         self.done = False
         self.wake = anyio.Event()
 
@@ -273,7 +274,9 @@ class _OrgWrites:
         self._pending[org] = self._pending.get(org, 0) + 1
         try:
             while not write.done:
-                if running[0] < self.limit:
+                # Not taken yet and a turn free: take it. Woken for a free turn, a write may find
+                # that a writer arriving meanwhile took the turn, and it with its own push.
+                if not write.taken and running[0] < self.limit:
                     batch = self._take(queue, write)
                     running[0] += 1
                     try:
@@ -312,6 +315,7 @@ class _OrgWrites:
     def _take(queue: list[_Write], write: _Write) -> list[_Write]:
         """``write`` and, if it is a push, the pushes queued that fit one short transaction with it."""
         queue.remove(write)
+        write.taken = True
         if write.push is None:
             return [write]
         batch, size = [write], write.size
@@ -321,6 +325,7 @@ class _OrgWrites:
             if size + other.size > PUSH_TXN_OPS:
                 break
             queue.remove(other)
+            other.taken = True
             batch.append(other)
             size += other.size
         return batch

@@ -17,6 +17,7 @@ rep's mistake but a device clock's, and the device re-stamps the op and sends it
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from .domain import _EMAIL, DELETED, ENTITIES, LINE_FIELD, MAX_TEXT, SUBMISSION, Field, normalize_value
@@ -122,27 +123,46 @@ def parse(raw: Any, *, now: int | None = None) -> Op:
     return op
 
 
+# The canonical form of a record ref (normalize_value: stripped, lower case) and of a UTC date-time
+# (_normalize_datetime: whole seconds, "Z"), recognised without rebuilding the value.
+_CANON_REF = re.compile(r"[0-9a-z-]{1,64}")
+_CANON_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
 def _plainly_canonical(f: Field, value: Any) -> bool:
     """Whether ``value`` is one ``normalize_value(f, value)`` gives back unchanged, decided without
-    building it, for the common case only: ASCII text (or email) with nothing to strip. False
-    means "not known here", not "not canonical": normalize_value decides then."""
-    if type(value) is not str or not value.isascii() or "\x00" in value or value != value.strip() or not value:
+    building it, for the common cases only: ASCII text (or email) with nothing to strip, a lower
+    case record ref, a UTC date-time in whole seconds. False means "not known here", not "not
+    canonical": normalize_value decides then (tests/test_admission_canonical.py)."""
+    if value.__class__ is not str:
         return False
-    if f.kind == "text":
+    kind = f.kind
+    if kind == "ref":
+        return _CANON_REF.fullmatch(value) is not None
+    if kind == "datetime":
+        if _CANON_UTC.fullmatch(value) is None:
+            return False
+        try:
+            year = datetime.fromisoformat(value[:-1]).year
+        except ValueError:
+            return False
+        return 1970 <= year <= 2200
+    if not value or not value.isascii() or "\x00" in value or value != value.strip():
+        return False
+    if kind == "text":
         return len(value) <= MAX_TEXT
-    return f.kind == "email" and len(value) <= 254 and _EMAIL.match(value) is not None
+    return kind == "email" and len(value) <= 254 and _EMAIL.match(value) is not None
 
 
 def _canonical(entity: str, f: Field, value: Any) -> None:
-    name = f.name
     if value is None:
         if f.required:
-            raise ValidationError(f"{entity}.{name} is required and cannot be cleared")
+            raise ValidationError(f"{entity}.{f.name} is required and cannot be cleared")
         return
     if _plainly_canonical(f, value):
         return
     if normalize_value(f, value) != value:
-        raise ValidationError(f"{entity}.{name}: value {value!r:.60} is not in canonical form")
+        raise ValidationError(f"{entity}.{f.name}: value {value!r:.60} is not in canonical form")
 
 
 def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:

@@ -215,18 +215,19 @@ def test_an_organisation_has_at_most_two_writes_in_the_store_at_once(tmp_path):
     tokens = {org: store.add_token(org, "rep") for org in ("big", "small")}
     running: dict[str, int] = {"big": 0, "small": 0}
     most = {"big": 0, "small": 0}
-    real_push = store.push
+    real_push = store.push_group
 
-    def slow_push(identity, ops, **claims):
-        running[identity.org] += 1
-        most[identity.org] = max(most[identity.org], running[identity.org])
+    def slow_push(pushes):
+        org = pushes[0][0].org
+        running[org] += 1
+        most[org] = max(most[org], running[org])
         try:
             threading.Event().wait(0.2)  # long enough for the others to pile up behind
-            return real_push(identity, ops, **claims)
+            return real_push(pushes)
         finally:
-            running[identity.org] -= 1
+            running[org] -= 1
 
-    store.push = slow_push
+    store.push_group = slow_push
     app = create_app(store)
 
     async def scenario():

@@ -391,3 +391,29 @@ def test_territories_big_move_paged_on_postgresql(tmp_path, dsn):
                                                        "--rep", rep).stdout
     finally:
         rig.close()
+
+
+def test_a_group_of_pushes_is_one_transaction_on_postgresql(dsn):
+    """ServerStore.push_group on PostgreSQL: the pushes share one transaction under the
+    organisation's lock, a broken continuity applies nothing of its push, a shared op is applied
+    once and acknowledged to both pushes that sent it."""
+    from crm.server import ServerStore
+    from crm.server.store import Continuity, ContinuityBroken, Identity
+    from tests.test_server_push import _wire_create
+
+    store = ServerStore.open(dsn)
+    try:
+        store.add_token(ORG, "rep")
+        who = Identity(ORG, "rep", "device")
+        shared = _wire_create(0, "dev-a")
+        first, broken, last = store.push_group([
+            (who, [shared, _wire_create(1, "dev-a")], Continuity(device="dev-a", known="")),
+            (who, [_wire_create(0, "dev-b")], Continuity(device="dev-b", known="op-of-another-copy")),
+            (who, [shared, _wire_create(0, "dev-d")], Continuity(device="dev-d")),
+        ])
+        assert first.acked == ["g-dev-a-0", "g-dev-a-1"] and last.acked == ["g-dev-a-0", "g-dev-d-0"]
+        assert isinstance(broken, ContinuityBroken) and broken.reason == "device_reused"
+        assert first.witness[0] < last.witness[0] and last.latest == "g-dev-d-0"
+        assert store.stats(ORG) == {"ops": 3, "records": 3}
+    finally:
+        store.close()

@@ -49,3 +49,182 @@ def test_batches_mixing_fresh_creates_edits_and_a_second_create_match_the_merge(
     got = stored(store, "rec-c")
     assert (got.values, got.meta) == (expected.values, expected.meta)
     assert store.stats("acme") == {"ops": 6, "records": 3}
+
+
+# -- group commit: pushes of one organisation waiting together are applied in one transaction ---
+def _wire_create(i: int, dev: str = "dev-g") -> dict:
+    from crm.hlc import format_stamp, now_ms
+
+    return op_to_wire(Op(op_id=f"g-{dev}-{i}", device=dev, hlc=format_stamp(now_ms() - 60_000, i, dev),
+                         entity="account", record_id=f"rec-g-{dev}-{i}", fields={"name": f"G {i}"}, kind="create"))
+
+
+def test_a_group_of_pushes_is_one_transaction_and_each_gets_its_own_answer(tmp_path):
+    """Four pushes in one group: one commit; the broken continuity of one applies nothing of it,
+    an op sent in two of them is applied once and acknowledged to both, an unusable batch is
+    refused alone, and each answer is the one a push alone would get."""
+    from crm.errors import ValidationError
+    from crm.server.store import Continuity, ContinuityBroken
+
+    store = ServerStore.open(tmp_path)
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    commits = []
+    store.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    shared = _wire_create(0, "dev-a")
+    results = store.push_group([
+        (who, [shared, _wire_create(1, "dev-a")], Continuity(device="dev-a", known="")),
+        (who, [_wire_create(0, "dev-b")], Continuity(device="dev-b", known="op-of-another-copy")),
+        (who, [{"op": 7}], Continuity(device="dev-c")),
+        (who, [shared, _wire_create(0, "dev-d")], Continuity(device="dev-d")),
+    ])
+    assert commits == ["COMMIT"], "the three applicable pushes share one transaction"
+    first, broken, unusable, last = results
+    assert first.acked == ["g-dev-a-0", "g-dev-a-1"] and first.latest == "g-dev-a-1"
+    assert isinstance(broken, ContinuityBroken) and broken.reason == "device_reused"
+    assert isinstance(unusable, ValidationError)
+    assert last.acked == ["g-dev-a-0", "g-dev-d-0"] and last.latest == "g-dev-d-0"
+    assert first.witness[0] < last.witness[0] and last.witness[1] == "g-dev-d-0"
+    assert store.stats("acme") == {"ops": 3, "records": 3}, "dev-b's push applied nothing; the shared op once"
+
+
+def test_a_group_whose_transaction_fails_applies_each_push_alone(tmp_path, monkeypatch):
+    """A failure inside the shared transaction rolls it back whole; each push is then applied
+    alone, so the one that fails fails alone and its neighbours land."""
+    from crm.errors import CrmError
+    from crm.server.store import Continuity
+
+    store = ServerStore.open(tmp_path)
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    real_apply = ServerStore._apply
+
+    def failing(self, conn, org, ops, **kw):
+        if any(o.device == "dev-bad" for o in ops):
+            raise CrmError("the disk is full")
+        return real_apply(self, conn, org, ops, **kw)
+
+    monkeypatch.setattr(ServerStore, "_apply", failing)
+    good, bad, also = store.push_group([(who, [_wire_create(0, "dev-ok")], Continuity()),
+                                        (who, [_wire_create(0, "dev-bad")], Continuity()),
+                                        (who, [_wire_create(1, "dev-ok")], Continuity())])
+    assert good.acked == ["g-dev-ok-0"] and also.acked == ["g-dev-ok-1"]
+    assert isinstance(bad, CrmError)
+    assert store.stats("acme") == {"ops": 2, "records": 2}
+
+
+def test_a_push_too_big_to_share_a_transaction_goes_alone(tmp_path):
+    from crm.server.store import PUSH_TXN_OPS, Continuity
+
+    store = ServerStore.open(tmp_path)
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    commits = []
+    store.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    big = [_wire_create(i, "dev-big") for i in range(PUSH_TXN_OPS + 1)]
+    results = store.push_group([(who, [_wire_create(0, "dev-s")], Continuity()), (who, big, Continuity()),
+                                (who, [_wire_create(1, "dev-s")], Continuity())])
+    assert [len(r.acked) for r in results] == [1, PUSH_TXN_OPS + 1, 1]
+    assert len(commits) == 4, "alone, alone in two short transactions, alone"
+
+
+def test_pushes_waiting_for_their_organisation_are_applied_together_over_http(tmp_path):
+    """Six devices push at once while the organisation's two turns are taken: the pushes that
+    waited are applied in one group; an invalid batch among them gets its 422 and the others 200."""
+    import anyio
+    import httpx
+
+    from crm.server.app import create_app
+
+    store = ServerStore.open(tmp_path)
+    token = store.add_token("acme", "rep")
+    import threading
+
+    groups: list[int] = []
+    opened = threading.Event()
+
+    def held(pushes):
+        opened.wait(120)  # the first turns hold until every push has arrived
+        groups.append(len(pushes))
+        return real(pushes)
+
+    real = store.push_group
+    store.push_group = held
+    app = create_app(store)
+    answers: dict[str, httpx.Response] = {}
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            async def push(name, ops):
+                answers[name] = await client.post("/v1/push", json={"ops": ops}, timeout=120,
+                                                  headers={"authorization": f"Bearer {token}"})
+            async with anyio.create_task_group() as tasks:
+                for n in range(6):
+                    tasks.start_soon(push, f"dev-{n}", [_wire_create(0, f"dev-{n}")])
+                tasks.start_soon(push, "invalid", [{**_wire_create(0, "dev-x"), "entity": "spaceship"}])
+                with anyio.fail_after(120):
+                    while app.state.writes.pending("acme") < 7:  # two hold their turns, the rest wait
+                        await anyio.sleep(0.01)
+                opened.set()
+
+    anyio.run(scenario)
+    assert answers["invalid"].status_code == 422, answers["invalid"].text
+    assert all(answers[f"dev-{n}"].status_code == 200 for n in range(6))
+    assert all(answers[f"dev-{n}"].json()["acked"] == [f"g-dev-{n}-0"] for n in range(6))
+    assert sum(groups) == 6 and max(groups) >= 2, f"pushes that waited went in together: {groups}"
+    assert store.stats("acme")["ops"] == 6
+
+
+def test_a_write_woken_for_a_turn_that_another_writer_took_with_it_is_applied_once(tmp_path):
+    """W waits; the turns free and W is woken; before W runs, N arrives, takes a turn and W with
+    its own push. W must then wait for N's batch, not take a turn of its own (it was applied twice,
+    or the server answered 500, before)."""
+    import threading
+
+    import anyio
+
+    from crm.server.app import _OrgWrites, _Write
+    from crm.server.store import Continuity
+
+    store = ServerStore.open(tmp_path)
+    store.add_token("acme", "rep")
+    who = Identity("acme", "rep", "device")
+    hold = threading.Event()
+    calls: list[list[str]] = []
+    real = store.push_group
+
+    def push_group(pushes):
+        calls.append([ops[0].op_id for _, ops, _ in pushes])
+        if len(calls) <= 2:
+            hold.wait(120)  # the first two writers keep their turns
+        return real(pushes)
+
+    store.push_group = push_group
+    writes = _OrgWrites(store, 2)
+
+    def write(n: int) -> _Write:
+        return _Write(push=(who, [_wire_create(n, "dev-w")], Continuity(), None))
+
+    async def scenario():
+        async with anyio.create_task_group() as tasks:
+            for n in (0, 1):
+                tasks.start_soon(writes.run, "acme", write(n))
+            with anyio.fail_after(120):
+                while len(calls) < 2:
+                    await anyio.sleep(0.01)
+            waiting = write(2)
+            tasks.start_soon(writes.run, "acme", waiting)
+            with anyio.fail_after(120):
+                while writes.pending("acme") < 3:
+                    await anyio.sleep(0.01)
+            queue, running = writes._orgs["acme"]
+            running[0] -= 2  # both turns free: the first in line is woken ...
+            writes._wake(queue, running)
+            await writes.run("acme", write(3))  # ... but a newcomer takes it, and the woken write along
+            running[0] += 2
+            hold.set()
+        assert waiting.done and waiting.error is None and waiting.result.acked == ["g-dev-w-2"]
+
+    anyio.run(scenario)
+    assert sorted(calls) == [["g-dev-w-0"], ["g-dev-w-1"], ["g-dev-w-3", "g-dev-w-2"]], calls
+    assert store.stats("acme")["ops"] == 4

@@ -9,8 +9,7 @@ stalls the event loop. Every answer, refusals included, is a JSON object.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -34,6 +33,7 @@ from .limits import BodyTimeout, Limits
 from .store import (
     MAX_PULL_LIMIT,
     MAX_PUSH_OPS,
+    PUSH_TXN_OPS,
     BadPart,
     Continuity,
     ContinuityBroken,
@@ -176,6 +176,12 @@ def _push(store: ServerStore, identity: Identity, raw_ops: list[Any], continuity
     ``raw_ops`` are crm.wire structs (the typed decode of ``body``) or plain JSON. Typed ops each
     pass ``wire.shape``; the first that does not sends the batch down the slow path, which parses
     the plain JSON of ``body`` op by op with ``admission.parse`` and says what is wrong."""
+    return store.push(identity, _parsed(raw_ops, body), continuity=continuity)
+
+
+def _parsed(raw_ops: list[Any], body: bytes | None) -> list[Op]:
+    """The ops of a push body, each parsed once (``_push``); InvalidOp for the batch if one breaks
+    the schema."""
     now = server_now_ms()
     ops: list[Op] = []
     if body is not None:
@@ -186,9 +192,8 @@ def _push(store: ServerStore, identity: Identity, raw_ops: list[Any], continuity
                 break
             ops.append(op)
         else:
-            return store.push(identity, ops, continuity=continuity)  # parsed once, by msgspec
-    return store.push(identity, [parse(raw, now=now) for raw in raw_ops],  # parsed once, here
-                      continuity=continuity)
+            return ops  # parsed by msgspec
+    return [parse(raw, now=now) for raw in raw_ops]
 
 
 def _continuity(device: Any, witness: Any, known: Any) -> Continuity:
@@ -246,26 +251,127 @@ def _pull_params(request: Request) -> tuple[int, int, str | None, Continuity, in
             None if epoch is None else int(epoch), own == "1", part)
 
 
-class _OrgGates:
-    """At most ``limit`` writes per organisation at once; the others wait without a thread."""
+class _Write:
+    """One write waiting for its organisation's turn: a push (``push``: identity, the body's ops,
+    continuity, the body for the typed path) or any other write (``run``, called alone)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._gates: dict[str, tuple[anyio.Semaphore, int]] = {}  # org -> (gate, callers holding or waiting)
+    __slots__ = ("push", "run", "size", "result", "error", "taken", "done", "wake")
 
-    @asynccontextmanager
-    async def turn(self, org: str) -> AsyncIterator[None]:
-        gate, users = self._gates.get(org) or (anyio.Semaphore(self.limit), 0)
-        self._gates[org] = (gate, users + 1)
+    def __init__(self, *, push: tuple[Identity, list[Any], Continuity, bytes | None] | None = None,
+                 run: Callable[[], Any] | None = None) -> None:
+        self.push, self.run = push, run
+        self.size = len(push[1]) if push is not None else 0
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.taken = False  # a writer took it into its batch: it is in the store, or done
+        self.done = False
+        self.wake = anyio.Event()
+
+
+class _OrgWrites:
+    """At most ``limit`` writes per organisation in the store at once; the others wait in a queue,
+    in order, without a thread. A writer whose turn comes takes with its own push the pushes queued
+    behind it, as many as one short transaction holds (PUSH_TXN_OPS ops), and the store applies
+    them together (``ServerStore.push_group``: one commit for all, each answered on its own)."""
+
+    def __init__(self, store: ServerStore, limit: int) -> None:
+        self.store, self.limit = store, limit
+        self._orgs: dict[str, tuple[list[_Write], list[int]]] = {}  # org -> (queue, [writers running])
+        self._pending: dict[str, int] = {}
+
+    async def run(self, org: str, write: _Write) -> Any:
+        queue, running = self._orgs.setdefault(org, ([], [0]))
+        queue.append(write)
+        self._pending[org] = self._pending.get(org, 0) + 1
         try:
-            async with gate:
-                yield
+            while not write.done:
+                # Not taken yet and a turn free: take it. Woken for a free turn, a write may find
+                # that a writer arriving meanwhile took the turn, and it with its own push.
+                if not write.taken and running[0] < self.limit:
+                    batch = self._take(queue, write)
+                    running[0] += 1
+                    try:
+                        await run_in_threadpool(_apply_writes, self.store, batch)
+                    finally:
+                        running[0] -= 1
+                        for done in batch:
+                            done.done = True
+                            done.wake.set()
+                        self._wake(queue, running)
+                else:
+                    write.wake = anyio.Event()
+                    await write.wake.wait()
         finally:
-            gate, users = self._gates[org]
-            if users == 1:
-                del self._gates[org]  # nobody left: keep no state for idle organisations
-            else:
-                self._gates[org] = (gate, users - 1)
+            if not write.done and write in queue:  # cancelled while waiting: leave the queue
+                queue.remove(write)
+                self._wake(queue, running)
+            self._pending[org] -= 1
+            if not self._pending[org]:
+                del self._pending[org]
+            if not queue and not running[0]:
+                self._orgs.pop(org, None)  # nobody left: keep no state for idle organisations
+        if write.error is not None:
+            raise write.error
+        return write.result
+
+    def pending(self, org: str) -> int:
+        """Writes of ``org`` queued or in the store now (tests)."""
+        return self._pending.get(org, 0)
+
+    def _wake(self, queue: list[_Write], running: list[int]) -> None:
+        for waiting in queue[:max(0, self.limit - running[0])]:
+            waiting.wake.set()  # a turn is free: the first in line take it
+
+    @staticmethod
+    def _take(queue: list[_Write], write: _Write) -> list[_Write]:
+        """``write`` and, if it is a push, the pushes queued that fit one short transaction with it."""
+        queue.remove(write)
+        write.taken = True
+        if write.push is None:
+            return [write]
+        batch, size = [write], write.size
+        for other in list(queue):
+            if other.push is None:
+                continue  # another kind of write goes alone, in its place
+            if size + other.size > PUSH_TXN_OPS:
+                break
+            queue.remove(other)
+            other.taken = True
+            batch.append(other)
+            size += other.size
+        return batch
+
+
+def _apply_writes(store: ServerStore, batch: list[_Write]) -> None:
+    """In a worker thread: run ``batch`` (one write, or pushes to apply together), leaving each
+    write's result or exception on it."""
+    try:
+        if batch[0].push is None:
+            try:
+                batch[0].result = batch[0].run()  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - raised again by its handler
+                batch[0].error = exc
+            return
+        ready: list[_Write] = []
+        items: list[tuple[Identity, list[Any], Continuity]] = []
+        for write in batch:
+            identity, raw_ops, continuity, body = write.push  # type: ignore[misc]
+            try:
+                items.append((identity, _parsed(raw_ops, body), continuity))
+            except Exception as exc:  # noqa: BLE001 - an invalid batch fails alone
+                write.error = exc
+                continue
+            ready.append(write)
+        if ready:
+            for write, result in zip(ready, store.push_group(items), strict=True):
+                if isinstance(result, Exception):
+                    write.error = result
+                else:
+                    write.result = result
+    finally:
+        for write in batch:
+            if write.result is None and write.error is None:
+                write.error = CrmError("the write did not complete; send it again")
 
 
 def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette:
@@ -274,7 +380,7 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
     limits = limits or Limits()
     max_pull_bytes = limits.max_pull_bytes
     schema = openapi.document(version=__version__)
-    writes = _OrgGates(MAX_WRITES_PER_ORG)
+    writes = _OrgWrites(store, MAX_WRITES_PER_ORG)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "protocol": PROTOCOL, "version": __version__})
@@ -303,9 +409,8 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
         except _Refusal as refusal:
             return refusal.response
         try:
-            async with writes.turn(identity.org):
-                result = await run_in_threadpool(_push, store, identity, ops, continuity,
-                                                  body if typed is not None else None)
+            result = await writes.run(identity.org, _Write(
+                push=(identity, ops, continuity, body if typed is not None else None)))
         except ContinuityBroken as exc:  # nothing from this batch was applied
             return _continuity_broken(exc)
         except InvalidOp as exc:  # nothing from this batch was applied
@@ -356,8 +461,8 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
         if len(changes) > MAX_FIELDS_PER_OP:
             return _error(422, "invalid", f"an edit sets at most {MAX_FIELDS_PER_OP} fields")
         try:
-            async with writes.turn(identity.org):
-                result = await run_in_threadpool(store.edit, identity.org, entity, rid, changes)
+            result = await writes.run(identity.org, _Write(
+                run=lambda: store.edit(identity.org, entity, rid, changes)))
         except NotFoundError as exc:
             return _error(404, "not_found", exc.message)
         except ValidationError as exc:  # any other CrmError is the store's: 503 (_store_unavailable)
@@ -371,7 +476,7 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
             return refusal.response
         return JSONResponse(await run_in_threadpool(store.export, identity.org))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/v1/health", health, methods=["GET"]),
@@ -384,6 +489,8 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
         middleware=[Middleware(ServerClock),
                     Middleware(BodyTimeout, idle=limits.body_timeout, min_rate=limits.min_body_rate)],
     )
+    app.state.writes = writes
+    return app
 
 
 class ServerClock:

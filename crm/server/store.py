@@ -284,6 +284,29 @@ class PushResult:
                 **_continuity_json(self.witness, self.latest)}
 
 
+@dataclass
+class _Batch:
+    """A push after admission (ServerStore._prepare), ready to apply under the lock."""
+
+    identity: Identity
+    admitted: list[Op]
+    rejected: list[tuple[str, str]]
+    ahead: dict[str, str]  # op id -> why: refused as ahead of the server's clock
+    logged: list[str]  # ahead, but already in the log: acknowledged
+    pusher: Scope | None  # the rep's scope when they hold territories
+
+    @property
+    def weight(self) -> int:
+        return sum(_weight(op) for op in self.admitted)
+
+    def result(self, over: list[tuple[str, str]], head: tuple[int, str] | None, latest: str | None) -> PushResult:
+        """The answer once applied; ``over``: the ops refused under the lock (an order's line cap)."""
+        refused = {op_id for op_id, _ in over}
+        acked = [op.op_id for op in self.admitted if op.op_id not in refused] if refused else \
+            [op.op_id for op in self.admitted]
+        return PushResult(acked + self.logged, self.rejected + over, list(self.ahead.items()), head, latest)
+
+
 def _continuity_json(witness: tuple[int, str] | None, latest: str | None) -> dict[str, Any]:
     return {"witness": f"{witness[0]}:{witness[1]}" if witness else None, "latest": latest}
 
@@ -300,7 +323,7 @@ def _transactions(ops: list[Op]):
     chunk: list[Op] = []
     weight = 0
     for op in ops:
-        cost = 1 + len(op.fields) + sum(len(stamps) for stamps in op.base.values())
+        cost = _weight(op)
         if chunk and (len(chunk) >= PUSH_TXN_OPS or weight + cost > PUSH_TXN_WEIGHT):
             yield chunk
             chunk, weight = [], 0
@@ -308,6 +331,11 @@ def _transactions(ops: list[Op]):
         weight += cost
     if chunk:
         yield chunk
+
+
+def _weight(op: Op) -> int:
+    """The work of applying ``op``: 1 + its fields + its base stamps."""
+    return 1 + len(op.fields) + (sum(map(len, op.base.values())) if op.base else 0)
 
 
 def _in_chunks(values: list[str], size: int = 500):
@@ -584,6 +612,56 @@ class ServerStore:
 
         ``raw_ops`` are wire dicts, or Ops the caller already parsed (the HTTP handler does, to
         refuse a malformed batch before it gets here)."""
+        return self._commit(self._prepare(identity, raw_ops), continuity)
+
+    def push_group(self, pushes: list[tuple[Identity, list[Any], Continuity]]) -> list[PushResult | Exception]:
+        """Several pushes of one organisation (group commit): each one's result (or the exception
+        ``push`` would raise for it), as if pushed one after the other in this order.
+
+        Pushes small enough to share one short transaction (PUSH_TXN_OPS, PUSH_TXN_WEIGHT in all)
+        are applied in one, so one commit (one fsync) serves them all; each is checked for
+        continuity under the lock before anything of it is applied. A bigger push goes alone, in
+        its own short transactions. Should a shared transaction fail, nothing of it is kept and
+        each of its pushes is applied alone, so one push's failure never becomes its neighbours'."""
+        out: list[PushResult | Exception | None] = [None] * len(pushes)
+        ready: list[tuple[int, _Batch, Continuity]] = []
+        for k, (identity, raw_ops, continuity) in enumerate(pushes):
+            try:
+                ready.append((k, self._prepare(identity, raw_ops), continuity))
+            except Exception as exc:  # noqa: BLE001 - handed back to that push's caller
+                out[k] = exc
+        if len({batch.identity.org for _, batch, _ in ready}) > 1:
+            raise ValueError("push_group: every push must be of one organisation")
+        groups: list[list[tuple[int, _Batch, Continuity]]] = []
+        ops = weight = 0
+        for item in ready:  # consecutive pushes that fit one short transaction together
+            size, work = len(item[1].admitted), item[1].weight
+            if groups and ops + size <= PUSH_TXN_OPS and weight + work <= PUSH_TXN_WEIGHT:
+                groups[-1].append(item)
+                ops, weight = ops + size, weight + work
+            else:
+                groups.append([item])
+                ops, weight = size, work
+        for group in groups:
+            if len(group) > 1:
+                try:
+                    out_group = self._commit_together(group)
+                except Exception:  # noqa: BLE001 - rolled back whole: each goes alone below
+                    pass
+                else:
+                    for k, result in out_group:
+                        out[k] = result
+                    continue
+            for k, batch, continuity in group:
+                try:
+                    out[k] = self._commit(batch, continuity)
+                except Exception as exc:  # noqa: BLE001 - handed back to that push's caller
+                    out[k] = exc
+        return out  # type: ignore[return-value]
+
+    def _prepare(self, identity: Identity, raw_ops: list[Any]) -> _Batch:
+        """The admission step of a push, before any lock: the ops admitted, those rejected, those
+        ahead of the server's clock (or already logged), and the pusher's scope."""
         admitted: list[Op] = []
         rejected: list[tuple[str, str]] = []
         ahead: dict[str, str] = {}
@@ -614,36 +692,62 @@ class ServerStore:
                 continue
             admitted.append(op)
         logged: list[str] = []
-        if ahead:  # one already in the log was applied when its stamp was fine: acknowledged, so a
-            # device never gives a logged op a new stamp (the server's clock may have stepped back)
-            with self.db.read() as conn:
+        with self.db.read() as conn:
+            if ahead:  # one already in the log was applied when its stamp was fine: acknowledged, so a
+                # device never gives a logged op a new stamp (the server's clock may have stepped back)
                 for chunk, marks in _in_chunks(list(ahead)):
                     for (op_id,) in conn.execute(f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})",
                                                  (identity.org, *chunk)).fetchall():
                         logged.append(op_id)
                         del ahead[op_id]
-        refused: set[str] = set()
-        chunks = list(_transactions(admitted)) or [[]]
-        with self.db.read() as conn:
             scope = self._scope(conn, identity.org, identity.rep)
-        pusher = scope if scope.territories is not None else None
+        return _Batch(identity, admitted, rejected, ahead, logged, scope if scope.territories is not None else None)
+
+    def _commit(self, batch: _Batch, continuity: Continuity) -> PushResult:
+        """Apply one prepared push in its own short transactions."""
+        org = batch.identity.org
+        over: list[tuple[str, str]] = []
+        chunks = list(_transactions(batch.admitted)) or [[]]
         head = latest = None
         for number, chunk in enumerate(chunks):
-            with self.db.write(identity.org) as conn:
+            with self.db.write(org) as conn:
                 if number == 0:
-                    self._check_continuity(conn, identity.org, continuity)
+                    self._check_continuity(conn, org, continuity)
                 if chunk:
-                    over = self._past_line_cap(conn, identity.org, chunk)
-                    rejected += over
-                    refused.update(op_id for op_id, _ in over)
-                    self._apply(conn, identity.org, [op for op in chunk if op.op_id not in refused],
-                                pusher=pusher)
+                    over += self._apply_admitted(conn, batch, chunk)
                 if number == len(chunks) - 1:
-                    head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1",
-                                        (identity.org,)).fetchone()
-                    latest = self._latest_of(conn, identity.org, continuity.device)
-        acked = [op.op_id for op in admitted if op.op_id not in refused] + logged
-        return PushResult(acked, rejected, list(ahead.items()), tuple(head) if head else None, latest)
+                    head, latest = self._head_and_latest(conn, org, continuity.device)
+        return batch.result(over, head, latest)
+
+    def _commit_together(self, group: list[tuple[int, _Batch, Continuity]]
+                         ) -> list[tuple[int, PushResult | ContinuityBroken]]:
+        """Apply prepared pushes, each small, in one transaction, in order."""
+        out: list[tuple[int, PushResult | ContinuityBroken]] = []
+        org = group[0][1].identity.org
+        with self.db.write(org) as conn:
+            for k, batch, continuity in group:
+                try:
+                    self._check_continuity(conn, org, continuity)
+                except ContinuityBroken as exc:  # nothing of this push applied; the others go on
+                    out.append((k, exc))
+                    continue
+                over = self._apply_admitted(conn, batch, batch.admitted) if batch.admitted else []
+                out.append((k, batch.result(over, *self._head_and_latest(conn, org, continuity.device))))
+        return out
+
+    def _apply_admitted(self, conn: Any, batch: _Batch, chunk: list[Op]) -> list[tuple[str, str]]:
+        """Apply ``chunk`` of ``batch``'s admitted ops but those past an order's line cap; those
+        (op id, reason)."""
+        org = batch.identity.org
+        over = self._past_line_cap(conn, org, chunk)
+        refused = {op_id for op_id, _ in over}
+        self._apply(conn, org, [op for op in chunk if op.op_id not in refused] if refused else chunk,
+                    pusher=batch.pusher)
+        return over
+
+    def _head_and_latest(self, conn: Any, org: str, device: str | None) -> tuple[tuple[int, str] | None, str | None]:
+        head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1", (org,)).fetchone()
+        return (tuple(head) if head else None), self._latest_of(conn, org, device)
 
     def _past_line_cap(self, conn: Any, org: str, ops: list[Op]) -> list[tuple[str, str]]:
         """The ops (op id, reason) that would take an order past MAX_ORDER_LINES lines, in order:

@@ -2,13 +2,14 @@
 
 typer 0.2x converts every option value through a pydantic TypeAdapter; importing pydantic for
 that costs more than importing typer itself and would blow the CLI's startup budget. crm's
-options are only str, bool, int, Path, Enum and lists of those, so for them this module swaps in direct
+options are only str, bool, int, float, Path, Enum and lists of those, so for them this module swaps in direct
 conversion with typer's own path and choice checks. Any other type keeps typer's coercion, and
 on a typer without this machinery (older releases coerce with click types) it does nothing.
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -27,7 +28,7 @@ _FALSE = {"", "0", "false", "f", "no", "n", "off"}
 
 
 def _plain_type(annotation: Any) -> bool:
-    return annotation in (str, int, bool) or (isinstance(annotation, type) and issubclass(annotation, (Path, Enum)))
+    return annotation in (str, int, float, bool) or (isinstance(annotation, type) and issubclass(annotation, (Path, Enum)))
 
 
 def _supported(descriptor: Any) -> bool:
@@ -43,7 +44,7 @@ def _supported(descriptor: Any) -> bool:
 if RuntimeParam is not None:
 
     class PlainParam(RuntimeParam):  # no new fields: RuntimeParam's dataclass methods serve it
-        """Coerces str, bool, int (with min/max), Path (with typer's exists/dir checks) and Enum values."""
+        """Coerces str, bool, int and float (with min/max), Path (with typer's exists/dir checks) and Enum values."""
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
             if get_origin(self.annotation) is list:
@@ -59,6 +60,8 @@ if RuntimeParam is not None:
                 return _boolean(value, param, ctx)
             if annotation is int:
                 return _integer(value, param, ctx)
+            if annotation is float:
+                return _decimal(value, param, ctx)
             if issubclass(annotation, Enum):
                 try:
                     return coerce_cli_choice(value, choices=list(annotation),
@@ -87,6 +90,24 @@ def _integer(value: Any, param: Any, ctx: Any) -> int:
             number = int(str(value).strip())
         except ValueError:
             raise BadParameter(f"{value!r} is not a valid integer.", ctx=ctx, param=param) from None
+    return _within(number, param, ctx)
+
+
+def _decimal(value: Any, param: Any, ctx: Any) -> float:
+    """A finite float: "nan" would pass every bound (each comparison with it is false)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise BadParameter(f"{value!r} is not a valid number.", ctx=ctx, param=param) from None
+    if not math.isfinite(number):
+        raise BadParameter(f"{value!r} is not a finite number.", ctx=ctx, param=param)
+    return _within(number, param, ctx)
+
+
+def _within(number: Any, param: Any, ctx: Any) -> Any:
     low, high = getattr(param, "min", None), getattr(param, "max", None)
     if (low is not None and number < low) or (high is not None and number > high):
         bounds = " and ".join(part for part in (

@@ -7,6 +7,7 @@ when its command runs, and the engine only inside the command function.
 
 from __future__ import annotations
 
+import copy
 import errno
 import importlib
 import os
@@ -48,23 +49,54 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def click_command(app: typer.Typer, rest: list[str]) -> tuple[Any, bool]:
+    """``app`` as a click command, and whether it is whole: of a group, only the subcommand
+    ``rest`` names.
+
+    Typer turns every command of a group into click's (each signature read, each annotation
+    evaluated) before it runs one: for `crm server export`, eleven commands built for nothing. A
+    group without a callback has no options of its own, so the first word of ``rest`` that is
+    not an option is the subcommand; when it names none (``--help``, a typo) the whole group is
+    built, so its help and "did you mean" still see every command."""
+    if (app.registered_callback or app.info.callback or app._add_completion
+            or len(app.registered_commands) < 2):
+        return typer.main.get_command(app), True
+    name = next((word for word in rest if not word.startswith("-")), None)
+    chosen = [info for info in app.registered_commands if _command_name(info) == name]
+    if not chosen:
+        return typer.main.get_command(app), True
+    narrowed = copy.copy(app)
+    narrowed.registered_commands = chosen
+    return typer.main.get_group(narrowed), False  # a group still: `crm server export` keeps its shape
+
+
+def _command_name(info: Any) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
 class CrmGroup(TyperGroup):
     """The root group: loads command modules on demand and maps every failure to an exit code."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(dict.fromkeys([*COMMANDS, *self.commands]))
 
+    _rest: list[str] = []  # what follows the command being resolved: its subcommand, if any
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             module, _, attribute = COMMANDS[cmd_name].partition(":")
-            command = typer.main.get_command(getattr(importlib.import_module(module), attribute))
+            app = getattr(importlib.import_module(module), attribute)
+            command, whole = click_command(app, self._rest)
             command.name = cmd_name
             uniform_metavars(command)
+            if not whole:  # built for one subcommand: kept out of the cache, the next call may want another
+                return command
             self.commands[cmd_name] = command
         return self.commands.get(cmd_name)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         """As typer's, but a mistyped command is compared with every command, loaded or not."""
+        self._rest = list(args[1:])
         try:
             return super().resolve_command(ctx, args)
         except _usage_error() as exc:

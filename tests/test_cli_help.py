@@ -69,3 +69,20 @@ def test_help_uses_one_metavar_style(path: tuple[str, ...]) -> None:
             f"`{show(path)}` {param.name}: metavar {param.metavar!r} is not in the house style"
     text = runner.invoke(app, [*path, "--help"]).stdout
     assert not re.search(r"<(?:str|int|float|path|list|bool)", text), text
+
+
+def test_a_group_builds_only_the_subcommand_that_runs_and_all_of_them_for_help_or_a_typo() -> None:
+    from cli.main import click_command
+    from cli.server_cmds import server_app
+
+    every = {"serve", "add-rep", "export", "edit", "assign", "backup", "restore"}
+    one, whole = click_command(server_app, ["export", "--data", "d", "--org", "o"])
+    assert not whole and set(one.commands) == {"export"}
+    for rest in (["--help"], ["exprot"], []):
+        group, whole = click_command(server_app, rest)
+        assert whole and every <= set(group.commands), rest
+    # in one process, one command after another: a command built for one subcommand is not reused
+    for argv, shown in ((["server", "export", "--help"], "canonical export"),
+                        (["server", "add-rep", "--help"], "device token"), (["server", "--help"], "restore")):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0 and shown in result.stdout, (argv, result.output)

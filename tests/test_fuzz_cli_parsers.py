@@ -9,6 +9,7 @@ never an internal error, and write exactly one queued change or none.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import string
 from collections import Counter
@@ -60,14 +61,15 @@ def report(request):
 @FUZZ
 @given(text=option_text)
 def test_boolean_and_integer_options(text):
-    for parse in (coercion._boolean, coercion._integer):
+    for parse, kind in ((coercion._boolean, bool), (coercion._integer, int), (coercion._decimal, float)):
         try:
             value = parse(text, None, None)
         except coercion.BadParameter as exc:  # a usage error: exit 2 with the message
             assert exc.exit_code == 2 and repr(text)[:20] in exc.format_message() or exc.format_message()
             TRIED["option refused"] += 1
             continue
-        assert type(value) is (bool if parse is coercion._boolean else int)
+        assert type(value) is kind
+        assert kind is not float or math.isfinite(value)
         TRIED["option parsed"] += 1
 
 

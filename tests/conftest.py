@@ -92,3 +92,33 @@ HEAVY_FIRST = (
 def pytest_collection_modifyitems(session, config, items):
     rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(HEAVY_FIRST)))  # stable
+
+
+# CPU per test, for budgeting CI (a loaded 2-core machine: the suite is CPU-bound, so wall-clock
+# --durations mislead). With CRM_TEST_CPU_REPORT=FILE each test's CPU seconds (its process and
+# the children it waited for: crm processes, servers, whole certifications) are appended to FILE
+# as JSON lines; `python -m tests.cpu_report FILE` sums them by module.
+_CPU_REPORT = os.environ.get("CRM_TEST_CPU_REPORT")
+
+
+def _cpu_now() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _CPU_REPORT:
+        yield
+        return
+    import json
+    import time
+
+    cpu, wall = _cpu_now(), time.monotonic()
+    yield
+    line = json.dumps({"test": item.nodeid, "cpu_s": round(_cpu_now() - cpu, 3),
+                       "wall_s": round(time.monotonic() - wall, 3)})
+    with open(_CPU_REPORT, "a", encoding="utf-8") as out:  # one short line per write: O_APPEND keeps them whole
+        out.write(line + "\n")

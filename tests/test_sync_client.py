@@ -162,3 +162,16 @@ def test_cursor_going_backwards_is_a_protocol_error(device):
 
             pull_changes(device, client)
     assert device.setting("pull_cursor") == "10"
+
+
+def test_an_https_server_is_verified_and_plain_http_loads_no_certificates():
+    import ssl
+
+    def context(url: str):
+        with SyncClient(base_url=url, token="t") as client:
+            return client._http._transport._pool._ssl_context  # httpx -> httpcore's pool
+
+    secure = context("HTTPS://crm.example.com")
+    assert secure.verify_mode == ssl.CERT_REQUIRED and secure.check_hostname
+    assert secure.cert_store_stats()["x509_ca"] > 0  # a CA bundle to verify against
+    assert context("http://127.0.0.1:8765").cert_store_stats()["x509_ca"] == 0

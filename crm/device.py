@@ -24,6 +24,7 @@ from .domain import (
     MAX_ORDER_LINES,
     STATUS_RANK,
     SUBMISSION,
+    is_utf8,
     normalize_value,
     validate_create,
     validate_edit,
@@ -194,6 +195,8 @@ class Device:
                  allow_deleted: bool = False) -> Record:
         """The record ``rid`` names: its id, else whatever ``search.resolve`` accepts (a short id,
         the start of its id, an external ref, a name); NotFoundError (4) or AmbiguousError (13)."""
+        if not is_utf8(rid or ""):  # a lone surrogate (undecodable argv bytes) names no record
+            raise NotFoundError(f"no {entity} with id {rid!r}", details={"entity": entity, "id": rid})
         rec = self._load(conn, entity, (rid or "").strip().lower())
         if rec is None:
             found = search.resolve(conn, entity, rid)

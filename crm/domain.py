@@ -235,7 +235,7 @@ def _in_range(f: Field, number: float | Decimal | int, value: Any) -> None:
         raise _bad(f, f"must be at most {f.maximum:g}", value)
 
 
-def _utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     """Whether ``text`` can be stored and sent: lone surrogates (undecodable argv bytes, JSON
     ``\\ud800`` escapes) cannot be written as UTF-8."""
     try:
@@ -260,7 +260,7 @@ def normalize_value(f: Field, value: Any) -> Any:
             raise _bad(f, "must be text", value)
         if "\x00" in value:
             raise _bad(f, "must not contain NUL characters", value)
-        if not value.isascii() and not _utf8(value):
+        if not value.isascii() and not is_utf8(value):
             raise _bad(f, "is not valid text: it holds an unpaired surrogate (bytes that were not UTF-8)", value)
     if kind == "text":
         value = value.strip()

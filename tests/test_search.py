@@ -206,3 +206,15 @@ def test_the_index_is_rebuilt_when_the_folding_changed(tmp_path: Path) -> None:
     dev.close()
     with sqlite3.connect(home / "crm.sqlite3") as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'search_fold'").fetchone()[0] != "0/unicode-0"
+
+
+@pytest.mark.parametrize("ref", ["\ud800", "Shop\udcff", "\udced\udca0\udc80"])
+def test_a_reference_no_record_can_have_is_not_found_not_an_internal_error(device: Device, ref: str) -> None:
+    """A lone surrogate (what undecodable argv bytes become) cannot be stored, so it names nothing:
+    exit 4 like any unknown id, and nothing written (Hypothesis found `contact add --account=\\ud800`)."""
+    before = device.outbox(limit=0)["pending"]
+    for write in (lambda: device.create("contact", {"account": ref, "name": "x"}),
+                  lambda: device.edit("account", ref, {"name": "y"})):
+        with pytest.raises(NotFoundError):
+            write()
+    assert device.outbox(limit=0)["pending"] == before

@@ -228,3 +228,20 @@ def test_a_write_woken_for_a_turn_that_another_writer_took_with_it_is_applied_on
     anyio.run(scenario)
     assert sorted(calls) == [["g-dev-w-0"], ["g-dev-w-1"], ["g-dev-w-3", "g-dev-w-2"]], calls
     assert store.stats("acme")["ops"] == 4
+
+
+def test_a_back_office_edit_of_an_id_no_record_can_have_is_not_found(tmp_path):
+    """A lone surrogate (undecodable argv bytes to `crm server edit`) cannot be stored in SQLite,
+    so it names no record: NotFoundError (exit 4), not an internal error from the driver."""
+    import pytest
+
+    from crm.errors import NotFoundError
+
+    store = ServerStore.open(tmp_path / "server")
+    try:
+        store.add_token("acme", "r1")
+        for org in (None, "acme"):
+            with pytest.raises(NotFoundError):
+                store.edit(org, "account", "\udcff", {"name": "x"})
+    finally:
+        store.close()

@@ -28,7 +28,15 @@ from typing import Any
 
 from .. import merge
 from ..admission import CLOCK_AHEAD, ID, ClockAhead, InvalidOp, admit, parse
-from ..domain import ENTITIES, LINE_PREFIX, MAX_ORDER_LINES, SUBMISSION, validate_create, validate_edit
+from ..domain import (
+    ENTITIES,
+    LINE_PREFIX,
+    MAX_ORDER_LINES,
+    SUBMISSION,
+    is_utf8,
+    validate_create,
+    validate_edit,
+)
 from ..errors import CrmError, NotFoundError, StoreMissingError, ValidationError
 from ..hlc import HybridClock, server_now_ms
 from ..ids import new_id
@@ -1087,6 +1095,8 @@ class ServerStore:
         if entity not in ENTITIES:
             raise ValidationError(f"unknown entity {entity!r}")
         rid = rid.strip().lower()
+        if not is_utf8(rid):  # a lone surrogate (undecodable argv bytes) names no record
+            raise NotFoundError(f"no {entity} with id {rid!r} on this server")
         org = org or self.find_org(entity, rid)
         changes = dict(changes)
         territory = changes.pop("territory", None) if entity == "account" else None

@@ -34,6 +34,13 @@ from .toxiproxy import Toxic, Toxiproxy, ToxiproxyError
 WRITE_ACTIONS = ("create_account", "log_visit", "take_order", "add_order_line", "write_note", "edit_field",
                  "delete_record")
 MODES = ("manual", "background")
+# Waiting polls (a server export, device exports, outbox reads: each one a process of the SUT) come
+# quickly at first, then further apart while work is still queued: work that lands in a second is
+# seen at once, and a wait through 10 s of latency costs a dozen polls, not forty. A poll is judged
+# by what it reads, so a later poll never turns a late arrival into a pass or a miss; once nothing
+# is queued anywhere the polls go back to the first pace, so lost work is named as soon as before.
+POLL_GROWTH = 1.5
+POLL_MAX_S = 2.0
 
 
 class ScenarioFailure(AssertionError):
@@ -474,11 +481,14 @@ class Session:
         start = time.monotonic()
         manual = self.modes.get(name, "manual") == "manual" and self.profile.has("sync")
         drained = 0  # polls in a row with nothing queued on any reachable device
+        pause = base = 0.2 if manual else 0.5
         while True:
             if manual:
                 self.sync(name)
             unsent = self.missing_on_server()
-            missing = {**unsent, **self.missing_on_device(name)}
+            # While the server lacks work, ``name`` cannot be done either: its export is read once the
+            # server is complete, or for the record when the bound is passed (each read is a process).
+            missing = unsent or self.missing_on_device(name)
             if not missing:
                 return time.monotonic() - start
             reachable = [d.name for d in self.devices.values() if not d.offline]
@@ -488,12 +498,14 @@ class Session:
                 raise ScenarioFailure(f"nothing is pending on any device, yet the server lacks {len(unsent)} saved "
                                       f"record(s): {unsent}")
             if time.monotonic() - start > bound:
+                missing = {**unsent, **self.missing_on_device(name)}
                 self.stuck.append(Anomaly("stuck", f"{len(missing)} saved record(s) had not reached the server "
                                           f"and {name} within the scenario's {bound:g} s",
                                           {"step": "catch_up", "bound_s": bound, "missing": missing}))
                 raise ScenarioFailure(f"after {bound:g} s {len(missing)} saved record(s) were still missing "
                                       f"on the server or {name}: {missing}")
-            time.sleep(0.2 if manual else 0.5)
+            time.sleep(pause)
+            pause = base if drained else min(pause * POLL_GROWTH, POLL_MAX_S)
 
     def writes_within(self, name: str, seconds: float) -> None:
         """A write must not wait on the network: one slower than ``seconds`` is a ``slow_write``
@@ -553,6 +565,7 @@ class Session:
         pending anywhere yet records are missing: then they are lost, not late."""
         start = time.monotonic()
         idle_polls = 0
+        pause = 0.5
         while True:
             missing = self.missing_on_server(name)
             if not missing:
@@ -568,7 +581,8 @@ class Session:
                                               f"server within the scenario's {timeout:g} s",
                                               {"step": "wait", "bound_s": timeout, "missing": missing}))
                 raise ScenarioFailure(f"{why} the server lacks {len(missing)} saved record(s): {missing}")
-            time.sleep(0.5)
+            time.sleep(pause)
+            pause = 0.5 if idle_polls else min(pause * POLL_GROWTH, POLL_MAX_S)
 
     # -- the verdict ---------------------------------------------------------------------------
     def heal_everything(self) -> None:
@@ -590,11 +604,12 @@ class Session:
                 for device in self.devices.values():
                     self.sync(device.name)
             rounds += 1
-            pending = {d.name: d.driver.pending() for d in self.devices.values()}
-            if rounds >= 2 and not any(pending.values()):
-                return
-            if time.monotonic() > deadline:
-                raise ScenarioFailure(f"no quiescence within {timeout:g} s: still pending {pending}")
+            if rounds >= 2:  # a device pulls what the others pushed in a round only in the next one
+                pending = {d.name: d.driver.pending() for d in self.devices.values()}
+                if not any(pending.values()):
+                    return
+                if time.monotonic() > deadline:
+                    raise ScenarioFailure(f"no quiescence within {timeout:g} s: still pending {pending}")
             if not manual:
                 time.sleep(1.0)
 

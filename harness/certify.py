@@ -77,6 +77,20 @@ def _follow(path: Path, stop: threading.Event, live: Callable[[dict[str, Any]], 
 
 
 DEFAULT_WORKERS = 3  # scenarios are independent (own server, proxies, ports) and mostly wait
+# The pytest plugins a certification runs with, and no others: every plugin installed next to the
+# harness would otherwise load into the run and each of its workers (in a test environment,
+# schemathesis, respx, hypothesis...: about 1.5 s of CPU apiece), and could change what it does.
+SUITE_PLUGINS = ("pytest_bdd.plugin", "harness.pytest_plugin")
+
+
+def _pytest(*, workers: int = 1) -> list[str]:
+    """``python -m pytest`` with exactly the suite's plugins (xdist's too when ``workers`` > 1);
+    run it with ``_PYTEST_ENV``, which turns the loading of every other installed plugin off."""
+    plugins = (*SUITE_PLUGINS, "xdist.plugin") if workers > 1 else SUITE_PLUGINS
+    return [sys.executable, "-m", "pytest", *(arg for name in plugins for arg in ("-p", name))]
+
+
+_PYTEST_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | None = None,
@@ -92,7 +106,7 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
     junit = report_dir / ("junit.xml" if attempt == 1 else f"junit-attempt-{attempt}.xml")
     # Plain pytest with the crm plugin's options (harness/pytest_plugin.py), as a QA engineer runs it;
     # ``-c devnull``: no pytest configuration found around an installed package applies to a certification.
-    argv = [sys.executable, "-m", "pytest", *(tests or [str(FEATURES)]), "-c", os.devnull, "-p", "no:cacheprovider",
+    argv = [*_pytest(workers=workers), *(tests or [str(FEATURES)]), "-c", os.devnull, "-p", "no:cacheprovider",
             "-q", "--no-header", f"--rootdir={ROOT}", "--crm-sut", str(profile_path), "--crm-seed", str(seed),
             "--crm-attempt", str(attempt), "--crm-results", str(raw), f"--junitxml={junit}"]
     if select:
@@ -108,7 +122,8 @@ def run_suite(profile_path: Path, *, seed: int, report_dir: Path, select: str | 
                                 daemon=True)
     follower.start()
     with open(raw / "pytest.log", "w", encoding="utf-8") as log:
-        suite = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        suite = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, **_PYTEST_ENV})
         try:
             code = suite.wait()
         except BaseException:  # Ctrl-C: let the suite tear its SUT processes down, then make sure
@@ -283,11 +298,11 @@ def selection(select: str | None = None) -> list[dict[str, str]]:
     expression is malformed or selects nothing."""
     from . import coverage
 
-    argv = [sys.executable, "-m", "pytest", str(FEATURES), "--collect-only", "-q", "-p", "no:cacheprovider",
+    argv = [*_pytest(), str(FEATURES), "--collect-only", "-q", "-p", "no:cacheprovider",
             "--no-header", f"--rootdir={ROOT}", "-o", f"bdd_features_base_dir={FEATURES}/"]
     if select:
         argv += ["-k", select]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **_PYTEST_ENV},
                           stdin=subprocess.DEVNULL)
     ids = [line.strip() for line in done.stdout.splitlines() if "::" in line and not line.startswith(" ")]
     if done.returncode not in (0, 5):  # 4: a malformed expression

@@ -82,11 +82,22 @@ _TYPES: dict[str, dict[str, tuple[type, ...]]] = {
 
 
 def decode_push(body: bytes) -> PushBody | None:
-    """The push body as typed structs, or None when it breaks any part of the typed schema."""
+    """The push body as typed structs, or None when it breaks any part of the typed schema (or
+    nests past the interpreter's recursion limit: the slow path refuses it as too deep)."""
     try:
         return _DECODER.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
+
+
+def nests(ops: list[WireOp]) -> bool:
+    """Whether any op holds an object or array as a field value: the one place the typed schema
+    leaves the nesting of a push body open (order lines and a submit's lines)."""
+    for w in ops:
+        for value in w.fields.values():
+            if value.__class__ is dict or value.__class__ is list:
+                return True
+    return False
 
 
 def _line_ok(value: Any) -> bool:
@@ -146,4 +157,4 @@ def shape(w: WireOp, now: int) -> Op | None:
               base=w.base, kind=w.kind)
 
 
-__all__ = ["PushBody", "WireOp", "decode_push", "shape"]
+__all__ = ["PushBody", "WireOp", "decode_push", "nests", "shape"]

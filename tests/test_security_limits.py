@@ -111,6 +111,31 @@ def test_a_malformed_body_is_refused_with_what_is_wrong(server, token, name):
     assert server.get("/v1/health").status_code == 200, "the server is still up"
 
 
+def _nested_in_an_op(field: str, depth: int, entity: str = "account") -> bytes:
+    """A push of one op, valid but for ``field``'s value: arrays ``depth`` deep (or, for a
+    submission, a line id mapped to them), the nesting the typed fast path leaves to the bracket count."""
+    op = _op(fields={"name": "Deep Shop", field: "@@DEEP@@"} if entity == "account" else {field: "@@DEEP@@"},
+             entity=entity)
+    deep = b"[" * depth + b"]" * depth
+    if field == "submission":
+        deep = b'{"01a23c00-0000-7000-8000-000000000000": ' + deep + b"}"
+    return json.dumps({"protocol": 1, "ops": [op]}).encode().replace(b'"@@DEEP@@"', deep)
+
+
+@pytest.mark.parametrize("field, depth, entity", [
+    ("city", 40, "account"),          # past MAX_DEPTH (32), well inside what a parser can take
+    ("city", 100_000, "account"),     # past the interpreter's recursion limit
+    ("submission", 40, "order"),      # the one field whose valid values are objects
+])
+def test_nesting_inside_an_op_is_refused_as_the_whole_body_would_be(server, token, field, depth, entity):
+    before = _stats(server)
+    answer = _push(server, token, _nested_in_an_op(field, depth, entity), headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"] == "bad_json", answer.text[:300]
+    assert "nesting" in answer.json()["message"]
+    assert _stats(server) == before
+    assert server.get("/v1/health").status_code == 200, "the server is still up"
+
+
 def test_size_limits(server, token):
     before = _stats(server)
     too_many = _push(server, token, {"ops": [_op() for _ in range(5001)]})

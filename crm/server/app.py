@@ -139,14 +139,15 @@ def _push_body(body: bytes) -> tuple[dict[str, Any], list[Any] | None]:
     """A push body's keys, and its ops as typed structs when every one fits the typed schema
     (crm.wire: one decode, the hot path); else None, and ``ops`` holds the plain JSON the slow
     path (``admission.parse``) judges and explains."""
-    if _shallow(body):
-        typed = wire.decode_push(body)
-        if typed is not None:
-            data = typed.claims()
-            protocol = data.get("protocol", PROTOCOL)
-            if type(protocol) is int and protocol in PROTOCOLS:
-                data["ops"] = typed.ops
-                return data, typed.ops
+    typed = wire.decode_push(body)
+    # The typed schema bounds the nesting everywhere but in field values: only a body with an object
+    # or array among them needs the bracket count (a few us an op) to be refused as too deep.
+    if typed is not None and (not wire.nests(typed.ops) or _shallow(body)):
+        data = typed.claims()
+        protocol = data.get("protocol", PROTOCOL)
+        if type(protocol) is int and protocol in PROTOCOLS:
+            data["ops"] = typed.ops
+            return data, typed.ops
     return _decoded(body, PUSH_KEYS), None
 
 

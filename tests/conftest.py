@@ -75,17 +75,20 @@ def module_server(request, tmp_path_factory) -> Iterator[Server]:
         yield from _rig(request.param, tmp_path_factory.mktemp("rig") / "server", monkeypatch)
 
 
-# The scopes that run longest, longest first (`--durations` of the full run, 2026-12-03). xdist's
-# loadscope hands scopes to workers in collection order; collected alphabetically, these started
-# last and the run ended with one worker busy and three idle. Started first, they overlap the
-# many short modules instead. Only the order changes: every test still runs, each module's tests
-# in their own order.
+# The scopes that run longest, longest first (module wall time in the CPU report of a clean-clone
+# `.ci/run`, 2026-12-03: tests/cpu_report.py). xdist's loadscope hands scopes to workers in
+# collection order; collected alphabetically, long modules late in the alphabet (test_sync_integration,
+# 241 s) started last and the run ended with one worker busy and three idle. Started first, they
+# overlap the many short modules instead. Only the order changes: every test still runs, each
+# module's tests in their own order.
 HEAVY_FIRST = (
-    "tests/test_mutants.py", "tests/test_calibration.py", "tests/test_packaging.py",
-    "tests/test_server_postgres.py", "tests/test_chaos_territories.py", "tests/test_crash.py",
-    "tests/test_init_crash.py", "tests/test_scenario_evidence.py", "tests/test_sync_clock.py",
-    "tests/test_security_openapi.py", "tests/test_check.py", "tests/test_chaos.py", "tests/test_engine_yjs.py",
-    "tests/test_hosted.py",
+    "tests/test_server_postgres.py", "tests/test_calibration.py", "tests/test_mutants.py",
+    "tests/test_packaging.py", "tests/test_fuzz_importer.py", "tests/test_sync_integration.py",
+    "tests/test_security_openapi.py", "tests/test_life_events.py", "tests/test_chaos.py", "tests/test_crash.py",
+    "tests/test_init_crash.py", "tests/test_check.py", "tests/test_sync_clock.py", "tests/test_fuzz_cli_parsers.py",
+    "tests/test_merge_property.py", "tests/test_chaos_territories.py", "tests/test_hosted.py",
+    "tests/test_security_limits.py", "tests/test_cli_subprocess.py", "tests/test_engine_yjs.py",
+    "tests/test_scenario_evidence.py",
 )
 
 
@@ -119,6 +122,7 @@ def pytest_runtest_protocol(item, nextitem):
     cpu, wall = _cpu_now(), time.monotonic()
     yield
     line = json.dumps({"test": item.nodeid, "cpu_s": round(_cpu_now() - cpu, 3),
-                       "wall_s": round(time.monotonic() - wall, 3)})
+                       "wall_s": round(time.monotonic() - wall, 3), "ended": round(time.time(), 1),
+                       "worker": os.environ.get("PYTEST_XDIST_WORKER", "")})
     with open(_CPU_REPORT, "a", encoding="utf-8") as out:  # one short line per write: O_APPEND keeps them whole
         out.write(line + "\n")

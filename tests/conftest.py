@@ -76,11 +76,11 @@ def module_server(request, tmp_path_factory) -> Iterator[Server]:
 
 
 # The scopes that run longest, longest first (module wall time in the CPU report of a clean-clone
-# `.ci/run`, 2026-12-03: tests/cpu_report.py). xdist's loadscope hands scopes to workers in
-# collection order; collected alphabetically, long modules late in the alphabet (test_sync_integration,
-# 241 s) started last and the run ended with one worker busy and three idle. Started first, they
-# overlap the many short modules instead. Only the order changes: every test still runs, each
-# module's tests in their own order.
+# `.ci/run`, 2026-12-03: tests/cpu_report.py). With --no-loadscope-reorder (tox.ini) xdist's
+# loadscope hands scopes to workers in collection order; without it, in order of how many tests
+# each holds, and the three one-test calibration classes went last: one worker ran them alone for
+# five minutes at the end of the run. Started first, long scopes overlap the many short modules
+# instead. Only the order changes: every test still runs, each module's tests in their own order.
 HEAVY_FIRST = (
     "tests/test_server_postgres.py", "tests/test_calibration.py", "tests/test_mutants.py",
     "tests/test_packaging.py", "tests/test_fuzz_importer.py", "tests/test_sync_integration.py",

@@ -82,9 +82,12 @@ def module_server(request, tmp_path_factory) -> Iterator[Server]:
 # five minutes at the end of the run. Started first, long scopes overlap the many short modules
 # instead. Only the order changes: every test still runs, each module's tests in their own order.
 HEAVY_FIRST = (
-    "tests/test_server_postgres.py", "tests/test_calibration.py", "tests/test_mutants.py",
-    "tests/test_packaging.py", "tests/test_fuzz_importer.py", "tests/test_sync_integration.py",
-    "tests/test_security_openapi.py", "tests/test_life_events.py", "tests/test_chaos.py", "tests/test_crash.py",
+    # A class stands for itself (xdist's scope for its tests): the three calibration certifications
+    # are spread out, so three whole certifications never start on an idle machine at once.
+    "tests/test_server_postgres.py", "tests/test_calibration.py::TestReferenceGetsLevel3", "tests/test_mutants.py",
+    "tests/test_packaging.py", "tests/test_calibration.py::TestFragileSyncGetsLevel2", "tests/test_fuzz_importer.py",
+    "tests/test_sync_integration.py", "tests/test_security_openapi.py", "tests/test_life_events.py",
+    "tests/test_calibration.py::TestReadonlyCacheGetsLevel1", "tests/test_chaos.py", "tests/test_crash.py",
     "tests/test_init_crash.py", "tests/test_check.py", "tests/test_sync_clock.py", "tests/test_fuzz_cli_parsers.py",
     "tests/test_merge_property.py", "tests/test_chaos_territories.py", "tests/test_hosted.py",
     "tests/test_security_limits.py", "tests/test_cli_subprocess.py", "tests/test_engine_yjs.py",
@@ -92,9 +95,17 @@ HEAVY_FIRST = (
 )
 
 
+def heavy_rank(nodeid: str) -> int:
+    """Where ``nodeid``'s scope (its class, else its module) stands in HEAVY_FIRST; the rest after."""
+    rank = _HEAVY_RANK
+    return rank.get(nodeid.rsplit("::", 1)[0], rank.get(nodeid.split("::", 1)[0], len(HEAVY_FIRST)))
+
+
+_HEAVY_RANK = {scope: n for n, scope in enumerate(HEAVY_FIRST)}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(HEAVY_FIRST)))  # stable
+    items.sort(key=lambda item: heavy_rank(item.nodeid))  # stable: each scope's tests in their order
 
 
 # CPU per test, for budgeting CI (a loaded 2-core machine: the suite is CPU-bound, so wall-clock

@@ -895,8 +895,8 @@ class Device:
         """
         with self.store.write() as conn:
             clock = self._clock(conn)
-            for op in ops:
-                clock.observe(op.hlc)
+            if ops:  # observing the greatest stamp is observing them all: stamps sort as text
+                clock.observe(max(op.hlc for op in ops))
             foreign = list(ops) if own else [op for op in ops if op.device != self.device_id]
             stored = self._load_many(conn, {(op.entity, op.record_id) for op in foreign})
             # A create of a record this device has never had, alone in the page, is the record's

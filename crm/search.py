@@ -106,7 +106,11 @@ def key_of(rid: str, entity: str) -> int:
     """The index key of a record: its entity's code, then for a UUID its first 60 bits but the
     version digit (a UUIDv7's milliseconds and 12 random bits: keys sort as the ids do), for any
     other id a hash."""
-    digits = _hex(rid)
+    return _key(entity, rid, _hex(rid))
+
+
+def _key(entity: str, rid: str, digits: str | None) -> int:
+    """``key_of`` for a caller that has ``_hex(rid)`` already."""
     if digits is not None:
         tail = int(digits[:12] + digits[13:16], 16)
     else:
@@ -197,17 +201,17 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
                 inserts.append((k, *new_doc))
     conn.executemany(_DELETE, removals)
     if new_find:
-        keys = [key_of(rid, entity) for entity, rid in new_find]  # computed once (bulk imports, first pulls)
+        hexes = [_hex(rid) for _, rid in new_find]  # each computed once (bulk imports, first pulls)
+        keys = [_key(entity, rid, digits) for (entity, rid), digits in zip(new_find, hexes, strict=True)]
         taken = {k for (k,) in conn.execute(
             "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))", (json.dumps(keys),))}
         find_rows = []
-        for (entity, rid), k in zip(new_find, keys, strict=True):
+        for (entity, rid), k, digits in zip(new_find, keys, hexes, strict=True):
             while k in taken:  # another record's key: the next free one (a range query still finds it)
                 k = (k & ~((1 << _TAIL_BITS) - 1)) | ((k + 1) & ((1 << _TAIL_BITS) - 1))
                 if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
                     taken.add(k)
             taken.add(k)
-            digits = _hex(rid)
             find_rows.append((k, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
             doc = _doc(entity, known.get((entity, rid)) or _values(latest[(entity, rid)][0]))
             if doc is not None:

@@ -20,8 +20,9 @@ from typing import Any
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
 from .hlc import ServerTime, now_ms
-from .ops import PROTOCOL, OpFormatError, loads, op_from_wire
+from .ops import PROTOCOL, OpFormatError, loads
 from .store import MetaKey
+from .wire import pulled_ops
 
 # httpx's __init__ imports its own command-line client (click, rich, pygments): about 140 ms of
 # every `crm sync` that we never use. A None entry makes that optional import fail, as httpx
@@ -332,7 +333,7 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
         answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known,
                              scope=epoch, own=refill, part=part)
         try:
-            ops = [op_from_wire(raw) for raw in answer.get("ops", [])]
+            ops = pulled_ops(answer.get("ops", []))
             new_cursor = int(answer["cursor"])
             scope = answer.get("scope")
             moves = answer.get("moves") or []

@@ -1,4 +1,5 @@
-"""A push body decoded and checked by typed msgspec structs: the server's hot path for ops.
+"""Ops decoded and checked by typed msgspec structs: the server's hot path for a push body, and
+the client's for the ops of a pull page (``pulled_ops``, at the end).
 
 One pass of msgspec's decoder turns a push body into typed structs and checks, on the way, what
 the protocol's schema says of every op that a type can say: known keys only, JSON types, ids,
@@ -23,7 +24,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from .domain import DELETED, ENTITIES, LINE_FIELD, Entity
 from .errors import ValidationError
 from .hlc import MAX_DRIFT_MS
-from .ops import MAX_BASE_STAMPS, MAX_FIELD_NAME, MAX_FIELDS_PER_OP, Op
+from .ops import MAX_BASE_STAMPS, MAX_FIELD_NAME, MAX_FIELDS_PER_OP, Op, op_from_wire
 
 # The patterns of crm.admission (ID, RECORD_ID) and crm.hlc.parse_stamp, anchored for re.search
 # (\Z, not $: $ also matches before a final newline).
@@ -157,4 +158,43 @@ def shape(w: WireOp, now: int) -> Op | None:
               base=w.base, kind=w.kind)
 
 
-__all__ = ["PushBody", "WireOp", "decode_push", "nests", "shape"]
+# -- the client: a pull page's ops --------------------------------------------------------------
+# ``ops.op_from_wire`` is the client's rule for a pulled op (the server already admitted it, so
+# only its structure is checked, not its entity's fields); the typed struct below says the same
+# in msgspec's terms, and anything it refuses goes to op_from_wire, which says why.
+Text = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class PulledOp(Struct, forbid_unknown_fields=True):
+    """One op of a pull page, as strict as ``ops.op_from_wire`` (tests/test_wire.py)."""
+
+    op: Text
+    dev: Text
+    hlc: StampText
+    entity: Text
+    id: Text
+    kind: Literal["create", "update", "delete", "resolve"] = "update"
+    fields: Annotated[dict[FieldName, Any], Meta(max_length=MAX_FIELDS_PER_OP)] = msgspec.field(
+        default_factory=dict)
+    base: Annotated[dict[FieldName, Annotated[list[StampText], Meta(max_length=MAX_BASE_STAMPS)]],
+                    Meta(max_length=MAX_FIELDS_PER_OP)] = msgspec.field(default_factory=dict)
+
+
+_PULLED = list[PulledOp]
+
+
+def pulled_ops(raw: Any) -> list[Op]:
+    """The Ops of a pull page's ``ops`` (the JSON values orjson read); OpFormatError, from
+    op_from_wire, for the first one that is not an op. Half the CPU of op_from_wire per op."""
+    try:
+        typed = msgspec.convert(raw, _PULLED)
+    except (msgspec.ValidationError, RecursionError):
+        typed = None
+    if typed is not None and all(w.hlc[_DEVICE_AT:] == w.dev for w in typed):
+        return [Op(w.op, w.dev, w.hlc, w.entity, w.id, w.fields, w.base, w.kind) for w in typed]
+    if not isinstance(raw, list):
+        raise TypeError("ops is not a list")
+    return [op_from_wire(item) for item in raw]
+
+
+__all__ = ["PulledOp", "PushBody", "WireOp", "decode_push", "nests", "pulled_ops", "shape"]

@@ -1,11 +1,13 @@
 """crm.wire, the typed fast path for pushed ops, never accepts what admission.parse refuses, and
-builds the very Op parse builds (it is a fast path, never a second rule book)."""
+builds the very Op parse builds (it is a fast path, never a second rule book). The same for the
+client's pulled ops against ops.op_from_wire."""
 
 from __future__ import annotations
 
 import copy
 import json
 
+import msgspec
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from crm import wire
 from crm.admission import InvalidOp, parse
 from crm.hlc import server_now_ms
+from crm.ops import OpFormatError, op_from_wire
 
 NOW = server_now_ms()
 STAMP = f"{NOW:013d}.00000@dev-1"
@@ -62,11 +65,11 @@ def test_valid_ops_take_the_fast_path_and_give_parse_s_op() -> None:
         assert fast == parse(raw, now=NOW)
 
 
-@settings(max_examples=600, deadline=None)
-@given(st.sampled_from(VALID), st.lists(st.tuples(st.sampled_from(["key", "field", "base", "drop"]),
-                                                  st.sampled_from(KEYS), st.sampled_from(NAMES),
-                                                  st.sampled_from(ODD_VALUES)), min_size=1, max_size=3))
-def test_what_the_fast_path_accepts_parse_accepts_alike(start: dict, changes: list) -> None:
+CHANGES = st.lists(st.tuples(st.sampled_from(["key", "field", "base", "drop"]), st.sampled_from(KEYS),
+                             st.sampled_from(NAMES), st.sampled_from(ODD_VALUES)), min_size=1, max_size=3)
+
+
+def _changed(start: dict, changes: list) -> dict:
     raw = copy.deepcopy(start)
     for where, key, name, shared in changes:
         value = copy.deepcopy(shared)  # ODD_VALUES' lists and dicts are shared between examples
@@ -78,6 +81,13 @@ def test_what_the_fast_path_accepts_parse_accepts_alike(start: dict, changes: li
             raw["fields"][name] = value
         elif where == "base" and isinstance(raw.get("base"), dict):
             raw["base"][name] = value if isinstance(value, list) else [STAMP if value else value]
+    return raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(VALID), CHANGES)
+def test_what_the_fast_path_accepts_parse_accepts_alike(start: dict, changes: list) -> None:
+    raw = _changed(start, changes)
     fast = _fast(raw)
     if fast is not None:
         assert fast == _slow(raw), raw
@@ -92,3 +102,58 @@ def test_the_fast_path_refuses_what_parse_refuses() -> None:
                         (VALID[2], {"fields": {LINE: {"sku": "A", "qty": 1}}}), (VALID[0], {"extra": 1})]:
         broken = {**raw, **change}
         assert _fast(broken) is None, change
+
+
+# -- the client's pulled ops --------------------------------------------------------------------
+def _typed(raw: object) -> object:
+    """What the typed struct alone makes of one pulled op: an Op, or None where it refuses."""
+    try:
+        (w,) = msgspec.convert([raw], list[wire.PulledOp])
+    except msgspec.ValidationError:
+        return None
+    return None if w.hlc[20:] != w.dev else wire.pulled_ops([raw])[0]
+
+
+def _by_rule(raw: object) -> object:
+    try:
+        return op_from_wire(raw)
+    except OpFormatError:
+        return None
+
+
+def test_valid_pulled_ops_take_the_typed_path_and_give_op_from_wire_s_op() -> None:
+    for raw in VALID:
+        assert _typed(raw) is not None, raw
+        assert wire.pulled_ops([raw]) == [op_from_wire(raw)]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(VALID), CHANGES)
+def test_what_the_typed_pull_path_accepts_op_from_wire_accepts_alike(start: dict, changes: list) -> None:
+    raw = _changed(start, changes)
+    typed = _typed(raw)
+    if typed is not None:
+        assert typed == _by_rule(raw), raw
+    try:  # and the page as a whole is what op_from_wire says, op for op
+        assert wire.pulled_ops([VALID[0], raw]) == [op_from_wire(VALID[0]), op_from_wire(raw)]
+    except OpFormatError:
+        assert _by_rule(raw) is None, raw
+
+
+def test_the_typed_pull_path_refuses_what_op_from_wire_refuses_with_its_reason() -> None:
+    wide = "\U0001F600"  # one character, four bytes: lengths count characters, as op_from_wire's do
+    assert wire.pulled_ops([{**VALID[0], "id": wide * 64}])[0].record_id == wide * 64
+    for change, reason in [({"hlc": f"{NOW:013d}.00000@other"}, "own device id"),
+                           ({"id": wide * 65}, "op.id must be"), ({"op": ""}, "op.op must be"),
+                           ({"hlc": f"{NOW:013d}.0000@dev-1"}, "invalid clock stamp"),
+                           ({"base": {"name": ["nope"]}}, "op.base.name"), ({"kind": "merge"}, "op.kind"),
+                           ({"fields": {"": 1}}, "field name"), ({"extra": 1}, "unknown op keys"),
+                           ({"fields": ["name"]}, "op.fields must be")]:
+        broken = {**VALID[0], **change}
+        assert _typed(broken) is None, change
+        try:
+            wire.pulled_ops([VALID[0], broken])
+        except OpFormatError as exc:
+            assert reason in str(exc), (change, exc)
+        else:
+            raise AssertionError(f"accepted {change}")

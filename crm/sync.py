@@ -20,9 +20,8 @@ from typing import Any
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
 from .hlc import ServerTime, now_ms
-from .ops import PROTOCOL, OpFormatError, loads
+from .ops import PROTOCOL, Op, OpFormatError, loads, op_from_wire
 from .store import MetaKey
-from .wire import pulled_ops
 
 # httpx's __init__ imports its own command-line client (click, rich, pygments): about 140 ms of
 # every `crm sync` that we never use. A None entry makes that optional import fail, as httpx
@@ -318,6 +317,20 @@ def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
     return resent
 
 
+# A page from which the typed decoder (crm.wire) pays for its import: msgspec and the structs cost
+# about 8 ms to load and save about 5 us an op, while most syncs pull a handful of ops and every
+# harness-driven `crm sync` is a new process (bench_sync.py, 2026-12-03).
+TYPED_PAGE_OPS = 1000
+
+
+def _pulled_ops(raw: Any) -> list[Op]:
+    if isinstance(raw, list) and len(raw) >= TYPED_PAGE_OPS:
+        from .wire import pulled_ops
+
+        return pulled_ops(raw)
+    return [op_from_wire(item) for item in raw]
+
+
 MAX_SCOPE_RESETS = 3  # scope changes one pull follows before giving up (exit 22)
 
 
@@ -333,7 +346,7 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
         answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known,
                              scope=epoch, own=refill, part=part)
         try:
-            ops = pulled_ops(answer.get("ops", []))
+            ops = _pulled_ops(answer.get("ops", []))
             new_cursor = int(answer["cursor"])
             scope = answer.get("scope")
             moves = answer.get("moves") or []

@@ -143,14 +143,26 @@ def test_only_acknowledged_ops_leave_the_outbox_and_rejected_ones_are_kept(devic
     assert rejected["rejected"] == 1 and rejected["entries"][0]["reason"] == "nope"
 
 
-def test_a_malformed_pull_page_changes_nothing(device):
-    with respx.mock(base_url=URL) as mock:
-        mock.get("/v1/pull").respond(200, json={"ops": [{"op": "x"}], "cursor": 5, "more": False})
-        with _client() as client, pytest.raises(ServerError):
-            from crm.sync import pull_changes
+@pytest.mark.parametrize("good", [0, 1500], ids=["small page", "typed page"])
+def test_a_malformed_pull_page_changes_nothing(device, good):
+    """Whichever decoder reads the page (a big one goes through crm.wire's typed structs), one
+    broken op refuses it whole, with op_from_wire's reason."""
+    from crm.sync import TYPED_PAGE_OPS, pull_changes
 
+    assert (good + 1 >= TYPED_PAGE_OPS) == bool(good)
+    ops = [{"op": f"op-{i}", "dev": "dev-9", "hlc": f"{1_764_000_000_000 + i:013d}.00000@dev-9",
+            "kind": "create", "entity": "account", "id": f"acc-{i}", "fields": {"name": f"A{i}"}}
+           for i in range(good)]
+    with respx.mock(base_url=URL) as mock:
+        mock.get("/v1/pull").respond(200, json={"ops": [*ops, {"op": "x"}], "cursor": 5, "more": False})
+        with _client() as client, pytest.raises(ServerError, match="op.dev must be"):
             pull_changes(device, client)
     assert device.setting("pull_cursor") is None
+    with respx.mock(base_url=URL) as mock:  # and the same page whole is taken
+        mock.get("/v1/pull").respond(200, json={"ops": ops, "cursor": 5, "more": False})
+        with _client() as client:
+            assert pull_changes(device, client) == (good, good)
+    assert device.setting("pull_cursor") == "5"
 
 
 def test_cursor_going_backwards_is_a_protocol_error(device):

@@ -98,6 +98,7 @@ class Session:
         self.faker = Faker()
         self.faker.seed_instance(self.seed)
         self.history = History()
+        toxiproxy.on_restart = self._links_cut  # a hung Toxiproxy was restarted (harness/toxiproxy.py)
         self.tag = uuid.uuid4().hex[:8]
         self.server = server_for(profile, server_dir=self.workdir / "server", log_dir=self.workdir / "logs",
                                  record=self.history.record)
@@ -138,6 +139,13 @@ class Session:
             except Exception:  # noqa: BLE001 - cleanup must go on; the proxy dies with Toxiproxy anyway
                 pass
         self.server.stop()
+        self.toxiproxy.on_restart = None
+
+    def _links_cut(self, reason: str) -> None:
+        """Every device's connections were cut by a Toxiproxy restart: a blip the timeline shows."""
+        for name in self.devices:
+            self.history.append(name, "fault", "offline", detail=f"links cut: {reason}")
+            self.history.append(name, "heal", "offline", detail="links restored")
 
     def _marker(self, device: str) -> str:
         return f"{self.tag}-{device}"
@@ -188,7 +196,9 @@ class Session:
 
     def _remove_toxic(self, device: Device, toxic_name: str) -> None:
         """Toxiproxy removes a toxic only once each link has drained it; a client that stopped
-        reading blocks that. Then the links are cut (a recorded blip) to let the removal finish."""
+        reading blocks that. When the removal hangs, the client restarts Toxiproxy without the
+        toxic (``_links_cut``); when it fails otherwise, the links are cut (a recorded blip) and
+        the removal tried again."""
         try:
             self.toxiproxy.remove_toxic(device.proxy, toxic_name)
             return

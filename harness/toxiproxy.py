@@ -5,6 +5,13 @@ come from Toxiproxy, one proxy per device in front of the SUT server. The client
 toxiproxy-python's objects (``Proxy``, ``Toxic``) and its status-code mapping, but talks to one
 server given per instance (the library keeps one global host) and never waits unboundedly: a
 hung Toxiproxy must fail the step, not hang the run.
+
+Toxiproxy's control API can also hang for good (Shopify/toxiproxy#558): removing a toxic that a
+link cannot drain holds the proxy's toxic lock, the proxy's accept loop waits on that lock, and
+from then on disabling or deleting that proxy, and so any call on the proxy list, never returns.
+The client a ``ToxiproxyServer`` hands out (``RestartingToxiproxy``) survives it: it keeps what
+it made, and when a call gets no answer it starts the server again on the same port with the same
+proxies on the same addresses and the same toxics, as the call would have left them.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,10 @@ STREAMS = ("upstream", "downstream")  # upstream: client -> server; downstream: 
 
 class ToxiproxyError(RuntimeError):
     """A missing binary, a server that will not start, or a control call that failed or timed out."""
+
+
+class ToxiproxyHung(ToxiproxyError):
+    """A control call got no answer within the client's timeout."""
 
 
 def find_server_binary() -> Path:
@@ -113,6 +125,8 @@ def proxy_url(proxy: Proxy) -> str:
 class Toxiproxy:
     """Control client for one Toxiproxy server; every call gives up after ``timeout`` seconds."""
 
+    on_restart: Callable[[str], None] | None = None  # told when a RestartingToxiproxy restarted its server
+
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
@@ -125,8 +139,8 @@ class Toxiproxy:
             with self._lock:
                 response = self.session.request(method, self.url + path, json=body, timeout=self.timeout)
         except requests.Timeout as exc:
-            raise ToxiproxyError(f"{what}: Toxiproxy at {self.url} did not answer within "
-                                 f"{self.timeout:g}s") from exc
+            raise ToxiproxyHung(f"{what}: Toxiproxy at {self.url} did not answer within "
+                                f"{self.timeout:g}s") from exc
         except requests.RequestException as exc:
             raise ToxiproxyError(f"{what}: cannot reach Toxiproxy at {self.url} ({exc})") from exc
         try:
@@ -152,13 +166,14 @@ class Toxiproxy:
     def proxy(self, name: str) -> Proxy:
         return _proxy(self._call(f"show proxy {name!r}", "GET", f"/proxies/{name}").json())
 
-    def create_proxy(self, name: str, upstream: str, *, listen: str | None = None) -> Proxy:
+    def create_proxy(self, name: str, upstream: str, *, listen: str | None = None,
+                     enabled: bool = True) -> Proxy:
         """A proxy to ``upstream`` ("host:port") listening on ``listen`` (default: a free loopback port).
 
         Toxiproxy keeps the port it bound, so disabling and re-enabling keeps the same URL.
         """
         body = {"name": name, "upstream": upstream, "listen": listen or f"{HOST}:{free_port()}",
-                "enabled": True}
+                "enabled": enabled}
         return _proxy(self._call(f"create proxy {name!r}", "POST", "/proxies", body).json())
 
     def delete_proxy(self, name: str) -> None:
@@ -215,6 +230,129 @@ def _message(response: requests.Response) -> str:
         return response.text.strip() or response.reason
 
 
+class _Made:
+    """A proxy as this client left it: what a restarted server must be given back."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.upstream, self.listen, self.enabled = proxy.upstream, proxy.listen, proxy.enabled
+        self.toxics: dict[str, Toxic] = {}  # in the order they were added: the order of the chain
+
+
+class RestartingToxiproxy(Toxiproxy):
+    """The control client of a ``ToxiproxyServer`` that outlives a hung server (module docstring).
+
+    A restart cuts every open connection through every proxy; ``on_restart`` (given the reason) is
+    told, so a scenario's history records the blip. A call that hung is taken as done: its effect
+    is part of what the restarted server is given."""
+
+    def __init__(self, server: ToxiproxyServer, *, timeout: float) -> None:
+        super().__init__(server.url, timeout=timeout)
+        self.server = server
+        self.made: dict[str, _Made] = {}
+        self.restarts = 0
+
+    def _restart(self, hung: ToxiproxyHung) -> None:
+        self.restarts += 1
+        self.server.restart()
+        for name, made in self.made.items():
+            Toxiproxy.create_proxy(self, name, made.upstream, listen=made.listen, enabled=made.enabled)
+            for toxic in made.toxics.values():
+                Toxiproxy.add_toxic(self, name, toxic)
+        if self.on_restart is not None:
+            self.on_restart(f"Toxiproxy restarted: {hung}")
+
+    def _changed(self, call: Callable[[], Any], effect: Callable[[], None]) -> Any:
+        """``call``'s answer, and ``effect`` on what this client made; on a hang, None, and the
+        server restarted with ``effect`` applied."""
+        try:
+            answer = call()
+        except ToxiproxyHung as hung:
+            effect()
+            self._restart(hung)
+            return None
+        effect()
+        return answer
+
+    def _read(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except ToxiproxyHung as hung:
+            self._restart(hung)
+            return call()
+
+    def create_proxy(self, name: str, upstream: str, *, listen: str | None = None,
+                     enabled: bool = True) -> Proxy:
+        proxy = self._read(lambda: super(RestartingToxiproxy, self).create_proxy(
+            name, upstream, listen=listen, enabled=enabled))
+        self.made[name] = _Made(proxy)
+        return proxy
+
+    def delete_proxy(self, name: str) -> None:
+        self._changed(lambda: super(RestartingToxiproxy, self).delete_proxy(name), lambda: self.made.pop(name, None))
+
+    def disable(self, name: str) -> Proxy:
+        return self._enabled(name, False)
+
+    def enable(self, name: str) -> Proxy:
+        return self._enabled(name, True)
+
+    def _enabled(self, name: str, enabled: bool) -> Proxy:
+        base = super().enable if enabled else super().disable
+
+        def effect() -> None:
+            if name in self.made:
+                self.made[name].enabled = enabled
+
+        answer = self._changed(lambda: base(name), effect)
+        made = self.made.get(name)
+        if answer is None and made is not None:
+            answer = Proxy(name=name, upstream=made.upstream, enabled=made.enabled, listen=made.listen)
+        return answer
+
+    def add_toxic(self, proxy: str, toxic: Toxic) -> Toxic:
+        def effect() -> None:
+            if proxy in self.made:
+                self.made[proxy].toxics[toxic.name] = toxic
+
+        return self._changed(lambda: super(RestartingToxiproxy, self).add_toxic(proxy, toxic), effect) or toxic
+
+    def update_toxic(self, proxy: str, name: str, *, toxicity: float) -> Toxic:
+        def effect() -> None:
+            made = self.made.get(proxy)
+            if made is not None and name in made.toxics:
+                made.toxics[name].toxicity = toxicity
+
+        answer = self._changed(lambda: super(RestartingToxiproxy, self).update_toxic(proxy, name, toxicity=toxicity),
+                               effect)
+        return answer or self.made[proxy].toxics[name]
+
+    def remove_toxic(self, proxy: str, name: str) -> None:
+        def effect() -> None:
+            if proxy in self.made:
+                self.made[proxy].toxics.pop(name, None)
+
+        self._changed(lambda: super(RestartingToxiproxy, self).remove_toxic(proxy, name), effect)
+
+    def reset(self) -> None:
+        def effect() -> None:
+            for made in self.made.values():
+                made.enabled, made.toxics = True, {}
+
+        self._changed(super().reset, effect)
+
+    def version(self) -> str:
+        return self._read(super().version)
+
+    def proxies(self) -> dict[str, Proxy]:
+        return self._read(super().proxies)
+
+    def proxy(self, name: str) -> Proxy:
+        return self._read(lambda: super(RestartingToxiproxy, self).proxy(name))
+
+    def toxics(self, proxy: str) -> dict[str, Toxic]:
+        return self._read(lambda: super(RestartingToxiproxy, self).toxics(proxy))
+
+
 class ToxiproxyServer:
     """A real ``toxiproxy-server`` on a free loopback port, for the duration of a ``with`` block."""
 
@@ -225,18 +363,23 @@ class ToxiproxyServer:
         self.port = port or free_port()
         self.start_timeout = start_timeout
         self.control_timeout = control_timeout
-        self.process = ManagedProcess([str(self.binary), "-host", HOST, "-port", str(self.port)],
-                                      name="toxiproxy", log_dir=log_dir)
-        self._client: Toxiproxy | None = None
+        self.log_dir = log_dir
+        self.process = self._process("toxiproxy")
+        self._client: RestartingToxiproxy | None = None
+        self.restarts = 0
+
+    def _process(self, name: str) -> ManagedProcess:
+        return ManagedProcess([str(self.binary), "-host", HOST, "-port", str(self.port)], name=name,
+                              log_dir=self.log_dir)
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     @property
-    def client(self) -> Toxiproxy:
+    def client(self) -> RestartingToxiproxy:
         if self._client is None:
-            self._client = Toxiproxy(self.url, timeout=self.control_timeout)
+            self._client = RestartingToxiproxy(self, timeout=self.control_timeout)
         return self._client
 
     def start(self) -> ToxiproxyServer:
@@ -245,6 +388,14 @@ class ToxiproxyServer:
         except ProcessError as exc:
             raise ToxiproxyError(f"toxiproxy-server ({self.binary}) did not start: {exc}") from exc
         return self
+
+    def restart(self) -> None:
+        """Kill the server and start a new one on the same port, with no proxies (a hung control
+        API cannot be asked to stop); the old one's logs stay, the new one logs under a new name."""
+        self.process.kill()
+        self.restarts += 1
+        self.process = self._process(f"toxiproxy-restart{self.restarts}")
+        self.start()
 
     def stop(self) -> None:
         if self._client is not None:

@@ -195,11 +195,52 @@ def test_control_call_against_a_hung_toxiproxy_fails_within_its_timeout(tmp_path
         try:
             wait_until_stopped(server.process.pid)
             started = time.monotonic()
-            with pytest.raises(tp.ToxiproxyError, match=r"did not answer within 2s"):
-                server.client.reset()
+            with pytest.raises(tp.ToxiproxyHung, match=r"did not answer within 2s"):
+                tp.Toxiproxy(server.url, timeout=2).reset()  # a plain client: the server's own restarts
             assert time.monotonic() - started < 30  # gave up at its timeout: it never answers
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+    assert server.process.pid not in processes.leftovers()
+
+
+def test_a_hung_toxiproxy_is_restarted_with_its_proxies_and_toxics_as_the_call_left_them(tmp_path, upstream):
+    """Toxiproxy's control API can hang for good (a toxic removed while a link cannot drain it:
+    Shopify/toxiproxy#558), and then every later call on that server hangs too: seen in a
+    certification of the reference, where one hang blocked the seven scenarios after it. The
+    server's client restarts it on the same port, with every proxy on its address and every toxic,
+    as the hung call would have left them, and says so (the links were cut)."""
+    with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=2) as server:
+        client, told = server.client, []
+        client.on_restart = told.append
+        proxy = client.create_proxy("phone", upstream)
+        client.add_toxic("phone", tp.latency(100, name="slow"))
+        client.add_toxic("phone", tp.limit_data(10, name="cut", toxicity=0.0))
+        url = f"http://{proxy.listen}/"
+
+        def hang() -> int:
+            pid = server.process.pid
+            os.kill(pid, signal.SIGSTOP)  # accepts TCP (kernel backlog), never answers
+            wait_until_stopped(pid)
+            return pid
+
+        first = hang()
+        client.remove_toxic("phone", "cut")  # the call hangs: the server is restarted without "cut"
+        assert len(told) == 1 and "did not answer within 2s" in told[0]
+        assert server.process.pid != first and first not in processes.leftovers()
+        assert set(client.toxics("phone")) == {"slow"}
+        assert client.toxics("phone")["slow"].attributes["latency"] == 100
+        assert client.proxy("phone").listen == proxy.listen
+        started = time.monotonic()
+        assert get(url).text == "hello through the proxy"  # the same address, still slowed
+        assert time.monotonic() - started >= 0.1
+
+        hang()
+        assert client.disable("phone").enabled is False  # hung: taken as done, and so restarted
+        assert len(told) == 2 and client.proxy("phone").enabled is False
+        with pytest.raises(requests.ConnectionError):
+            get(url, timeout=2)
+        client.enable("phone")
+        assert get(url).text == "hello through the proxy"
     assert server.process.pid not in processes.leftovers()
 
 

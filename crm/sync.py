@@ -319,12 +319,13 @@ def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) 
 
 # A page from which the typed decoder (crm.wire) pays for its import: msgspec and the structs cost
 # about 8 ms to load and save about 5 us an op, while most syncs pull a handful of ops and every
-# harness-driven `crm sync` is a new process (bench_sync.py, 2026-12-03).
+# harness-driven `crm sync` is a new process (bench_sync.py, 2026-12-03). Once loaded (the agent
+# after a big page, many devices in one process), it reads every page.
 TYPED_PAGE_OPS = 1000
 
 
 def _pulled_ops(raw: Any) -> list[Op]:
-    if isinstance(raw, list) and len(raw) >= TYPED_PAGE_OPS:
+    if isinstance(raw, list) and (len(raw) >= TYPED_PAGE_OPS or "crm.wire" in sys.modules):
         from .wire import pulled_ops
 
         return pulled_ops(raw)

@@ -249,10 +249,9 @@ class RestartingToxiproxy(Toxiproxy):
         super().__init__(server.url, timeout=timeout)
         self.server = server
         self.made: dict[str, _Made] = {}
-        self.restarts = 0
+        self._restarting = threading.Lock()  # device threads share this client: one restart per hang
 
     def _restart(self, hung: ToxiproxyHung) -> None:
-        self.restarts += 1
         self.server.restart()
         for name, made in self.made.items():
             Toxiproxy.create_proxy(self, name, made.upstream, listen=made.listen, enabled=made.enabled)
@@ -264,21 +263,29 @@ class RestartingToxiproxy(Toxiproxy):
     def _changed(self, call: Callable[[], Any], effect: Callable[[], None]) -> Any:
         """``call``'s answer, and ``effect`` on what this client made; on a hang, None, and the
         server restarted with ``effect`` applied."""
-        try:
-            answer = call()
-        except ToxiproxyHung as hung:
-            effect()
-            self._restart(hung)
-            return None
-        effect()
-        return answer
+        return self._call_or_restart(call, effect)
 
     def _read(self, call: Callable[[], Any]) -> Any:
+        return self._call_or_restart(call, None)
+
+    def _call_or_restart(self, call: Callable[[], Any], effect: Callable[[], None] | None) -> Any:
+        began = self.server.restarts
         try:
-            return call()
-        except ToxiproxyHung as hung:
-            self._restart(hung)
-            return call()
+            answer = call()
+        except ToxiproxyError as error:
+            with self._restarting:
+                if self.server.restarts == began:  # no restart since this call began
+                    if not isinstance(error, ToxiproxyHung):
+                        raise
+                    if effect is not None:
+                        effect()
+                    self._restart(error)
+                    if effect is not None:
+                        return None
+            answer = call()  # the server was restarted while this call was on its way: ask the new one
+        if effect is not None:
+            effect()
+        return answer
 
     def create_proxy(self, name: str, upstream: str, *, listen: str | None = None,
                      enabled: bool = True) -> Proxy:

@@ -249,6 +249,17 @@ def test_a_hung_toxiproxy_is_restarted_with_its_proxies_and_toxics_as_the_call_l
             get(url, timeout=2)
         client.enable("phone")
         assert get(url).text == "hello through the proxy"
+
+        hang()  # two threads' calls on a hung server: one restart, and both calls answered
+        answers: list[object] = []
+        threads = [threading.Thread(target=lambda: answers.append(client.toxics("phone"))),
+                   threading.Thread(target=lambda: answers.append(client.update_toxic("phone", "slow", toxicity=0.5)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(answers) == 2 and len(told) == 3 and server.restarts == 3
+        assert client.toxics("phone")["slow"].toxicity == 0.5
     assert server.process.pid not in processes.leftovers()
 
 

@@ -144,8 +144,11 @@ class Session:
             self.toxiproxy.on_restart = None
 
     def _links_cut(self, reason: str) -> None:
-        """Every device's connections were cut by a Toxiproxy restart: a blip the timeline shows."""
-        for name in self.devices:
+        """Every online device's connections were cut by a Toxiproxy restart: a blip the timeline
+        shows (a device in airplane mode stays offline: its proxy comes back disabled)."""
+        for name, device in self.devices.items():
+            if device.offline:
+                continue
             self.history.append(name, "fault", "offline", detail=f"links cut: {reason}")
             self.history.append(name, "heal", "offline", detail="links restored")
 

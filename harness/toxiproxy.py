@@ -243,22 +243,32 @@ class RestartingToxiproxy(Toxiproxy):
 
     A restart cuts every open connection through every proxy; ``on_restart`` (given the reason) is
     told, so a scenario's history records the blip. A call that hung is taken as done: its effect
-    is part of what the restarted server is given."""
+    is part of what the restarted server is given. A restart that failed half-way is tried again
+    by the next call that fails. Calls wait while a restart runs (device threads share a client)."""
 
     def __init__(self, server: ToxiproxyServer, *, timeout: float) -> None:
         super().__init__(server.url, timeout=timeout)
         self.server = server
         self.made: dict[str, _Made] = {}
-        self._restarting = threading.Lock()  # device threads share this client: one restart per hang
+        self._restarting = threading.Lock()  # guards ``made`` and the server's restarts
+        self._incomplete = False  # a restart began and did not give every proxy back
 
-    def _restart(self, hung: ToxiproxyHung) -> None:
+    def forget(self) -> None:
+        """The server was started afresh (``ToxiproxyServer.start``): it holds nothing of ours."""
+        with self._restarting:
+            self.made.clear()
+            self._incomplete = False
+
+    def _restart(self, cause: ToxiproxyError) -> None:
+        self._incomplete = True
         self.server.restart()
         for name, made in self.made.items():
             Toxiproxy.create_proxy(self, name, made.upstream, listen=made.listen, enabled=made.enabled)
             for toxic in made.toxics.values():
                 Toxiproxy.add_toxic(self, name, toxic)
+        self._incomplete = False
         if self.on_restart is not None:
-            self.on_restart(f"Toxiproxy restarted: {hung}")
+            self.on_restart(f"Toxiproxy restarted: {cause}")
 
     def _changed(self, call: Callable[[], Any], effect: Callable[[], None]) -> Any:
         """``call``'s answer, and ``effect`` on what this client made; on a hang, None, and the
@@ -269,13 +279,14 @@ class RestartingToxiproxy(Toxiproxy):
         return self._call_or_restart(call, None)
 
     def _call_or_restart(self, call: Callable[[], Any], effect: Callable[[], None] | None) -> Any:
-        began = self.server.restarts
+        with self._restarting:  # a call starts once any restart under way has finished
+            began = self.server.restarts
         try:
             answer = call()
         except ToxiproxyError as error:
             with self._restarting:
                 if self.server.restarts == began:  # no restart since this call began
-                    if not isinstance(error, ToxiproxyHung):
+                    if not (isinstance(error, ToxiproxyHung) or self._incomplete):
                         raise
                     if effect is not None:
                         effect()
@@ -284,18 +295,25 @@ class RestartingToxiproxy(Toxiproxy):
                         return None
             answer = call()  # the server was restarted while this call was on its way: ask the new one
         if effect is not None:
-            effect()
+            with self._restarting:
+                effect()
         return answer
 
     def create_proxy(self, name: str, upstream: str, *, listen: str | None = None,
                      enabled: bool = True) -> Proxy:
         proxy = self._read(lambda: super(RestartingToxiproxy, self).create_proxy(
             name, upstream, listen=listen, enabled=enabled))
-        self.made[name] = _Made(proxy)
+        with self._restarting:
+            self.made[name] = _Made(proxy)
         return proxy
 
     def delete_proxy(self, name: str) -> None:
-        self._changed(lambda: super(RestartingToxiproxy, self).delete_proxy(name), lambda: self.made.pop(name, None))
+        try:
+            self._changed(lambda: super(RestartingToxiproxy, self).delete_proxy(name),
+                          lambda: self.made.pop(name, None))
+        finally:  # deleted or not, it is not wanted: a restart must not bring it (or its port) back
+            with self._restarting:
+                self.made.pop(name, None)
 
     def disable(self, name: str) -> Proxy:
         return self._enabled(name, False)
@@ -331,7 +349,7 @@ class RestartingToxiproxy(Toxiproxy):
 
         answer = self._changed(lambda: super(RestartingToxiproxy, self).update_toxic(proxy, name, toxicity=toxicity),
                                effect)
-        return answer or self.made[proxy].toxics[name]
+        return answer or self.made.get(proxy, _NO_PROXY).toxics.get(name)
 
     def remove_toxic(self, proxy: str, name: str) -> None:
         def effect() -> None:
@@ -358,6 +376,9 @@ class RestartingToxiproxy(Toxiproxy):
 
     def toxics(self, proxy: str) -> dict[str, Toxic]:
         return self._read(lambda: super(RestartingToxiproxy, self).toxics(proxy))
+
+
+_NO_PROXY = _Made(Proxy(name="", upstream="", enabled=False, listen=""))
 
 
 class ToxiproxyServer:
@@ -390,19 +411,26 @@ class ToxiproxyServer:
         return self._client
 
     def start(self) -> ToxiproxyServer:
+        """Start the server afresh (also after it crashed): it holds no proxies."""
+        if self._client is not None:
+            self._client.forget()
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
         try:
             self.process.start(ready_url=f"{self.url}/version", ready_timeout=self.start_timeout)
         except ProcessError as exc:
             raise ToxiproxyError(f"toxiproxy-server ({self.binary}) did not start: {exc}") from exc
-        return self
 
     def restart(self) -> None:
         """Kill the server and start a new one on the same port, with no proxies (a hung control
-        API cannot be asked to stop); the old one's logs stay, the new one logs under a new name."""
+        API cannot be asked to stop); the old one's logs stay, the new one logs under a new name.
+        Its client gives the proxies back (``RestartingToxiproxy``)."""
         self.process.kill()
         self.restarts += 1
         self.process = self._process(f"toxiproxy-restart{self.restarts}")
-        self.start()
+        self._launch()
 
     def stop(self) -> None:
         if self._client is not None:

@@ -53,3 +53,17 @@ def test_a_final_check_that_cannot_quiesce_says_stuck(world, monkeypatch):
     with pytest.raises(ScenarioFailure):
         world.final_check()  # the scenario's last step fails with this...
     assert [(a.check, a.evidence) for a in world.evidence()] == [("stuck", {"step": "quiesce"})]  # ...explained
+
+
+def test_a_toxiproxy_restart_cuts_the_links_of_online_devices_and_leaves_airplane_mode_alone(world):
+    """A restart gives a device in airplane mode its proxy back disabled: its timeline must not
+    show it back online (the checkers read offline windows from it)."""
+    world.devices["plane"] = SimpleNamespace(name="plane", offline=False)
+    world.history.append("plane", "fault", "offline", detail="proxy disabled")
+    world.devices["plane"].offline = True
+    world._links_cut("Toxiproxy restarted: a call hung")
+    later = world.history.append("phone", "heal", "clock_skew", detail="after the restart")
+    assert world.history.offline_at("plane", later.seq)
+    assert not world.history.offline_at("phone", later.seq)
+    cut = [e for e in world.history.events if "links cut" in (e.detail or "")]
+    assert [e.device for e in cut] == ["phone"]

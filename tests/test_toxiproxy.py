@@ -286,3 +286,25 @@ def test_binary_lookup_order(monkeypatch, tmp_path):
     assert tp.find_server_binary() == fake
     monkeypatch.setenv("TOXIPROXY_SERVER", str(tp.REPO / ".tools" / "bin" / "toxiproxy-server"))
     assert tp.find_server_binary() != fake
+
+
+def test_a_restart_brings_back_only_what_is_still_wanted(tmp_path, upstream):
+    """A proxy whose deletion failed (here: gone already) is not given back by a later restart, and
+    a server started afresh after a crash holds nothing the client remembered (it would recreate
+    proxies on ports long handed to others)."""
+    with tp.ToxiproxyServer(log_dir=tmp_path, control_timeout=2) as server:
+        client = server.client
+        client.create_proxy("kept", upstream)
+        client.create_proxy("gone", upstream)
+        tp.Toxiproxy(server.url).delete_proxy("gone")  # behind the client's back
+        with pytest.raises(tp.ToxiproxyError, match="404"):
+            client.delete_proxy("gone")
+        pid = server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        wait_until_stopped(pid)
+        assert set(client.proxies()) == {"kept"}  # hung, restarted: only what is still wanted
+        server.process.kill()  # a crash, then a fresh start (as harness/chaos.py does)
+        server.start()
+        assert client.made == {} and client.proxies() == {}
+        client.create_proxy("kept", upstream)
+    assert server.process.pid not in processes.leftovers()

@@ -243,8 +243,9 @@ class RestartingToxiproxy(Toxiproxy):
 
     A restart cuts every open connection through every proxy; ``on_restart`` (given the reason) is
     told, so a scenario's history records the blip. A call that hung is taken as done: its effect
-    is part of what the restarted server is given. A restart that failed half-way is tried again
-    by the next call that fails. Calls wait while a restart runs (device threads share a client)."""
+    is part of what the restarted server is given. A server that died is restarted alike when a
+    call fails, and a restart that failed half-way is tried again by the next call that fails.
+    Calls wait while a restart runs (device threads share a client)."""
 
     def __init__(self, server: ToxiproxyServer, *, timeout: float) -> None:
         super().__init__(server.url, timeout=timeout)
@@ -286,7 +287,8 @@ class RestartingToxiproxy(Toxiproxy):
         except ToxiproxyError as error:
             with self._restarting:
                 if self.server.restarts == began:  # no restart since this call began
-                    if not (isinstance(error, ToxiproxyHung) or self._incomplete):
+                    if not (isinstance(error, ToxiproxyHung) or self._incomplete
+                            or not self.server.process.running):  # hung, half restarted, or dead
                         raise
                     if effect is not None:
                         effect()

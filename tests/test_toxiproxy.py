@@ -306,5 +306,8 @@ def test_a_restart_brings_back_only_what_is_still_wanted(tmp_path, upstream):
         server.process.kill()  # a crash, then a fresh start (as harness/chaos.py does)
         server.start()
         assert client.made == {} and client.proxies() == {}
-        client.create_proxy("kept", upstream)
+        proxy = client.create_proxy("kept", upstream)
+        server.process.kill()  # a crash the client finds by itself: the next call restarts it
+        assert client.proxy("kept").listen == proxy.listen
+        assert get(f"http://{proxy.listen}/").text == "hello through the proxy"
     assert server.process.pid not in processes.leftovers()

@@ -22,6 +22,7 @@ from crm.device import Device
 from crm.errors import NotFoundError, ServerError
 from crm.server import ServerStore
 from crm.server.app import create_app
+from crm.server.store import INLINE_BODY_BYTES, MOVE_TERR
 from crm.sync import SyncClient, sync_once
 from tests.support import AppTransport
 
@@ -199,6 +200,30 @@ def test_the_server_never_sends_a_record_outside_the_reps_territories(rig):
     rig.move(secret, "east")
     page = _raw_pull(rig, south, scope=epoch).json()
     assert page["moves"] == [{"account": secret, "drop": True}] and page["ops"] == []
+
+
+@pytest.mark.parametrize("reader", ["n2", "m"])
+def test_small_and_large_ops_come_back_whole_and_in_log_order(rig, reader):
+    """A pull reads a small op's body with its page's plan and a large one's after it: ops either
+    side of that size (INLINE_BODY_BYTES), interleaved, come back byte for byte in log order, to
+    a rep of one territory and to one who holds the whole organisation."""
+    n, s, m = _two_territories(rig)
+    rig.store.assign(ORG, "n2", "north")
+    sizes = [3, INLINE_BODY_BYTES * 2, INLINE_BODY_BYTES - 300, 10, INLINE_BODY_BYTES + 1, 5000, 20]
+    for i, size in enumerate(sizes):
+        for dev in (n, s):
+            account = _account(dev, f"Shop {i}")
+            dev.add_note("é" * (size // 2) + "x" * (size % 2), account=account)
+        rig.sync(n, s)
+    token = rig.store.add_token(ORG, reader)
+    page = _raw_pull(rig, token, scope=rig.store.scope(ORG, reader).epoch).json()
+    with rig.store.db.read() as conn:
+        log = [(body, terr) for body, terr in conn.execute("SELECT body, terr FROM ops WHERE org = ? ORDER BY seq",
+                                                            (ORG,))]
+    sent = [body for body, terr in log if terr != MOVE_TERR and (reader == "m" or terr != "south")]
+    assert not page["more"] and page["ops"] == [json.loads(body) for body in sent]
+    large = [len(body.encode()) > INLINE_BODY_BYTES for body in sent]
+    assert large.count(True) >= 3 and large.count(False) >= 3 and large != sorted(large)  # interleaved
 
 
 def test_a_protocol_1_client_of_an_unscoped_rep_gets_the_log_as_before(rig):

@@ -15,7 +15,9 @@ part-way ends exactly as one delivery.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import os
 import re
@@ -50,6 +52,7 @@ BACKOFFICE_DEVICE = "backoffice"
 MAX_PUSH_OPS = 5000
 MAX_PULL_LIMIT = 5000
 MAX_PULL_BYTES = 4 * 1024 * 1024  # per pull page, at least one op (docs/sync-protocol.md)
+INLINE_BODY_BYTES = 1024  # an op this small is read with its page's plan: at most 5 MB a page, read once
 # A push is applied in transactions of at most this many ops, and of at most this much work: an
 # op weighs 1 + its fields + its base stamps (a hostile op names up to 64 x 256 stamps).
 PUSH_TXN_OPS = 500
@@ -832,24 +835,23 @@ class ServerStore:
             budget = max(1, max_bytes - around)
             if epoch is not None and epoch != scope.epoch:  # the rep's territories changed: start again
                 return [], cursor, False, {**_continuity_json(None, latest), **extra, "reset": True}
+            # Each entry comes with its size and, when it is small, its body: one read of the rows
+            # plans the page and fills it (a body read only in the page is read once more, below).
+            cols = (f"seq, device, {size} AS size, op_id, terr, scope, "
+                    f"CASE WHEN {size} <= {INLINE_BODY_BYTES} THEN body END AS small")
             if scope.territories is None:
                 terrs: tuple[str, ...] = ()
-                rows = conn.execute(
-                    f"SELECT seq, device, {size}, op_id, terr, scope FROM ops WHERE org = ? AND seq > ? "
-                    "AND terr <> ? ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
+                rows = conn.execute(f"SELECT {cols} FROM ops WHERE org = ? AND seq > ? AND terr <> ? "
+                                    "ORDER BY seq LIMIT ?", (org, cursor, MOVE_TERR, limit + 1)).fetchall()
             else:  # one index range (org, terr, seq) per territory, merged: a page costs what it
                 # holds, however much of the log belongs to other territories
                 terrs = (GLOBAL_TERR, MOVE_TERR, *scope.territories)
-                ranges = " UNION ALL ".join(
-                    f"SELECT * FROM (SELECT seq, device, {size} AS size, op_id, terr, scope FROM ops WHERE org = ? "
-                    f"AND terr = ? AND seq > ? ORDER BY seq LIMIT ?) AS r{n}" for n in range(len(terrs)))
-                rows = conn.execute(f"{ranges} ORDER BY seq LIMIT ?",
-                                    (*(v for t in terrs for v in (org, t, cursor, limit + 1)), limit + 1)).fetchall()
+                rows = self._merged_ranges(conn, cols, org, terrs, cursor, limit + 1)
             more = len(rows) > limit
             entries = list(rows[:limit])
             if resume is not None:  # the page starts inside the snapshot of the marker at the cursor
-                marker = conn.execute("SELECT seq, device, 0, op_id, terr, scope FROM ops WHERE org = ? AND seq = ?",
-                                      (org, cursor)).fetchone()
+                marker = conn.execute("SELECT seq, device, 0, op_id, terr, scope, NULL FROM ops "
+                                      "WHERE org = ? AND seq = ?", (org, cursor)).fetchone()
                 if marker is None or marker[4] != MOVE_TERR or scope.territories is None:
                     raise BadPart(f"part: the entry at cursor {cursor} is not a move of this rep's log")
                 entries.insert(0, tuple(marker))
@@ -858,7 +860,7 @@ class ServerStore:
             planned: set[str] = set()  # the accounts of ``plan``
             last: tuple[int, str] | None = None  # the last entry wholly in the page
             cut: tuple[int, str, tuple[int, str]] | None = None  # the page ends inside this marker's snapshot
-            for seq, dev, length, op_id, terr, account in entries:
+            for seq, dev, length, op_id, terr, account, _ in entries:
                 if terr != MOVE_TERR:
                     if dev != skip:
                         if sent and total + length + 1 > budget:
@@ -926,20 +928,31 @@ class ServerStore:
             seen = {**_continuity_json((new_cursor, at), latest), **extra}
             if not sent:
                 return [], new_cursor, more, seen
-            mine = "" if skip is None else " AND device <> ?"
-            others = () if skip is None else (skip,)
-            if not terrs:
-                ops = [body for (body,) in conn.execute(
-                    f"SELECT body FROM ops WHERE org = ? AND seq > ? AND seq <= ? AND terr <> ?{mine} "
-                    "ORDER BY seq", (org, cursor, new_cursor, MOVE_TERR, *others)).fetchall()]
-            else:
-                ops = [body for _, body in sorted(
-                    row for t in terrs if t != MOVE_TERR for row in conn.execute(
-                        f"SELECT seq, body FROM ops WHERE org = ? AND terr = ? AND seq > ? AND seq <= ?{mine}",
-                        (org, t, cursor, new_cursor, *others)).fetchall())]
+            page = [(seq, body) for seq, dev, _, _, terr, _, body in entries
+                    if seq <= new_cursor and terr != MOVE_TERR and dev != skip]
+            large: dict[int, str] = {}
+            for chunk, marks in _in_chunks([seq for seq, body in page if body is None]):
+                large.update(conn.execute(f"SELECT seq, body FROM ops WHERE org = ? AND seq IN ({marks})",
+                                          (org, *chunk)).fetchall())
+            ops = [large[seq] if body is None else body for seq, body in page]
             if epoch is not None:
                 seen["moves"] = self._moves(conn, org, plan)
         return ops, new_cursor, more, seen
+
+    def _merged_ranges(self, conn: Any, cols: str, org: str, terrs: tuple[str, ...], cursor: int,
+                       limit: int) -> list[Any]:
+        """The first ``limit`` entries after ``cursor`` of territories ``terrs``, in log order. On
+        SQLite, one query per territory merged here: its planner sorts each range of a UNION ALL
+        again in a temporary B-tree, which cost a pull more than reading the rows."""
+        if self.db.dialect == "postgresql":
+            ranges = " UNION ALL ".join(
+                f"SELECT * FROM (SELECT {cols} FROM ops WHERE org = ? AND terr = ? AND seq > ? ORDER BY seq "
+                f"LIMIT ?) AS r{n}" for n in range(len(terrs)))
+            return conn.execute(f"{ranges} ORDER BY seq LIMIT ?",
+                                (*(v for t in terrs for v in (org, t, cursor, limit)), limit)).fetchall()
+        return list(itertools.islice(heapq.merge(*(conn.execute(
+            f"SELECT {cols} FROM ops WHERE org = ? AND terr = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (org, terr, cursor, limit)).fetchall() for terr in terrs)), limit))
 
     def _moves(self, conn: Any, org: str, plan: list[tuple[str, list[tuple[int, str]] | None]]
                ) -> list[dict[str, Any]]:

@@ -420,16 +420,19 @@ def create_app(store: ServerStore, *, limits: Limits | None = None) -> Starlette
             return _error(422, "invalid", exc.message, op=None)
         return JSONResponse(result.to_json())
 
+    def authorised_pull(request: Request) -> tuple[str | None, tuple[list[str], int, bool, dict[str, Any]]]:
+        """The token, the parameters and the page in one trip to a worker thread: a second trip
+        cost an empty pull a quarter of its server CPU (about 0.25 of 1.1 ms)."""
+        identity = _identity(store, request, "device")
+        cursor, limit, device, continuity, epoch, own, part = _pull_params(request)
+        return device, store.pull(identity, cursor=cursor, limit=limit, device=device, max_bytes=max_pull_bytes,
+                                  continuity=continuity, epoch=epoch, own=own, part=part)
+
     async def pull(request: Request) -> Response:
         try:
-            identity = await run_in_threadpool(_identity, store, request, "device")
-            cursor, limit, device, continuity, epoch, own, part = _pull_params(request)
+            device, (ops, new_cursor, more, seen) = await run_in_threadpool(authorised_pull, request)
         except _Refusal as refusal:
             return refusal.response
-        try:
-            ops, new_cursor, more, seen = await run_in_threadpool(
-                store.pull, identity, cursor=cursor, limit=limit, device=device, max_bytes=max_pull_bytes,
-                continuity=continuity, epoch=epoch, own=own, part=part)
         except ContinuityBroken as exc:
             return _continuity_broken(exc)
         except BadPart as exc:

@@ -459,6 +459,17 @@ def test_the_connections_in_all_and_the_head_size_are_capped(tmp_path):
         wait_for(lambda: not answers.append(head_too_big()) and not answers[-1].startswith(b"HTTP/1.1 503"),
                  timeout=10)  # a 503 while the server has not yet seen the pull's connection go
         assert answers[-1].startswith(b"HTTP/1.1 400"), answers[-1]
+        # a whole head in one write, past the cap: counted as the parser reads it, refused all the same
+        whole = _connect(server.port, head=b"GET /v1/pull HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: a\r\n" * 300 + b"\r\n")
+        closed, got = _closed_by_server(whole, within=5)
+        whole.close()
+        assert closed and got.startswith(b"HTTP/1.1 400"), got[:200]
+        # a head under the cap is served: the count does not overshoot
+        import httpx
+
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            wait_for(lambda: client.get("/v1/pull", headers={"authorization": f"Bearer {token}",
+                                                             "x-pad": "a" * 1700}).status_code == 200, timeout=10)
 
 
 def _asgi_push(app, token: str, chunks, *, gap: float):

@@ -29,4 +29,4 @@ def serve(target: str, *, host: str = "127.0.0.1", port: int = 8765, log_level: 
     app = create_app(ServerStore.open(target), limits=limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5, http=guarded_protocol(limits),
-                timeout_keep_alive=limits.head_timeout, h11_max_incomplete_event_size=limits.max_head_bytes)
+                timeout_keep_alive=limits.head_timeout)

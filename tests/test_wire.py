@@ -104,6 +104,27 @@ def test_the_fast_path_refuses_what_parse_refuses() -> None:
         assert _fast(broken) is None, change
 
 
+def _decoded(*raws: object) -> bool:
+    return wire.decode_push(json.dumps({"protocol": 1, "ops": list(raws)}).encode()) is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(VALID), CHANGES), min_size=2, max_size=4))
+def test_a_body_s_ids_and_stamps_are_checked_together_as_each_alone(items: list) -> None:
+    """decode_push checks the ids and stamps of a whole body with one regex per kind: a body
+    passes exactly when each of its ops would pass alone."""
+    raws = [_changed(start, changes) for start, changes in items]
+    assert _decoded(*raws) == all(_decoded(raw) for raw in raws), raws
+
+
+def test_a_newline_cannot_split_one_value_into_two_good_ones() -> None:
+    """Joined by newlines, "acc-2\nacc-3" would read as two good ids: the count refuses it."""
+    second = f"{NOW:013d}.00000@dev-1"
+    for change in ({"id": "acc-2\nacc-3"}, {"op": "op-2\nop-3"}, {"dev": "dev-1\ndev-2"},
+                   {"hlc": f"{STAMP}\n{second}"}, {"base": {"name": [f"{second}\n{second}"]}}):
+        assert _decoded(VALID[0], VALID[4]) and not _decoded(VALID[0], {**VALID[4], **change}), change
+
+
 # -- the client's pulled ops --------------------------------------------------------------------
 def _typed(raw: object) -> object:
     """What the typed struct alone makes of one pulled op: an Op, or None where it refuses."""

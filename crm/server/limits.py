@@ -71,10 +71,12 @@ def guarded_protocol(limits: Limits) -> type[asyncio.Protocol]:
     and the head size of ``limits``; its counters are shared by the connections of one server.
 
     httptools, not h11: h11 parses in Python and cost each request about 0.4 ms more of the
-    server's CPU (bench/README.md). llhttp sets no bound on a head, so the size is counted here:
-    the bytes of a head still incomplete after a read, and of the request line and each header
-    as the parser completes them (a head that arrives whole in one read); past the cap the
-    answer is 400 and the connection is closed, as h11 answered."""
+    server's CPU (bench/README.md). llhttp bounds neither a head nor a chunked body's trailers
+    (and its CPU grows with the square of an unfinished line), so this protocol counts what a
+    request sends outside its body: after each read, the read's bytes but its body's; and the
+    request line and each header as the parser completes them, so a head that arrives whole in
+    one read is refused before it reaches the app. Past ``max_head_bytes``, a head gets 400 and
+    the connection is closed, as h11 answered; a request whose trailers run past it is closed."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     most = limits.max_connections or default_max_connections()
@@ -86,8 +88,11 @@ def guarded_protocol(limits: Limits) -> type[asyncio.Protocol]:
         _counted_address: str | None = None
         _counted = False
         _head_timer: asyncio.TimerHandle | None = None
-        _head_open = True  # the current request's head is not complete yet
-        _head_bytes = 0  # bytes of it received so far
+        _in_message = False  # from a request's first byte to its end
+        _head_open = False  # from a request's first byte to the end of its head
+        _outside_body = 0  # bytes of the request that are not its body: head, chunk sizes, trailers
+        _head_bytes = 0  # the head's lines as the parser completed them
+        _body_in_read = 0  # body bytes of the read being parsed
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -114,29 +119,46 @@ def guarded_protocol(limits: Limits) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            self._body_in_read = 0
             super().data_received(data)
-            if self._head_open and not self.transport.is_closing():
-                self._head_bytes += len(data)  # all of it head, or the end of the previous request
-                if self._head_bytes > limits.max_head_bytes:
-                    self.send_400_response(f"request head over {limits.max_head_bytes} bytes")
+            if self._in_message and not self.transport.is_closing():
+                # all of the read but its body: head, chunk sizes, trailers (and, pipelined, the
+                # end of the previous request: an upper bound)
+                self._outside_body += len(data) - self._body_in_read
+                if self._outside_body > limits.max_head_bytes:
+                    if self._head_open:
+                        self.send_400_response(f"request head over {limits.max_head_bytes} bytes")
+                    else:  # trailers without end: the request is in the app already, so no answer
+                        self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._head_open, self._head_bytes = True, 0
+            self._in_message = self._head_open = True
+            self._outside_body = self._head_bytes = 0
 
         def on_url(self, url: bytes) -> None:
             self._count_head(len(url) + 16)  # method, spaces, version and line end at their longest
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count_head(len(name) + len(value) + 4)
+            if self._head_open:  # a trailer is counted with the reads, above
+                self._count_head(len(name) + len(value) + 4)
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._head_open = False
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            self._body_in_read += len(body)
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_message = False
+            super().on_message_complete()
+
         def _count_head(self, size: int) -> None:
+            """A head that arrives whole in one read is refused before it reaches the app."""
             self._head_bytes += size
             if self._head_bytes > limits.max_head_bytes:
                 raise HeadTooLarge  # httptools raises it as a parser error: uvicorn answers 400

@@ -349,15 +349,18 @@ def _weight(op: Op) -> int:
     return 1 + len(op.fields) + (sum(map(len, op.base.values())) if op.base else 0)
 
 
-_STATEMENT_ROWS = (256, 64, 16, 4, 1)  # rows per INSERT statement of _insert_rows: few statement texts
+# Rows per INSERT statement of _insert_rows: few statement texts, and at most 128 rows of 7 values
+# (896 parameters; SQLite before 3.32 takes at most 999 in a statement).
+_STATEMENT_ROWS = (128, 32, 8, 2, 1)
 
 
 def _insert_rows(conn: Any, head: str, row: str, tail: str, rows: list[tuple[Any, ...]]) -> None:
     """``head`` VALUES ``row``, ``row``, ... ``tail`` for ``rows``, in order, in statements of the
-    sizes of _STATEMENT_ROWS. One statement is one SQLite step: ``executemany`` steps once per row,
-    and every step gives up the GIL, which another thread then holds for up to its switch interval.
-    Inside the write lock that stretched each push batch several times over with pulls running
-    (500 rows against 3 busy threads: 7 s by executemany, 55 ms as one statement)."""
+    sizes of _STATEMENT_ROWS (rows of at most 7 values). One statement is one SQLite step:
+    ``executemany`` steps once per row, and every step gives up the GIL, which another thread then
+    holds for up to its switch interval. Inside the write lock that stretched each push batch
+    several times over with pulls running (500 rows against 3 busy threads: 7 s by executemany,
+    55 ms as one statement)."""
     at = 0
     for size in _STATEMENT_ROWS:
         while len(rows) - at >= size:

@@ -189,24 +189,66 @@ def test_usage_error(bin_dir: Path, home: Path) -> None:
     assert pending(home) == 0
 
 
-def test_ctrl_c_exits_130_and_keeps_the_store_consistent(bin_dir: Path, home: Path, tmp_path: Path) -> None:
+# The import runs as a real process and takes a real SIGINT, but at a point the test chooses rather
+# than after a sleep: a wrapper around the batch writer holds the third batch inside its open
+# transaction, its rows written and not committed, and says so on a pipe. On a loaded machine a
+# sleep let the whole import finish before the signal landed.
+PAUSING_IMPORT = """
+import os, sys, time
+import crm.importer as importer
+
+real, calls = importer._write_batch, 0
+
+def write_batch(*args, **kwargs):
+    global calls
+    calls += 1
+    result = real(*args, **kwargs)
+    if calls == int(os.environ["PAUSE_IN_BATCH"]):
+        os.write(int(os.environ["PAUSED_FD"]), b"paused")
+        while True:
+            time.sleep(60)  # until the SIGINT
+    return result
+
+importer._write_batch = write_batch
+from cli.main import run
+sys.argv[0] = "crm"
+run()
+"""
+
+
+def test_ctrl_c_exits_130_keeps_whole_batches_and_rolls_back_the_open_one(home: Path, tmp_path: Path,
+                                                                          bin_dir: Path) -> None:
     rows = tmp_path / "big.csv"
-    total = 150_000
+    total, batch = 5_000, 1_000  # the importer's batch size
     rows.write_text("name,city,external_ref\n" + "".join(f"Shop {i},Leeds,R{i}\n" for i in range(total)))
-    proc = subprocess.Popen(["crm", "--home", str(home), "import", "accounts", str(rows)],
-                            env=env_with(bin_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (home / "crm.sqlite3-wal").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)  # the process has started and opened the store
-    time.sleep(0.3)
+    script = tmp_path / "pausing_import.py"
+    script.write_text(PAUSING_IMPORT)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, str(script), "--home", str(home), "import", "accounts", str(rows)],
+                            env=env_with(bin_dir, PAUSE_IN_BATCH="3", PAUSED_FD=str(write_end)),
+                            pass_fds=(write_end,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as paused:
+        said = paused.read(6)  # blocks until the third batch is held (or the process ended: b"")
+    if said != b"paused":
+        proc.kill()
+        pytest.fail(f"the import never reached its third batch: {proc.communicate()}")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, (proc.returncode, stdout, stderr)
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert f"import interrupted: {2 * batch} of {total} rows were committed" in stderr
     with sqlite3.connect(home / "crm.sqlite3") as conn:
         records = conn.execute("SELECT count(*) FROM records WHERE entity = 'account'").fetchone()[0]
         queued = conn.execute("SELECT count(*) FROM outbox WHERE entity = 'account'").fetchone()[0]
-    assert records == queued < total  # whole batches only: every record kept has its outbox op
+    assert records == queued == 2 * batch  # two whole batches, each with its outbox ops; the third rolled back
+    # and the same import, run again, finishes it without a second copy of anything
+    again = run(bin_dir, home, "import", "accounts", str(rows), "--json")
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["created"], json.loads(again.stdout)["unchanged"]) == (total - 2 * batch,
+                                                                                            2 * batch)
+    with sqlite3.connect(home / "crm.sqlite3") as conn:
+        assert conn.execute("SELECT count(*) FROM records WHERE entity = 'account'").fetchone()[0] == total
 
 
 # -- startup cost -----------------------------------------------------------------------------

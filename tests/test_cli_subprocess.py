@@ -216,6 +216,14 @@ run()
 """
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """SIGINT back to its default in the child, as a terminal's foreground job has it. A shell
+    starts a background job (``.ci/run &``) with SIGINT ignored, the tests under tox inherited
+    that, and Python then never turns SIGINT into KeyboardInterrupt: the signal was lost, and the
+    import ran to its end (exit 0, taken for a race) or, held, to the test's timeout."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_keeps_whole_batches_and_rolls_back_the_open_one(home: Path, tmp_path: Path,
                                                                           bin_dir: Path) -> None:
     rows = tmp_path / "big.csv"
@@ -226,7 +234,8 @@ def test_ctrl_c_exits_130_keeps_whole_batches_and_rolls_back_the_open_one(home: 
     read_end, write_end = os.pipe()
     proc = subprocess.Popen([sys.executable, str(script), "--home", str(home), "import", "accounts", str(rows)],
                             env=env_with(bin_dir, PAUSE_IN_BATCH="3", PAUSED_FD=str(write_end)),
-                            pass_fds=(write_end,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            pass_fds=(write_end,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_on_a_terminal)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as paused:
         said = paused.read(6)  # blocks until the third batch is held (or the process ended: b"")

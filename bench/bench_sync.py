@@ -2,7 +2,9 @@
 PouchDB replication (../shared/peers/pouchdb/run.sh) measured in the same run.
 
 Figures: push ops/s for 10k and 100k queued ops from one device, a fresh device pulling
-everything, and the cost of a second sync with nothing new at two database sizes.
+everything (then indexing it for search, which a device filling up does after the pull:
+``index_s``, ``pull_and_index_ops_per_s``), and the cost of a second sync with nothing new at two
+database sizes.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def trial(n: int, workdir: Path) -> dict:
             pulled, applied = pull_changes(fresh, client)
             pull_s = time.perf_counter() - t0
             assert applied == n, (pulled, applied)
+            # a device filling up indexes its records for search after the pull (crm/search.py)
+            t0 = time.perf_counter()
+            indexed = fresh.catch_up_index()
+            index_s = time.perf_counter() - t0
             idle = []
             for _ in range(15):
                 t0 = time.perf_counter()
@@ -66,7 +72,9 @@ def trial(n: int, workdir: Path) -> dict:
         with fresh.snapshot() as conn:
             assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == n
         return {"n": n, "push_s": push_s, "push_ops_per_s": n / push_s, "pull_s": pull_s,
-                "pull_ops_per_s": n / pull_s, "idle_sync_ms_median": statistics.median(idle) * 1000}
+                "pull_ops_per_s": n / pull_s, "indexed_after_pull": indexed, "index_s": index_s,
+                "pull_and_index_ops_per_s": n / (pull_s + index_s),
+                "idle_sync_ms_median": statistics.median(idle) * 1000}
 
 
 def pouch(n: int) -> dict | None:

@@ -200,6 +200,7 @@ def run(home: Path, *, stop: threading.Event | None = None,
                                        "`crm outbox --rejected`"}
                     publish(state="synced", last_sync=now_text, last_error=None, last_result=result.to_json(),
                             rejected=device.outbox(rejected=True, limit=0)["rejected"])
+                    device.catch_up_index()  # a bulk pull's records, indexed here, not in the rep's next command
                     next_sync = time.monotonic() + idle
                 except (ServerUnreachableError, ServerError, StoreLockedError) as exc:
                     if client is not None and not isinstance(exc, StoreLockedError):

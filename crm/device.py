@@ -66,6 +66,16 @@ def _duration(seconds: float) -> str:
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
 
 
+def _catch_up_index(store: Store, conn: sqlite3.Connection) -> int:
+    """``search.catch_up`` when the meta row says a bulk pull left records out; clears the row."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (MetaKey.SEARCH_BEHIND,)).fetchone()
+    if not row or not row[0]:
+        return 0
+    done = search.catch_up(conn)
+    store.set_meta(conn, MetaKey.SEARCH_BEHIND, "")
+    return done
+
+
 class Change(NamedTuple):  # not a dataclass: @dataclass costs start-up
     """One record change to write: the engine turns each into an op inside a transaction."""
 
@@ -92,6 +102,10 @@ class Device:
                 with store.write() as conn:                           # otherwise: index again
                     search.rebuild(conn)
                     store.set_meta(conn, MetaKey.SEARCH_FOLD, search.FOLD_VERSION)
+                    store.set_meta(conn, MetaKey.SEARCH_BEHIND, "")
+            elif meta.get(MetaKey.SEARCH_BEHIND):  # a bulk pull left records out of the index
+                with store.write() as conn:
+                    _catch_up_index(store, conn)
         except BaseException:
             store.close()
             raise
@@ -199,6 +213,9 @@ class Device:
             raise NotFoundError(f"no {entity} with id {rid!r}", details={"entity": entity, "id": rid})
         rec = self._load(conn, entity, (rid or "").strip().lower())
         if rec is None:
+            # behind only after this object's own bulk pull (opening catches up): the transaction
+            # this runs in, a read one too, takes the write lock for it
+            _catch_up_index(self.store, conn)
             found = search.resolve(conn, entity, rid)
             rec = self._load(conn, entity, found) if found else None
         if rec is None or (rec.deleted and not allow_deleted):
@@ -280,9 +297,18 @@ class Device:
         # a listing shows values only: the merge metadata is not unpacked
         return [present(Record(entity, rid, loads(data))) for rid, data, _meta in rows], total
 
+    def catch_up_index(self) -> int:
+        """Index the records a bulk pull left out of the search index (the agent does it after a
+        sync, a command on opening the store); how many."""
+        if not self.store.get_meta(MetaKey.SEARCH_BEHIND):
+            return 0
+        with self.store.write() as conn:
+            return _catch_up_index(self.store, conn)
+
     def search(self, text: str, *, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Accounts, contacts and notes holding every word of ``text`` (case and accents aside):
         (the first ``limit`` as ``{entity, id, name, detail, account}`` rows, how many in all)."""
+        self.catch_up_index()
         with self.store.read() as conn:
             shown, total = search.search(conn, text, limit=None if limit is None else int(limit))
             records = self._load_many(conn, shown)
@@ -913,7 +939,14 @@ class Device:
             rows += [(*row_of(rec), None) for rec in changed.values()]
             known = {(op.entity, op.record_id): op.fields for op in foreign if op.kind == "create"}
             known.update({(rec.entity, rec.id): rec.values for rec in changed.values()})
-            search.reindex(conn, rows, known)  # the local search index, in this same transaction
+            new = {(row[0], row[1]) for row in rows} - stored.keys()  # records this device never had
+            behind = bool(self.store.get_meta(MetaKey.SEARCH_BEHIND))
+            if search.should_defer(conn, len(new), behind):  # a device filling up: index them later
+                search.reindex(conn, [row for row in rows if (row[0], row[1]) not in new], known)
+                if not behind:
+                    self.store.set_meta(conn, MetaKey.SEARCH_BEHIND, "1")
+            else:
+                search.reindex(conn, rows, known)  # the local search index, in this same transaction
             self._unref(conn, [(rec.entity, rec.id) for rec in changed.values()])
             conn.executemany(self._UPSERT_RECORD, rows)
             orphans = self._orphans(conn)

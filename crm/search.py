@@ -3,7 +3,9 @@
 The index is derived data, local to the device store: it is written in the same transaction as
 the records it describes (``reindex``, called by ``Device.write`` and ``Device.apply_remote``
 before their upsert), never enters the outbox, the sync protocol or the canonical export, and can
-be rebuilt from ``records`` at any time (``rebuild``; the schema-3 migration does that).
+be rebuilt from ``records`` at any time (``rebuild``; the schema-3 migration does that). A bulk pull
+page of records new to the device is the exception (``should_defer``): they are indexed by
+``catch_up`` before the next lookup (meta row ``search_behind``, docs/architecture.md).
 
 Two tables (crm/store.py, schema version 3):
 
@@ -34,12 +36,13 @@ import json
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import AmbiguousError
 
-__all__ = ["INDEXED", "SCHEMA", "fold", "key_of", "rebuild", "reindex", "resolve", "search", "short_id"]
+__all__ = ["INDEXED", "SCHEMA", "catch_up", "fold", "key_of", "rebuild", "reindex", "resolve", "search",
+           "should_defer", "short_id"]
 
 # The statements of schema version 3 (crm/store.py runs them, then ``rebuild``).
 SCHEMA = """
@@ -200,23 +203,30 @@ def reindex(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
             if new_doc is not None:
                 inserts.append((k, *new_doc))
     conn.executemany(_DELETE, removals)
+    conn.executemany(_INSERT, inserts)
     if new_find:
-        hexes = [_hex(rid) for _, rid in new_find]  # each computed once (bulk imports, first pulls)
-        keys = [_key(entity, rid, digits) for (entity, rid), digits in zip(new_find, hexes, strict=True)]
-        taken = {k for (k,) in conn.execute(
-            "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))", (json.dumps(keys),))}
-        find_rows = []
-        for (entity, rid), k, digits in zip(new_find, keys, hexes, strict=True):
-            while k in taken:  # another record's key: the next free one (a range query still finds it)
-                k = (k & ~((1 << _TAIL_BITS) - 1)) | ((k + 1) & ((1 << _TAIL_BITS) - 1))
-                if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
-                    taken.add(k)
-            taken.add(k)
-            find_rows.append((k, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
-            doc = _doc(entity, known.get((entity, rid)) or _values(latest[(entity, rid)][0]))
-            if doc is not None:
-                inserts.append((k, *doc))
-        conn.executemany("INSERT INTO find (k, id, s) VALUES (?, ?, ?)", find_rows)
+        _add(conn, new_find, lambda entity, rid: known.get((entity, rid)) or _values(latest[(entity, rid)][0]))
+
+
+def _add(conn: sqlite3.Connection, records: list[tuple[str, str]],
+         values: Callable[[str, str], dict[str, Any]]) -> None:
+    """Index ``records`` (entity, id), which have no entry yet; ``values(entity, id)``: their data."""
+    hexes = [_hex(rid) for _, rid in records]  # each computed once (bulk imports, first pulls)
+    keys = [_key(entity, rid, digits) for (entity, rid), digits in zip(records, hexes, strict=True)]
+    taken = {k for (k,) in conn.execute(
+        "SELECT k FROM find WHERE k IN (SELECT value FROM json_each(?))", (json.dumps(keys),))}
+    find_rows, inserts = [], []
+    for (entity, rid), k, digits in zip(records, keys, hexes, strict=True):
+        while k in taken:  # another record's key: the next free one (a range query still finds it)
+            k = (k & ~((1 << _TAIL_BITS) - 1)) | ((k + 1) & ((1 << _TAIL_BITS) - 1))
+            if k not in taken and conn.execute("SELECT 1 FROM find WHERE k = ?", (k,)).fetchone():
+                taken.add(k)
+        taken.add(k)
+        find_rows.append((k, rid, int(digits[-SHORT_LEN:], 16) if digits else None))
+        doc = _doc(entity, values(entity, rid))
+        if doc is not None:
+            inserts.append((k, *doc))
+    conn.executemany("INSERT INTO find (k, id, s) VALUES (?, ?, ?)", find_rows)
     conn.executemany(_INSERT, inserts)
 
 
@@ -232,6 +242,41 @@ def _values(data: str) -> dict[str, Any]:
     except ValueError:
         return {}  # damaged (crm doctor says so): nothing to find in it
     return values if isinstance(values, dict) else {}
+
+
+# A pull page that brings at least this many records new to the device, and at least as many as
+# the index holds (a device filling up), leaves them out of the index: `catch_up` indexes them
+# before the next lookup. As PouchDB builds its views when first queried, not while replicating:
+# keeping the index was 45% of a first pull's CPU (bench/README.md).
+DEFER_AT_LEAST = 500
+
+
+def should_defer(conn: sqlite3.Connection, new_records: int, behind: bool) -> bool:
+    """Whether a write bringing ``new_records`` records the device never had leaves them out of
+    the index: only in bulk, when the index is behind already or holds no more than that, so that
+    catching up costs about what indexing them would have."""
+    if new_records < DEFER_AT_LEAST:
+        return False
+    return behind or conn.execute("SELECT count(*) FROM find").fetchone()[0] <= new_records
+
+
+def catch_up(conn: sqlite3.Connection) -> int:
+    """Index the live records that have no ``find`` row (left out by a deferred pull page); call
+    it in a write transaction. A record has its FTS5 entry exactly when it has its ``find`` row,
+    so a record written since, which ``reindex`` indexed then, is not indexed twice. Returns how
+    many it indexed."""
+    code_of = {code: entity for entity, code in ENTITY_CODE.items()}
+    indexed = {(code_of.get(k >> _TAIL_BITS), rid) for k, rid in conn.execute("SELECT k, id FROM find")}
+    missing: dict[str, list[str]] = {}
+    for entity, rid in conn.execute("SELECT entity, id FROM records WHERE deleted = 0"):
+        if (entity, rid) not in indexed:
+            missing.setdefault(entity, []).append(rid)
+    data = {(entity, rid): text for entity, rids in missing.items() for rid, text in conn.execute(
+        "SELECT id, data FROM records WHERE entity = ? AND id IN (SELECT value FROM json_each(?))",
+        (entity, json.dumps(rids)))}
+    if data:
+        _add(conn, list(data), lambda entity, rid: _values(data[(entity, rid)]))
+    return len(data)
 
 
 def rebuild(conn: sqlite3.Connection) -> None:

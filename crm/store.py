@@ -209,6 +209,9 @@ class MetaKey:
     # kind; "" once one succeeds or after `crm login` (writes warn: Device.sync_warning)
     SYNC_FAILING = "sync_failing"
     SEARCH_FOLD = "search_fold"  # the folding the search index was built with (crm/search.py)
+    # "1": records new to the device were left out of the search index by a bulk pull page;
+    # search.catch_up indexes them before the next lookup (Device._index_caught_up)
+    SEARCH_BEHIND = "search_behind"
     # Territories (docs/sync-protocol.md): the scope epoch this device holds, its rep's default
     # territory, records kept out of scope only for their unsynced work, and a pull from 0 after
     # a scope change (own ops included) still running.

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from crm import Device
+from crm import Change, Device
 from crm.errors import AmbiguousError, NotFoundError
+from crm.ids import new_id
 from crm.search import fold, key_of, short_id
 from crm.store import MIGRATIONS, SCHEMA_VERSION
 
@@ -94,6 +95,82 @@ def test_the_index_follows_edits_deletes_and_pulled_ops_in_the_same_transaction(
     assert two.resolve("account", short_id(rid)) == rid
     one.close()
     two.close()
+
+
+def _outbox_ops(device: Device) -> list:
+    from crm.ops import loads, op_from_wire
+
+    return [op_from_wire(loads(body)) for (body,) in device.store.conn.execute("SELECT body FROM outbox ORDER BY seq")]
+
+
+def _index(device: Device) -> tuple[list, int]:
+    """The find rows and the FTS5 entries (their count: a contentless table keeps no text)."""
+    conn = device.store.conn
+    return (conn.execute("SELECT k, id, s FROM find ORDER BY k").fetchall(),
+            conn.execute("SELECT count(*) FROM search WHERE search MATCH 'shop'").fetchone()[0])
+
+
+@pytest.mark.parametrize("lookup", ["search", "resolve", "reopen", "catch_up_index"])
+def test_a_bulk_pull_leaves_new_records_out_of_the_index_until_the_next_lookup(tmp_path: Path, lookup: str) -> None:
+    """A device filling up (a pull page of 500 or more records it never had, at least as many as
+    it has indexed) writes them without their index entries and a meta row saying so; the next
+    lookup, the next opening of the store or the agent after its sync indexes them first. Records
+    pulled or written meanwhile are indexed once, a deleted one not at all."""
+    from crm.search import DEFER_AT_LEAST, rebuild
+    from crm.store import MetaKey
+
+    one = Device.init(tmp_path / "one", rep="rep-1")
+    one.write([Change("account", new_id(), {"name": f"Shop {i}", "city": "Leeds"}, {}, "create")
+               for i in range(DEFER_AT_LEAST + 100)])
+    bulk = _outbox_ops(one)
+    two = Device.init(tmp_path / "two", rep="rep-2")
+    mine = two.create("account", {"name": "Own Shop"})["id"]
+    two.apply_remote(bulk, cursor="1")
+    assert two.store.get_meta(MetaKey.SEARCH_BEHIND) == "1"
+    assert [rid for _, rid, _ in _index(two)[0]] == [mine]  # the pulled ones wait
+    # pulled again before the catch-up, in small pages: an edit (indexed now), a delete
+    renamed, deleted = bulk[0].record_id, bulk[1].record_id
+    one.store.conn.execute("DELETE FROM outbox")
+    one.edit("account", renamed, {"name": "Épicerie Centrale"})
+    one.delete("account", deleted)
+    two.apply_remote(_outbox_ops(one), cursor="2")
+    assert two.store.get_meta(MetaKey.SEARCH_BEHIND) == "1"
+    if lookup == "search":
+        assert ids(two.search("epicerie")[0]) == [renamed]
+    elif lookup == "resolve":
+        assert two.get("account", "Shop 17")["name"] == "Shop 17"
+    elif lookup == "reopen":
+        two.close()
+        two = Device.open(tmp_path / "two")
+    else:
+        assert two.catch_up_index() == DEFER_AT_LEAST + 100 - 2  # all but the edited and the deleted
+    assert not two.store.get_meta(MetaKey.SEARCH_BEHIND)
+    assert ids(two.search("epicerie")[0]) == [renamed] and two.search("shop 599")[1] == 1
+    assert two.search("shop 42")[0][0]["name"] == "Shop 42" and two.search("centrale")[1] == 1
+    caught_up = _index(two)
+    assert len(caught_up[0]) == DEFER_AT_LEAST + 100  # each live record once: the 600 pulled but the deleted, and its own
+    with two.store.write() as conn:
+        rebuild(conn)
+    assert _index(two) == caught_up  # the same index as built from scratch
+    one.close()
+    two.close()
+
+
+def test_a_small_pull_and_a_device_holding_more_are_indexed_in_the_pages_transaction(tmp_path: Path) -> None:
+    from crm.search import DEFER_AT_LEAST
+    from crm.store import MetaKey
+
+    one = Device.init(tmp_path / "one", rep="rep-1")
+    two = Device.init(tmp_path / "two", rep="rep-2")
+    two.write([Change("account", new_id(), {"name": f"Held {i}"}, {}, "create") for i in range(DEFER_AT_LEAST + 1)])
+    one.write([Change("account", new_id(), {"name": f"Shop {i}"}, {}, "create") for i in range(DEFER_AT_LEAST)])
+    two.apply_remote(_outbox_ops(one), cursor="1")  # 500 new, fewer than the 501 indexed
+    assert not two.store.get_meta(MetaKey.SEARCH_BEHIND) and two.search("shop")[1] == DEFER_AT_LEAST
+    three = Device.init(tmp_path / "three", rep="rep-3")
+    three.apply_remote(_outbox_ops(one)[:DEFER_AT_LEAST - 1], cursor="1")  # under 500
+    assert not three.store.get_meta(MetaKey.SEARCH_BEHIND) and three.search("shop")[1] == DEFER_AT_LEAST - 1
+    for device in (one, two, three):
+        device.close()
 
 
 def test_the_index_is_neither_queued_nor_exported(device: Device, tmp_path: Path) -> None:

@@ -191,8 +191,8 @@ def test_usage_error(bin_dir: Path, home: Path) -> None:
 
 # The import runs as a real process and takes a real SIGINT, but at a point the test chooses rather
 # than after a sleep: a wrapper around the batch writer holds the third batch inside its open
-# transaction, its rows written and not committed, and says so on a pipe. On a loaded machine a
-# sleep let the whole import finish before the signal landed.
+# transaction, its rows written and not committed, and says so on a pipe. A sleep made the test
+# depend on the machine's speed (and hid that the signal was ignored: `_ctrl_c_as_on_a_terminal`).
 PAUSING_IMPORT = """
 import os, sys, time
 import crm.importer as importer

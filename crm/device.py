@@ -32,7 +32,14 @@ from .domain import (
 from .domain import (
     entity as entity_spec,
 )
-from .errors import NotFoundError, StateError, StoreCorruptError, ValidationError
+from .errors import (
+    DiskFullError,
+    NotFoundError,
+    StateError,
+    StoreCorruptError,
+    StoreLockedError,
+    ValidationError,
+)
 from .hlc import HybridClock, ServerTime
 from .ids import new_id
 from .merge import Record
@@ -76,6 +83,16 @@ def _catch_up_index(store: Store, conn: sqlite3.Connection) -> int:
     return done
 
 
+def _catch_up_if_possible(store: Store) -> int:
+    """``_catch_up_index`` in its own transaction, or nothing on a full disk or a store another
+    process holds: reading must not fail for the index (it stays behind; the next try catches up)."""
+    try:
+        with store.write() as conn:
+            return _catch_up_index(store, conn)
+    except (DiskFullError, StoreLockedError):
+        return 0
+
+
 class Change(NamedTuple):  # not a dataclass: @dataclass costs start-up
     """One record change to write: the engine turns each into an op inside a transaction."""
 
@@ -104,8 +121,7 @@ class Device:
                     store.set_meta(conn, MetaKey.SEARCH_FOLD, search.FOLD_VERSION)
                     store.set_meta(conn, MetaKey.SEARCH_BEHIND, "")
             elif meta.get(MetaKey.SEARCH_BEHIND):  # a bulk pull left records out of the index
-                with store.write() as conn:
-                    _catch_up_index(store, conn)
+                _catch_up_if_possible(store)
         except BaseException:
             store.close()
             raise
@@ -302,8 +318,7 @@ class Device:
         sync, a command on opening the store); how many."""
         if not self.store.get_meta(MetaKey.SEARCH_BEHIND):
             return 0
-        with self.store.write() as conn:
-            return _catch_up_index(self.store, conn)
+        return _catch_up_if_possible(self.store)
 
     def search(self, text: str, *, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
         """Accounts, contacts and notes holding every word of ``text`` (case and accents aside):

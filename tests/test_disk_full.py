@@ -31,6 +31,10 @@ def home(tmp_path) -> Path:
 
 @pytest.fixture
 def store_cannot_grow(monkeypatch):
+    _cannot_grow(monkeypatch)
+
+
+def _cannot_grow(monkeypatch) -> None:
     """From now on every store connection crm opens holds no page more than it has: SQLite
     answers a write that needs one with SQLITE_FULL ("database or disk is full"), as on a full disk."""
     real = crm_store._connect
@@ -170,3 +174,32 @@ def test_a_really_full_disk_is_exit_12_and_loses_nothing(small_disk):
     assert crm_process("export", home=home).stdout == before, "nothing lost, nothing half-written"
     assert crm_process("doctor", "--json", home=home).code == 0
     assert crm_process("note", "add", "--account", account, "--text", "now there is room", home=home).code == 0
+
+
+def test_a_store_whose_search_index_is_behind_still_opens_and_reads_on_a_full_disk(tmp_path, monkeypatch) -> None:
+    """A bulk pull left records out of the search index (crm/search.py, ``catch_up``), and then the
+    disk filled: opening the store cannot index them, and must not fail for it. Listing works,
+    the index stays behind, and it catches up once there is room."""
+    from crm import Change, Device
+    from crm.ids import new_id
+    from crm.ops import loads, op_from_wire
+    from crm.search import DEFER_AT_LEAST
+    from crm.store import MetaKey
+
+    source = Device.init(tmp_path / "source", rep="rep-1")
+    source.write([Change("account", new_id(), {"name": f"Shop {i}"}, {}, "create") for i in range(DEFER_AT_LEAST)])
+    ops = [op_from_wire(loads(body)) for (body,) in source.store.conn.execute("SELECT body FROM outbox")]
+    home = tmp_path / "home"
+    device = Device.init(home, rep="rep-2")
+    device.apply_remote(ops, cursor="1")
+    device.close()
+    source.close()
+    with monkeypatch.context() as full:
+        _cannot_grow(full)
+        listed = crm("account", "ls", "--all", "--json", home=home)
+        assert listed.code == 0, listed.stderr
+        assert len(listed.json) == DEFER_AT_LEAST
+    conn = sqlite3.connect(home / STORE)
+    assert conn.execute("SELECT value FROM meta WHERE key = ?", (MetaKey.SEARCH_BEHIND,)).fetchone()[0] == "1"
+    conn.close()
+    assert len(crm("search", "shop", "--all", "--json", home=home).json) == DEFER_AT_LEAST  # room again

@@ -210,7 +210,7 @@ class MetaKey:
     SYNC_FAILING = "sync_failing"
     SEARCH_FOLD = "search_fold"  # the folding the search index was built with (crm/search.py)
     # "1": records new to the device were left out of the search index by a bulk pull page;
-    # search.catch_up indexes them before the next lookup (Device._index_caught_up)
+    # search.catch_up indexes them before the next lookup (Device.catch_up_index)
     SEARCH_BEHIND = "search_behind"
     # Territories (docs/sync-protocol.md): the scope epoch this device holds, its rep's default
     # territory, records kept out of scope only for their unsynced work, and a pull from 0 after

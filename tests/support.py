@@ -192,6 +192,13 @@ def device(tmp: Path, name: str, server: Server, token: str) -> Path:
     return home
 
 
+def outbox_ops(device: Any) -> list[Any]:
+    """A device's queued ops, in order, as the Ops a pull would hand to ``apply_remote``."""
+    from crm.ops import loads, op_from_wire
+
+    return [op_from_wire(loads(body)) for (body,) in device.store.conn.execute("SELECT body FROM outbox ORDER BY seq")]
+
+
 def export(home: Path) -> str:
     result = crm("export", home=home)
     assert result.code == 0, result.stderr

@@ -18,7 +18,7 @@ import pytest
 from crm import store as crm_store
 from tests.support import crm as crm_process
 from tests.support import crm_inprocess as crm
-from tests.support import home_with_an_account
+from tests.support import home_with_an_account, outbox_ops
 
 STORE = "crm.sqlite3"
 WORDS = "free space; nothing was lost"
@@ -182,13 +182,12 @@ def test_a_store_whose_search_index_is_behind_still_opens_and_reads_on_a_full_di
     the index stays behind, and it catches up once there is room."""
     from crm import Change, Device
     from crm.ids import new_id
-    from crm.ops import loads, op_from_wire
     from crm.search import DEFER_AT_LEAST
     from crm.store import MetaKey
 
     source = Device.init(tmp_path / "source", rep="rep-1")
     source.write([Change("account", new_id(), {"name": f"Shop {i}"}, {}, "create") for i in range(DEFER_AT_LEAST)])
-    ops = [op_from_wire(loads(body)) for (body,) in source.store.conn.execute("SELECT body FROM outbox")]
+    ops = outbox_ops(source)
     home = tmp_path / "home"
     device = Device.init(home, rep="rep-2")
     device.apply_remote(ops, cursor="1")

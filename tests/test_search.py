@@ -16,6 +16,7 @@ from crm.errors import AmbiguousError, NotFoundError
 from crm.ids import new_id
 from crm.search import fold, key_of, short_id
 from crm.store import MIGRATIONS, SCHEMA_VERSION
+from tests.support import outbox_ops
 
 
 @pytest.fixture
@@ -87,20 +88,11 @@ def test_the_index_follows_edits_deletes_and_pulled_ops_in_the_same_transaction(
     one.delete("account", gone)
     assert one.search("gone")[0] == []
     # the other device receives the ops as sync applies them
-    from crm.ops import loads, op_from_wire
-
-    ops = [op_from_wire(loads(body)) for (body,) in one.store.conn.execute("SELECT body FROM outbox ORDER BY seq")]
-    two.apply_remote(ops, cursor="1")
+    two.apply_remote(outbox_ops(one), cursor="1")
     assert ids(two.search("epicerie")[0]) == [rid] and two.search("gone")[0] == []
     assert two.resolve("account", short_id(rid)) == rid
     one.close()
     two.close()
-
-
-def _outbox_ops(device: Device) -> list:
-    from crm.ops import loads, op_from_wire
-
-    return [op_from_wire(loads(body)) for (body,) in device.store.conn.execute("SELECT body FROM outbox ORDER BY seq")]
 
 
 def _index(device: Device) -> tuple[list, int]:
@@ -122,7 +114,7 @@ def test_a_bulk_pull_leaves_new_records_out_of_the_index_until_the_next_lookup(t
     one = Device.init(tmp_path / "one", rep="rep-1")
     one.write([Change("account", new_id(), {"name": f"Shop {i}", "city": "Leeds"}, {}, "create")
                for i in range(DEFER_AT_LEAST + 100)])
-    bulk = _outbox_ops(one)
+    bulk = outbox_ops(one)
     two = Device.init(tmp_path / "two", rep="rep-2")
     mine = two.create("account", {"name": "Own Shop"})["id"]
     two.apply_remote(bulk, cursor="1")
@@ -133,7 +125,7 @@ def test_a_bulk_pull_leaves_new_records_out_of_the_index_until_the_next_lookup(t
     one.store.conn.execute("DELETE FROM outbox")
     one.edit("account", renamed, {"name": "Épicerie Centrale"})
     one.delete("account", deleted)
-    two.apply_remote(_outbox_ops(one), cursor="2")
+    two.apply_remote(outbox_ops(one), cursor="2")
     assert two.store.get_meta(MetaKey.SEARCH_BEHIND) == "1"
     if lookup == "search":
         assert ids(two.search("epicerie")[0]) == [renamed]
@@ -164,10 +156,10 @@ def test_a_small_pull_and_a_device_holding_more_are_indexed_in_the_pages_transac
     two = Device.init(tmp_path / "two", rep="rep-2")
     two.write([Change("account", new_id(), {"name": f"Held {i}"}, {}, "create") for i in range(DEFER_AT_LEAST + 1)])
     one.write([Change("account", new_id(), {"name": f"Shop {i}"}, {}, "create") for i in range(DEFER_AT_LEAST)])
-    two.apply_remote(_outbox_ops(one), cursor="1")  # 500 new, fewer than the 501 indexed
+    two.apply_remote(outbox_ops(one), cursor="1")  # 500 new, fewer than the 501 indexed
     assert not two.store.get_meta(MetaKey.SEARCH_BEHIND) and two.search("shop")[1] == DEFER_AT_LEAST
     three = Device.init(tmp_path / "three", rep="rep-3")
-    three.apply_remote(_outbox_ops(one)[:DEFER_AT_LEAST - 1], cursor="1")  # under 500
+    three.apply_remote(outbox_ops(one)[:DEFER_AT_LEAST - 1], cursor="1")  # under 500
     assert not three.store.get_meta(MetaKey.SEARCH_BEHIND) and three.search("shop")[1] == DEFER_AT_LEAST - 1
     for device in (one, two, three):
         device.close()

@@ -925,11 +925,14 @@ class Device:
 
     def apply_remote(self, ops: list[Op], *, cursor: str, witness: str | None = None,
                      latest: str | None = None, moves: Iterable[dict[str, Any]] = (),
-                     scope: dict[str, Any] | None = None, own: bool = False, part: str = "") -> int:
+                     scope: dict[str, Any] | None = None, own: bool = False, part: str = "",
+                     refilled: bool = False) -> int:
         """Apply pulled ops and moves and move the pull cursor in one transaction; returns ops
         applied. ``own``: this device's own ops are in the page too (a refill after a scope
         change) and are applied like the others (merge is idempotent). ``part``: where the page
         stopped inside a move's snapshot ("<cursor> <ENTITY:ID>", "" none), kept with the cursor.
+        ``refilled``: the refill's last page: what is outside ``scope`` now goes, in this same
+        transaction as the refill's end (a kill before it leaves the refill to finish next time).
 
         The clock observes every pulled stamp, so a device whose wall clock is behind still
         stamps its next edit after everything it has seen.
@@ -971,6 +974,10 @@ class Device:
                 self._apply_move(conn, clock, move)
             if scope is not None:
                 self._remember_scope(conn, scope)
+            if refilled:
+                if scope is not None and scope.get("territories") is not None:
+                    self._drop_outside(conn, scope["territories"])
+                self.store.set_meta(conn, MetaKey.SCOPE_REFILL, "")
             self._save_clock(conn, clock)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, cursor)
             self.store.set_meta(conn, MetaKey.PULL_PART, part)
@@ -1073,24 +1080,29 @@ class Device:
         self.store.set_meta(conn, MetaKey.DEFAULT_TERRITORY, scope.get("default") or "")
 
     def reset_scope(self, scope: dict[str, Any]) -> None:
-        """The rep's territories changed: keep the catalogue, the accounts of the new scope and
-        what hangs off them, and this device's unsynced work; pull again from the start, this
-        device's own ops included (what it made in a territory it regains comes back)."""
-        territories = scope.get("territories")
+        """The rep's territories changed: pull again from the start, this device's own ops
+        included (what it made in a territory it regains comes back). Nothing is removed yet: an
+        account's territory on the device may be stale (one the server stamped, one moved into
+        the new scope) until the refill brings its current state, and a refill cut short by the
+        network must not take the rep's own accounts with it. The refill's last page drops what
+        the rep no longer holds (``apply_remote(..., refilled=True)``)."""
         with self.store.write() as conn:
-            if territories is not None:
-                held = set(territories)
-                gone = [rid for rid, data in conn.execute("SELECT id, data FROM records WHERE entity = 'account'")
-                        if (loads(data).get("territory") or "") not in held]
-                keys = self._family_keys(conn, gone)
-                keys.update(conn.execute(  # children of accounts this device does not hold
-                    "SELECT entity, id FROM records WHERE parent IS NOT NULL AND entity <> 'account' AND parent "
-                    "NOT IN (SELECT id FROM records WHERE entity = 'account')").fetchall())
-                self._remove(conn, keys)
             self._remember_scope(conn, scope)
             self.store.set_meta(conn, MetaKey.PULL_CURSOR, "0")
             self.store.set_meta(conn, MetaKey.PULL_PART, "")
             self.store.set_meta(conn, MetaKey.SCOPE_REFILL, "1")
+
+    def _drop_outside(self, conn: sqlite3.Connection, territories: Iterable[str]) -> None:
+        """Remove every account outside ``territories`` and what hangs off it (and children of
+        accounts this device does not hold), keeping this device's unsynced work."""
+        held = set(territories)
+        gone = [rid for rid, data in conn.execute("SELECT id, data FROM records WHERE entity = 'account'")
+                if (loads(data).get("territory") or "") not in held]
+        keys = self._family_keys(conn, gone)
+        keys.update(conn.execute(
+            "SELECT entity, id FROM records WHERE parent IS NOT NULL AND entity <> 'account' AND parent "
+            "NOT IN (SELECT id FROM records WHERE entity = 'account')").fetchall())
+        self._remove(conn, keys)
 
     def sweep_orphans(self) -> int:
         """Remove the out-of-scope records kept for unsynced work that the server has now taken."""

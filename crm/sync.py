@@ -374,11 +374,10 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
             raise ServerError("the server's pull made no progress (the same cursor and part again)")
         applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
                                        latest=_latest(answer), moves=moves, scope=scope, own=refill,
-                                       part=f"{new_cursor} {new_part}" if new_part else "")
+                                       part=f"{new_cursor} {new_part}" if new_part else "",
+                                       refilled=refill and not answer.get("more"))
         pulled += len(ops)
         if not answer.get("more"):
-            if refill:
-                device.set_settings({MetaKey.SCOPE_REFILL: ""})
             device.sweep_orphans()
             return pulled, applied
 

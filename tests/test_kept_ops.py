@@ -137,7 +137,9 @@ def test_an_edit_a_delete_and_a_pulled_op_write_the_referenced_op_out_first(tmp_
 
 def test_records_leaving_the_device_write_their_referenced_ops_out_first(tmp_path: Path) -> None:
     dev, queued, ids = _settled(tmp_path / "h", 2)
-    dev.reset_scope({"territories": ["north"], "epoch": 1, "default": ""})  # neither account is in it
+    scope = {"territories": ["north"], "epoch": 1, "default": ""}  # neither account is in it
+    dev.reset_scope(scope)
+    dev.apply_remote([], cursor="9", scope=scope, own=True, refilled=True)  # the refill's last page
     assert dev.store.conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
     assert _referenced(dev) == 0
     assert [body for _, body in dev.kept_ops(after=0, limit=10)] == [body for _, body in queued]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from crm import canonical_json
 from crm.device import Device
-from crm.errors import NotFoundError, ServerError
+from crm.errors import NotFoundError, ServerError, ServerUnreachableError
 from crm.server import ServerStore
 from crm.server.app import create_app
 from crm.server.store import INLINE_BODY_BYTES, MOVE_TERR
@@ -335,6 +335,57 @@ def test_airplane_mode_during_a_reassignment(rig):
     rig.sync(n)
     assert ids(n, "account") == {acc, sa} and ids(n, "visit") == {visit}
     assert n.get("account", acc)["city"] == "Leeds"
+    assert held(n) == rig.export(rep="n")
+
+
+def _server_down_after_the_reset(rig: Rig, dev: Device, monkeypatch) -> None:
+    """The network goes the moment the device has taken a reset answer: its refill never starts."""
+    real = dev.reset_scope
+
+    def reset_then_lose_the_network(scope):
+        real(scope)
+        rig.transport.serve(None)
+
+    monkeypatch.setattr(dev, "reset_scope", reset_then_lose_the_network)
+
+
+def test_a_reset_cut_short_keeps_the_reps_own_new_account(rig, monkeypatch):
+    # Chaos seed 16 (CI, 2026-12-04): the rep's first account, created before the device knew its
+    # territory, was pushed (the server stamped it), then the reset dropped it (no territory on
+    # the device) and the network went before the refill brought it back: in airplane mode the
+    # rep could not edit their own account (exit 4) until the next good sync.
+    n = rig.device("n")
+    rig.store.assign(ORG, "n", "north")
+    acc = _account(n, "Shop")
+    _server_down_after_the_reset(rig, n, monkeypatch)
+    with pytest.raises(ServerUnreachableError):
+        rig.sync(n)
+    assert ids(n, "account") == {acc}
+    n.edit("account", acc, {"city": "Leeds"})  # offline work on it is saved
+    rig.transport.serve(create_app(rig.store))
+    rig.sync(n)
+    assert n.get("account", acc)["city"] == "Leeds" and n.get("account", acc)["territory"] == "north"
+    assert held(n) == rig.export(rep="n")
+
+
+def test_a_reset_cut_short_keeps_an_account_moved_into_the_new_scope(rig, monkeypatch):
+    n, s, _ = _two_territories(rig)
+    acc = _account(n, "Shop")
+    visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
+    gone = _account(n, "Closed")
+    rig.sync(n)
+    # while n is offline: n is moved to the south, and so is one of its accounts
+    rig.move(acc, "south")
+    rig.store.assign(ORG, "n", "south")
+    rig.store.assign(ORG, "n", "north", remove=True)
+    _server_down_after_the_reset(rig, n, monkeypatch)
+    with pytest.raises(ServerUnreachableError):
+        rig.sync(n)
+    # the device still says north for it: only the refill can tell what the rep holds now
+    assert {acc, visit} <= ids(n, "account") | ids(n, "visit")
+    rig.transport.serve(create_app(rig.store))
+    rig.sync(n)
+    assert ids(n, "account") == {acc} and ids(n, "visit") == {visit} and gone not in ids(n, "account")
     assert held(n) == rig.export(rep="n")
 
 

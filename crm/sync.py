@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -335,19 +336,85 @@ def _pulled_ops(raw: Any) -> list[Op]:
 MAX_SCOPE_RESETS = 3  # scope changes one pull follows before giving up (exit 22)
 
 
+def _pull_request(device: Device, page: int) -> dict[str, Any]:
+    """The arguments of the device's next ``SyncClient.pull``, from what its store says now."""
+    cursor = int(device.setting(MetaKey.PULL_CURSOR, "0") or 0)
+    at, _, part = (device.setting(MetaKey.PULL_PART) or "").partition(" ")
+    witness, known = device.continuity()
+    return {"cursor": cursor, "limit": page, "device_id": device.device_id, "witness": witness, "known": known,
+            "scope": int(device.setting(MetaKey.SCOPE_EPOCH, "0") or 0),
+            "own": device.setting(MetaKey.SCOPE_REFILL) == "1",
+            "part": part if at == str(cursor) else ""}  # it belongs to the cursor it was stored with
+
+
+def _request_after(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The request the device will make once it has stored ``answer`` (a page with more to come):
+    a guess only, to fetch that page while this one is stored; ``_Prefetch.take`` compares it
+    with the request the store then gives, so a wrong guess costs a request, never a page."""
+    scope, witness, latest = answer.get("scope"), _witness(answer), _latest(answer)
+    held = request["witness"]
+    if witness and held and ":" in held and int(held.split(":", 1)[0]) >= int(witness.split(":", 1)[0]):
+        witness = held
+    return {**request, "cursor": int(answer["cursor"]), "witness": witness or held,
+            "known": request["known"] if latest is None else latest, "part": answer.get("part") or "",
+            "scope": int(scope.get("epoch") or 0) if isinstance(scope, dict) else request["scope"]}
+
+
+class _Prefetch:
+    """The next pull page, fetched (and its ops decoded) on a thread while the device stores this
+    one: the server's work, the wire and the decoding then overlap the device's SQLite work. A
+    pull is a read on the server, so fetching early moves nothing there, and a page is stored
+    only after the one before it."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = client
+        self.request: dict[str, Any] | None = None
+        self.thread: threading.Thread | None = None
+        self.outcome: tuple[dict[str, Any] | None, list[Op] | None, BaseException | None] = (None, None, None)
+
+    def start(self, request: dict[str, Any]) -> None:
+        self.request = request
+
+        def fetch() -> None:
+            try:
+                answer = self.client.pull(**request)
+            except BaseException as exc:  # handed to the caller by take()
+                self.outcome = (None, None, exc)
+                return
+            try:
+                self.outcome = (answer, _pulled_ops(answer.get("ops", [])), None)
+            except Exception:  # an unusable page: decoded again where pages are judged
+                self.outcome = (answer, None, None)
+
+        self.thread = threading.Thread(target=fetch, name="crm-pull-prefetch", daemon=True)
+        self.thread.start()
+
+    def take(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Op] | None]:
+        """The answer fetched for ``request`` and its decoded ops; (None, None) when none was."""
+        if self.thread is None:
+            return None, None
+        self.thread.join()
+        fetched, (answer, ops, error) = self.request, self.outcome
+        self.thread, self.request, self.outcome = None, None, (None, None, None)
+        if fetched != request:
+            return None, None
+        if error is not None:
+            raise error
+        return answer, ops
+
+
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
     pulled = applied = resets = 0
+    prefetch = _Prefetch(client)
     while True:
-        cursor = int(device.setting(MetaKey.PULL_CURSOR, "0") or 0)
-        epoch = int(device.setting(MetaKey.SCOPE_EPOCH, "0") or 0)
-        refill = device.setting(MetaKey.SCOPE_REFILL) == "1"
-        at, _, part = (device.setting(MetaKey.PULL_PART) or "").partition(" ")
-        part = part if at == str(cursor) else ""  # it belongs to the cursor it was stored with
-        witness, known = device.continuity()
-        answer = client.pull(cursor=cursor, limit=page, device_id=device.device_id, witness=witness, known=known,
-                             scope=epoch, own=refill, part=part)
+        request = _pull_request(device, page)
+        cursor, part, refill = request["cursor"], request["part"], request["own"]
+        answer, ops = prefetch.take(request)
+        if answer is None:
+            answer = client.pull(**request)
         try:
-            ops = _pulled_ops(answer.get("ops", []))
+            if ops is None:
+                ops = _pulled_ops(answer.get("ops", []))
             new_cursor = int(answer["cursor"])
             scope = answer.get("scope")
             moves = answer.get("moves") or []
@@ -372,6 +439,8 @@ def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -
             raise ServerError("the server's pull cursor went backwards")
         if answer.get("more") and (new_cursor, new_part) == (cursor, part):
             raise ServerError("the server's pull made no progress (the same cursor and part again)")
+        if answer.get("more"):
+            prefetch.start(_request_after(request, answer))
         applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
                                        latest=_latest(answer), moves=moves, scope=scope, own=refill,
                                        part=f"{new_cursor} {new_part}" if new_part else "",

@@ -1,0 +1,147 @@
+"""The next pull page is fetched while the device stores the current one (crm.sync._Prefetch):
+every page is still stored in order and once, a wrong guess of the next request costs only a
+request, and a failure on either side leaves the device where the pages it stored put it.
+
+In process: the server app over a real SQLite store, reached through AppTransport."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+import crm.sync
+from crm.device import Device
+from crm.errors import ServerError, ServerUnreachableError
+from crm.server import ServerStore
+from crm.server.app import create_app
+from crm.store import MetaKey
+from crm.sync import SyncClient, pull_changes, push_outbox
+from tests.support import AppTransport
+
+ORG, URL, RECORDS, PAGE = "acme", "http://crm-server.test", 7, 2
+
+
+class Recording(httpx.BaseTransport):
+    """AppTransport, recording the cursor of every pull it carries."""
+
+    def __init__(self, inner: AppTransport, *, cut_at_pull: int = 0) -> None:
+        self.inner, self.cursors, self.cut_at_pull = inner, [], cut_at_pull
+        self.asked = threading.Condition()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/pull":
+            with self.asked:
+                self.cursors.append(int(parse_qs(request.url.query.decode())["cursor"][0]))
+                self.asked.notify_all()
+            if len(self.cursors) == self.cut_at_pull:
+                raise httpx.ConnectError("the network went", request=request)
+        return self.inner.handle_request(request)
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    store = ServerStore.open(tmp_path / "server")
+    app = AppTransport()
+    app.serve(create_app(store))
+    source = Device.init(tmp_path / "src", rep="a", server_url=URL, token=store.add_token(ORG, "a"))
+    for n in range(RECORDS):
+        source.create("account", {"name": f"Shop {n}"})
+    with SyncClient(base_url=URL, token=source.credentials()[1], transport=app) as client:
+        push_outbox(source, client)
+    fresh = Device.init(tmp_path / "fresh", rep="b", server_url=URL, token=store.add_token(ORG, "b"))
+    yield store, app, fresh
+    for dev in (source, fresh):
+        dev.close()
+    store.close()
+    app.shutdown()
+
+
+def _pull(app: AppTransport, dev: Device, *, cut_at_pull: int = 0, recording: Recording | None = None) -> Recording:
+    recording = recording or Recording(app, cut_at_pull=cut_at_pull)
+    with SyncClient(base_url=URL, token=dev.credentials()[1], transport=recording) as client:
+        pull_changes(dev, client, page=PAGE)
+    return recording
+
+
+def _accounts(dev: Device) -> int:
+    return len(dev.export()["account"])
+
+
+def test_each_page_is_asked_for_once_and_stored_in_order(world, monkeypatch):
+    _, app, fresh = world
+    recording, real, stored = Recording(app), fresh.apply_remote, []
+
+    def store_once_the_next_page_is_asked_for(ops, **kwargs):
+        stored.append(kwargs["cursor"])
+        if len(stored) <= RECORDS // PAGE:  # not the last page: the next one is already on its way
+            with recording.asked:
+                assert recording.asked.wait_for(lambda: len(recording.cursors) > len(stored), timeout=60)
+        return real(ops, **kwargs)
+
+    monkeypatch.setattr(fresh, "apply_remote", store_once_the_next_page_is_asked_for)
+    _pull(app, fresh, recording=recording)
+    assert recording.cursors == sorted(set(recording.cursors)) and len(recording.cursors) == RECORDS // PAGE + 1
+    assert _accounts(fresh) == RECORDS
+
+
+def test_a_wrong_guess_of_the_next_request_costs_a_request_not_a_page(world, monkeypatch):
+    _, app, fresh = world
+    real = crm.sync._request_after
+    monkeypatch.setattr(crm.sync, "_request_after", lambda request, answer: {**real(request, answer), "cursor": 0})
+    recording = _pull(app, fresh)
+    pages = RECORDS // PAGE + 1
+    assert len(recording.cursors) == 2 * pages - 1  # every guess (cursor 0) fetched, then discarded
+    assert [c for c in recording.cursors if c] == sorted({c for c in recording.cursors if c})
+    assert _accounts(fresh) == RECORDS
+
+
+def test_a_failure_storing_a_page_leaves_the_cursor_after_the_page_before(world, monkeypatch):
+    _, app, fresh = world
+    real, calls = fresh.apply_remote, []
+
+    def fail_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fresh, "apply_remote", fail_on_the_second)
+    with pytest.raises(OSError):
+        _pull(app, fresh)
+    assert _accounts(fresh) == PAGE
+    monkeypatch.setattr(fresh, "apply_remote", real)
+    _pull(app, fresh)  # the next pull goes on from there
+    assert _accounts(fresh) == RECORDS
+
+
+def test_the_network_lost_during_a_prefetch_stops_after_the_page_stored(world):
+    _, app, fresh = world
+    with pytest.raises(ServerUnreachableError):
+        _pull(app, fresh, cut_at_pull=2)  # the second page's request, made while the first is stored
+    assert _accounts(fresh) == PAGE and int(fresh.setting(MetaKey.PULL_CURSOR)) > 0
+    _pull(app, fresh)
+    assert _accounts(fresh) == RECORDS
+
+
+class Breaking(Recording):
+    """Recording, answering the second pull with a page whose first op is not an op."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path != "/v1/pull" or len(self.cursors) != 2:
+            return response
+        page = json.loads(response.read())
+        page["ops"][0] = {"op": "not an op"}
+        return httpx.Response(200, json=page, request=request)
+
+
+def test_an_unusable_page_fetched_ahead_is_refused_as_any_page(world):
+    _, app, fresh = world
+    with pytest.raises(ServerError, match="unusable pull page"):
+        _pull(app, fresh, recording=Breaking(app))
+    assert _accounts(fresh) == PAGE  # the page before it is stored, nothing of it

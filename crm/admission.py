@@ -30,6 +30,16 @@ from .ops import Op, OpFormatError, op_from_wire
 # characters, nothing a log line or a terminal could misread. Record ids are lower case, as refs are.
 ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._:-]{0,63}")
 RECORD_ID = re.compile(r"[0-9a-z][0-9a-z-]{0,63}")
+MAX_CURSOR = 2**63 - 1  # the largest log position either server engine stores
+# A continuity witness, POSITION:OP_ID (docs/sync-protocol.md, "Continuity"): what the server
+# accepts from a device, and so all a device keeps of what a server sends.
+WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
+
+
+def witness_position(text: Any) -> int | None:
+    """The log position of a well-formed witness; None for anything else."""
+    match = WITNESS.fullmatch(text) if isinstance(text, str) else None
+    return int(match[1]) if match is not None and int(match[1]) <= MAX_CURSOR else None
 _NUMBER = (int, float)
 _JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict, "submission": dict}  # every other kind is text
 _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}

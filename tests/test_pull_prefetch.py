@@ -145,3 +145,21 @@ def test_an_unusable_page_fetched_ahead_is_refused_as_any_page(world):
     with pytest.raises(ServerError, match="unusable pull page"):
         _pull(app, fresh, recording=Breaking(app))
     assert _accounts(fresh) == PAGE  # the page before it is stored, nothing of it
+
+
+class BadWitness(Recording):
+    """Recording, answering every pull with a witness whose position is not a number."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path != "/v1/pull" or response.status_code != 200:
+            return response
+        page = json.loads(response.read())
+        page["witness"] = "x:" + str(page.get("witness"))
+        return httpx.Response(200, json=page, request=request)
+
+
+def test_a_witness_that_is_no_position_is_not_kept(world):
+    _, app, fresh = world
+    _pull(app, fresh, recording=BadWitness(app))  # not a crash: the claim is left out, as a missing one
+    assert _accounts(fresh) == RECORDS and fresh.continuity()[0] is None

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, wire
-from ..admission import ID, RECORD_ID, InvalidOp, parse
+from ..admission import ID, MAX_CURSOR, RECORD_ID, InvalidOp, parse, witness_position
 from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import server_now_ms
@@ -49,12 +49,10 @@ SERVER_TIME_HEADER = b"crm-server-time"
 # in the event loop, holding no worker thread, so one organisation cannot take all of them.
 MAX_WRITES_PER_ORG = 2
 MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_CURSOR = 2**63 - 1  # the largest log position either engine stores
 DEFAULT_PULL_LIMIT = 1000
 PUSH_KEYS = frozenset({"protocol", "device", "ops", "witness", "known"})
 EDIT_KEYS = frozenset({"protocol", "entity", "id", "set"})
 PULL_PARAMS = frozenset({"cursor", "limit", "device", "witness", "known", "scope", "own", "part"})
-_WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
 _WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: int() would also take "١٢" and "1_000"
 # JSON nesting: a push is 6 levels deep; refuse past MAX_DEPTH before any parser recurses into it
 # (orjson before 3.9.15 overflows the stack on a deep enough document: CVE-2024-27454).
@@ -200,10 +198,10 @@ def _parsed(raw_ops: list[Any], body: bytes | None) -> list[Op]:
 def _continuity(device: Any, witness: Any, known: Any) -> Continuity:
     """The continuity claims of a push body or pull query (docs/sync-protocol.md, "Continuity")."""
     if witness is not None:
-        match = _WITNESS.fullmatch(witness) if isinstance(witness, str) else None
-        if match is None or int(match[1]) > MAX_CURSOR:
+        position = witness_position(witness)
+        if position is None:
             raise _Refusal(_error(400, "bad_request", "witness must be POSITION:OP_ID"))
-        witness = (int(match[1]), match[2])
+        witness = (position, witness.split(":", 1)[1])
     if known is not None and not (isinstance(known, str) and (known == "" or ID.fullmatch(known))):
         raise _Refusal(_error(400, "bad_request", "known must be an op id or empty"))
     if known is not None and device is None:

@@ -36,10 +36,12 @@ MAX_CURSOR = 2**63 - 1  # the largest log position either server engine stores
 WITNESS = re.compile(r"([0-9]{1,19}):(" + ID.pattern + ")")
 
 
-def witness_position(text: Any) -> int | None:
-    """The log position of a well-formed witness; None for anything else."""
+def parse_witness(text: Any) -> tuple[int, str] | None:
+    """(position, op id) of a well-formed witness; None for anything else."""
     match = WITNESS.fullmatch(text) if isinstance(text, str) else None
-    return int(match[1]) if match is not None and int(match[1]) <= MAX_CURSOR else None
+    return (int(match[1]), match[2]) if match is not None and int(match[1]) <= MAX_CURSOR else None
+
+
 _NUMBER = (int, float)
 _JSON_TYPE = {"int": int, "float": _NUMBER, "line": dict, "submission": dict}  # every other kind is text
 _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}

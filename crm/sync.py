@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .admission import witness_position
+from .admission import parse_witness
 from .device import Device
 from .errors import AuthRefusedError, NotConfiguredError, ServerError, ServerUnreachableError
 from .hlc import ServerTime, now_ms
@@ -185,7 +185,7 @@ def _witness(answer: dict[str, Any]) -> str | None:
     """The answer's ``witness`` when it is POSITION:OP_ID; anything else is not kept (sent back,
     the server would refuse every later request of the device)."""
     witness = answer.get("witness")
-    return witness if witness_position(witness) is not None else None
+    return witness if parse_witness(witness) is not None else None
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:
@@ -356,7 +356,8 @@ def _request_after(request: dict[str, Any], answer: dict[str, Any]) -> dict[str,
     with the request the store then gives, so a wrong guess costs a request, never a page."""
     scope, witness, latest = answer.get("scope"), _witness(answer), _latest(answer)
     held = request["witness"]
-    if witness and held and (witness_position(held) or -1) >= (witness_position(witness) or 0):
+    kept = parse_witness(held)
+    if witness and kept and kept[0] >= int(witness.split(":", 1)[0]):  # _witness checked it
         witness = held  # the device keeps the furthest it has seen
     return {**request, "cursor": int(answer["cursor"]), "witness": witness or held,
             "known": request["known"] if latest is None else latest, "part": answer.get("part") or "",

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, wire
-from ..admission import ID, MAX_CURSOR, RECORD_ID, InvalidOp, parse, witness_position
+from ..admission import ID, MAX_CURSOR, RECORD_ID, InvalidOp, parse, parse_witness
 from ..domain import ENTITIES
 from ..errors import CrmError, NotFoundError, ValidationError
 from ..hlc import server_now_ms
@@ -198,10 +198,9 @@ def _parsed(raw_ops: list[Any], body: bytes | None) -> list[Op]:
 def _continuity(device: Any, witness: Any, known: Any) -> Continuity:
     """The continuity claims of a push body or pull query (docs/sync-protocol.md, "Continuity")."""
     if witness is not None:
-        position = witness_position(witness)
-        if position is None:
+        witness = parse_witness(witness)
+        if witness is None:
             raise _Refusal(_error(400, "bad_request", "witness must be POSITION:OP_ID"))
-        witness = (position, witness.split(":", 1)[1])
     if known is not None and not (isinstance(known, str) and (known == "" or ID.fullmatch(known))):
         raise _Refusal(_error(400, "bad_request", "known must be an op id or empty"))
     if known is not None and device is None:

@@ -102,29 +102,41 @@ class _Player:
     # -- the rep's work --------------------------------------------------------------------------
     def _write(self, step: dict[str, Any]) -> None:
         args = {k: step[k] for k in ("name", "city", "outcome", "sku", "qty", "price", "text") if k in step}
-        if step["do"] != "create_account":
-            args["account_id"] = self._id(step["account"])
-            if args["account_id"] is None:
-                return
-        self._keep_id(step, self.session.act(step["device"], step["do"], kill_after=step.get("kill_after"), **args))
+        if step["do"] == "create_account":
+            self._keep_id(step, self.session.act(step["device"], step["do"], kill_after=step.get("kill_after"), **args))
+            return
+        args["account_id"] = self._id(step["account"])
+        if args["account_id"] is not None:
+            self._aimed(step, args["account_id"], step["do"], **args)
 
     def _add_order_line(self, step: dict[str, Any]) -> None:
         order_id = self._id(step["order"])
         if order_id is not None:
-            self.session.act(step["device"], "add_order_line", kill_after=step.get("kill_after"),
-                             order_id=order_id, sku=step["sku"], qty=step["qty"], price=step["price"])
+            self._aimed(step, order_id, "add_order_line", order_id=order_id, sku=step["sku"], qty=step["qty"],
+                        price=step["price"])
 
     def _edit_field(self, step: dict[str, Any]) -> None:
         rid = self._id(step["record"])
         if rid is not None:
-            self.session.act(step["device"], "edit_field", entity=step["entity"], record_id=rid,
-                             field=step["field"], value=step["value"])
+            self._aimed({**step, "kill_after": None}, rid, "edit_field", entity=step["entity"], record_id=rid,
+                        field=step["field"], value=step["value"])
 
     def _delete_record(self, step: dict[str, Any]) -> None:
         rid = self._id(step["record"])
         if rid is not None:
-            self.session.act(step["device"], "delete_record", kill_after=step.get("kill_after"),
-                             entity=step["entity"], record_id=rid)
+            self._aimed(step, rid, "delete_record", entity=step["entity"], record_id=rid)
+
+    def _aimed(self, step: dict[str, Any], target: str, action: str, **args: Any) -> None:
+        """A write aimed at an existing record. The schedule's picture of who holds what is rough
+        (a sync killed or cut by a toxic may not have delivered), so a refused one is followed by
+        the device's export, which tells the checkers whether the device held ``target`` at all."""
+        result = self.session.act(step["device"], action, kill_after=step.get("kill_after"), **args)
+        self._keep_id(step, result)
+        if result.outcome == "fail":
+            try:
+                self.session.device(step["device"]).driver.probe(target)
+            except DriverError:  # recorded without a result: it excuses nothing
+                pass
 
     def _backoffice_edit(self, step: dict[str, Any]) -> None:
         rid = self._id(step["record"])

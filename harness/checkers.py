@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from .history import CREATES, EDITS, History, Operation
+from .history import CREATES, EDITS, Event, History, Operation
 
 ENTITY_ORDER = ("account", "contact", "visit", "order", "note", "product")
 # The reference fields that must point at a record present in the same export.
@@ -651,9 +651,11 @@ def refused(history: History) -> list[Anomaly]:
     """Offline-first: a write made while its device was cut off (airplane mode, server down) must
     be saved, not refused; and no write may end without saying whether it saved (an *unknown*
     outcome the harness did not cause by a kill: a write that waited on the network and timed
-    out). A write on a record somebody had deleted may be refused."""
+    out). A write on a record somebody had deleted may be refused; so may one on a record the
+    device never received, as its own export taken right after shows (``_never_received``)."""
     deleted = {(str(op.args.get("record_id")), op.seq) for op in history.operations("delete_record")
                if op.outcome != "fail"}
+    probes = [e for e in history if e.type == "probe"]
     kills = {e.device: [] for e in history.kills()}
     for e in history.kills():
         kills[e.device].append(e.seq)
@@ -668,6 +670,8 @@ def refused(history: History) -> list[Anomaly]:
         target = str(op.args.get(TARGETS.get(op.action, ""), ""))
         if target and any(rid == target and seq < op.seq for rid, seq in deleted):
             continue
+        if target and not unconfirmed and _never_received(probes, op, target):
+            continue
         code = op.completion.exit if op.completion else None
         why = ("ended without saying whether it saved: a write must not wait on the network" if unconfirmed
                else "was refused while the device was offline: offline work must be saved and synced later")
@@ -675,6 +679,21 @@ def refused(history: History) -> list[Anomaly]:
                              {"seq": op.seq, "device": op.device, "action": op.action, "args": op.args,
                               "exit": code}))
     return found
+
+
+def _never_received(probes: list[Event], op: Operation, target: str) -> bool:
+    """Whether the device's export taken right after ``op`` was refused (its next ``probe``) lacks
+    ``target``. A chaos schedule aims writes from a rough picture of who holds what, in which a
+    sync killed or cut by a toxic still delivered; a write on a record the device never got is
+    not offline work refused. A device that lost a record it held is the convergence checks' to
+    find; a failed probe excuses nothing."""
+    after = op.done_seq or op.seq
+    probe = next((e for e in probes if e.device == op.device and e.seq > after), None)
+    if probe is None or probe.args.get("target") != target or not isinstance(probe.result, dict):
+        return False
+    held = {str(r.get("id")) for rows in probe.result.values() if isinstance(rows, list)
+            for r in rows if isinstance(r, dict)}
+    return target not in held
 
 
 # -- export_format ---------------------------------------------------------------------------------

@@ -207,6 +207,12 @@ class Driver:
         """The device's canonical export, recorded as an ``export`` event for the checkers."""
         return _export(self._runner, self.profile.action("export"), {}, f"device {self.device}")
 
+    def probe(self, target: str) -> dict[str, Any]:
+        """The device's export now, recorded as a ``probe`` event naming ``target``: whether the
+        device held the record a write it just refused was aimed at (checkers.refused)."""
+        return _export(self._runner, self.profile.action("export"), {"target": target}, f"device {self.device}",
+                       kind="probe")
+
     def force_quit(self, reason: str = "") -> list[int]:
         """SIGKILL the device's running commands and its background sync, like an OS killing the app.
 

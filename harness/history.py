@@ -8,7 +8,7 @@ be saved, read by a person, and re-checked later without re-running anything.
 Event shape (one JSON object per line)::
 
     {"seq": n, "t": monotonic_s, "device": "d1" | "server" | "harness",
-     "type": "invoke" | "ok" | "fail" | "unknown" | "fault" | "heal" | "export" | "life",
+     "type": "invoke" | "ok" | "fail" | "unknown" | "fault" | "heal" | "export" | "life" | "probe",
      "action": "create_account" | ..., "args": {...}, "result": {...} | null,
      "exit": code | null, "ref": seq of the invoke this completes | null, "detail": "..."}
 
@@ -22,6 +22,10 @@ the server is down (a ``server_kill`` fault of device ``"server"``, until its he
 A ``life`` event is something that happens to a device's or the server's stored state rather
 than to the network: ``backup`` (a copy taken), ``restore`` (state put back to an older copy),
 ``clone`` (a device's home copied to a new device, named by the event's device).
+
+A ``probe`` event is a device's export taken in the middle of a run, right after it refused a
+write aimed at a record (``args.target``): the evidence that tells a write refused on a record
+the device holds from one on a record it never received. It never counts as a final export.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ LINE_ADDS = ("add_order_line",)
 EDITS = ("edit_field", "backoffice_edit")
 OUTCOMES = ("ok", "fail", "unknown")
 # "rep_export": the server's export for one device's rep (the optional contract entry rep_export)
-EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export", "life", "rep_export")
+# "probe": a device's export right after a refused write, naming the write's target (chaos runs)
+EVENT_TYPES = ("invoke", *OUTCOMES, "fault", "heal", "export", "life", "rep_export", "probe")
 OFFLINE_FAULTS = ("offline", "airplane")
 SERVER_DOWN_FAULTS = ("server_kill", "server_down")
 

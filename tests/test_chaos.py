@@ -349,6 +349,38 @@ def test_lines_added_to_one_order_on_two_devices_all_survive_on_the_reference(tm
         assert got == sorted(line.values()), where
 
 
+@REAL_RUN
+def test_an_offline_write_on_a_record_its_device_never_received_is_not_counted_refused(tmp_path):
+    """The generator thinks every sync delivers; here d2's sync is cut (a reset on the way up), so
+    d2 never gets d1's account, and d2's offline edit of it is refused (not found). The device's
+    export taken right after shows it never held the record: not an offline write refused. The
+    same edit of a record d2 holds is still judged (tests/test_checkers.py)."""
+    from harness.chaos import run_schedule
+    from harness.profile import load_profile
+    from harness.toxiproxy import ToxiproxyServer
+
+    steps = [
+        {"do": "create_account", "device": "d1", "name": "Corner Store", "city": "Leeds", "ref": "a1"},
+        {"do": "sync", "device": "d1"},
+        {"do": "toxic", "device": "d2", "type": "reset_peer", "stream": "upstream", "name": "cut",
+         "attributes": {"timeout": 0}},
+        {"do": "sync", "device": "d2"},
+        {"do": "offline", "device": "d2"},
+        {"do": "clear_toxics", "device": "d2"},
+        {"do": "edit_field", "device": "d2", "entity": "account", "record": "a1", "field": "city", "value": "York"},
+    ]
+    with ToxiproxyServer(log_dir=tmp_path / "tp") as toxiproxy:
+        result = run_schedule(Schedule(1, ["d1", "d2"], steps), profile=load_profile(SUT / "reference.toml"),
+                              toxiproxy=toxiproxy.client, workdir=tmp_path / "run")
+    assert not result.error and not result.anomalies, (result.error, result.anomalies)
+    (edit,) = result.history.operations("edit_field")
+    assert edit.outcome == "fail" and result.history.offline_at("d2", edit.seq)
+    (probe,) = [e for e in result.history if e.type == "probe"]
+    assert probe.device == "d2" and probe.args == {"target": edit.args["record_id"]} and probe.seq > edit.done_seq
+    assert probe.result["account"] == [], "d2 held nothing when it refused the edit"
+    assert [r["id"] for r in result.history.final_exports()["d2"]["account"]] == [edit.args["record_id"]]
+
+
 def _in_order(part: list, whole: list) -> bool:
     """Whether ``part`` is a subsequence of ``whole``."""
     rest = iter(whole)

@@ -609,6 +609,30 @@ def test_a_write_refused_offline_is_reported_unless_its_record_was_deleted(offli
     assert [a.check for a in checkers.refused(h)] == expected
 
 
+@pytest.mark.parametrize(("probe", "expected"), [
+    ("lacks", []), ("holds", ["refused"]), ("failed", ["refused"]), ("other target", ["refused"]),
+    (None, ["refused"])])
+def test_a_write_refused_offline_on_a_record_its_device_never_received_is_not_refused(probe, expected):
+    """A schedule may aim an offline write at a record its device never got (the sync that should
+    have brought it was killed or cut by a toxic): only the device's own export, taken right after
+    the refusal, excuses it, and only if the record is not in it."""
+    h = History()
+    create(h, "d1", "a1")
+    h.append("d2", "fault", "offline")
+    act(h, "d2", "edit_field", {"entity": "account", "record_id": "a1", "field": "city", "value": "York"},
+        outcome="fail")
+    held = export(account=[acct("a1")])
+    if probe == "lacks":
+        h.append("d2", "probe", "export", args={"target": "a1"}, result=export(account=[acct("b7")]), exit=0)
+    elif probe == "holds":
+        h.append("d2", "probe", "export", args={"target": "a1"}, result=held, exit=0)
+    elif probe == "failed":
+        h.append("d2", "probe", "export", args={"target": "a1"}, result=None, exit=1)
+    elif probe == "other target":
+        h.append("d2", "probe", "export", args={"target": "b7"}, result=export(), exit=0)
+    assert [a.check for a in checkers.refused(h)] == expected
+
+
 @pytest.mark.parametrize(("killed", "expected"), [(False, ["refused"]), (True, [])])
 def test_a_write_that_ends_unknown_without_a_kill_is_refused(killed, expected):
     h = History()

@@ -118,7 +118,7 @@ class _Player:
     def _edit_field(self, step: dict[str, Any]) -> None:
         rid = self._id(step["record"])
         if rid is not None:
-            self._aimed({**step, "kill_after": None}, rid, "edit_field", entity=step["entity"], record_id=rid,
+            self._aimed(step, rid, "edit_field", killable=False, entity=step["entity"], record_id=rid,
                         field=step["field"], value=step["value"])
 
     def _delete_record(self, step: dict[str, Any]) -> None:
@@ -126,11 +126,12 @@ class _Player:
         if rid is not None:
             self._aimed(step, rid, "delete_record", entity=step["entity"], record_id=rid)
 
-    def _aimed(self, step: dict[str, Any], target: str, action: str, **args: Any) -> None:
+    def _aimed(self, step: dict[str, Any], target: str, action: str, *, killable: bool = True, **args: Any) -> None:
         """A write aimed at an existing record. The schedule's picture of who holds what is rough
         (a sync killed or cut by a toxic may not have delivered), so a refused one is followed by
         the device's export, which tells the checkers whether the device held ``target`` at all."""
-        result = self.session.act(step["device"], action, kill_after=step.get("kill_after"), **args)
+        result = self.session.act(step["device"], action, kill_after=step.get("kill_after") if killable else None,
+                                  **args)
         self._keep_id(step, result)
         if result.outcome == "fail":
             try:

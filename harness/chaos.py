@@ -64,9 +64,15 @@ class RunResult:
     def faults(self) -> Counter:
         return Counter(e.action for e in self.history if e.type == "fault")
 
+    def never_received(self) -> int:
+        """Refused writes aimed at a record the device's own export then lacked: the schedule's
+        picture of who holds what was wrong, and ``refused`` did not count them (docs/chaos.md)."""
+        return sum(1 for e in self.history if e.type == "probe" and checkers.probe_lacks_target(e))
+
     def summary(self) -> dict[str, Any]:
         return {"seed": self.schedule.seed, "passed": not self.failed and not self.error,
                 "steps": len(self.schedule.steps), "steps_skipped": self.steps_skipped,
+                "writes_on_records_never_received": self.never_received(),
                 "actions": sum(self.actions().values()), "faults": sum(self.faults().values()),
                 "duration_s": round(self.duration_s, 1), "checks": self.checks, "error": self.error,
                 "anomalies": [a.to_json() for a in self.anomalies]}
@@ -447,6 +453,8 @@ def campaign(profile_path: str | Path, *, runs: int = DEFAULT_RUNS, seed: int = 
                     f"{schedule.seed}: {len(schedule.devices)} devices, {len(schedule.steps)} steps, "
                     f"{sum(result.actions().values())} actions, {sum(result.faults().values())} faults "
                     f"[{result.duration_s:.1f} s]")
+            if result.never_received():
+                line += f"  ({result.never_received()} write(s) aimed at a record the device never received)"
             if result.failed:
                 line += f"  ({', '.join(result.checks)}: {result.anomalies[0].message[:160]})"
             elif result.error:

@@ -689,11 +689,16 @@ def _never_received(probes: list[Event], op: Operation, target: str) -> bool:
     find; a failed probe excuses nothing."""
     after = op.done_seq or op.seq
     probe = next((e for e in probes if e.device == op.device and e.seq > after), None)
-    if probe is None or probe.args.get("target") != target or not isinstance(probe.result, dict):
+    return probe is not None and probe.args.get("target") == target and probe_lacks_target(probe)
+
+
+def probe_lacks_target(probe: Event) -> bool:
+    """Whether a ``probe`` event's export (none when it failed) lacks the record it names."""
+    if not isinstance(probe.result, dict):
         return False
     held = {str(r.get("id")) for rows in probe.result.values() if isinstance(rows, list)
             for r in rows if isinstance(r, dict)}
-    return target not in held
+    return str(probe.args.get("target")) not in held
 
 
 # -- export_format ---------------------------------------------------------------------------------

@@ -378,6 +378,7 @@ def test_an_offline_write_on_a_record_its_device_never_received_is_not_counted_r
     (probe,) = [e for e in result.history if e.type == "probe"]
     assert probe.device == "d2" and probe.args == {"target": edit.args["record_id"]} and probe.seq > edit.done_seq
     assert probe.result["account"] == [], "d2 held nothing when it refused the edit"
+    assert result.summary()["writes_on_records_never_received"] == 1
     assert [r["id"] for r in result.history.final_exports()["d2"]["account"]] == [edit.args["record_id"]]
 
 

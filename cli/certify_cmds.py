@@ -1,6 +1,5 @@
 """`crm certify`: certify a system under test with the conformance harness."""
 
-from __future__ import annotations
 
 import sys
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Commands about the device and its store: init, the outbox, the export, conflicts."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated

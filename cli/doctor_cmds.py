@@ -1,6 +1,5 @@
 """``crm doctor``: a thin wrapper around ``crm.doctor.diagnose`` (and ``repair`` with --repair)."""
 
-from __future__ import annotations
 
 from typing import Annotated
 

@@ -1,6 +1,5 @@
 """``crm import accounts|contacts FILE``: a thin wrapper around ``crm.importer.import_file``."""
 
-from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path

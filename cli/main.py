@@ -5,7 +5,6 @@ Startup speed matters (a rep logs a visit in a doorway), so a command module is 
 when its command runs, and the engine only inside the command function.
 """
 
-from __future__ import annotations
 
 import copy
 import errno

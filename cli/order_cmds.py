@@ -3,7 +3,6 @@
 A line is written ``SKU:QTY[:UNIT_PRICE]``; without a price the catalogue price is used.
 """
 
-from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any

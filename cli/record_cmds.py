@@ -3,7 +3,6 @@
 Each command parses its options, calls one engine method and prints the result with ``emit``.
 """
 
-from __future__ import annotations
 
 from typing import Annotated
 

@@ -1,6 +1,5 @@
 """`crm server ...`: run the sync server and administer its data (a SQLite directory or PostgreSQL)."""
 
-from __future__ import annotations
 
 import contextlib
 import csv

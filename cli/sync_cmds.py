@@ -1,6 +1,5 @@
 """Sync commands: attach a device to a server, sync once, see status, run the background agent."""
 
-from __future__ import annotations
 
 from typing import Annotated
 

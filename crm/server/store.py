@@ -14,19 +14,15 @@ part-way ends exactly as one delivery.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import itertools
 import json
 import os
 import re
-import secrets
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import merge
 from ..admission import CLOCK_AHEAD, ID, ClockAhead, InvalidOp, admit, parse
@@ -226,8 +222,7 @@ SCOPE_BYTES = 102  # ,"scope":<its JSON>,"moves":[],"part":"<entity>:<64>"
 _PART = re.compile(f"({'|'.join(FAMILY)}):({ID.pattern})")
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):  # not a dataclass: @dataclass costs every `crm server` command's start-up
     """What a rep's devices hold (docs/sync-protocol.md, "Territories"): ``territories`` None is the
     whole organisation (a rep with no territory assigned); ``epoch`` changes with every assignment
     change; ``default`` is the territory a new account of theirs gets."""
@@ -245,18 +240,18 @@ class Scope:
 
 
 def hash_token(token: str) -> str:
+    import hashlib  # loaded by the commands that need it: not every `crm server` command does
+
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     org: str
     rep: str
     role: str
 
 
-@dataclass(frozen=True)
-class Continuity:
+class Continuity(NamedTuple):
     """What a device believes of the server's log (docs/sync-protocol.md, "Continuity").
 
     ``witness`` (position, op id): an entry the device saw in the log; gone means the log went
@@ -279,14 +274,24 @@ class ContinuityBroken(Exception):
         self.latest = latest
 
 
-@dataclass
 class PushResult:
-    acked: list[str]
-    rejected: list[tuple[str, str]]
-    # refused only for a stamp too far ahead of the server's clock: the device re-stamps them
-    ahead: list[tuple[str, str]] = field(default_factory=list)
-    witness: tuple[int, str] | None = None  # the log's last entry after this push
-    latest: str | None = None  # the latest op of the pushing device id in the log
+    """A push's answer. Written out rather than made by @dataclass (start-up, as for ``Op``)."""
+
+    __slots__ = ("acked", "rejected", "ahead", "witness", "latest")
+
+    def __init__(self, acked: list[str], rejected: list[tuple[str, str]],
+                 ahead: list[tuple[str, str]] | None = None, witness: tuple[int, str] | None = None,
+                 latest: str | None = None) -> None:
+        self.acked = acked
+        self.rejected = rejected
+        # refused only for a stamp too far ahead of the server's clock: the device re-stamps them
+        self.ahead = [] if ahead is None else ahead
+        self.witness = witness  # the log's last entry after this push
+        self.latest = latest  # the latest op of the pushing device id in the log
+
+    def __repr__(self) -> str:
+        return (f"PushResult(acked={self.acked!r}, rejected={self.rejected!r}, ahead={self.ahead!r}, "
+                f"witness={self.witness!r}, latest={self.latest!r})")
 
     def to_json(self) -> dict[str, Any]:
         return {"acked": self.acked,
@@ -295,8 +300,7 @@ class PushResult:
                 **_continuity_json(self.witness, self.latest)}
 
 
-@dataclass
-class _Batch:
+class _Batch(NamedTuple):
     """A push after admission (ServerStore._prepare), ready to apply under the lock."""
 
     identity: Identity
@@ -458,6 +462,8 @@ class ServerStore:
         if expires_in_days is not None and not 1 <= expires_in_days <= 3660:
             raise ValidationError("expires in days: give a whole number of days from 1 to 3660")
         expires_at = None if expires_in_days is None else _utc_now(days_ahead=expires_in_days)
+        import secrets
+
         token = "crm_" + secrets.token_urlsafe(32)
         with self.db.write() as conn:
             conn.execute("INSERT INTO orgs (org, created_at) VALUES (?, ?) ON CONFLICT (org) DO NOTHING",
@@ -488,6 +494,8 @@ class ServerStore:
         with self.db.read() as conn:
             row = conn.execute("SELECT token_hash, org, rep, role, revoked_at, expires_at FROM tokens "
                                "WHERE token_hash = ?", (digest,)).fetchone()
+        import hmac  # with hashlib: only the commands that check tokens load them
+
         if row is None or not hmac.compare_digest(row[0], digest):
             return "unknown", None
         if row[4] is not None:

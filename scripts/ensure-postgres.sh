@@ -14,13 +14,10 @@ DIR="${CRM_PG_DIR:-/tmp/crm-postgres}"
 DB=crm_test
 PORT=5432
 
-say() { echo "ensure-postgres: $*" >&2; }
-give_up() {
-  say "$*"
-  if [ "${CI:-}" = "true" ]; then exit 1; fi
-  say "continuing without PostgreSQL: its tests will be skipped"
-  exit 0
-}
+SETUP_NAME=ensure-postgres
+SETUP_WITHOUT="PostgreSQL: its tests will be skipped"
+# shellcheck source=setup-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/setup-lib.sh"
 
 bindir() {
   local found

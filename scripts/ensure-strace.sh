@@ -5,13 +5,10 @@
 # gets a warning, and those tests skip saying why; under CI=true that is an error.
 set -euo pipefail
 
-say() { echo "ensure-strace: $*" >&2; }
-give_up() {
-  say "$*"
-  if [ "${CI:-}" = "true" ]; then exit 1; fi
-  say "continuing without strace: tests/test_flush_kills.py will be skipped"
-  exit 0
-}
+SETUP_NAME=ensure-strace
+SETUP_WITHOUT="strace: tests/test_flush_kills.py will be skipped"
+# shellcheck source=setup-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/setup-lib.sh"
 
 if ! command -v strace >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

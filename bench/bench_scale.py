@@ -90,8 +90,8 @@ class Server:
     """``processes`` `crm server serve` processes on SQLite (a data directory; one process) or on
     one fresh PostgreSQL database (device i talks to process i mod N)."""
 
-    def __init__(self, engine: str, workdir: Path, pg_admin: str, processes: int = 1) -> None:
-        self.engine, self.pg_admin = engine, pg_admin
+    def __init__(self, engine: str, workdir: Path, pg_admin: str, processes: int = 1, workers: int = 1) -> None:
+        self.engine, self.pg_admin, self.workers = engine, pg_admin, workers
         self.dbname = None
         if engine == "sqlite":
             self.target = str(workdir / "server")
@@ -108,7 +108,7 @@ class Server:
         self.urls = [f"http://127.0.0.1:{port}" for port in ports]
         self.procs = [subprocess.Popen([*crm_command(), "server", "serve", flag, self.target, "--port", str(port),
                                         # every simulated device is on 127.0.0.1: no per-address cap
-                                        "--max-connections-per-address", "0"],
+                                        "--max-connections-per-address", "0", "--workers", str(workers)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                       for port in ports]
         deadline = time.monotonic() + 30
@@ -123,12 +123,16 @@ class Server:
                     raise RuntimeError(f"the {engine} server did not start")
 
     def cpu_s(self) -> tuple[float, float]:
-        """CPU seconds (user, system) the server processes have used so far, from /proc."""
+        """CPU seconds (user, system) the server processes, and their workers, have used so far, from
+        /proc (a worker replaced during the run would be missed: the bench checks none was)."""
         user = system = 0
         for proc in self.procs:
-            with open(f"/proc/{proc.pid}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-            user, system = user + int(fields[11]), system + int(fields[12])
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as children:
+                pids = [proc.pid, *map(int, children.read().split())]
+            for pid in pids:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                user, system = user + int(fields[11]), system + int(fields[12])
         return user / os.sysconf("SC_CLK_TCK"), system / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
@@ -163,9 +167,9 @@ def fetch_new(client: SyncClient, device_id: str, cursor: int, epoch: int = 0) -
 
 
 def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: str, sample: int,
-        territories: int = 0) -> dict:
+        territories: int = 0, workers: int = 1) -> dict:
     engine, _, processes = spec.partition(":")
-    server = Server(engine, workdir, pg_admin, int(processes or 1))
+    server = Server(engine, workdir, pg_admin, int(processes or 1), workers)
     org_of = [f"{ORG}-{i % orgs}" for i in range(devices)]
     try:
         store = ServerStore.open(server.target)
@@ -223,7 +227,7 @@ def run(spec: str, devices: int, ops: int, orgs: int, workdir: Path, pg_admin: s
             verified = {key: verified[key] + counts[key] for key in verified}
         for c in clients:
             c.close()
-        return {"engine": engine, "server_processes": len(server.urls), "devices": devices, "orgs": orgs,
+        return {"engine": engine, "server_processes": len(server.urls), "workers": workers, "devices": devices, "orgs": orgs,
                 "territories": territories, "ops_per_device": ops, "ops": devices * ops,
                 "wall_s": round(wall, 2), "ops_per_s": round(devices * ops / wall),
                 "last_push_done_s": round(max(pushed_at) - release, 2),
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="territories per organisation (rep i holds territory i mod N; 0: none)")
     parser.add_argument("--engines", default="sqlite,postgresql,postgresql:2",
                         help="engines to run, each ENGINE[:PROCESSES] (several processes: PostgreSQL only)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of each server process (crm server serve --workers)")
     parser.add_argument("--sample", type=int, default=4, help="devices that merge everything and compare exports")
     parser.add_argument("--pg", default=os.environ.get("CRM_TEST_PG_DSN") or DEFAULT_PG,
                         help="PostgreSQL server to create the benchmark's database on")
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for engine in engines:
-            row = run(engine, args.devices, args.ops, args.orgs, Path(tmp), args.pg, args.sample, args.territories)
+            row = run(engine, args.devices, args.ops, args.orgs, Path(tmp), args.pg, args.sample, args.territories,
+                      args.workers)
             rows.append(row)
             print(json.dumps(row), flush=True)
     name = "scale" if args.orgs == 1 else f"scale_{args.orgs}orgs"
@@ -310,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'engine':<14}{'orgs':>5}{'devices':>8}{'ops':>8}{'wall s':>8}{'ops/s':>8}{'push p50':>10}{'push p99':>10}"
           f"{'sync p50':>10}{'sync p99':>10}  lost/dup")
     for r in rows:
-        label = r["engine"] + (f" x{r['server_processes']}" if r["server_processes"] > 1 else "")
+        label = r["engine"] + (f" x{r['server_processes']}" if r["server_processes"] > 1 else "") \
+            + (f" w{r['workers']}" if r["workers"] > 1 else "")
         print(f"{label:<14}{r['orgs']:>5}{r['devices']:>8}{r['ops']:>8}{r['wall_s']:>8}{r['ops_per_s']:>8}"
               f"{r['push_p50_ms']:>8}ms{r['push_p99_ms']:>8}ms{r['sync_p50_ms']:>8}ms{r['sync_p99_ms']:>8}ms"
               f"  {r['lost']}/{r['duplicates']}")

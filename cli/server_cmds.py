@@ -4,6 +4,7 @@
 import contextlib
 import csv
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,6 +78,10 @@ def serve(
         min=1024, max=1 << 30, metavar="BYTES",
         help="Bytes of one pull answer: ops, move snapshots, other fields (at least one op or record is sent)")
     ] = 4 * 1024 * 1024,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, metavar="N",
+        help="Server processes on the port, each its own core's worth of Python (Linux); the limits "
+             "above apply in each")] = 1,
 ) -> None:
     """Start the sync server: SQLite under DIR (one command, no other service), or PostgreSQL,
     where any number of server processes can serve the same database at once. The limits keep a
@@ -87,19 +92,24 @@ def serve(
       crm server serve --data ./server --port 8765
       crm server serve --db postgresql://crm@db.internal/crm --port 8765
       crm server serve --data ./server --max-connections-per-address 0   # behind a proxy
+      crm server serve --data ./server --workers 2   # use two cores
     """
     from crm.server import serve as run_server
     from crm.server.limits import Limits
 
     if not 0 < port < 65536:
         raise invalid(f"--port {port}: give a TCP port between 1 and 65535")
+    if workers > 1 and not sys.platform.startswith("linux"):
+        raise invalid(f"--workers {workers}: several server processes need Linux; serve with one")
     limits = Limits(head_timeout=head_timeout, body_timeout=body_timeout, min_body_rate=min_body_rate,
                     max_connections_per_address=max_connections_per_address, max_connections=max_connections,
                     max_head_bytes=max_head_bytes, max_pull_bytes=max_pull_bytes)
     with _store(data, db, create=True) as store:
         location = store.location
-    output.message(f"crm sync server on http://{host}:{port} (data: {location})")
-    run_server(_target(data, db), host=host, port=port, log_level=log_level, limits=limits)
+    output.message(f"crm sync server on http://{host}:{port} (data: {location})"
+                   + (f", {workers} worker processes" if workers > 1 else ""))
+    if run_server(_target(data, db), host=host, port=port, log_level=log_level, limits=limits, workers=workers):
+        raise typer.Exit(1)  # the workers kept exiting as they started; their errors are on stderr
 
 
 @server_app.command("add-rep")

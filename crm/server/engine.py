@@ -9,17 +9,22 @@ commits: SQLite's single database write lock, or a PostgreSQL advisory transacti
 the organisation. So log positions (``ops.seq``) of one organisation become visible in the
 order they were allocated, and a pull reading ``seq > cursor`` never skips a late commit.
 
-SQLite has one write lock for every organisation, and its busy handler polls with growing sleeps,
-so a thread that commits and begins again at once can keep it from a thread that is waiting. The
-server's write transactions therefore queue first for a first-come, first-served lock in the
-process (``FairLock``): a push applied in short transactions lets every push that arrived
-meanwhile take its turn between two of them.
+SQLite has one write lock for every organisation, and its busy handler polls with growing sleeps
+(up to 100 ms), so a thread that commits and begins again at once can keep it from a thread that
+is waiting. The server's write transactions therefore queue first for a first-come, first-served
+lock in the process (``FairLock``): a push applied in short transactions lets every push that
+arrived meanwhile take its turn between two of them. Then, for the other processes on the same
+file (the workers of ``crm server serve --workers N``, an admin command), each takes an ``flock``
+on a file beside the database (``WriteFileLock``): a process waiting there is woken by the kernel
+the moment the holder lets go, where SQLite's busy handler would sleep.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -91,9 +96,41 @@ class FairLock:
                 self._cond.notify_all()
 
 
+class WriteFileLock:
+    """The write lock between processes: ``flock`` on ``path``. One thread of a process holds it at
+    a time (FairLock is taken first), so one descriptor per process serves; it is opened again in a
+    forked child, since a descriptor inherited across ``fork`` shares the parent's lock. The wait
+    has no timeout: the kernel frees the lock when its holder exits, however it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._fd is None or self._pid != os.getpid():
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise CrmError(f"cannot open the server's write lock {self.path}: {exc.strerror}") from None
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
 class SqliteDatabase(Database):
     """One file under the data directory; a connection per thread; BEGIN IMMEDIATE serialises writes,
-    which this process's threads take in turn (FairLock)."""
+    which this process's threads take in turn (FairLock) and the processes on the file in the
+    order the kernel wakes them (WriteFileLock)."""
 
     dialect = "sqlite"
 
@@ -104,6 +141,7 @@ class SqliteDatabase(Database):
         self._opened: list[sqlite3.Connection] = []  # every thread's, so close() closes them all
         self._opened_lock = threading.Lock()
         self._writers = FairLock()
+        self._processes = WriteFileLock(path.with_name(path.name + ".write-lock"))
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -124,7 +162,7 @@ class SqliteDatabase(Database):
 
     @contextlib.contextmanager
     def write(self, org: str | None = None) -> Iterator[sqlite3.Connection]:
-        with self._writers.held(f"the server database {self.location}"), \
+        with self._writers.held(f"the server database {self.location}"), self._processes.held(), \
                 self._transaction("BEGIN IMMEDIATE") as conn:
             yield conn
 
@@ -143,6 +181,7 @@ class SqliteDatabase(Database):
         for conn in opened:
             conn.close()
         self._local = threading.local()
+        self._processes.close()
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,177 @@
+"""Several server processes on one store: `crm server serve --workers N`, and the write lock that
+serialises the processes' writes (crm/server/workers.py, crm/server/engine.py WriteFileLock)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crm.server import ServerStore
+from harness.ports import free_port
+from tests.support import CRM, wait_for
+
+pytestmark = [pytest.mark.process,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="--workers needs Linux")]
+
+PUSHER = textwrap.dedent("""
+    import sys
+    from crm.hlc import format_stamp, now_ms
+    from crm.ops import Op, op_to_wire
+    from crm.server import ServerStore
+    from crm.server.store import Identity
+
+    data, dev, pushes, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    store = ServerStore.open(data)
+    who = Identity("acme", "rep-" + dev, "device")
+    for p in range(pushes):
+        ops = [op_to_wire(Op(op_id=f"{dev}-{p}-{i}", device=dev, hlc=format_stamp(now_ms() - 60_000, p * size + i, dev),
+                             entity="account", record_id=f"rec-{dev}-{p}-{i}", fields={"name": f"{dev} {p} {i}"},
+                             kind="create"))
+               for i in range(size)]
+        result = store.push(who, ops)
+        assert len(result.acked) == size, result
+    store.close()
+""")
+
+
+def test_processes_pushing_into_one_sqlite_store_at_once_log_each_op_once_in_a_gapless_order(tmp_path):
+    """Four processes push 20 batches each into one data directory at the same time: every op is
+    logged once, the log's positions have no gap, and each process's ops are in its order."""
+    data = tmp_path / "server"
+    ServerStore.open(data).close()
+    devices = [f"dev{k}" for k in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", PUSHER, str(data), dev, "20", "25"],
+                              stderr=subprocess.PIPE, text=True) for dev in devices]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    conn = sqlite3.connect(data / "server.sqlite3")
+    rows = conn.execute("SELECT seq, op_id, device FROM ops WHERE org = 'acme' ORDER BY seq").fetchall()
+    conn.close()
+    assert len(rows) == 4 * 20 * 25 == len({op_id for _, op_id, _ in rows})
+    assert [seq for seq, _, _ in rows] == list(range(rows[0][0], rows[0][0] + len(rows)))
+    for dev in devices:
+        mine = [op_id for _, op_id, d in rows if d == dev]
+        assert mine == [f"{dev}-{p}-{i}" for p in range(20) for i in range(25)]
+
+
+def test_a_write_waits_for_another_process_holding_the_write_lock(tmp_path):
+    """The lock file beside the database is what the processes take in turn: held elsewhere, a
+    write waits (it neither fails nor goes ahead), and goes ahead once it is let go."""
+    data = tmp_path / "server"
+    store = ServerStore.open(data)
+    lock = os.open(data / "server.sqlite3.write-lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.add_token("acme", "rep")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failure.append(exc)
+        done.set()
+
+    try:
+        threading.Thread(target=write, daemon=True).start()
+        assert not done.wait(0.5), f"the write did not wait for the lock: {failure}"
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    assert done.wait(30) and not failure, failure
+    assert store.stats("acme") == {"ops": 0, "records": 0}
+    store.close()
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _serve(data: Path, port: int, workers: int) -> subprocess.Popen:
+    proc = subprocess.Popen([*CRM, "server", "serve", "--data", str(data), "--port", str(port),
+                             "--workers", str(workers)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=60)
+    assert proc.poll() is None, proc.stderr.read()
+    wait_for(lambda: len(_children(proc.pid)) == workers, timeout=30)
+    return proc
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_workers_serve_one_port_a_dead_worker_is_replaced_and_all_die_with_the_server(tmp_path):
+    port = free_port()
+    proc = _serve(tmp_path / "server", port, 2)
+    try:
+        first = _children(proc.pid)
+        assert len(first) == 2 and _healthy(port)
+        gone = min(first)
+        os.kill(gone, signal.SIGKILL)
+        wait_for(lambda: len(_children(proc.pid)) == 2 and gone not in _children(proc.pid), timeout=30)
+        assert _healthy(port), "the server answers with a replaced worker"
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the server killed outright: no worker may go on serving
+        proc.wait(10)
+        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+        assert not _healthy(port)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_every_worker_and_the_server_exits_0(tmp_path):
+    port = free_port()
+    proc = _serve(tmp_path / "server", port, 3)
+    workers = _children(proc.pid)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read()
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_workers_that_keep_failing_to_start_stop_the_server_with_exit_1(capfd):
+    """A worker that exits as it starts is replaced, but not forever: five in a row and the
+    supervisor stops (a server that cannot serve says so instead of forking in a loop)."""
+    import socket
+
+    from crm.server.workers import MAX_QUICK_EXITS, run_workers
+
+    def serve(_sock: socket.socket) -> None:
+        raise RuntimeError("cannot open the store")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert run_workers(2, sock, serve) == 1
+    err = capfd.readouterr().err
+    assert "exited as they started" in err
+    assert err.count("RuntimeError: cannot open the store") >= MAX_QUICK_EXITS

@@ -175,3 +175,62 @@ def test_workers_that_keep_failing_to_start_stop_the_server_with_exit_1(capfd):
     err = capfd.readouterr().err
     assert "exited as they started" in err
     assert err.count("RuntimeError: cannot open the store") >= MAX_QUICK_EXITS
+
+
+def test_devices_syncing_at_once_through_two_workers_converge_with_each_record_once(tmp_path):
+    """Eight devices, each with accounts and an edit of a shared account queued, sync at once
+    through a two-worker server (the kernel spreads their connections), then once more: every op is
+    logged once and every device exports exactly what the server does."""
+    from crm import Change, Device, canonical_json
+    from crm.ids import new_id
+    from crm.sync import SyncClient, pull_changes, push_outbox
+
+    data, port = tmp_path / "server", free_port()
+    store = ServerStore.open(data)
+    tokens = [store.add_token("acme", f"rep-{i}") for i in range(8)]
+    store.close()
+    proc = _serve(data, port, 2)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        shared = new_id()
+        seed = Device.init(tmp_path / "seed", rep="rep-0")
+        seed.write([Change("account", shared, {"name": "Shared", "owner": "rep-0"}, {}, "create")])
+        with SyncClient(base_url=url, token=tokens[0], timeout=60) as client:
+            push_outbox(seed, client)
+        devices = [Device.init(tmp_path / f"d{i}", rep=f"rep-{i}") for i in range(8)]
+        for i, device in enumerate(devices):
+            with SyncClient(base_url=url, token=tokens[i], timeout=60) as client:
+                pull_changes(device, client)
+            device.write([Change("account", new_id(), {"name": f"A{i}-{k}", "owner": f"rep-{i}"}, {}, "create")
+                          for k in range(30)])
+            device.edit("account", shared, {"city": f"City {i}"})
+        errors: list[BaseException] = []
+
+        def sync(i: int) -> None:
+            try:
+                with SyncClient(base_url=url, token=tokens[i], timeout=120) as client:
+                    push_outbox(devices[i], client)
+                    pull_changes(devices[i], client)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=sync, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        assert not errors, errors
+        for i in range(8):  # the second sync brings what the others pushed after this one pulled
+            sync(i)
+        assert not errors, errors
+        store = ServerStore.open(data)
+        try:
+            assert store.stats("acme") == {"ops": 1 + 8 * 31, "records": 1 + 8 * 30}
+            expected = canonical_json(store.export("acme"))
+        finally:
+            store.close()
+        for i, device in enumerate(devices):
+            assert device.outbox()["pending"] == 0
+            assert canonical_json(device.export()) == expected, f"device {i} diverged from the server"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)

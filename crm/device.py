@@ -71,6 +71,7 @@ def _duration(seconds: float) -> str:
     return f"{max(1, int(seconds // 60))} min"
 
 MAX_LINES_PER_ORDER = 50  # an op carries at most 64 fields (crm/ops.py)
+SETTLE_ROWS = 300  # acknowledged ops per statement: 900 parameters, under SQLite's old 999
 
 
 def _catch_up_index(store: Store, conn: sqlite3.Connection) -> int:
@@ -653,10 +654,17 @@ class Device:
         """Move what the server acknowledged from the outbox to the kept ops; park what it refused
         where the rep can see it; remember the server's continuity answer."""
         with self.store.write() as conn:
-            keys = [(op_id,) for op_id in acked]
-            conn.executemany("INSERT OR IGNORE INTO sent (op_key, body) SELECT ?, body FROM outbox WHERE op_id = ?",
-                             [(op_key(op_id), op_id) for op_id in acked])
-            conn.executemany("DELETE FROM outbox WHERE op_id = ?", keys)
+            # A statement per SETTLE_ROWS ops, not per op: each SQLite step of an executemany gives
+            # the GIL up and waits to get it back, which a device's other threads (the agent) and
+            # a simulated fleet's (bench_scale.py) make a queue.
+            for start in range(0, len(acked), SETTLE_ROWS):
+                chunk = acked[start:start + SETTLE_ROWS]
+                conn.execute("INSERT OR IGNORE INTO sent (op_key, body) SELECT v.column2, o.body FROM (VALUES "
+                             + ", ".join(["(?, ?, ?)"] * len(chunk))
+                             + ") AS v JOIN outbox AS o ON o.op_id = v.column3 ORDER BY v.column1",
+                             [value for n, op_id in enumerate(chunk) for value in (n, op_key(op_id), op_id)])
+            if acked:
+                conn.execute("DELETE FROM outbox WHERE op_id IN (SELECT value FROM json_each(?))", (json.dumps(acked),))
             conn.executemany("UPDATE outbox SET state = 'rejected', reason = ? WHERE op_id = ?",
                              [(reason, op_id) for op_id, reason in rejected])
             self._remember_server(conn, witness=witness, latest=latest)

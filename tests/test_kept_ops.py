@@ -37,6 +37,19 @@ def test_an_acknowledged_op_comes_back_exactly_as_queued_and_smaller(tmp_path: P
     assert stored < 0.6 * sum(len(op_id) + len(body) for op_id, body in queued)
 
 
+def test_a_large_acknowledgement_keeps_every_op_in_the_order_acknowledged(tmp_path: Path) -> None:
+    """Settled in statements of SETTLE_ROWS ops: across their boundaries nothing is lost, doubled
+    or reordered, and only the acknowledged ops leave the outbox."""
+    from crm.device import SETTLE_ROWS
+
+    n = 2 * SETTLE_ROWS + 7
+    dev, queued = _queue(tmp_path / "h", n + 3)
+    acked = queued[:n]
+    dev.settle_pushed([op_id for op_id, _ in acked[::-1]], [])  # the answer's order, not the queue's
+    assert dev.pending_ops(limit=10) == queued[n:]
+    assert [body for _, body in dev.kept_ops(after=0, limit=n + 10)] == [body for _, body in acked[::-1]]
+
+
 def test_settling_twice_keeps_an_op_once(tmp_path: Path) -> None:
     dev, queued = _queue(tmp_path / "h", 2)
     dev.settle_pushed([queued[0][0]], [])

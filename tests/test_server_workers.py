@@ -93,6 +93,42 @@ def test_a_write_waits_for_another_process_holding_the_write_lock(tmp_path):
     store.close()
 
 
+def test_a_write_gives_up_after_the_timeout_and_the_lock_stays_usable(tmp_path):
+    """A process that holds the write lock and never lets go (stopped, hung) costs another's write
+    a StoreLockedError after the timeout, as SQLite's busy timeout did, not a wait for ever; the
+    wait it gave up takes nothing with it: once the lock is free, writes go ahead."""
+    from crm.errors import StoreLockedError
+
+    data = tmp_path / "server"
+    store = ServerStore.open(data)
+    store.db._processes.timeout = 0.3
+    lock = os.open(data / "server.sqlite3.write-lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(StoreLockedError, match="another process's write"):
+            store.add_token("acme", "rep")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    for rep in ("rep", "rep-2", "rep-3"):
+        store.add_token("acme", rep)
+    other = os.open(data / "server.sqlite3.write-lock", os.O_RDWR)
+    try:  # nothing of the abandoned wait still holds it
+        wait_for(lambda: _try_lock(other), timeout=30)
+    finally:
+        os.close(other)
+    store.close()
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
 def _children(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -110,11 +146,14 @@ def _alive(pid: int) -> bool:
 
 
 def _serve(data: Path, port: int, workers: int) -> subprocess.Popen:
-    proc = subprocess.Popen([*CRM, "server", "serve", "--data", str(data), "--port", str(port),
-                             "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = data.parent / f"serve-{port}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([*CRM, "server", "serve", "--data", str(data), "--port", str(port),
+                                 "--workers", str(workers)],
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    proc.log = log  # type: ignore[attr-defined]
     wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=60)
-    assert proc.poll() is None, proc.stderr.read()
+    assert proc.poll() is None, log.read_text()
     wait_for(lambda: len(_children(proc.pid)) == workers, timeout=30)
     return proc
 
@@ -146,35 +185,45 @@ def test_workers_serve_one_port_a_dead_worker_is_replaced_and_all_die_with_the_s
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_sigterm_stops_every_worker_and_the_server_exits_0(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_every_worker_and_the_server_exits_0(tmp_path, stop):
+    """SIGTERM, or SIGINT as Ctrl-C sends it: each worker gets one SIGTERM from the parent (they
+    are in process groups of their own) and stops gracefully, without a traceback."""
     port = free_port()
     proc = _serve(tmp_path / "server", port, 3)
     workers = _children(proc.pid)
     try:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, proc.stderr.read()
+        os.killpg(proc.pid, stop)  # the terminal signals the foreground group: the parent's
+        assert proc.wait(60) == 0, proc.log.read_text()
         assert not any(_alive(pid) for pid in workers)
+        assert "Traceback" not in proc.log.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_workers_that_keep_failing_to_start_stop_the_server_with_exit_1(capfd):
-    """A worker that exits as it starts is replaced, but not forever: five in a row and the
-    supervisor stops (a server that cannot serve says so instead of forking in a loop)."""
-    import socket
+SUPERVISED = textwrap.dedent("""
+    import socket, sys
+    from crm.server.workers import run_workers
 
-    from crm.server.workers import MAX_QUICK_EXITS, run_workers
-
-    def serve(_sock: socket.socket) -> None:
+    def serve(sock):
         raise RuntimeError("cannot open the store")
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        assert run_workers(2, sock, serve) == 1
-    err = capfd.readouterr().err
-    assert "exited as they started" in err
-    assert err.count("RuntimeError: cannot open the store") >= MAX_QUICK_EXITS
+        sys.exit(10 + run_workers(2, sock, serve, quick_exit_s=600))
+""")
+
+
+def test_workers_that_keep_failing_to_start_stop_the_server_with_exit_1():
+    """A worker that exits as it starts is replaced, but not forever: five in a row and the
+    supervisor stops (a server that cannot serve says so instead of forking in a loop)."""
+    from crm.server.workers import MAX_QUICK_EXITS
+
+    done = subprocess.run([sys.executable, "-c", SUPERVISED], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 11, done.stderr
+    assert "exited as they started" in done.stderr
+    assert done.stderr.count("RuntimeError: cannot open the store") >= MAX_QUICK_EXITS
 
 
 def test_devices_syncing_at_once_through_two_workers_converge_with_each_record_once(tmp_path):
@@ -219,6 +268,7 @@ def test_devices_syncing_at_once_through_two_workers_converge_with_each_record_o
             thread.start()
         for thread in threads:
             thread.join(300)
+        assert not any(thread.is_alive() for thread in threads), "a sync did not finish in 300 s"
         assert not errors, errors
         for i in range(8):  # the second sync brings what the others pushed after this one pulled
             sync(i)

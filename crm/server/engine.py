@@ -97,34 +97,74 @@ class FairLock:
 
 
 class WriteFileLock:
-    """The write lock between processes: ``flock`` on ``path``. One thread of a process holds it at
-    a time (FairLock is taken first), so one descriptor per process serves; it is opened again in a
-    forked child, since a descriptor inherited across ``fork`` shares the parent's lock. The wait
-    has no timeout: the kernel frees the lock when its holder exits, however it dies."""
+    """The write lock between processes: ``flock`` on ``path``. One thread of a process asks for it
+    at a time (FairLock is taken first), so one descriptor per process serves the uncontended
+    case; it is opened again in a forked child, since a descriptor inherited across ``fork``
+    shares the parent's lock.
 
-    def __init__(self, path: Path) -> None:
+    When another process holds it, a helper thread waits in a blocking ``flock`` on a descriptor of
+    its own (the kernel wakes it the moment the lock is free; polling would let a busy process take
+    the lock again and again before the waiter's next try), and hands the held descriptor over. The
+    caller waits at most ``timeout`` seconds, as SQLite's busy timeout bounded the wait before:
+    then StoreLockedError, and the helper lets go of the lock if it gets it later."""
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
         self.path = path
+        self.timeout = timeout
         self._fd: int | None = None
         self._pid = 0
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise CrmError(f"cannot open the server's write lock {self.path}: {exc.strerror}") from None
+
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, what: str = "the lock") -> Iterator[None]:
         if self._fd is None or self._pid != os.getpid():
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise CrmError(f"cannot open the server's write lock {self.path}: {exc.strerror}") from None
-            self._pid = os.getpid()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._fd, self._pid = self._open(), os.getpid()
+        fd, own = self._fd, False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fd, own = self._wait(what), True
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if own:
+                os.close(fd)
+
+    def _wait(self, what: str) -> int:
+        """A descriptor holding the lock, taken by a helper thread within ``timeout``."""
+        fd = self._open()
+        taken = threading.Event()
+        state = threading.Lock()
+        abandoned = [False]
+
+        def take() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with state:
+                if not abandoned[0]:
+                    taken.set()
+                    return
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the caller gave up meanwhile
+            os.close(fd)
+
+        threading.Thread(target=take, name="crm-write-lock", daemon=True).start()
+        if not taken.wait(self.timeout):
+            with state:
+                if not taken.is_set():
+                    abandoned[0] = True
+                    raise StoreLockedError(f"{what} is busy: waited {self.timeout:g} s for another "
+                                           "process's write")
+        return fd
 
     def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is not None and self._pid == os.getpid():
+            os.close(fd)
 
 
 class SqliteDatabase(Database):
@@ -162,7 +202,8 @@ class SqliteDatabase(Database):
 
     @contextlib.contextmanager
     def write(self, org: str | None = None) -> Iterator[sqlite3.Connection]:
-        with self._writers.held(f"the server database {self.location}"), self._processes.held(), \
+        with self._writers.held(f"the server database {self.location}"), \
+                self._processes.held(f"the server database {self.location}"), \
                 self._transaction("BEGIN IMMEDIATE") as conn:
             yield conn
 

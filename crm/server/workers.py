@@ -32,10 +32,6 @@ QUICK_EXIT_S = 1.0  # a worker that exits sooner than this after it started did 
 MAX_QUICK_EXITS = 5
 
 
-def supported() -> bool:
-    return sys.platform.startswith("linux")
-
-
 def run_workers(count: int, sock: socket.socket, serve: Callable[[socket.socket], None], *,
                 quick_exit_s: float = QUICK_EXIT_S) -> int:
     """Fork ``count`` workers that each call ``serve(sock)``, and supervise them until told to stop.

@@ -18,6 +18,7 @@ import pytest
 
 from crm.server import ServerStore
 from harness.ports import free_port
+from harness.processes import alive
 from tests.support import CRM, wait_for
 
 pytestmark = [pytest.mark.process,
@@ -137,14 +138,6 @@ def _children(pid: int) -> set[int]:
         return set()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _serve(data: Path, port: int, workers: int) -> subprocess.Popen:
     log = data.parent / f"serve-{port}.log"
     with log.open("w") as err:
@@ -178,7 +171,7 @@ def test_workers_serve_one_port_a_dead_worker_is_replaced_and_all_die_with_the_s
         workers = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the server killed outright: no worker may go on serving
         proc.wait(10)
-        wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=30)
+        wait_for(lambda: not any(alive(pid) for pid in workers), timeout=30)
         assert not _healthy(port)
     finally:
         if proc.poll() is None:
@@ -195,7 +188,7 @@ def test_a_stop_signal_stops_every_worker_and_the_server_exits_0(tmp_path, stop)
     try:
         os.killpg(proc.pid, stop)  # the terminal signals the foreground group: the parent's
         assert proc.wait(60) == 0, proc.log.read_text()
-        assert not any(_alive(pid) for pid in workers)
+        assert not any(alive(pid) for pid in workers)
         assert "Traceback" not in proc.log.read_text()
     finally:
         if proc.poll() is None:

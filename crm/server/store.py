@@ -514,21 +514,24 @@ class ServerStore:
                            (org, entity, rid)).fetchone()
         return record_from_row(entity, rid, row[0], row[1]) if row else None
 
-    def _apply(self, conn: Any, org: str, ops: list[Op], *, pusher: Scope | None = None) -> None:
+    def _apply(self, conn: Any, org: str, ops: list[Op], *, pushers: dict[str, Scope] | None = None,
+               push_of: dict[str, int] | None = None, known: set[str] | None = None) -> None:
         """Log and merge admitted ops, skipping any this organisation already has (at most once).
 
         Runs inside ``db.write(org)``: the organisation's lock makes the lookup of known op ids
         exact; the unique (org, op_id) key with ON CONFLICT DO NOTHING keeps the log free of
-        duplicates even so.
+        duplicates even so. ``known``: those op ids, when the caller has just looked them up.
 
         Each logged op carries its account and that account's territory (docs/sync-protocol.md,
-        "Territories"). ``pusher`` is the pushing rep's scope: a new account of theirs without a
-        territory gets their default (a back-office op, logged with it).
+        "Territories"). ``pushers``: op id -> the scope of the rep who pushed it, for reps who hold
+        territories; a new account of theirs without a territory gets their default (a back-office
+        op, logged with the batch). ``push_of``: op id -> its push's place in a group applied as one
+        batch (ServerStore._commit_together): an account is new to the first push that writes it.
         """
-        known: set[str] = set()
-        for chunk, marks in _in_chunks([op.op_id for op in ops]):
-            known.update(row[0] for row in conn.execute(
-                f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})", (org, *chunk)).fetchall())
+        if known is None:
+            known = self._logged(conn, org, [op.op_id for op in ops])
+        else:
+            known = set(known)
         fresh: list[Op] = []
         for op in ops:
             if op.op_id not in known:
@@ -549,20 +552,27 @@ class ServerStore:
                         (org, entity, *chunk)).fetchall():
                     stored[(entity, rid)] = (data, meta)
         # A new account of a rep with a default territory, created without one, gets it.
-        if pusher is not None and pusher.default:
-            bare = [op for op in fresh if op.entity == "account" and op.kind == "create"
-                    and ("account", op.record_id) not in stored and not op.fields.get("territory")]
+        if pushers:
+            bare: dict[str, str] = {}
+            first_push: dict[tuple[str, str], int] = {}
+            for op in fresh:
+                key = (op.entity, op.record_id)
+                number = push_of.get(op.op_id, 0) if push_of else 0
+                first = first_push.setdefault(key, number)
+                scope = pushers.get(op.op_id)
+                if scope is not None and scope.default and first == number and op.entity == "account" \
+                        and op.kind == "create" and key not in stored and not op.fields.get("territory"):
+                    bare.setdefault(op.record_id, scope.default)
             if bare:
                 fresh += self._backoffice_ops(conn, org, [
-                    ("account", op.record_id, {"territory": pusher.default}, {}, "update") for op in bare])
+                    ("account", rid, {"territory": default}, {}, "update") for rid, default in bare.items()])
         # A create of a record nobody has yet is its whole state: store it without a merge.
         per_record = Counter((op.entity, op.record_id) for op in fresh)
         rows, merged, created = [], [], {}
         for op in fresh:
             key = (op.entity, op.record_id)
             if op.kind == "create" and key not in stored and per_record[key] == 1:
-                row = row_of_create(op)
-                rows.append(_row(org, row))
+                rows.append(_row(org, row_of_create(op)))
                 created[key] = op.fields
             else:
                 merged.append(op)
@@ -573,11 +583,20 @@ class ServerStore:
         _insert_rows(conn, "INSERT INTO records (org, entity, id, data, meta, deleted, conflicts)",
                      "(?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, "
                      "meta = excluded.meta, deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
-        self._log(conn, org, fresh, stored, changed, created, pusher)
+        self._log(conn, org, fresh, stored, changed, created, pushers or {})
+
+    @staticmethod
+    def _logged(conn: Any, org: str, op_ids: list[str]) -> set[str]:
+        """Those of ``op_ids`` the organisation's log holds."""
+        known: set[str] = set()
+        for chunk, marks in _in_chunks(op_ids):
+            known.update(row[0] for row in conn.execute(
+                f"SELECT op_id FROM ops WHERE org = ? AND op_id IN ({marks})", (org, *chunk)).fetchall())
+        return known
 
     def _log(self, conn: Any, org: str, fresh: list[Op], stored: dict[tuple[str, str], tuple[str, str]],
              changed: dict[tuple[str, str], Record], created: dict[tuple[str, str], dict[str, Any]],
-             pusher: Scope | None) -> None:
+             pushers: dict[str, Scope]) -> None:
         """Append ``fresh`` to the log, each with its account and territory; keep the territory of
         every account current, and mark a move where an account changed territory."""
         def values(entity: str, rid: str) -> dict[str, Any] | None:
@@ -590,17 +609,20 @@ class ServerStore:
             return None
 
         scope_of: dict[tuple[str, str], str | None] = {}
+        pushed_by: dict[str, list[Scope]] = {}  # account -> the scopes of the reps who pushed ops on it
         for op in fresh:
             key = (op.entity, op.record_id)
-            if key in scope_of:
-                continue
-            if op.entity == "product":
-                scope_of[key] = None
-            elif op.entity == "account":
-                scope_of[key] = op.record_id
-            else:
-                got = values(*key) or {}
-                scope_of[key] = got.get("account") or op.fields.get("account") or op.record_id
+            if key not in scope_of:
+                if op.entity == "product":
+                    scope_of[key] = None
+                elif op.entity == "account":
+                    scope_of[key] = op.record_id
+                else:
+                    got = values(*key) or {}
+                    scope_of[key] = got.get("account") or op.fields.get("account") or op.record_id
+            account = scope_of[key]
+            if account and op.op_id in pushers:
+                pushed_by.setdefault(account, []).append(pushers[op.op_id])
         accounts = sorted({a for a in scope_of.values() if a})
         before: dict[str, str] = {}
         for chunk, marks in _in_chunks(accounts):
@@ -620,9 +642,10 @@ class ServerStore:
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                      "SET value = excluded.value WHERE excluded.value > meta.value", ("max_hlc:" + org, newest))
         moved = [a for a in accounts if a in before and a in now and before[a] != now[a]]
-        # A new account outside its creator's territories leaves their devices: a move for them.
-        stray = [a for a in accounts if a not in before and a in now and pusher is not None
-                 and not pusher.holds(now[a])]
+        # A new account outside the territories of a rep who wrote it leaves their devices: a move
+        # for them (a marker for a device that never held it changes nothing there).
+        stray = [a for a in accounts if a not in before and a in now
+                 and any(not scope.holds(now[a]) for scope in pushed_by.get(a, ()))]
         fresh_accounts = [a for a in accounts if a not in before and a in now]
         if fresh_accounts:
             _insert_rows(conn, "INSERT INTO account_terr (org, account, territory)", "(?, ?, ?)",
@@ -758,18 +781,47 @@ class ServerStore:
 
     def _commit_together(self, group: list[tuple[int, _Batch, Continuity]]
                          ) -> list[tuple[int, PushResult | ContinuityBroken]]:
-        """Apply prepared pushes, each small, in one transaction, in order."""
+        """Apply prepared pushes, each small, in one transaction, as one batch: what each would
+        get pushed alone in this order (continuity, an order's line cap and the ops already logged
+        are decided push by push, over what the earlier ones of the group add), but the group's
+        rows are written in shared statements, each of which gives up the GIL inside the write
+        lock (bench/README.md). Every answer's ``witness`` is the log's last entry after the group."""
         out: list[tuple[int, PushResult | ContinuityBroken]] = []
         org = group[0][1].identity.org
         with self.db.write(org) as conn:
+            known = self._logged(conn, org, [op.op_id for _, batch, _ in group for op in batch.admitted])
+            logged = set(known)  # grows with each accepted push's new ops
+            latest: dict[str, str] = {}  # device -> its latest op, as the group's accepted pushes leave it
+            lines: dict[str, set[str]] = {}
+            ops: list[Op] = []
+            pushers: dict[str, Scope] = {}
+            push_of: dict[str, int] = {}
+            accepted: list[tuple[int, _Batch, Continuity, list[tuple[str, str]]]] = []
             for k, batch, continuity in group:
                 try:
-                    self._check_continuity(conn, org, continuity)
+                    self._check_continuity(conn, org, continuity, latest)
                 except ContinuityBroken as exc:  # nothing of this push applied; the others go on
                     out.append((k, exc))
                     continue
-                over = self._apply_admitted(conn, batch, batch.admitted) if batch.admitted else []
-                out.append((k, batch.result(over, *self._head_and_latest(conn, org, continuity.device))))
+                over = self._past_line_cap(conn, org, batch.admitted, lines)
+                refused = {op_id for op_id, _ in over}
+                for op in batch.admitted:
+                    if op.op_id in refused or op.op_id in logged:
+                        continue
+                    logged.add(op.op_id)
+                    ops.append(op)
+                    latest[op.device] = op.op_id
+                    push_of[op.op_id] = k
+                    if batch.pusher is not None:
+                        pushers[op.op_id] = batch.pusher
+                accepted.append((k, batch, continuity, over))
+            if ops:
+                self._apply(conn, org, ops, pushers=pushers, push_of=push_of, known=known)
+            head = self._head(conn, org)
+            for k, batch, continuity, over in accepted:
+                device = continuity.device
+                out.append((k, batch.result(over, head, latest[device] if device in latest
+                                            else self._latest_of(conn, org, device))))
         return out
 
     def _apply_admitted(self, conn: Any, batch: _Batch, chunk: list[Op]) -> list[tuple[str, str]]:
@@ -779,23 +831,32 @@ class ServerStore:
         over = self._past_line_cap(conn, org, chunk)
         refused = {op_id for op_id, _ in over}
         self._apply(conn, org, [op for op in chunk if op.op_id not in refused] if refused else chunk,
-                    pusher=batch.pusher)
+                    pushers={op.op_id: batch.pusher for op in chunk} if batch.pusher is not None else None)
         return over
 
-    def _head_and_latest(self, conn: Any, org: str, device: str | None) -> tuple[tuple[int, str] | None, str | None]:
+    @staticmethod
+    def _head(conn: Any, org: str) -> tuple[int, str] | None:
         head = conn.execute("SELECT seq, op_id FROM ops WHERE org = ? ORDER BY seq DESC LIMIT 1", (org,)).fetchone()
-        return (tuple(head) if head else None), self._latest_of(conn, org, device)
+        return tuple(head) if head else None
 
-    def _past_line_cap(self, conn: Any, org: str, ops: list[Op]) -> list[tuple[str, str]]:
+    def _head_and_latest(self, conn: Any, org: str, device: str | None) -> tuple[tuple[int, str] | None, str | None]:
+        return self._head(conn, org), self._latest_of(conn, org, device)
+
+    def _past_line_cap(self, conn: Any, org: str, ops: list[Op], lines: dict[str, set[str]] | None = None
+                       ) -> list[tuple[str, str]]:
         """The ops (op id, reason) that would take an order past MAX_ORDER_LINES lines, in order:
         lines are fields, so without a cap one order grew by every push (docs/security.md). So is a
-        submission naming a line the order does not have: it is joined into the order for good."""
+        submission naming a line the order does not have: it is joined into the order for good.
+        ``lines``: each order's lines as the earlier pushes of a group leave them, read from the
+        store for an order not in it yet and updated in place."""
         orders = {op.record_id for op in ops if op.entity == "order" and (
             SUBMISSION in op.fields or any(name.startswith(LINE_PREFIX) for name in op.fields))}
         if not orders:
             return []
-        lines: dict[str, set[str]] = {rid: set() for rid in orders}
-        for chunk, marks in _in_chunks(sorted(orders)):
+        lines = {} if lines is None else lines
+        unread = orders - lines.keys()
+        lines.update((rid, set()) for rid in unread)
+        for chunk, marks in _in_chunks(sorted(unread)):
             for rid, data in conn.execute(f"SELECT id, data FROM records WHERE org = ? AND entity = 'order' "
                                           f"AND id IN ({marks})", (org, *chunk)).fetchall():
                 lines[rid] = {name for name in json.loads(data) if name.startswith(LINE_PREFIX)}
@@ -1092,14 +1153,18 @@ class ServerStore:
                            (org, device)).fetchone()
         return row[0] if row else None
 
-    def _check_continuity(self, conn: Any, org: str, continuity: Continuity) -> None:
+    def _check_continuity(self, conn: Any, org: str, continuity: Continuity,
+                          latest_of: dict[str, str] | None = None) -> None:
+        """ContinuityBroken unless ``continuity`` holds; ``latest_of``: devices' latest ops not
+        in the store yet (the earlier pushes of a group)."""
         if continuity.witness is not None:
             seq, op_id = continuity.witness
             if conn.execute("SELECT 1 FROM ops WHERE org = ? AND seq = ? AND op_id = ?",
                             (org, seq, op_id)).fetchone() is None:
                 raise ContinuityBroken("log_changed")
         if continuity.device is not None and continuity.known is not None:
-            latest = self._latest_of(conn, org, continuity.device)
+            latest = latest_of[continuity.device] if latest_of and continuity.device in latest_of \
+                else self._latest_of(conn, org, continuity.device)
             if latest != (continuity.known or None):
                 raise ContinuityBroken("device_reused", latest)
 

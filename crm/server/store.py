@@ -553,19 +553,26 @@ class ServerStore:
                     stored[(entity, rid)] = (data, meta)
         # A new account of a rep with a default territory, created without one, gets it.
         if pushers:
-            bare: dict[str, str] = {}
+            bare: dict[str, tuple[str, str | None]] = {}  # account -> (default, stamp its op must follow)
             first_push: dict[tuple[str, str], int] = {}
+            newest: str | None = None  # of the ops of the group's pushes before this op's
+            this_push, newest_of_push = 0, None
             for op in fresh:
-                key = (op.entity, op.record_id)
                 number = push_of.get(op.op_id, 0) if push_of else 0
+                if number != this_push:  # pushed one by one, the earlier pushes' stamps were logged first
+                    newest = max(filter(None, (newest, newest_of_push)), default=None)
+                    this_push, newest_of_push = number, None
+                newest_of_push = max(filter(None, (newest_of_push, op.hlc[:19])))
+                key = (op.entity, op.record_id)
                 first = first_push.setdefault(key, number)
                 scope = pushers.get(op.op_id)
                 if scope is not None and scope.default and first == number and op.entity == "account" \
                         and op.kind == "create" and key not in stored and not op.fields.get("territory"):
-                    bare.setdefault(op.record_id, scope.default)
+                    bare.setdefault(op.record_id, (scope.default, newest))
             if bare:
                 fresh += self._backoffice_ops(conn, org, [
-                    ("account", rid, {"territory": default}, {}, "update") for rid, default in bare.items()])
+                    ("account", rid, {"territory": default}, {}, "update") for rid, (default, _) in bare.items()],
+                    after=[newest for _, newest in bare.values()])
         # A create of a record nobody has yet is its whole state: store it without a merge.
         per_record = Counter((op.entity, op.record_id) for op in fresh)
         rows, merged, created = [], [], {}
@@ -1169,7 +1176,10 @@ class ServerStore:
                 raise ContinuityBroken("device_reused", latest)
 
     # -- the back office -----------------------------------------------------------------------
-    def _backoffice_ops(self, conn: Any, org: str, changes: list[tuple[str, str, dict, dict, str]]) -> list[Op]:
+    def _backoffice_ops(self, conn: Any, org: str, changes: list[tuple[str, str, dict, dict, str]],
+                        after: list[str | None] | None = None) -> list[Op]:
+        """Back-office ops making ``changes``, stamped after everything logged; ``after``: for each
+        change, a stamp (its first 19 characters) logged in this transaction that it must follow."""
         row = conn.execute("SELECT value FROM meta WHERE key = ?", ("hlc:" + org,)).fetchone()
         wall, counter = (row[0] if row else "0.0").split(".")
         clock = HybridClock(device=BACKOFFICE_DEVICE, state=(int(wall), int(counter)), wall=server_now_ms)
@@ -1178,9 +1188,13 @@ class ServerStore:
         if newest:
             wall_ms, counter = newest[0].split(".")
             clock.state = max(clock.state, (int(wall_ms), int(counter)))
-        ops = [Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
-                  record_id=rid, fields=fields, base=base, kind=kind)
-               for entity, rid, fields, base, kind in changes]
+        ops = []
+        for n, (entity, rid, fields, base, kind) in enumerate(changes):
+            if after and after[n]:
+                wall_ms, counter = after[n].split(".")
+                clock.state = max(clock.state, (int(wall_ms), int(counter)))
+            ops.append(Op(op_id=new_id(), device=BACKOFFICE_DEVICE, hlc=clock.tick(), entity=entity,
+                          record_id=rid, fields=fields, base=base, kind=kind))
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
                      "SET value = excluded.value", ("hlc:" + org, f"{clock.state[0]}.{clock.state[1]}"))
         return ops

@@ -555,20 +555,18 @@ class ServerStore:
         if pushers:
             bare: dict[str, tuple[str, str | None]] = {}  # account -> (default, stamp its op must follow)
             first_push: dict[tuple[str, str], int] = {}
-            newest: str | None = None  # of the ops of the group's pushes before this op's
-            this_push, newest_of_push = 0, None
+            this_push, before, seen = 0, "", ""  # the newest stamp of the earlier pushes; of every op so far
             for op in fresh:
                 number = push_of.get(op.op_id, 0) if push_of else 0
                 if number != this_push:  # pushed one by one, the earlier pushes' stamps were logged first
-                    newest = max(filter(None, (newest, newest_of_push)), default=None)
-                    this_push, newest_of_push = number, None
-                newest_of_push = max(filter(None, (newest_of_push, op.hlc[:19])))
+                    this_push, before = number, seen
+                seen = max(seen, op.hlc[:19])
                 key = (op.entity, op.record_id)
                 first = first_push.setdefault(key, number)
                 scope = pushers.get(op.op_id)
                 if scope is not None and scope.default and first == number and op.entity == "account" \
                         and op.kind == "create" and key not in stored and not op.fields.get("territory"):
-                    bare.setdefault(op.record_id, (scope.default, newest))
+                    bare.setdefault(op.record_id, (scope.default, before or None))
             if bare:
                 fresh += self._backoffice_ops(conn, org, [
                     ("account", rid, {"territory": default}, {}, "update") for rid, (default, _) in bare.items()],

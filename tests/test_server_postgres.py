@@ -364,6 +364,16 @@ def test_territories_on_postgresql(tmp_path, dsn):
         rig.close()
 
 
+def test_a_child_before_its_account_on_postgresql(tmp_path, dsn):
+    from tests.test_territories import Rig, child_before_its_account
+
+    rig = Rig(tmp_path, dsn)
+    try:
+        child_before_its_account(rig)
+    finally:
+        rig.close()
+
+
 def test_territories_big_move_paged_on_postgresql(tmp_path, dsn):
     """A move many times the pull byte cap, on PostgreSQL: every answer within the cap (sizes
     read before bodies, escapes counted alike), an interrupted snapshot resumed, and the gainer

@@ -552,3 +552,33 @@ def test_the_search_index_follows_moves_in_and_out_of_scope(rig):
     rig.store.assign(ORG, "s", "west")
     rig.sync(s)
     assert s.search("zebedee") == ([], 0)
+
+
+def test_a_child_that_reaches_the_server_before_its_account_follows_the_account_in(rig):
+    """A server restored from a backup may get a rep's visit on an account before the account's
+    creator sends its create again (each device re-sends only its own ops): the visit is logged
+    before the server knows the account's territory. When the account arrives, the visit must
+    reach every device of that territory, also one that pulled past it while it was unplaced.
+    (tests/test_server_postgres.py runs it on PostgreSQL.)"""
+    child_before_its_account(rig)
+
+
+def child_before_its_account(rig: Rig) -> None:
+    from crm.server.store import Identity
+
+    n, n2 = rig.device("n"), rig.device("n2")
+    rig.store.assign(ORG, "n", "north")
+    rig.store.assign(ORG, "n2", "north")
+    rig.sync(n, n2)
+    acc = _account(n, "North Shop")
+    visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
+    (visit_op,) = [json.loads(body) for _, body in n.pending_ops(limit=10) if json.loads(body)["id"] == visit]
+    rig.store.push(Identity(ORG, "n", "device"), [visit_op])  # the child alone, first
+    rig.sync(n2)  # n2's cursor passes the unplaced visit
+    rig.sync(n)  # the account, and the visit again (already logged)
+    rig.sync(n2)
+    assert ids(n2, "account") == {acc} and ids(n2, "visit") == {visit}
+    assert held(n2) == held(n) == rig.export(rep="n2") == rig.export(territory="north")
+    fresh = rig.device("n3", rep="n2")  # a device that starts after it all
+    rig.sync(fresh)
+    assert held(fresh) == rig.export(rep="n2")

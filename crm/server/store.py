@@ -656,15 +656,32 @@ class ServerStore:
             _insert_rows(conn, "INSERT INTO account_terr (org, account, territory)", "(?, ?, ?)",
                          "ON CONFLICT (org, account) DO UPDATE SET territory = excluded.territory",
                          [(org, a, now[a]) for a in fresh_accounts])
-        for account in moved:
-            conn.execute("UPDATE account_terr SET territory = ? WHERE org = ? AND account = ?",
-                         (now[account], org, account))
+        # Ops on an account logged before the account itself (a server restored from a backup
+        # gets a rep's visit before the account's creator sends the create again) went into the
+        # log with no territory: they follow the account into its territory, and a marker brings
+        # them, as a snapshot, to the devices that pulled past them.
+        unplaced = self._unplaced(conn, org, [a for a in fresh_accounts if now[a]])
+        for account in moved + unplaced:
+            if account in moved:
+                conn.execute("UPDATE account_terr SET territory = ? WHERE org = ? AND account = ?",
+                             (now[account], org, account))
             conn.execute("UPDATE ops SET terr = ? WHERE org = ? AND scope = ? AND terr <> ?",
                          (now[account], org, account, MOVE_TERR))
-        if moved or stray:
+        marked = moved + [a for a in stray + unplaced if a not in moved]
+        if marked:
             conn.executemany("INSERT INTO ops (org, op_id, device, body, scope, terr) VALUES (?, ?, ?, ?, ?, ?)",
                              [(org, new_id(), MOVE_DEVICE, json.dumps({"move": account, "to": now[account]}),
-                               account, MOVE_TERR) for account in moved + stray])
+                               account, MOVE_TERR) for account in dict.fromkeys(marked)])
+
+    @staticmethod
+    def _unplaced(conn: Any, org: str, accounts: list[str]) -> list[str]:
+        """Those of ``accounts`` with ops in the log that have no territory (terr '')."""
+        found: set[str] = set()
+        for chunk, marks in _in_chunks(accounts):
+            found.update(row[0] for row in conn.execute(
+                f"SELECT DISTINCT scope FROM ops WHERE org = ? AND scope IN ({marks}) AND terr = ''",
+                (org, *chunk)).fetchall())
+        return [a for a in accounts if a in found]
 
     def push(self, identity: Identity, raw_ops: list[Any], *, continuity: Continuity = Continuity()
              ) -> PushResult:

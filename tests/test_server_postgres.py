@@ -364,12 +364,13 @@ def test_territories_on_postgresql(tmp_path, dsn):
         rig.close()
 
 
-def test_a_child_before_its_account_on_postgresql(tmp_path, dsn):
-    from tests.test_territories import Rig, child_before_its_account
+@pytest.mark.parametrize("early", ["visit", "contact-edit", "line", "chain"])  # tests/test_territories.py EARLY
+def test_ops_before_their_record_on_postgresql(tmp_path, dsn, early):
+    from tests.test_territories import Rig, ops_before_their_record
 
     rig = Rig(tmp_path, dsn)
     try:
-        child_before_its_account(rig)
+        ops_before_their_record(rig, early)
     finally:
         rig.close()
 

@@ -554,30 +554,53 @@ def test_the_search_index_follows_moves_in_and_out_of_scope(rig):
     assert s.search("zebedee") == ([], 0)
 
 
-def test_a_child_that_reaches_the_server_before_its_account_follows_the_account_in(rig):
-    """A server restored from a backup may get a rep's visit on an account before the account's
-    creator sends its create again (each device re-sends only its own ops): the visit is logged
-    before the server knows the account's territory. When the account arrives, the visit must
-    reach every device of that territory, also one that pulled past it while it was unplaced.
-    (tests/test_server_postgres.py runs it on PostgreSQL.)"""
-    child_before_its_account(rig)
+# What reaches the server first, before the rest of the device's queue: a visit on an account the
+# server has not seen; an edit of a contact it has not seen; a line added to an order it has not
+# seen (its account known); the line, then the order, then the rest.
+EARLY = {"visit": ["visit"], "contact-edit": ["contact-edit"], "line": ["line"], "chain": ["line", "order"]}
 
 
-def child_before_its_account(rig: Rig) -> None:
+@pytest.mark.parametrize("early", sorted(EARLY))
+def test_ops_that_reach_the_server_before_their_record_follow_it_into_its_territory(rig, early):
+    """A server restored from a backup may get one rep's ops on a record before the record's
+    creator sends its create again (each device re-sends only its own ops): they are logged before
+    the server knows the record's account or the account's territory. When those arrive, the early
+    ops must reach every device of the territory, also one that pulled past them while they were
+    unplaced. (tests/test_server_postgres.py runs it on PostgreSQL.)"""
+    ops_before_their_record(rig, early)
+
+
+def ops_before_their_record(rig: Rig, early: str) -> None:
     from crm.server.store import Identity
 
     n, n2 = rig.device("n"), rig.device("n2")
     rig.store.assign(ORG, "n", "north")
     rig.store.assign(ORG, "n2", "north")
+    rig.store.import_products(ORG, [{"sku": "SKU-1", "name": "Widget", "price": "2.50"}])
     rig.sync(n, n2)
-    acc = _account(n, "North Shop")
-    visit = n.create("visit", {"account": acc, "outcome": "met"})["id"]
-    (visit_op,) = [json.loads(body) for _, body in n.pending_ops(limit=10) if json.loads(body)["id"] == visit]
-    rig.store.push(Identity(ORG, "n", "device"), [visit_op])  # the child alone, first
-    rig.sync(n2)  # n2's cursor passes the unplaced visit
-    rig.sync(n)  # the account, and the visit again (already logged)
+    if early == "line":  # the order's account is on the server already
+        acc = _account(n, "North Shop")
+        rig.sync(n, n2)
+    else:
+        acc = _account(n, "North Shop")
+    made = {"visit": n.create("visit", {"account": acc, "outcome": "met"})["id"]}
+    made["contact"] = n.create("contact", {"account": acc, "name": "Sam"})["id"]
+    n.edit("contact", made["contact"], {"name": "Sam Smith"})
+    made["order"] = n.add_order({"account": acc}, [{"sku": "SKU-1", "quantity": 2}])["id"]
+    n.add_order_line(made["order"], {"sku": "SKU-1", "quantity": 5})
+    queue = [json.loads(body) for _, body in n.pending_ops(limit=100)]
+    label = {"visit": lambda op: op["id"] == made["visit"],
+             "contact-edit": lambda op: op["id"] == made["contact"] and op.get("kind") == "update",
+             "order": lambda op: op["id"] == made["order"] and op.get("kind") == "create",
+             "line": lambda op: op["id"] == made["order"] and op.get("kind") == "update"}
+    for name in EARLY[early]:  # alone, in this order, before the rest
+        (op,) = [op for op in queue if label[name](op)]
+        rig.store.push(Identity(ORG, "n", "device"), [op])
+        rig.sync(n2)  # n2's cursor passes the early op
+    rig.sync(n)  # the rest, and the early ops again (already logged)
     rig.sync(n2)
-    assert ids(n2, "account") == {acc} and ids(n2, "visit") == {visit}
+    assert ids(n2, "account") == {acc} and ids(n2, "visit") == {made["visit"]}
+    assert n2.get("contact", made["contact"])["name"] == "Sam Smith"
     assert held(n2) == held(n) == rig.export(rep="n2") == rig.export(territory="north")
     fresh = rig.device("n3", rep="n2")  # a device that starts after it all
     rig.sync(fresh)

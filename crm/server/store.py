@@ -660,7 +660,18 @@ class ServerStore:
         # gets a rep's visit before the account's creator sends the create again) went into the
         # log with no territory: they follow the account into its territory, and a marker brings
         # them, as a snapshot, to the devices that pulled past them.
-        unplaced = self._unplaced(conn, org, [a for a in fresh_accounts if now[a]])
+        # The same for ops on a record logged before the record's create (they went in under the
+        # record itself, its account unknown): they join its account, and its territory.
+        adopted = {rid: account for (entity, rid), account in scope_of.items()
+                   if entity not in ("account", "product") and account and account != rid}
+        placed_now: list[str] = []
+        for rid in self._scopes_in_log(conn, org, list(adopted)):
+            account = adopted[rid]
+            conn.execute("UPDATE ops SET scope = ?, terr = ? WHERE org = ? AND scope = ?",
+                         (account, now.get(account, ""), org, rid))
+            if now.get(account):
+                placed_now.append(account)
+        unplaced = placed_now + self._unplaced(conn, org, [a for a in fresh_accounts if now[a]])
         for account in moved + unplaced:
             if account in moved:
                 conn.execute("UPDATE account_terr SET territory = ? WHERE org = ? AND account = ?",
@@ -676,12 +687,17 @@ class ServerStore:
     @staticmethod
     def _unplaced(conn: Any, org: str, accounts: list[str]) -> list[str]:
         """Those of ``accounts`` with ops in the log that have no territory (terr '')."""
+        return ServerStore._scopes_in_log(conn, org, accounts, "AND terr = ''")
+
+    @staticmethod
+    def _scopes_in_log(conn: Any, org: str, scopes: list[str], where: str = "") -> list[str]:
+        """Those of ``scopes`` some op in the log is filed under (and matches ``where``)."""
         found: set[str] = set()
-        for chunk, marks in _in_chunks(accounts):
+        for chunk, marks in _in_chunks(scopes):
             found.update(row[0] for row in conn.execute(
-                f"SELECT DISTINCT scope FROM ops WHERE org = ? AND scope IN ({marks}) AND terr = ''",
+                f"SELECT DISTINCT scope FROM ops WHERE org = ? AND scope IN ({marks}) {where}",
                 (org, *chunk)).fetchall())
-        return [a for a in accounts if a in found]
+        return [s for s in scopes if s in found]
 
     def push(self, identity: Identity, raw_ops: list[Any], *, continuity: Continuity = Continuity()
              ) -> PushResult:

@@ -38,3 +38,13 @@ Feature: Territories: each phone holds only its rep's part of the organisation
     And "phone" is back online
     And everyone syncs
     Then the run passes every check
+
+  Scenario: The server is restored from a backup while two phones of a territory hold newer work
+    Given the rep "rep-2" is given the territory "north"
+    And a backup of the server is taken
+    And an account on "phone" that "tablet" has too
+    When the server is restored from its backup
+    And the rep logs a visit to the account on "tablet"
+    And "tablet" syncs
+    And everyone syncs
+    Then the run passes every check

@@ -39,7 +39,7 @@ Feature: Territories: each phone holds only its rep's part of the organisation
     And everyone syncs
     Then the run passes every check
 
-  Scenario: The server is restored from a backup while two phones of a territory hold newer work
+  Scenario: Two phones of a territory hold newer work when the server goes back to a backup
     Given the rep "rep-2" is given the territory "north"
     And a backup of the server is taken
     And an account on "phone" that "tablet" has too

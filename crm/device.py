@@ -807,9 +807,14 @@ class Device:
         self.set_settings({MetaKey.KNOWN: latest or ""})
 
     def forget_server_log(self) -> None:
-        """The server's log went back: pull it all again, and send every kept op again first."""
+        """The server's log went back: pull it all again, this device's own ops included, and
+        send every kept op again first. Own ops too, because the restored server may place an
+        account differently than the device last heard (a move after the backup is undone): an
+        account the device dropped on that move is its rep's again, and if the device made it,
+        only its own ops bring it back. The refill's last page drops what is outside the scope,
+        as after a scope change (``reset_scope``)."""
         self.set_settings({MetaKey.PULL_CURSOR: "0", MetaKey.PULL_PART: "", MetaKey.WITNESS: "",
-                           MetaKey.RESEND_FROM: "0"})
+                           MetaKey.RESEND_FROM: "0", MetaKey.SCOPE_REFILL: "1"})
 
     def reload_identity(self) -> None:
         self.device_id = self.setting(MetaKey.DEVICE_ID) or self.device_id

@@ -632,3 +632,32 @@ def test_a_server_restored_from_before_a_move_gives_the_account_back_to_its_crea
     # Known gaps (docs/sync-protocol.md, "Continuity"): the back-office move itself is lost with
     # the restore, and devices that pulled it keep it (south's device holds the account, the
     # manager's says south); only a device's own ops are sent back to a restored server.
+
+
+def test_a_record_named_like_another_territorys_account_moves_none_of_its_log(rig):
+    """Record ids are the client's: a hostile rep may create a contact under its own account with
+    the id of an account of another territory. Refiling ops logged before their record (above)
+    must take only that record's own ops, never the account's history, into the rep's territory."""
+    from crm.hlc import format_stamp, now_ms
+    from crm.ops import Op, op_to_wire
+    from crm.server.store import Identity
+
+    n, s = rig.device("n"), rig.device("s")
+    rig.store.assign(ORG, "n", "north")
+    rig.store.assign(ORG, "s", "south")
+    rig.sync(n, s)
+    secret = _account(n, "North Secret")
+    n.create("visit", {"account": secret, "outcome": "confidential"})
+    rig.sync(n)
+    mine = _account(s, "South Shop")
+    rig.sync(s)
+    op = Op(op_id="op-collide-1", device="dev-evil", hlc=format_stamp(now_ms(), 0, "dev-evil"),
+            entity="contact", record_id=secret, fields={"account": mine, "name": "x"}, kind="create")
+    assert rig.store.push(Identity(ORG, "s", "device"), [op_to_wire(op)]).acked == ["op-collide-1"]
+    south = rig.store.add_token(ORG, "s")
+    for answer in (_raw_pull(rig, south, scope=rig.store.scope(ORG, "s").epoch),
+                   _raw_pull(rig, south, scope=rig.store.scope(ORG, "s").epoch, own=1)):
+        assert answer.status_code == 200 and "North Secret" not in answer.text and "confidential" not in answer.text
+    fresh = rig.device("n3", rep="n")
+    rig.sync(fresh)
+    assert ids(fresh, "account") == {secret} and held(fresh) == rig.export(rep="n")

@@ -373,6 +373,12 @@ def _insert_rows(conn: Any, head: str, row: str, tail: str, rows: list[tuple[Any
             at += size
 
 
+def _unfiled(entity: str, rid: str) -> str:
+    """ops.scope of an op on a record whose account the server does not know yet: never an
+    account id (record ids hold no '?'), so refiling it takes that record's ops and nothing else."""
+    return f"?{entity}:{rid}"
+
+
 def _in_chunks(values: list[str], size: int = 500):
     """``values`` in slices with a ``?, ?, ...`` list for each (bounded statement size)."""
     for start in range(0, len(values), size):
@@ -624,11 +630,11 @@ class ServerStore:
                     scope_of[key] = op.record_id
                 else:
                     got = values(*key) or {}
-                    scope_of[key] = got.get("account") or op.fields.get("account") or op.record_id
+                    scope_of[key] = got.get("account") or op.fields.get("account") or _unfiled(*key)
             account = scope_of[key]
             if account and op.op_id in pushers:
                 pushed_by.setdefault(account, []).append(pushers[op.op_id])
-        accounts = sorted({a for a in scope_of.values() if a})
+        accounts = sorted({a for a in scope_of.values() if a and not a.startswith("?")})
         before: dict[str, str] = {}
         for chunk, marks in _in_chunks(accounts):
             before.update(conn.execute(f"SELECT account, territory FROM account_terr WHERE org = ? "
@@ -660,15 +666,15 @@ class ServerStore:
         # gets a rep's visit before the account's creator sends the create again) went into the
         # log with no territory: they follow the account into its territory, and a marker brings
         # them, as a snapshot, to the devices that pulled past them.
-        # The same for ops on a record logged before the record's create (they went in under the
-        # record itself, its account unknown): they join its account, and its territory.
-        adopted = {rid: account for (entity, rid), account in scope_of.items()
-                   if entity not in ("account", "product") and account and account != rid}
+        # The same for ops on a record logged before the record's create (they went in unfiled,
+        # its account unknown): they join its account, and its territory.
+        adopted = {_unfiled(entity, rid): account for (entity, rid), account in scope_of.items()
+                   if entity not in ("account", "product") and account and not account.startswith("?")}
         placed_now: list[str] = []
-        for rid in self._scopes_in_log(conn, org, list(adopted)):
-            account = adopted[rid]
+        for unfiled in self._scopes_in_log(conn, org, list(adopted)):
+            account = adopted[unfiled]
             conn.execute("UPDATE ops SET scope = ?, terr = ? WHERE org = ? AND scope = ?",
-                         (account, now.get(account, ""), org, rid))
+                         (account, now.get(account, ""), org, unfiled))
             if now.get(account):
                 placed_now.append(account)
         unplaced = placed_now + self._unplaced(conn, org, [a for a in fresh_accounts if now[a]])

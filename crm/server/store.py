@@ -678,7 +678,7 @@ class ServerStore:
             if now.get(account):
                 placed_now.append(account)
         unplaced = placed_now + self._unplaced(conn, org, [a for a in fresh_accounts if now[a]])
-        for account in moved + unplaced:
+        for account in dict.fromkeys(moved + unplaced):  # once each: an UPDATE over its whole history
             if account in moved:
                 conn.execute("UPDATE account_terr SET territory = ? WHERE org = ? AND account = ?",
                              (now[account], org, account))

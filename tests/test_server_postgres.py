@@ -375,6 +375,17 @@ def test_ops_before_their_record_on_postgresql(tmp_path, dsn, early):
         rig.close()
 
 
+@pytest.mark.parametrize("attack", ["account-created-again", "visit-resolved"])  # test_territories.py FIXED_FIELD_ATTACKS
+def test_no_rep_can_carry_another_territorys_record_on_postgresql(tmp_path, dsn, attack):
+    from tests.test_territories import Rig, carry_another_territorys_record
+
+    rig = Rig(tmp_path, dsn)
+    try:
+        carry_another_territorys_record(rig, attack, group=True)
+    finally:
+        rig.close()
+
+
 def test_territories_big_move_paged_on_postgresql(tmp_path, dsn):
     """A move many times the pull byte cap, on PostgreSQL: every answer within the cap (sizes
     read before bodies, escapes counted alike), an interrupted snapshot resumed, and the gainer

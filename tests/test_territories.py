@@ -8,6 +8,7 @@ In process: the server app over a real SQLite store, several Device objects sync
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -22,7 +23,7 @@ from crm.device import Device
 from crm.errors import NotFoundError, ServerError, ServerUnreachableError
 from crm.server import ServerStore
 from crm.server.app import create_app
-from crm.server.store import INLINE_BODY_BYTES, MOVE_TERR
+from crm.server.store import INLINE_BODY_BYTES, MOVE_TERR, Continuity
 from crm.sync import SyncClient, sync_once
 from tests.support import AppTransport
 
@@ -661,3 +662,110 @@ def test_a_record_named_like_another_territorys_account_moves_none_of_its_log(ri
     fresh = rig.device("n3", rep="n")
     rig.sync(fresh)
     assert ids(fresh, "account") == {secret} and held(fresh) == rig.export(rep="n")
+
+
+# -- a field fixed at creation stays fixed: no second create or resolution changes it -------------
+HOSTILE_OPS = itertools.count(0, 100)
+
+
+def _hostile(rig: Rig, rep: str, *ops: tuple[str, str, str, dict], group: bool = False) -> list:
+    """Push ``ops`` (kind, entity, record id, fields) as a device of ``rep`` whose clock runs a
+    minute ahead, so that last-writer-wins would give them every field; the push's answer."""
+    from crm.hlc import format_stamp, now_ms
+    from crm.ops import Op, op_to_wire
+    from crm.server.store import Identity
+
+    first = next(HOSTILE_OPS)
+    wire = [op_to_wire(Op(op_id=f"op-hostile-{first + k}", device="dev-hostile", kind=kind, entity=entity,
+                          record_id=rid, hlc=format_stamp(now_ms() + 60_000, k, "dev-hostile"), fields=fields))
+            for k, (kind, entity, rid, fields) in enumerate(ops)]
+    who = Identity(ORG, rep, "device")
+    if group:  # applied as one batch with another rep's push (ServerStore._commit_together)
+        return rig.store.push_group([(who, wire, Continuity()), (Identity(ORG, "m", "device"), [], Continuity())])[0]
+    return rig.store.push(who, wire)
+
+
+FIXED_FIELD_ATTACKS = {
+    # a rep of the south re-sends a north account's create naming its own territory
+    "account-created-again": lambda secret, visit, mine: [
+        ("create", "account", secret, {"name": "Mine now", "territory": "south"})],
+    # ... or resolves a made-up conflict on the territory field
+    "account-resolved": lambda secret, visit, mine: [("resolve", "account", secret, {"territory": "south"})],
+    # ... or re-creates a north visit under its own account
+    "visit-created-again": lambda secret, visit, mine: [
+        ("create", "visit", visit, {"account": mine, "outcome": "mine", "at": "2026-01-01T00:00:00Z"})],
+    "visit-resolved": lambda secret, visit, mine: [("resolve", "visit", visit, {"account": mine})],
+}
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["alone", "in-a-group"])
+@pytest.mark.parametrize("attack", sorted(FIXED_FIELD_ATTACKS))
+def test_no_rep_can_carry_another_territorys_record_into_their_own(rig, attack, group):
+    """The organisation is the write boundary, but a territory is the read boundary: a field fixed
+    at creation (an account's territory, a record's account) set again by a second create or a
+    resolution would move another territory's record, with its history, to the writer's devices
+    (the account attacks), or leave it filed where neither territory's devices hold what the
+    server does (the visit attacks). Both were so before the rule."""
+    carry_another_territorys_record(rig, attack, group)
+
+
+def carry_another_territorys_record(rig: Rig, attack: str, group: bool) -> None:
+    """The test above on any server store (tests/test_server_postgres.py runs it on PostgreSQL)."""
+    n, s, m = _two_territories(rig)
+    secret = _account(n, "North Secret")
+    visit = n.create("visit", {"account": secret, "outcome": "confidential"})["id"]
+    rig.sync(n)
+    mine = _account(s, "South Shop")
+    rig.sync(s)
+    answer = _hostile(rig, "s", *FIXED_FIELD_ATTACKS[attack](secret, visit, mine), group=group)
+    assert answer.acked == [] and [reason for _, reason in answer.rejected] != [], answer
+    assert all("cannot be changed after creation" in reason for _, reason in answer.rejected), answer
+    rig.sync(s, n, m)
+    south = rig.store.add_token(ORG, "s")
+    for text in (_raw_pull(rig, south, scope=rig.store.scope(ORG, "s").epoch).text, rig.export(rep="s"), held(s)):
+        assert "North Secret" not in text and "confidential" not in text
+    assert rig.store.export(ORG, territory="north")["account"][0]["id"] == secret
+    assert held(n) == rig.export(rep="n") and held(s) == rig.export(rep="s") and held(m) == rig.export()
+    fresh = rig.device("n3", rep="n")
+    rig.sync(fresh)
+    assert held(fresh) == held(n)
+
+
+def test_two_creates_of_one_new_record_naming_two_accounts_stay_consistent(rig):
+    """A buggy client creates one new id twice in one push, naming its own account and another
+    territory's: both are creates of its own record (nothing stored is moved), so both are taken;
+    the record, and all of its log, go where the merge puts it, and each device holds its scope."""
+    n, s, m = _two_territories(rig)
+    north = _account(n, "North Shop")
+    rig.sync(n)
+    mine = _account(s, "South Shop")
+    rig.sync(s)
+    at = "2026-01-01T00:00:00Z"
+    answer = _hostile(rig, "s", ("create", "visit", "visit-twice", {"account": mine, "outcome": "a", "at": at}),
+                      ("create", "visit", "visit-twice", {"account": north, "outcome": "b", "at": at}))
+    assert len(answer.acked) == 2 and answer.rejected == []
+    rig.sync(n, s, m)
+    assert "visit-twice" in held(n) and "visit-twice" not in held(s)  # the later create's account won
+    assert held(n) == rig.export(rep="n") and held(s) == rig.export(rep="s") and held(m) == rig.export()
+    again = _hostile(rig, "s", ("create", "visit", "visit-twice", {"account": mine, "outcome": "c", "at": at}))
+    assert again.acked == [] and "has account" in again.rejected[0][1]
+
+
+def test_a_create_sent_again_after_a_move_is_acknowledged(rig):
+    """The check is of new ops only: a device that sends its account's create again (its answer
+    was lost) after the back office moved the account is acknowledged, not refused."""
+    from crm.server.store import Identity
+
+    n, s, m = _two_territories(rig)
+    acc = _account(n, "North Shop")
+    rig.sync(n)
+    rig.move(acc, "south")
+    with rig.store.db.read() as conn:
+        logged = [json.loads(body) for (body,) in conn.execute(
+            "SELECT body FROM ops WHERE org = ? AND device = ? ORDER BY seq", (ORG, n.device_id)).fetchall()]
+    create = [op for op in logged if op.get("kind") == "create"]
+    assert len(create) == 1 and create[0]["fields"]["territory"] == "north"
+    again = rig.store.push(Identity(ORG, "n", "device"), create)
+    assert again.rejected == [] and again.acked == [op["op"] for op in create]
+    rig.sync(n, s, m)
+    assert ids(s, "account") == {acc} and ids(n, "account") == set()

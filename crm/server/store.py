@@ -300,6 +300,10 @@ class PushResult:
                 **_continuity_json(self.witness, self.latest)}
 
 
+class _NotTogether(Exception):
+    """A group's pushes cannot be decided as one batch: push_group applies each alone."""
+
+
 class _Batch(NamedTuple):
     """A push after admission (ServerStore._prepare), ready to apply under the lock."""
 
@@ -315,7 +319,7 @@ class _Batch(NamedTuple):
         return sum(_weight(op) for op in self.admitted)
 
     def result(self, over: list[tuple[str, str]], head: tuple[int, str] | None, latest: str | None) -> PushResult:
-        """The answer once applied; ``over``: the ops refused under the lock (an order's line cap)."""
+        """The answer once applied; ``over``: the ops refused under the lock (``_refused_under_lock``)."""
         refused = {op_id for op_id, _ in over}
         acked = [op.op_id for op in self.admitted if op.op_id not in refused] if refused else \
             [op.op_id for op in self.admitted]
@@ -371,6 +375,11 @@ def _insert_rows(conn: Any, head: str, row: str, tail: str, rows: list[tuple[Any
             conn.execute(f"{head} VALUES {', '.join([row] * size)} {tail}",
                          [value for values in rows[at:at + size] for value in values])
             at += size
+
+
+# Fields a record is given at its creation and keeps: an account's territory (moved only by the
+# back office), a record's account, its rep. Only a push is held to this (ServerStore._fixed_changed).
+FIXED_FIELDS = {name: frozenset(f.name for f in spec.fields if not f.editable) for name, spec in ENTITIES.items()}
 
 
 def _unfiled(entity: str, rid: str) -> str:
@@ -826,8 +835,8 @@ class ServerStore:
     def _commit_together(self, group: list[tuple[int, _Batch, Continuity]]
                          ) -> list[tuple[int, PushResult | ContinuityBroken]]:
         """Apply prepared pushes, each small, in one transaction, as one batch: what each would
-        get pushed alone in this order (continuity, an order's line cap and the ops already logged
-        are decided push by push, over what the earlier ones of the group add), but the group's
+        get pushed alone in this order (continuity, what ``_refused_under_lock`` refuses and the ops
+        already logged are decided push by push, over what the earlier ones of the group add), but the group's
         rows are written in shared statements, each of which gives up the GIL inside the write
         lock (bench/README.md). Every answer's ``witness`` is the log's last entry after the group."""
         out: list[tuple[int, PushResult | ContinuityBroken]] = []
@@ -837,6 +846,7 @@ class ServerStore:
             logged = set(known)  # grows with each accepted push's new ops
             latest: dict[str, str] = {}  # device -> its latest op, as the group's accepted pushes leave it
             lines: dict[str, set[str]] = {}
+            touched: set[tuple[str, str]] = set()
             ops: list[Op] = []
             pushers: dict[str, Scope] = {}
             push_of: dict[str, int] = {}
@@ -847,12 +857,13 @@ class ServerStore:
                 except ContinuityBroken as exc:  # nothing of this push applied; the others go on
                     out.append((k, exc))
                     continue
-                over = self._past_line_cap(conn, org, batch.admitted, lines)
+                over = self._refused_under_lock(conn, org, batch.admitted, logged, touched, lines)
                 refused = {op_id for op_id, _ in over}
                 for op in batch.admitted:
                     if op.op_id in refused or op.op_id in logged:
                         continue
                     logged.add(op.op_id)
+                    touched.add((op.entity, op.record_id))
                     ops.append(op)
                     latest[op.device] = op.op_id
                     push_of[op.op_id] = k
@@ -869,14 +880,28 @@ class ServerStore:
         return out
 
     def _apply_admitted(self, conn: Any, batch: _Batch, chunk: list[Op]) -> list[tuple[str, str]]:
-        """Apply ``chunk`` of ``batch``'s admitted ops but those past an order's line cap; those
+        """Apply ``chunk`` of ``batch``'s admitted ops but those ``_refused_under_lock``; those
         (op id, reason)."""
         org = batch.identity.org
-        over = self._past_line_cap(conn, org, chunk)
+        known = self._logged(conn, org, [op.op_id for op in chunk])
+        over = self._refused_under_lock(conn, org, chunk, known)
         refused = {op_id for op_id, _ in over}
         self._apply(conn, org, [op for op in chunk if op.op_id not in refused] if refused else chunk,
-                    pushers={op.op_id: batch.pusher for op in chunk} if batch.pusher is not None else None)
+                    pushers={op.op_id: batch.pusher for op in chunk} if batch.pusher is not None else None,
+                    known=known)
         return over
+
+    def _refused_under_lock(self, conn: Any, org: str, ops: list[Op], known: set[str],
+                            touched: set[tuple[str, str]] | None = None,
+                            lines: dict[str, set[str]] | None = None) -> list[tuple[str, str]]:
+        """The ops of a push (op id, reason) refused against what the store holds: a field fixed at
+        creation changed, then an order past its line cap. ``touched``, ``lines``: what the earlier
+        pushes of a group leave."""
+        over = self._fixed_changed(conn, org, ops, known, touched)
+        if over:
+            refused = {op_id for op_id, _ in over}
+            ops = [op for op in ops if op.op_id not in refused]
+        return over + self._past_line_cap(conn, org, ops, lines)
 
     @staticmethod
     def _head(conn: Any, org: str) -> tuple[int, str] | None:
@@ -885,6 +910,43 @@ class ServerStore:
 
     def _head_and_latest(self, conn: Any, org: str, device: str | None) -> tuple[tuple[int, str] | None, str | None]:
         return self._head(conn, org), self._latest_of(conn, org, device)
+
+    @staticmethod
+    def _fixed_changed(conn: Any, org: str, ops: list[Op], known: set[str],
+                       touched: set[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+        """The ops (op id, reason) that would give a field fixed at creation (FIXED_FIELDS) of a
+        stored record another value: a second create of it, or a resolution, naming another
+        territory or account. The organisation is the write boundary, but a territory is the read
+        boundary: such an op would carry another territory's record, and its history, to the
+        writer's devices (or leave its log filed under the old account). Ops in ``known`` (logged
+        already: sent again) are not checked; nor is a record this push makes (it is its writer's
+        own, whatever its creates say). ``touched``: in a group, the records its earlier pushes
+        wrote; a check of one of those raises _NotTogether, and each push goes alone (what they
+        leave depends on how their merge and a rep's default territory play out)."""
+        checked = [op for op in ops if op.kind in ("create", "resolve") and op.op_id not in known
+                   and not FIXED_FIELDS[op.entity].isdisjoint(op.fields)]
+        if not checked:
+            return []
+        if touched and any((op.entity, op.record_id) in touched for op in checked):
+            raise _NotTogether
+        stored: dict[tuple[str, str], dict[str, Any]] = {}
+        wanted: dict[str, set[str]] = {}
+        for op in checked:
+            wanted.setdefault(op.entity, set()).add(op.record_id)
+        for entity, rids in wanted.items():
+            for chunk, marks in _in_chunks(sorted(rids)):
+                for rid, data in conn.execute(f"SELECT id, data FROM records WHERE org = ? AND entity = ? "
+                                              f"AND id IN ({marks})", (org, entity, *chunk)).fetchall():
+                    stored[(entity, rid)] = json.loads(data)
+        refused = []
+        for op in checked:
+            have = stored.get((op.entity, op.record_id), {})
+            changed = sorted(name for name in FIXED_FIELDS[op.entity] & op.fields.keys()
+                             if name in have and op.fields[name] != have[name])
+            if changed:
+                refused.append((op.op_id, f"{op.entity}.{changed[0]} cannot be changed after creation: "
+                                          f"{op.entity} {op.record_id} has {changed[0]} {have[changed[0]]!r}"))
+        return refused
 
     def _past_line_cap(self, conn: Any, org: str, ops: list[Op], lines: dict[str, set[str]] | None = None
                        ) -> list[tuple[str, str]]:

@@ -530,7 +530,8 @@ class ServerStore:
         return record_from_row(entity, rid, row[0], row[1]) if row else None
 
     def _apply(self, conn: Any, org: str, ops: list[Op], *, pushers: dict[str, Scope] | None = None,
-               push_of: dict[str, int] | None = None, known: set[str] | None = None) -> None:
+               push_of: dict[str, int] | None = None, known: set[str] | None = None,
+               stored: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
         """Log and merge admitted ops, skipping any this organisation already has (at most once).
 
         Runs inside ``db.write(org)``: the organisation's lock makes the lookup of known op ids
@@ -542,6 +543,8 @@ class ServerStore:
         territories; a new account of theirs without a territory gets their default (a back-office
         op, logged with the batch). ``push_of``: op id -> its push's place in a group applied as one
         batch (ServerStore._commit_together): an account is new to the first push that writes it.
+        ``stored``: the stored rows of (at least) the records of ``ops``, when the caller has just
+        read them (``_stored_rows``).
         """
         if known is None:
             known = self._logged(conn, org, [op.op_id for op in ops])
@@ -554,18 +557,8 @@ class ServerStore:
                 fresh.append(op)
         if not fresh:
             return
-        # Every record the batch touches, read at once: a round trip per record would hold the
-        # organisation's lock through as many waits (PostgreSQL) for nothing.
-        touched: dict[str, set[str]] = {}
-        for op in fresh:
-            touched.setdefault(op.entity, set()).add(op.record_id)
-        stored: dict[tuple[str, str], tuple[str, str]] = {}
-        for entity, rids in touched.items():  # (org, entity, id) is the key: point lookups, not a scan
-            for chunk, marks in _in_chunks(sorted(rids)):
-                for rid, data, meta in conn.execute(
-                        f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
-                        (org, entity, *chunk)).fetchall():
-                    stored[(entity, rid)] = (data, meta)
+        if stored is None:
+            stored = self._stored_rows(conn, org, fresh)
         # A new account of a rep with a default territory, created without one, gets it.
         if pushers:
             bare: dict[str, tuple[str, str | None]] = {}  # account -> (default, stamp its op must follow)
@@ -604,6 +597,22 @@ class ServerStore:
                      "(?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT (org, entity, id) DO UPDATE SET data = excluded.data, "
                      "meta = excluded.meta, deleted = excluded.deleted, conflicts = excluded.conflicts", rows)
         self._log(conn, org, fresh, stored, changed, created, pushers or {})
+
+    @staticmethod
+    def _stored_rows(conn: Any, org: str, ops: list[Op]) -> dict[tuple[str, str], tuple[str, str]]:
+        """(entity, id) -> (data, meta) of the stored records ``ops`` touch, read at once: a round
+        trip per record would hold the organisation's lock through as many waits (PostgreSQL)."""
+        touched: dict[str, set[str]] = {}
+        for op in ops:
+            touched.setdefault(op.entity, set()).add(op.record_id)
+        stored: dict[tuple[str, str], tuple[str, str]] = {}
+        for entity, rids in touched.items():  # (org, entity, id) is the key: point lookups, not a scan
+            for chunk, marks in _in_chunks(sorted(rids)):
+                for rid, data, meta in conn.execute(
+                        f"SELECT id, data, meta FROM records WHERE org = ? AND entity = ? AND id IN ({marks})",
+                        (org, entity, *chunk)).fetchall():
+                    stored[(entity, rid)] = (data, meta)
+        return stored
 
     @staticmethod
     def _logged(conn: Any, org: str, op_ids: list[str]) -> set[str]:
@@ -842,7 +851,9 @@ class ServerStore:
         out: list[tuple[int, PushResult | ContinuityBroken]] = []
         org = group[0][1].identity.org
         with self.db.write(org) as conn:
-            known = self._logged(conn, org, [op.op_id for _, batch, _ in group for op in batch.admitted])
+            every = [op for _, batch, _ in group for op in batch.admitted]
+            known = self._logged(conn, org, [op.op_id for op in every])
+            stored = self._stored_rows(conn, org, every)  # as before the group: see _fixed_changed
             logged = set(known)  # grows with each accepted push's new ops
             latest: dict[str, str] = {}  # device -> its latest op, as the group's accepted pushes leave it
             lines: dict[str, set[str]] = {}
@@ -857,7 +868,7 @@ class ServerStore:
                 except ContinuityBroken as exc:  # nothing of this push applied; the others go on
                     out.append((k, exc))
                     continue
-                over = self._refused_under_lock(conn, org, batch.admitted, logged, touched, lines)
+                over = self._refused_under_lock(conn, org, batch.admitted, logged, stored, touched, lines)
                 refused = {op_id for op_id, _ in over}
                 for op in batch.admitted:
                     if op.op_id in refused or op.op_id in logged:
@@ -871,7 +882,7 @@ class ServerStore:
                         pushers[op.op_id] = batch.pusher
                 accepted.append((k, batch, continuity, over))
             if ops:
-                self._apply(conn, org, ops, pushers=pushers, push_of=push_of, known=known)
+                self._apply(conn, org, ops, pushers=pushers, push_of=push_of, known=known, stored=stored)
             head = self._head(conn, org)
             for k, batch, continuity, over in accepted:
                 device = continuity.device
@@ -884,20 +895,22 @@ class ServerStore:
         (op id, reason)."""
         org = batch.identity.org
         known = self._logged(conn, org, [op.op_id for op in chunk])
-        over = self._refused_under_lock(conn, org, chunk, known)
+        stored = self._stored_rows(conn, org, chunk)
+        over = self._refused_under_lock(conn, org, chunk, known, stored)
         refused = {op_id for op_id, _ in over}
         self._apply(conn, org, [op for op in chunk if op.op_id not in refused] if refused else chunk,
                     pushers={op.op_id: batch.pusher for op in chunk} if batch.pusher is not None else None,
-                    known=known)
+                    known=known, stored=stored)
         return over
 
     def _refused_under_lock(self, conn: Any, org: str, ops: list[Op], known: set[str],
+                            stored: dict[tuple[str, str], tuple[str, str]],
                             touched: set[tuple[str, str]] | None = None,
                             lines: dict[str, set[str]] | None = None) -> list[tuple[str, str]]:
-        """The ops of a push (op id, reason) refused against what the store holds: a field fixed at
-        creation changed, then an order past its line cap. ``touched``, ``lines``: what the earlier
-        pushes of a group leave."""
-        over = self._fixed_changed(conn, org, ops, known, touched)
+        """The ops of a push (op id, reason) refused against what the store holds (``stored``: the
+        rows of their records): a field fixed at creation changed, then an order past its line cap.
+        ``touched``, ``lines``: what the earlier pushes of a group leave."""
+        over = self._fixed_changed(ops, known, stored, touched)
         if over:
             refused = {op_id for op_id, _ in over}
             ops = [op for op in ops if op.op_id not in refused]
@@ -912,7 +925,7 @@ class ServerStore:
         return self._head(conn, org), self._latest_of(conn, org, device)
 
     @staticmethod
-    def _fixed_changed(conn: Any, org: str, ops: list[Op], known: set[str],
+    def _fixed_changed(ops: list[Op], known: set[str], stored: dict[tuple[str, str], tuple[str, str]],
                        touched: set[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
         """The ops (op id, reason) that would give a field fixed at creation (FIXED_FIELDS) of a
         stored record another value: a second create of it, or a resolution, naming another
@@ -922,25 +935,20 @@ class ServerStore:
         already: sent again) are not checked; nor is a record this push makes (it is its writer's
         own, whatever its creates say). ``touched``: in a group, the records its earlier pushes
         wrote; a check of one of those raises _NotTogether, and each push goes alone (what they
-        leave depends on how their merge and a rep's default territory play out)."""
+        leave depends on how their merge and a rep's default territory play out). ``stored``: the
+        rows of the records ``ops`` touch (``_stored_rows``), as the store held them before."""
         checked = [op for op in ops if op.kind in ("create", "resolve") and op.op_id not in known
                    and not FIXED_FIELDS[op.entity].isdisjoint(op.fields)]
         if not checked:
             return []
         if touched and any((op.entity, op.record_id) in touched for op in checked):
             raise _NotTogether
-        stored: dict[tuple[str, str], dict[str, Any]] = {}
-        wanted: dict[str, set[str]] = {}
-        for op in checked:
-            wanted.setdefault(op.entity, set()).add(op.record_id)
-        for entity, rids in wanted.items():
-            for chunk, marks in _in_chunks(sorted(rids)):
-                for rid, data in conn.execute(f"SELECT id, data FROM records WHERE org = ? AND entity = ? "
-                                              f"AND id IN ({marks})", (org, entity, *chunk)).fetchall():
-                    stored[(entity, rid)] = json.loads(data)
         refused = []
         for op in checked:
-            have = stored.get((op.entity, op.record_id), {})
+            row = stored.get((op.entity, op.record_id))
+            if row is None:
+                continue
+            have = json.loads(row[0])
             changed = sorted(name for name in FIXED_FIELDS[op.entity] & op.fields.keys()
                              if name in have and op.fields[name] != have[name])
             if changed:

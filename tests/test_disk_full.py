@@ -202,3 +202,32 @@ def test_a_store_whose_search_index_is_behind_still_opens_and_reads_on_a_full_di
     assert conn.execute("SELECT value FROM meta WHERE key = ?", (MetaKey.SEARCH_BEHIND,)).fetchone()[0] == "1"
     conn.close()
     assert len(crm("search", "shop", "--all", "--json", home=home).json) == DEFER_AT_LEAST  # room again
+
+
+@pytest.mark.process
+def test_a_server_whose_disk_fills_answers_503_keeps_serving_and_takes_the_rest_later(small_disk, tmp_path):
+    """The operator's side: the server's data directory runs out of space mid-push. The device is
+    told (exit 22, the server's own words), the server stays up and consistent, and once there is
+    room the next sync delivers every queued op exactly once."""
+    from tests.support import running_server
+
+    with running_server(small_disk / "server") as server:
+        token = server.add_rep("acme", "rep-1")
+        home = server.device(tmp_path, "rep-1", token)
+        first = crm_process("account", "add", "--name", "Before the disk filled", "--json", home=home).json["id"]
+        assert crm_process("sync", home=home).code == 0
+        rows = tmp_path / "accounts.csv"
+        rows.write_text("name,address\n" + "".join(f"Shop {i},{'Long Road ' * 40}{i}\n" for i in range(300)))
+        assert crm_process("import", "accounts", str(rows), home=home).code == 0
+        _fill(small_disk / "filler")
+        refused = crm_process("sync", home=home)
+        assert refused.code == 22 and "full" in refused.stderr and "nothing was lost" in refused.stderr, refused.stderr
+        assert server.proc.poll() is None and server.get("/v1/health").status_code == 200
+        assert crm_process("outbox", "--json", home=home).json["pending"] > 0
+        assert json.loads(server.export("acme"))["account"][0]["id"] == first  # what it had, readable
+        (small_disk / "filler").unlink()
+        assert crm_process("sync", home=home).code == 0
+        assert crm_process("outbox", "--json", home=home).json["pending"] == 0
+        assert server.export("acme") == crm_process("export", home=home).stdout
+        stats = server.ok("server", "stats", *server.where, "--org", "acme", "--json")
+        assert stats == {"ops": 301, "records": 301}, "each op once"

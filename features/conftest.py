@@ -257,6 +257,18 @@ def every_kind_of_write(world: Session, device, killed):
     world.every_kind_of_write(device, kill=bool(killed))
 
 
+@step(parsers.parse('the rep makes one of every kind of write on "{device}", each force-quit at each of its '
+                    'flushes to disk'))
+def every_kind_of_write_at_each_flush(world: Session, device):
+    world.every_kind_of_write_at_each_flush(device)
+
+
+@step(parsers.re(r'a new (?P<kind>phone|tablet|laptop) of the rep "(?P<rep>[^"]+)" syncs for the first time, '
+                 r'force-quit at each of its flushes to disk, then syncs twice'))
+def first_sync_at_each_flush(world: Session, kind, rep):
+    world.first_sync_at_each_flush(kind, rep)
+
+
 @step(parsers.parse('"{device}" catches up within {seconds:d} seconds'))
 def catches_up(world: Session, device, seconds):
     world.catch_up(device, float(seconds))

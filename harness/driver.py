@@ -9,13 +9,14 @@ stdout is the action's JSON. Each action is reported to an optional ``record(eve
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import processes
+from . import flushes, processes
 from .ports import HOST, free_port
 from .processes import Child, ManagedProcess, ProcessError
 from .profile import MissingAction, Profile, Template, device_values, server_values
@@ -44,6 +45,7 @@ class ActionResult:
     duration: float
     detail: str = ""
     pid: int | None = None  # the command's pid, which also names its process group
+    killed_at_flush: int | None = None  # force-quit by the harness as it asked for this flush to disk
 
     @property
     def ok(self) -> bool:
@@ -98,8 +100,11 @@ class _Runner:
             return self.record({"device": self.participant, **event})
 
     def execute(self, action: str, template: Template, args: dict[str, Any], *, timeout: float | None = None,
-                kill_after: float | None = None, on_kill: Callable[[], None] | None = None) -> ActionResult:
+                kill_after: float | None = None, on_kill: Callable[[], None] | None = None,
+                at_flush: int | None = None) -> ActionResult:
         argv = self.profile.command(template, **{**self.context, **args})
+        if at_flush is not None:  # killed as it asks for its at_flush-th flush to disk (harness.flushes)
+            argv = flushes.aimed(argv, at_flush)
         timeout = self.profile.action_timeout_s if timeout is None else timeout
         ref = _seq(self._emit(type="invoke", action=action, args=args))
         try:
@@ -120,17 +125,25 @@ class _Runner:
         finally:
             with self._lock:
                 self._running.discard(child)
-        outcome = self.profile.exit_codes.classify(done.returncode)
+        flush_killed = at_flush is not None and flushes.killed(done.returncode)
+        exit_code = None if flush_killed else done.returncode  # a force-quit: no exit of its own, as for kill_after
+        if flush_killed:  # the app died with it: nothing of its group lives on. Recorded as a force-quit
+            # (a ``fault`` kill) before the action's unknown outcome, as Driver.force_quit records its own.
+            self._emit(type="fault", action="kill", detail=f"SIGKILL at flush to disk {at_flush} during {action}")
+            processes.signal_group(child.pid, signal.SIGKILL)
+        outcome = self.profile.exit_codes.classify(exit_code)
         parsed, problem = parse_json(done.stdout)
         detail = f"{done.detail} in {done.duration:.2f}s" if not done.killed else done.detail
+        if flush_killed:
+            detail = f"force-quit as it asked for its flush to disk number {at_flush}"
         if outcome != "ok" and _last_line(done.stderr):
             detail += f"; stderr: {_last_line(done.stderr)}"
         if problem and outcome == "ok":
             detail += f"; {problem}"
-        self._emit(type=outcome, action=action, args=args, result=parsed, exit=done.returncode, ref=ref,
+        self._emit(type=outcome, action=action, args=args, result=parsed, exit=exit_code, ref=ref,
                    detail=detail)
-        return ActionResult(action, args, done.returncode, done.stdout, done.stderr, parsed, outcome,
-                            done.duration, detail, child.pid)
+        return ActionResult(action, args, exit_code, done.stdout, done.stderr, parsed, outcome,
+                            done.duration, detail, child.pid, at_flush if flush_killed else None)
 
     def kill_running(self) -> list[int]:
         with self._lock:
@@ -176,14 +189,15 @@ class Driver:
         return self.profile.command(action, **{**self._runner.context, **args})
 
     def invoke(self, action: str, *, timeout: float | None = None, kill_after: float | None = None,
-               **args: Any) -> ActionResult:
-        """Run one contract action. ``kill_after`` seconds in, if it still runs, force-quit the device.
+               at_flush: int | None = None, **args: Any) -> ActionResult:
+        """Run one contract action. ``kill_after`` seconds in, if it still runs, force-quit the device;
+        with ``at_flush`` K, force-quit it as it asks for its K-th flush to disk (harness.flushes).
 
         Raises MissingAction when the profile lacks an optional action the caller needs.
         """
         template = self.profile.action(action)
         result = self._runner.execute(action, template, args, timeout=timeout, kill_after=kill_after,
-                                      on_kill=lambda: self.force_quit(f"during {action}"))
+                                      on_kill=lambda: self.force_quit(f"during {action}"), at_flush=at_flush)
         if action == "start_background_sync" and result.ok:
             pid = result.json.get("pid") if isinstance(result.json, dict) else None
             if isinstance(pid, int) and pid > 0:

@@ -22,7 +22,7 @@ from typing import Any
 
 from faker import Faker
 
-from . import checkers, processes
+from . import checkers, flushes, processes
 from .checkers import Anomaly
 from .driver import ActionResult, Driver, DriverError, parse_json, server_for
 from .history import CREATES, History
@@ -340,10 +340,11 @@ class Session:
         return self.act(name, "outbox")
 
     # -- actions -------------------------------------------------------------------------------
-    def act(self, name: str, action: str, /, *, kill_after: float | None = None, **args: Any) -> ActionResult:
+    def act(self, name: str, action: str, /, *, kill_after: float | None = None, at_flush: int | None = None,
+            **args: Any) -> ActionResult:
         device = self.device(name)
         try:
-            result = device.driver.invoke(action, kill_after=kill_after, **args)
+            result = device.driver.invoke(action, kill_after=kill_after, at_flush=at_flush, **args)
         except MissingAction as exc:
             raise NotExercisable(f"not exercisable: {exc}") from None
         if kill_after is not None:
@@ -479,6 +480,65 @@ class Session:
         elif self.modes.get(name) == "background":
             self.reopen(name)  # a force-quit also stopped background sync; the reopened app resumes it
         return results
+
+    def every_kind_of_write_at_each_flush(self, name: str) -> list[ActionResult]:
+        """The writes of ``every_kind_of_write``, each run again and again, force-quit as it asks for
+        its first, second, ... flush to disk, until a run ends by itself (harness.flushes): every
+        step between two durable points of each save is hit once. The killed runs are writes whose
+        outcome is unknown; the last one's result is the write's."""
+        if not self.targets:
+            raise ScenarioFailure("no synced records to edit and delete: a step must create them first")
+        each = self._at_each_flush
+        results = [each(name, "create_account", name=self.faker.company(), city=self.faker.city())]
+        created = results[0].json.get("id") if results[0].ok and isinstance(results[0].json, dict) else None
+        self.account_id = str(created) if created else self.targets["account"]
+        results.append(each(name, "log_visit", account_id=self.account_id, outcome="met the buyer"))
+        results.append(each(name, "take_order", account_id=self.account_id, sku=self.rng.choice(SKUS),
+                            qty=self.rng.randint(1, 24), price=f"{self.rng.randint(50, 5000) / 100:.2f}"))
+        order = results[-1].json.get("id") if results[-1].ok and isinstance(results[-1].json, dict) else None
+        if self._can(name, "add_order_line"):
+            results.append(each(name, "add_order_line", order_id=str(order or self.targets["order"]),
+                                sku=self.rng.choice(SKUS), qty=self.rng.randint(1, 24),
+                                price=f"{self.rng.randint(50, 5000) / 100:.2f}"))
+        results.append(each(name, "write_note", account_id=self.account_id, text=self.faker.sentence(nb_words=8)))
+        results.append(each(name, "edit_field", entity="account", record_id=self.targets["account"], field="city",
+                            value=self.faker.city()))
+        if self._can(name, "delete_record"):
+            results.append(each(name, "delete_record", entity="account", record_id=self.targets["doomed"]))
+        return results
+
+    def first_sync_at_each_flush(self, kind: str, rep: str) -> list[str]:
+        """For K = 1, 2, ...: a new device of ``rep`` whose first sync is force-quit as it asks for its
+        K-th flush to disk, then syncs twice (the app reopened), until a first sync ends by itself.
+        A new device each time, so that every K meets the same first sync: one device run again
+        would not redo what its killed run already saved, and the aim would drift past the step
+        between two commits. The devices' names, ``kind``-1, ``kind``-2, ..."""
+        names = []
+        for k in range(1, flushes.MAX_FLUSHES + 1):
+            name = f"{kind}-{k}"
+            self.add_device(name, rep)
+            names.append(name)
+            first = self._killed_at_flush(name, "sync", k)
+            for _ in range(2):
+                self.sync(name)
+            if first.killed_at_flush is None:
+                return names
+        raise ScenarioFailure(f"the first sync of {kind} was still force-quit at its flush to disk number "
+                              f"{flushes.MAX_FLUSHES}: it asks for more flushes than one sync can need")
+
+    def _at_each_flush(self, device: str, action: str, /, **args: Any) -> ActionResult:
+        for k in range(1, flushes.MAX_FLUSHES + 1):
+            result = self._killed_at_flush(device, action, k, **args)
+            if result.killed_at_flush is None:
+                return result
+        raise ScenarioFailure(f"{action} on {device} was still force-quit at its flush to disk number "
+                              f"{flushes.MAX_FLUSHES}: it asks for more flushes than one save can need")
+
+    def _killed_at_flush(self, device: str, action: str, k: int, /, **args: Any) -> ActionResult:
+        why = flushes.unavailable()
+        if why is not None:
+            raise NotExercisable(f"not exercisable: a force-quit cannot be aimed at a flush to disk here: {why}")
+        return self.act(device, action, at_flush=k, **args)
 
     def _can(self, name: str, action: str) -> bool:
         """Whether the profile has an optional write; without it the rest of the row still runs,

@@ -252,15 +252,12 @@ def synced_targets(world: Session, device):
 
 
 @step(parsers.re(r'the rep makes one of every kind of write on "(?P<device>[^"]+)"'
-                 r'(?P<killed>, each killed at a seeded moment)?'))
+                 r'(?P<killed>, each killed at a seeded moment|, each force-quit at each of its flushes to disk)?'))
 def every_kind_of_write(world: Session, device, killed):
-    world.every_kind_of_write(device, kill=bool(killed))
-
-
-@step(parsers.parse('the rep makes one of every kind of write on "{device}", each force-quit at each of its '
-                    'flushes to disk'))
-def every_kind_of_write_at_each_flush(world: Session, device):
-    world.every_kind_of_write_at_each_flush(device)
+    if killed and "flushes" in killed:  # features/flush_kills.feature
+        world.every_kind_of_write_at_each_flush(device)
+    else:
+        world.every_kind_of_write(device, kill=bool(killed))
 
 
 @step(parsers.re(r'a new (?P<kind>phone|tablet|laptop) of the rep "(?P<rep>[^"]+)" syncs for the first time, '

@@ -951,9 +951,9 @@ class ServerStore:
             have = json.loads(row[0])
             changed = sorted(name for name in FIXED_FIELDS[op.entity] & op.fields.keys()
                              if name in have and op.fields[name] != have[name])
-            if changed:
+            if changed:  # the stored value stays unsaid: the record may be of a territory the pusher does not hold
                 refused.append((op.op_id, f"{op.entity}.{changed[0]} cannot be changed after creation: "
-                                          f"{op.entity} {op.record_id} has {changed[0]} {have[changed[0]]!r}"))
+                                          f"{op.entity} {op.record_id} already has another {changed[0]}"))
         return refused
 
     def _past_line_cap(self, conn: Any, org: str, ops: list[Op], lines: dict[str, set[str]] | None = None

@@ -642,12 +642,17 @@ class Device:
 
 
     # -- sync support (crm/sync.py drives these) ------------------------------------------------
-    def pending_ops(self, *, limit: int) -> list[tuple[str, str]]:
-        """The oldest pending outbox entries as (op id, wire JSON), in the order they were made."""
+    def pending_ops(self, *, limit: int, after: str | None = None) -> list[tuple[str, str]]:
+        """The oldest pending outbox entries as (op id, wire JSON), in the order they were made;
+        with ``after``, those queued after that op (none if it is no longer queued)."""
         with sqlite_errors(self.store.path):
+            if after is None:
+                return self.store.conn.execute(
+                    "SELECT op_id, body FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?",
+                    (limit,)).fetchall()
             return self.store.conn.execute(
-                "SELECT op_id, body FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?",
-                (limit,)).fetchall()
+                "SELECT op_id, body FROM outbox WHERE state = 'pending' "
+                "AND seq > (SELECT seq FROM outbox WHERE op_id = ?) ORDER BY seq LIMIT ?", (after, limit)).fetchall()
 
     def settle_pushed(self, acked: list[str], rejected: list[tuple[str, str]], *,
                       witness: str | None = None, latest: str | None = None) -> None:
@@ -771,12 +776,13 @@ class Device:
             conn.execute("UPDATE records SET data = ?, meta = ? WHERE entity = ? AND id = ?",
                          (row_of(rec).data, meta_column(rec), entity, rid))
 
-    def count_attempt(self, op_ids: list[str]) -> None:
+    def count_attempt(self, op_ids: list[str], *, by: int = 1) -> None:
         """One more attempt to send each of ``op_ids`` (``crm outbox`` shows the count): counted
-        before the push, so an attempt whose answer never comes counts too."""
+        before the push, so an attempt whose answer never comes counts too; ``by=-1`` takes back
+        one counted for a push that was then not sent."""
         with self.store.write() as conn:
-            conn.execute("UPDATE outbox SET attempts = attempts + 1 WHERE op_id IN (SELECT value FROM json_each(?))",
-                         (json.dumps(op_ids),))
+            conn.execute("UPDATE outbox SET attempts = max(attempts + ?, 0) WHERE op_id IN (SELECT value FROM json_each(?))",
+                         (by, json.dumps(op_ids)))
 
     # -- continuity: the server restored, this home restored or copied (docs/sync-protocol.md) ---
     def continuity(self) -> tuple[str | None, str | None]:

@@ -251,7 +251,7 @@ def _push_all(device: Device, client: SyncClient, *, batch: int) -> tuple[int, i
         rows = device.pending_ops(limit=batch)
         if not rows:
             return pushed, rejected_count, restamped
-        acked, rejected, ahead = _push_rows(device, client, rows)
+        acked, rejected, ahead = _push_rows(device, client, rows, batch=batch)
         pushed += acked
         rejected_count += rejected
         if not ahead:
@@ -280,36 +280,120 @@ def _sent_stamp(body: str) -> str:
     return stamp if isinstance(stamp, str) else ""
 
 
-def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]]) -> tuple[int, int, Ahead]:
+def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]], *,
+               batch: int | None = None) -> tuple[int, int, Ahead]:
     """Push ``rows`` (op id, wire JSON); when one is parked or refused as ahead of the server's clock,
-    stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead)."""
-    sent = dict(rows)
+    stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead).
+
+    With ``batch``, the queue goes on in batches of that size while answers come back clean, one
+    push in flight while the device reads and stores around it (``_Flight``): the next batch goes
+    out as soon as this one's answer is in, and this answer is stored while the server works on the
+    next. The server still gets the batches one after the other, each sent after the answer to the
+    one before, with the continuity claims that answer gives (what storing it would leave)."""
     witness, known = device.continuity()
-    device.count_attempt(list(sent))
+    device.count_attempt([op_id for op_id, _ in rows])
+    flight = _Flight(client, device.device_id, rows, witness, known)
+    acked_count = rejected_count = 0
     try:
-        answer = client.push(device.device_id, [body for _, body in rows], witness=witness, known=known)
-    except BatchRefused as refusal:
-        if refusal.code == CLOCK_AHEAD and refusal.op in sent:
-            return 0, 0, [(refusal.op, _sent_stamp(sent[refusal.op]), refusal.reason)]
-        culprit = refusal.op if refusal.op in sent else rows[0][0] if len(rows) == 1 else None
-        if culprit is not None:
-            device.settle_pushed([], [(culprit, f"refused by the server: {refusal.reason}")])
-            return 0, 1, []
-        half = len(rows) // 2
-        first = _push_rows(device, client, rows[:half])
-        if first[1] or first[2]:  # keep the device's order: the rest goes after a fresh read of the queue
-            return first
-        second = _push_rows(device, client, rows[half:])
-        return first[0] + second[0], second[1], second[2]
-    acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
-    refused = [r for r in answer.get("rejected", []) if isinstance(r, dict) and r.get("op") in sent]
-    rejected = [(r["op"], str(r.get("reason", "refused"))) for r in refused if r.get("code") != CLOCK_AHEAD]
-    ahead = [(r["op"], _sent_stamp(sent[r["op"]]), str(r.get("reason", "clock ahead")))
-             for r in refused if r.get("code") == CLOCK_AHEAD]
-    if not acked and not refused:
-        raise ServerError("the server acknowledged none of a pushed batch")
-    device.settle_pushed(acked, rejected, witness=_witness(answer), latest=_latest(answer))
-    return len(acked), len(rejected), ahead
+        while True:
+            # The next batch is read and its attempt counted while this one is in flight; should
+            # this answer stop the run, the count is taken back.
+            following = device.pending_ops(limit=batch, after=rows[-1][0]) if batch and len(rows) == batch else []
+            if following:
+                device.count_attempt([op_id for op_id, _ in following])
+            sent = dict(rows)
+            try:
+                answer = flight.answer()
+            except BatchRefused as refusal:
+                _not_sent(device, following)
+                acked, rejected, ahead = _after_refusal(device, client, rows, sent, refusal)
+                return acked_count + acked, rejected_count + rejected, ahead
+            except BaseException:
+                _not_sent(device, following)
+                raise
+            acked = [op_id for op_id in answer.get("acked", []) if op_id in sent]
+            refused = [r for r in answer.get("rejected", []) if isinstance(r, dict) and r.get("op") in sent]
+            rejected = [(r["op"], str(r.get("reason", "refused"))) for r in refused if r.get("code") != CLOCK_AHEAD]
+            ahead = [(r["op"], _sent_stamp(sent[r["op"]]), str(r.get("reason", "clock ahead")))
+                     for r in refused if r.get("code") == CLOCK_AHEAD]
+            if not acked and not refused:
+                _not_sent(device, following)
+                raise ServerError("the server acknowledged none of a pushed batch")
+            flight = None
+            if following and not ahead:
+                witness, known = _continuity_after(witness, known, answer)
+                flight = _Flight(client, device.device_id, following, witness, known)
+            else:
+                _not_sent(device, following)
+            device.settle_pushed(acked, rejected, witness=_witness(answer), latest=_latest(answer))
+            acked_count, rejected_count = acked_count + len(acked), rejected_count + len(rejected)
+            if flight is None:
+                return acked_count, rejected_count, ahead
+            rows = following
+    finally:
+        if flight is not None:
+            flight.wait()  # no push of this sync outlives it (its ops stay queued: sent again next time)
+
+
+def _not_sent(device: Device, rows: list[tuple[str, str]]) -> None:
+    if rows:
+        device.count_attempt([op_id for op_id, _ in rows], by=-1)
+
+
+def _after_refusal(device: Device, client: SyncClient, rows: list[tuple[str, str]], sent: dict[str, str],
+                   refusal: BatchRefused) -> tuple[int, int, Ahead]:
+    """The server refused the whole of ``rows``: park the op at fault when it is known, else halve."""
+    if refusal.code == CLOCK_AHEAD and refusal.op in sent:
+        return 0, 0, [(refusal.op, _sent_stamp(sent[refusal.op]), refusal.reason)]
+    culprit = refusal.op if refusal.op in sent else rows[0][0] if len(rows) == 1 else None
+    if culprit is not None:
+        device.settle_pushed([], [(culprit, f"refused by the server: {refusal.reason}")])
+        return 0, 1, []
+    half = len(rows) // 2
+    first = _push_rows(device, client, rows[:half])
+    if first[1] or first[2]:  # keep the device's order: the rest goes after a fresh read of the queue
+        return first
+    second = _push_rows(device, client, rows[half:])
+    return first[0] + second[0], second[1], second[2]
+
+
+def _continuity_after(witness: str | None, known: str | None, answer: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The claims (witness, known) a device sends once it has stored ``answer``
+    (Device._remember_server keeps the furthest witness and the latest it is told)."""
+    told = _witness(answer)
+    if told and (not witness or int(witness.split(":", 1)[0]) < int(told.split(":", 1)[0])):
+        witness = told
+    latest = _latest(answer)
+    return witness, known if latest is None else latest
+
+
+class _Flight:
+    """One push on a thread, so the device can read the next batch and store the last answer
+    meanwhile; the thread touches only the HTTP client, never the device's store."""
+
+    def __init__(self, client: SyncClient, device_id: str, rows: list[tuple[str, str]],
+                 witness: str | None, known: str | None) -> None:
+        self.outcome: tuple[dict[str, Any] | None, BaseException | None] = (None, None)
+
+        def send() -> None:
+            try:
+                self.outcome = (client.push(device_id, [body for _, body in rows], witness=witness, known=known), None)
+            except BaseException as exc:  # handed to the caller by answer()
+                self.outcome = (None, exc)
+
+        self.thread = threading.Thread(target=send, name="crm-push", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        self.thread.join()
+
+    def answer(self) -> dict[str, Any]:
+        self.thread.join()
+        answer, error = self.outcome
+        if error is not None:
+            raise error
+        assert answer is not None
+        return answer
 
 
 def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> int:

@@ -26,9 +26,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import orjson  # noqa: E402
 from bench_scale import queue_ops  # noqa: E402
 from bench_sync import queue_accounts  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
+from starlette.responses import Response  # noqa: E402
 
 from crm import Device  # noqa: E402
 from crm.ops import PROTOCOL  # noqa: E402
@@ -74,14 +75,14 @@ def run(pushes: list[tuple[int, str, str | None, bytes]], group: int) -> float:
                     items.append((Identity("scale", f"rep-{i}", "device"),
                                   _parsed(data["ops"], raw if typed is not None else None), _continuity(device, None, None)))
                 for result in store.push_group(items):
-                    JSONResponse(result.to_json())
+                    Response(orjson.dumps(result.to_json()), media_type="application/json")
         else:
             for i, device, _, raw in pushes:
                 data, typed = _push_body(raw)
                 result = _push(store, Identity("scale", f"rep-{i}", "device"), data["ops"],
                                _continuity(device, witness, known), raw if typed is not None else None)
                 answer = result.to_json()
-                JSONResponse(answer)
+                Response(orjson.dumps(answer), media_type="application/json")
                 if len(pushes) < 200:  # one device pushing in turn: it sends what the last answer said
                     witness, known = answer["witness"], answer["latest"] or ""
         cpu = time.process_time() - t0

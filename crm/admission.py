@@ -49,6 +49,7 @@ _LINE_TYPES = {"sku": str, "quantity": int, "unit_price": str}
 
 CLOCK_AHEAD = "clock_ahead"
 _REQUIRED = {name: tuple(f.name for f in spec.fields if f.required) for name, spec in ENTITIES.items()}
+_TEXT_FIELDS = {name: frozenset(f.name for f in spec.fields if f.kind == "text") for name, spec in ENTITIES.items()}
 
 
 class InvalidOp(ValidationError):
@@ -200,7 +201,12 @@ def admit(op: Op, *, from_device: bool = True, now: int | None = None) -> None:
         missing = [name for name in _REQUIRED[op.entity] if name not in fields]
         if missing:
             raise ValidationError(f"{op.entity} create is missing required fields: {', '.join(missing)}")
+        texts = _TEXT_FIELDS[op.entity]
         for name, value in fields.items():
+            # _canonical's commonest case inline (a create is most of a push): short plain text
+            if (name in texts and value.__class__ is str and 0 < len(value) <= MAX_TEXT and value.isascii()
+                    and "\x00" not in value and value == value.strip()):
+                continue
             _canonical(op.entity, spec.field(name), value)
         return
     if spec.append_only:

@@ -62,7 +62,7 @@ def _all_match(batch: re.Pattern[str], values: list[str]) -> bool:
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
-class WireOp(Struct, forbid_unknown_fields=True):
+class WireOp(Struct, forbid_unknown_fields=True, gc=False):
     """One op as the wire carries it (crm.ops.op_to_wire)."""
 
     op: str  # op and dev: _ID, id: _RECORD_ID, hlc and base stamps: _STAMP (decode_push checks them)
@@ -77,7 +77,7 @@ class WireOp(Struct, forbid_unknown_fields=True):
                     Meta(max_length=MAX_FIELDS_PER_OP)] = msgspec.field(default_factory=dict)
 
 
-class PushBody(Struct, forbid_unknown_fields=True):
+class PushBody(Struct, forbid_unknown_fields=True, gc=False):
     """A push request's body (docs/sync-protocol.md); ``protocol`` and the continuity claims are
     checked by the handler as for any body, UNSET meaning the key was left out."""
 
@@ -193,7 +193,7 @@ def shape(w: WireOp, now: int) -> Op | None:
 Text = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
-class PulledOp(Struct, forbid_unknown_fields=True):
+class PulledOp(Struct, forbid_unknown_fields=True, gc=False):
     """One op of a pull page, as strict as ``ops.op_from_wire`` (tests/test_wire.py)."""
 
     op: Text

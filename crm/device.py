@@ -801,6 +801,14 @@ class Device:
         if latest is not None:  # "" when the log holds no op of this device id
             self.store.set_meta(conn, MetaKey.KNOWN, latest)
 
+    def latest_logged_is_queued(self) -> bool:
+        """Whether the op the server last named as this device's latest in its log is still
+        queued here: the server holds ops this home has not seen acknowledged yet."""
+        with sqlite_errors(self.store.path):
+            return self.store.conn.execute(
+                "SELECT 1 FROM outbox WHERE state = 'pending' AND op_id = "
+                "(SELECT value FROM meta WHERE key = ?)", (MetaKey.KNOWN,)).fetchone() is not None
+
     def knows_op(self, op_id: str) -> bool:
         """Whether this home made ``op_id`` (queued, parked or acknowledged)."""
         with sqlite_errors(self.store.path):

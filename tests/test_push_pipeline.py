@@ -174,3 +174,105 @@ def test_the_op_of_a_refused_batch_is_parked_and_the_rest_goes_on(queued):
     parked = queued.outbox(rejected=True)["entries"]
     assert [(e["op"], e["attempts"]) for e in parked] == [(culprit, 1)]
     assert all(server.sent[op_id] >= 1 for op_id in before)
+
+
+def test_an_op_the_answer_leaves_out_goes_in_the_next_batch_before_anything_after_it(queued):
+    """An answer that says nothing of an op (a server off the protocol, a damaged entry) stops the
+    pipeline: the queue is read again from its head, so no later op overtakes the one left out."""
+    before = [op_id for op_id, _ in queued.pending_ops(limit=100)]
+    orders: list[list[str]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        ops = [op["op"] for op in json.loads(request.content)["ops"]]
+        orders.append(ops)
+        return httpx.Response(200, json={"acked": ops[1:] if len(orders) == 1 else ops, "rejected": []})
+
+    with respx.mock(base_url=URL) as mock:
+        mock.post("/v1/push").mock(side_effect=server)
+        with SyncClient(base_url=URL, token="t0k", timeout=2.0) as client:
+            push_outbox(queued, client, batch=BATCH)
+    assert orders[1][0] == before[0], f"the op left out went after others: {orders}"
+    sent = [op_id for batch in orders for op_id in batch]
+    assert sorted(set(sent)) == sorted(before) and queued.outbox()["pending"] == 0
+
+
+def test_a_failing_take_back_never_hides_why_the_run_stopped(queued, monkeypatch):
+    count = queued.count_attempt
+
+    def store_fails_on_take_back(op_ids, *, by=1):
+        if by < 0:
+            raise OSError("database is locked")
+        count(op_ids, by=by)
+
+    monkeypatch.setattr(queued, "count_attempt", store_fails_on_take_back)
+    _, error = _push(queued, {2: httpx.ConnectError("connection refused")})
+    assert isinstance(error, ServerUnreachableError)
+
+
+def test_ops_the_server_logged_after_this_batch_are_never_re_stamped(queued):
+    """A kill between sending batch N+1 and storing the answer to N leaves N+1 queued though the
+    server has logged it (its id is the server's ``latest`` for the device). Should an op of N be
+    refused as ahead of the server's clock on the next try, re-stamping it and everything queued
+    after it would give logged ops stamps the server never sees: the op is parked instead, as
+    the refusal it first got would have parked it."""
+    ops = [op_id for op_id, _ in queued.pending_ops(limit=100)]
+    stamps = {op_id: json.loads(body)["hlc"] for op_id, body in queued.pending_ops(limit=100)}
+    seen: dict[str, set[str]] = {}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)["ops"]
+        for op in sent:
+            seen.setdefault(op["op"], set()).add(op["hlc"])
+        ids = [op["op"] for op in sent]
+        headers = {"crm-server-time": "1000000000000"}  # far behind every stamp: all would be ahead
+        if ids[0] == ops[0]:
+            return httpx.Response(200, headers=headers, json={
+                "acked": ids[1:], "latest": ops[3], "witness": "9:" + ops[3],
+                "rejected": [{"op": ids[0], "code": "clock_ahead", "reason": "the device's clock is ahead"}]})
+        return httpx.Response(200, headers=headers, json={"acked": ids, "rejected": [], "latest": ids[-1]})
+
+    with respx.mock(base_url=URL) as mock:
+        mock.post("/v1/push").mock(side_effect=server)
+        with SyncClient(base_url=URL, token="t0k", timeout=2.0) as client:
+            push_outbox(queued, client, batch=BATCH)
+    assert all(hlcs == {stamps[op_id]} for op_id, hlcs in seen.items()), "a logged op was sent with a new stamp"
+    parked = queued.outbox(rejected=True)["entries"]
+    assert [e["op"] for e in parked] == [ops[0]] and "ahead" in parked[0]["reason"]
+    assert queued.outbox()["pending"] == 0
+
+
+def test_a_ctrl_c_while_a_push_is_in_flight_leaves_only_once_the_push_is_over():
+    """The sync lock is let go only after the push in flight has its answer (or its error): a
+    Ctrl-C that lands while the device waits for it is the caller's to raise, after that."""
+    from crm.sync import _Flight
+
+    release, pushed = threading.Event(), []
+
+    class SlowClient:
+        def push(self, device_id, bodies, **claims):
+            release.wait(timeout=60)
+            pushed.append(bodies)
+            return {"acked": []}
+
+    flight = _Flight(SlowClient(), "dev-1", [("op-1", "{}")], None, None)
+    flight.start()
+
+    class CtrlCOnce:
+        """The flight's Event, but its first wait is cut short by a Ctrl-C, which lets the push go."""
+
+        def __init__(self, inner: threading.Event) -> None:
+            self.inner, self.interrupted = inner, False
+
+        def wait(self, timeout=None):
+            if not self.interrupted:
+                self.interrupted = True
+                release.set()
+                raise KeyboardInterrupt
+            return self.inner.wait(timeout)
+
+        def set(self):
+            self.inner.set()
+
+    flight.done = CtrlCOnce(flight.done)
+    flight.wait()
+    assert flight.done.interrupted and pushed == [["{}"]]

@@ -106,3 +106,40 @@ def test_a_pull_killed_at_each_of_its_flushes_still_delivers_everything(tmp_path
                 assert k > 1, "the first sync asked for no flush at all"
                 return
         pytest.fail(f"the sync was still killed at flush {MAX_FLUSHES}")
+
+
+def test_a_push_of_several_batches_killed_at_each_of_its_flushes_delivers_every_op_once(tmp_path: Path) -> None:
+    """The push keeps one batch in flight while the device counts the next one's attempt and
+    stores the answer before it (crm.sync._Flight): a kill at any of those flushes, with a batch
+    on its way to the server or already in its log, must still end with every op delivered once
+    and nothing left queued once the app syncs again."""
+    from crm import Change, Device
+    from crm.ids import new_id
+
+    for k in range(1, MAX_FLUSHES + 1):
+        with running_server(tmp_path / f"server-{k}") as server:
+            home = tmp_path / f"phone-{k}"
+            ok("init", "--rep", "rep", "--server", server.url, "--token", server.add_rep("acme", "rep"), "--json",
+               home=home)
+            device = Device.open(home)
+            made = []
+            for start in range(0, 2100, 700):  # three push batches of 1,000, 1,000 and 100
+                changes = [Change("account", new_id(), {"name": f"Shop {n}"}, {}, "create")
+                           for n in range(start, start + 700)]
+                device.write(changes)
+                made += [change.record_id for change in changes]
+            device.close()
+            done = killed_at_flush(k, crm(home, "sync", "--json"))
+            for _ in range(2):  # the app reopened: it syncs again, and once more for good measure
+                ok("sync", "--json", home=home)
+            on_server = [r["id"] for r in json.loads(server.export("acme"))["account"]]
+            assert sorted(on_server) == sorted(made), f"killed at flush {k}: the server holds " \
+                f"{len(on_server)} accounts ({len(set(on_server))} distinct) of {len(made)}"
+            outbox = ok("outbox", "--json", home=home)
+            assert outbox["pending"] == 0, f"killed at flush {k}: {outbox['pending']} ops still queued"
+            assert ok("outbox", "--rejected", "--json", home=home)["rejected"] == 0
+            assert sorted(r["id"] for r in ok("export", "--json", home=home)["account"]) == sorted(made)
+        if done is not None:  # the sync asked for fewer than k flushes: every step was hit
+            assert k > 4, f"a push of three batches asked for only {k - 1} flushes"
+            return
+    pytest.fail(f"the sync was still killed at flush {MAX_FLUSHES}")

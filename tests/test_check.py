@@ -57,7 +57,9 @@ def test_check_of_the_reference_finds_no_violation_and_says_what_it_understood()
     assert report.step("export").understood["sections"]["account"] == 2
     assert report.step("server.export").understood["sections"] == report.step("export").understood["sections"]
     assert isinstance(report.step("start_background_sync").understood["pid"], int)
-    assert report.duration_s < 60
+    # A hang shows as a step that timed out (outcome above); this bound is only a safety net, far
+    # above what a loaded 2-core CI machine takes (a test bound to the machine's speed is a bug).
+    assert report.duration_s < 600
 
 
 def test_check_names_each_violation_of_a_broken_profile_with_its_section(broken):

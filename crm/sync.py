@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .admission import parse_witness
@@ -289,16 +289,16 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]], 
     stop so the caller re-reads the queue. Returns (acked, rejected, refused as ahead).
 
     With ``batch``, the queue goes on in batches of that size while answers come back clean, one
-    push in flight while the device reads and stores around it (``_Flight``): the next batch goes
+    push in flight while the device reads and stores around it (``_OnThread``): the next batch goes
     out as soon as this one's answer is in, and this answer is stored while the server works on the
     next. The server still gets the batches one after the other, each sent after the answer to the
     one before, with the continuity claims that answer gives (what storing it would leave)."""
     witness, known = device.continuity()
     device.count_attempt([op_id for op_id, _ in rows])
-    flight: _Flight | None = None
+    flight: _OnThread | None = None
     acked_count = rejected_count = 0
     try:
-        flight = _Flight(client, device.device_id, rows, witness, known)
+        flight = _flight(client, device.device_id, rows, witness, known)
         flight.start()
         while True:
             # The next batch is read and its attempt counted while this one is in flight; should
@@ -308,7 +308,7 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]], 
                 device.count_attempt([op_id for op_id, _ in following])
             sent = dict(rows)
             try:
-                answer = flight.answer()
+                answer = flight.result()
             except BatchRefused as refusal:
                 _not_sent(device, following)
                 acked, rejected, ahead = _after_refusal(device, client, rows, sent, refusal)
@@ -330,7 +330,7 @@ def _push_rows(device: Device, client: SyncClient, rows: list[tuple[str, str]], 
             if following and not ahead and len(acked) + len(refused) == len(sent) \
                     and set(acked).union(r["op"] for r in refused) == sent.keys():
                 witness, known = _continuity_after(witness, known, answer)
-                flight = _Flight(client, device.device_id, following, witness, known)
+                flight = _flight(client, device.device_id, following, witness, known)
                 flight.start()
             else:
                 _not_sent(device, following)
@@ -381,31 +381,31 @@ def _continuity_after(witness: str | None, known: str | None, answer: dict[str, 
     return witness, known if latest is None else latest
 
 
-class _Flight:
-    """One push on a thread, so the device can read the next batch and store the last answer
-    meanwhile; the thread touches only the HTTP client, never the device's store."""
+class _OnThread:
+    """``work()`` run on a thread of its own (a push in flight, the next pull page), so the device
+    reads and stores meanwhile; the work touches only the HTTP client, never the device's store.
+    Waited for through an Event, not Thread.join: a Ctrl-C in join marks a live thread stopped."""
 
-    def __init__(self, client: SyncClient, device_id: str, rows: list[tuple[str, str]],
-                 witness: str | None, known: str | None) -> None:
-        self.outcome: tuple[dict[str, Any] | None, BaseException | None] = (None, None)
-        self.done = threading.Event()  # not Thread.join: a Ctrl-C in join marks a live thread stopped
+    def __init__(self, work: Callable[[], Any], name: str) -> None:
+        self.outcome: tuple[Any, BaseException | None] = (None, None)
+        self.done = threading.Event()
 
-        def send() -> None:
+        def run() -> None:
             try:
-                self.outcome = (client.push(device_id, [body for _, body in rows], witness=witness, known=known), None)
-            except BaseException as exc:  # handed to the caller by answer()
+                self.outcome = (work(), None)
+            except BaseException as exc:  # handed to the caller by result()
                 self.outcome = (None, exc)
             finally:
                 self.done.set()
 
-        self.thread = threading.Thread(target=send, name="crm-push", daemon=True)
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def wait(self) -> None:
-        """Until the push has its answer or its error (the client's timeout bounds it), a Ctrl-C
-        notwithstanding: no push of a sync outlives it, or its lock."""
+        """Until the work is over (the client's timeout bounds it), a Ctrl-C notwithstanding: no
+        push of a sync outlives it, or its lock."""
         if not self.thread.ident:
             return
         while True:
@@ -415,13 +415,19 @@ class _Flight:
             except KeyboardInterrupt:  # the one already on its way out is the caller's
                 continue
 
-    def answer(self) -> dict[str, Any]:
+    def result(self) -> Any:
         self.done.wait()
-        answer, error = self.outcome
+        value, error = self.outcome
         if error is not None:
             raise error
-        assert answer is not None
-        return answer
+        return value
+
+
+def _flight(client: SyncClient, device_id: str, rows: list[tuple[str, str]], witness: str | None,
+            known: str | None) -> _OnThread:
+    """One push batch in flight (``_push_rows``), not yet started."""
+    return _OnThread(lambda: client.push(device_id, [body for _, body in rows], witness=witness, known=known),
+                     "crm-push")
 
 
 def resend_kept(device: Device, client: SyncClient, *, batch: int = PUSH_BATCH) -> int:
@@ -493,38 +499,31 @@ class _Prefetch:
     def __init__(self, client: SyncClient) -> None:
         self.client = client
         self.request: dict[str, Any] | None = None
-        self.thread: threading.Thread | None = None
-        self.outcome: tuple[dict[str, Any] | None, list[Op] | None, BaseException | None] = (None, None, None)
+        self.job: _OnThread | None = None
 
     def start(self, request: dict[str, Any]) -> None:
         self.request = request
 
-        def fetch() -> None:
+        def fetch() -> tuple[dict[str, Any], list[Op] | None]:
+            answer = self.client.pull(**request)
             try:
-                answer = self.client.pull(**request)
-            except BaseException as exc:  # handed to the caller by take()
-                self.outcome = (None, None, exc)
-                return
-            try:
-                self.outcome = (answer, _pulled_ops(answer.get("ops", [])), None)
+                return answer, _pulled_ops(answer.get("ops", []))
             except Exception:  # an unusable page: decoded again where pages are judged
-                self.outcome = (answer, None, None)
+                return answer, None
 
-        self.thread = threading.Thread(target=fetch, name="crm-pull-prefetch", daemon=True)
-        self.thread.start()
+        self.job = _OnThread(fetch, "crm-pull-prefetch")
+        self.job.start()
 
     def take(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Op] | None]:
         """The answer fetched for ``request`` and its decoded ops; (None, None) when none was."""
-        if self.thread is None:
+        if self.job is None:
             return None, None
-        self.thread.join()
-        fetched, (answer, ops, error) = self.request, self.outcome
-        self.thread, self.request, self.outcome = None, None, (None, None, None)
+        job, fetched = self.job, self.request
+        self.job, self.request = None, None
+        job.wait()
         if fetched != request:
             return None, None
-        if error is not None:
-            raise error
-        return answer, ops
+        return job.result()
 
 
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:

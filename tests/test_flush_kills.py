@@ -110,7 +110,7 @@ def test_a_pull_killed_at_each_of_its_flushes_still_delivers_everything(tmp_path
 
 def test_a_push_of_several_batches_killed_at_each_of_its_flushes_delivers_every_op_once(tmp_path: Path) -> None:
     """The push keeps one batch in flight while the device counts the next one's attempt and
-    stores the answer before it (crm.sync._Flight): a kill at any of those flushes, with a batch
+    stores the answer before it (crm.sync._OnThread): a kill at any of those flushes, with a batch
     on its way to the server or already in its log, must still end with every op delivered once
     and nothing left queued once the app syncs again."""
     from crm import Change, Device

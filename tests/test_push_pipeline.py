@@ -1,5 +1,5 @@
 """A long outbox is pushed with one batch in flight while the device stores the answer before it
-(crm.sync._Flight): the server still gets the batches one after the other, each sent after the
+(crm.sync._OnThread): the server still gets the batches one after the other, each sent after the
 answer to the one before and with the continuity claims that answer gave; an answer that stops
 the run (an op ahead of the server's clock, a whole batch refused, no answer) leaves every queued
 op's attempt count equal to the times it was really sent.
@@ -244,7 +244,7 @@ def test_ops_the_server_logged_after_this_batch_are_never_re_stamped(queued):
 def test_a_ctrl_c_while_a_push_is_in_flight_leaves_only_once_the_push_is_over():
     """The sync lock is let go only after the push in flight has its answer (or its error): a
     Ctrl-C that lands while the device waits for it is the caller's to raise, after that."""
-    from crm.sync import _Flight
+    from crm.sync import _flight
 
     release, pushed = threading.Event(), []
 
@@ -254,7 +254,7 @@ def test_a_ctrl_c_while_a_push_is_in_flight_leaves_only_once_the_push_is_over():
             pushed.append(bodies)
             return {"acked": []}
 
-    flight = _Flight(SlowClient(), "dev-1", [("op-1", "{}")], None, None)
+    flight = _flight(SlowClient(), "dev-1", [("op-1", "{}")], None, None)
     flight.start()
 
     class CtrlCOnce:

@@ -13,17 +13,21 @@ import json
 import threading
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 import respx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import crm.sync
 from crm.device import Device
 from crm.errors import ServerError, ServerUnreachableError
 from crm.server import ServerStore
 from crm.server.app import create_app
 from crm.sync import SyncClient, push_outbox
-from tests.support import AppTransport
+from tests.support import AppTransport, examples
 
 ORG, URL, BATCH = "acme", "http://crm-server.test", 2
 
@@ -276,3 +280,64 @@ def test_a_ctrl_c_while_a_push_is_in_flight_leaves_only_once_the_push_is_over():
     flight.done = CtrlCOnce(flight.done)
     flight.wait()
     assert flight.done.interrupted and pushed == [["{}"]]
+
+
+class Faulty(httpx.BaseTransport):
+    """AppTransport whose pushes meet the faults ``plan`` draws, in order: "ok"; "down" (refused
+    before the server sees it); "busy" (a 503, nothing applied); "lost" (applied and committed, then
+    the answer lost on the way back). Pulls always go through."""
+
+    def __init__(self, inner: AppTransport, plan: list[str]) -> None:
+        self.inner, self.plan = inner, list(plan)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        fault = self.plan.pop(0) if request.url.path == "/v1/push" and self.plan else "ok"
+        if fault == "down":
+            raise httpx.ConnectError("connection refused", request=request)
+        if fault == "busy":
+            return httpx.Response(503, json={"error": "unavailable", "message": "try later"}, request=request)
+        response = self.inner.handle_request(request)
+        if fault == "lost":
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.integers(1, 24), batch=st.integers(1, 5), edits=st.lists(st.integers(0, 23), max_size=8),
+       plan=st.lists(st.sampled_from(["ok", "ok", "down", "busy", "lost"]), max_size=12))
+def test_any_faults_between_pipelined_batches_end_with_every_op_once_and_the_same_records(
+        tmp_path_factory, ops, batch, edits, plan):
+    """However the pushes of a pipelined run fail (refused, busy, or committed with the answer
+    lost), syncing again until the outbox is empty leaves every op in the server's log once and
+    the server's records equal to the device's."""
+    tmp = tmp_path_factory.mktemp("faults")
+    store = ServerStore.open(tmp / "server")
+    app = AppTransport()
+    app.serve(create_app(store))
+    dev = Device.init(tmp / "home", rep="a", server_url=URL, token=store.add_token(ORG, "a"))
+    try:
+        made = [dev.create("account", {"name": f"Shop {n}"})["id"] for n in range(ops)]
+        for n, target in enumerate(edits):  # edits queued after the creates: order matters on the server
+            dev.edit("account", made[target % ops], {"city": f"City {n}"})
+        queued = [op_id for op_id, _ in dev.pending_ops(limit=1000)]
+        transport = Faulty(app, plan)
+        with SyncClient(base_url=URL, token=dev.credentials()[1], transport=transport) as client:
+            for _ in range(len(plan) + 2):
+                try:
+                    with mock.patch.object(crm.sync, "PUSH_BATCH", batch):
+                        crm.sync.sync_once(dev, client=client)
+                    break
+                except (ServerError, ServerUnreachableError):
+                    continue
+            else:
+                pytest.fail(f"still failing after the plan ran out: {transport.plan}")
+        assert dev.outbox()["pending"] == 0 and dev.outbox(rejected=True)["rejected"] == 0
+        with store.db.snapshot() as conn:
+            logged = [row[0] for row in conn.execute("SELECT op_id FROM ops WHERE org = ?", (ORG,))]
+        mine = [op_id for op_id in logged if op_id in set(queued)]
+        assert sorted(mine) == sorted(queued), "an op missing from the log, or logged twice"
+        assert store.export(ORG)["account"] == dev.export()["account"]
+    finally:
+        dev.close()
+        store.close()
+        app.shutdown()

@@ -415,8 +415,16 @@ class _OnThread:
             except KeyboardInterrupt:  # the one already on its way out is the caller's
                 continue
 
+    def join(self) -> None:
+        """Until the work is over; a Ctrl-C meanwhile waits for it to end too, then goes on its way."""
+        try:
+            self.done.wait()
+        except BaseException:
+            self.wait()
+            raise
+
     def result(self) -> Any:
-        self.done.wait()
+        self.join()
         value, error = self.outcome
         if error is not None:
             raise error
@@ -520,7 +528,7 @@ class _Prefetch:
             return None, None
         job, fetched = self.job, self.request
         self.job, self.request = None, None
-        job.wait()
+        job.join()
         if fetched != request:
             return None, None
         return job.result()
@@ -529,49 +537,53 @@ class _Prefetch:
 def pull_changes(device: Device, client: SyncClient, *, page: int = PULL_PAGE) -> tuple[int, int]:
     pulled = applied = resets = 0
     prefetch = _Prefetch(client)
-    while True:
-        request = _pull_request(device, page)
-        cursor, part, refill = request["cursor"], request["part"], request["own"]
-        answer, ops = prefetch.take(request)
-        if answer is None:
-            answer = client.pull(**request)
-        try:
-            if ops is None:
-                ops = _pulled_ops(answer.get("ops", []))
-            new_cursor = int(answer["cursor"])
-            scope = answer.get("scope")
-            moves = answer.get("moves") or []
-            new_part = answer.get("part") or ""  # an older server sends none: it never stops inside a move
-            if not isinstance(new_part, str) or " " in new_part:
-                raise TypeError("part is not ENTITY:ID")
-            if scope is not None and not isinstance(scope, dict):
-                raise TypeError("scope is not an object")
-            for move in moves:
-                if not isinstance(move.get("account"), str) or not (move.get("drop") is True or all(
-                        isinstance(row, list) and len(row) == 4 for row in move["records"])):
-                    raise TypeError("a move is neither a drop nor a snapshot")
-        except (OpFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ServerError(f"the server sent an unusable pull page: {exc}") from None
-        if answer.get("reset"):  # the rep's territories changed (docs/sync-protocol.md, "Territories")
-            if scope is None or resets >= MAX_SCOPE_RESETS:
-                raise ServerError("the server kept changing this rep's territories during the sync; try again")
-            resets += 1
-            device.reset_scope(scope)
-            continue
-        if new_cursor < cursor:
-            raise ServerError("the server's pull cursor went backwards")
-        if answer.get("more") and (new_cursor, new_part) == (cursor, part):
-            raise ServerError("the server's pull made no progress (the same cursor and part again)")
-        if answer.get("more"):
-            prefetch.start(_request_after(request, answer))
-        applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
-                                       latest=_latest(answer), moves=moves, scope=scope, own=refill,
-                                       part=f"{new_cursor} {new_part}" if new_part else "",
-                                       refilled=refill and not answer.get("more"))
-        pulled += len(ops)
-        if not answer.get("more"):
-            device.sweep_orphans()
-            return pulled, applied
+    try:
+        while True:
+            request = _pull_request(device, page)
+            cursor, part, refill = request["cursor"], request["part"], request["own"]
+            answer, ops = prefetch.take(request)
+            if answer is None:
+                answer = client.pull(**request)
+            try:
+                if ops is None:
+                    ops = _pulled_ops(answer.get("ops", []))
+                new_cursor = int(answer["cursor"])
+                scope = answer.get("scope")
+                moves = answer.get("moves") or []
+                new_part = answer.get("part") or ""  # an older server sends none: it never stops inside a move
+                if not isinstance(new_part, str) or " " in new_part:
+                    raise TypeError("part is not ENTITY:ID")
+                if scope is not None and not isinstance(scope, dict):
+                    raise TypeError("scope is not an object")
+                for move in moves:
+                    if not isinstance(move.get("account"), str) or not (move.get("drop") is True or all(
+                            isinstance(row, list) and len(row) == 4 for row in move["records"])):
+                        raise TypeError("a move is neither a drop nor a snapshot")
+            except (OpFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ServerError(f"the server sent an unusable pull page: {exc}") from None
+            if answer.get("reset"):  # the rep's territories changed (docs/sync-protocol.md, "Territories")
+                if scope is None or resets >= MAX_SCOPE_RESETS:
+                    raise ServerError("the server kept changing this rep's territories during the sync; try again")
+                resets += 1
+                device.reset_scope(scope)
+                continue
+            if new_cursor < cursor:
+                raise ServerError("the server's pull cursor went backwards")
+            if answer.get("more") and (new_cursor, new_part) == (cursor, part):
+                raise ServerError("the server's pull made no progress (the same cursor and part again)")
+            if answer.get("more"):
+                prefetch.start(_request_after(request, answer))
+            applied += device.apply_remote(ops, cursor=str(new_cursor), witness=_witness(answer),
+                                           latest=_latest(answer), moves=moves, scope=scope, own=refill,
+                                           part=f"{new_cursor} {new_part}" if new_part else "",
+                                           refilled=refill and not answer.get("more"))
+            pulled += len(ops)
+            if not answer.get("more"):
+                device.sweep_orphans()
+                return pulled, applied
+    finally:
+        if prefetch.job is not None:  # a page asked for and never taken: no read outlives the sync
+            prefetch.job.wait()
 
 
 @contextlib.contextmanager

@@ -163,3 +163,69 @@ def test_a_witness_that_is_no_position_is_not_kept(world):
     _, app, fresh = world
     _pull(app, fresh, recording=BadWitness(app))  # not a crash: the claim is left out, as a missing one
     assert _accounts(fresh) == RECORDS and fresh.continuity()[0] is None
+
+
+class HeldPrefetch(Recording):
+    """Recording, holding the second pull (the prefetch) until ``release`` is set; ``finished``
+    once that pull has its answer."""
+
+    def __init__(self, inner: AppTransport) -> None:
+        super().__init__(inner)
+        self.release, self.finished = threading.Event(), threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        second = request.url.path == "/v1/pull" and len(self.cursors) == 1
+        if second:
+            assert self.release.wait(timeout=60)
+        response = super().handle_request(request)
+        if second:
+            self.finished.set()
+        return response
+
+
+def test_a_pull_that_fails_while_a_page_is_fetched_ahead_waits_for_that_fetch(world, monkeypatch):
+    """No request of a sync outlives it (nor its lock, nor the client it closes): a page asked
+    for ahead and never taken is waited for before the failure goes on its way."""
+    _, app, fresh = world
+    recording = HeldPrefetch(app)
+
+    def fail_once_the_next_page_is_on_its_way(*args, **kwargs):
+        recording.release.set()
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(fresh, "apply_remote", fail_once_the_next_page_is_on_its_way)
+    with pytest.raises(OSError):
+        _pull(app, fresh, recording=recording)
+    assert recording.finished.is_set(), "the sync ended while a page it asked for was still on its way"
+
+
+def test_a_ctrl_c_while_waiting_for_a_page_fetched_ahead_still_stops_the_pull():
+    """Waiting for a page fetched ahead, a Ctrl-C waits for that fetch to end, then stops the
+    pull (it is not swallowed, as it is where a failure is already on its way out)."""
+    from crm.sync import _OnThread
+
+    release = threading.Event()
+    job = _OnThread(lambda: release.wait(timeout=60) and "page", "test")
+    job.start()
+
+    class CtrlCOnce:
+        def __init__(self, inner: threading.Event) -> None:
+            self.inner, self.interrupted = inner, False
+
+        def wait(self, timeout=None):
+            if not self.interrupted:
+                self.interrupted = True
+                release.set()
+                raise KeyboardInterrupt
+            return self.inner.wait(timeout)
+
+        def set(self):
+            self.inner.set()
+
+        def is_set(self):
+            return self.inner.is_set()
+
+    job.done = CtrlCOnce(job.done)
+    with pytest.raises(KeyboardInterrupt):
+        job.join()
+    assert job.done.is_set() and job.result() == "page"

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,3 +321,24 @@ def reference_profile_with(tmp_path: Path, name: str, change) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class CtrlCOnce:
+    """A thread job's ``done`` Event (crm.sync._OnThread) whose first wait is cut short by a
+    Ctrl-C; that moment also sets ``release``, letting the job's work end."""
+
+    def __init__(self, inner: threading.Event, release: threading.Event) -> None:
+        self.inner, self.release, self.interrupted = inner, release, False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.interrupted:
+            self.interrupted = True
+            self.release.set()
+            raise KeyboardInterrupt
+        return self.inner.wait(timeout)
+
+    def set(self) -> None:
+        self.inner.set()
+
+    def is_set(self) -> bool:
+        return self.inner.is_set()

@@ -21,7 +21,7 @@ from crm.server import ServerStore
 from crm.server.app import create_app
 from crm.store import MetaKey
 from crm.sync import SyncClient, pull_changes, push_outbox
-from tests.support import AppTransport
+from tests.support import AppTransport, CtrlCOnce
 
 ORG, URL, RECORDS, PAGE = "acme", "http://crm-server.test", 7, 2
 
@@ -208,24 +208,7 @@ def test_a_ctrl_c_while_waiting_for_a_page_fetched_ahead_still_stops_the_pull():
     job = _OnThread(lambda: release.wait(timeout=60) and "page", "test")
     job.start()
 
-    class CtrlCOnce:
-        def __init__(self, inner: threading.Event) -> None:
-            self.inner, self.interrupted = inner, False
-
-        def wait(self, timeout=None):
-            if not self.interrupted:
-                self.interrupted = True
-                release.set()
-                raise KeyboardInterrupt
-            return self.inner.wait(timeout)
-
-        def set(self):
-            self.inner.set()
-
-        def is_set(self):
-            return self.inner.is_set()
-
-    job.done = CtrlCOnce(job.done)
+    job.done = CtrlCOnce(job.done, release)
     with pytest.raises(KeyboardInterrupt):
         job.join()
     assert job.done.is_set() and job.result() == "page"

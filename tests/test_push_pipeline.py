@@ -27,7 +27,7 @@ from crm.errors import ServerError, ServerUnreachableError
 from crm.server import ServerStore
 from crm.server.app import create_app
 from crm.sync import SyncClient, push_outbox
-from tests.support import AppTransport, examples
+from tests.support import AppTransport, CtrlCOnce, examples
 
 ORG, URL, BATCH = "acme", "http://crm-server.test", 2
 
@@ -261,23 +261,7 @@ def test_a_ctrl_c_while_a_push_is_in_flight_leaves_only_once_the_push_is_over():
     flight = _flight(SlowClient(), "dev-1", [("op-1", "{}")], None, None)
     flight.start()
 
-    class CtrlCOnce:
-        """The flight's Event, but its first wait is cut short by a Ctrl-C, which lets the push go."""
-
-        def __init__(self, inner: threading.Event) -> None:
-            self.inner, self.interrupted = inner, False
-
-        def wait(self, timeout=None):
-            if not self.interrupted:
-                self.interrupted = True
-                release.set()
-                raise KeyboardInterrupt
-            return self.inner.wait(timeout)
-
-        def set(self):
-            self.inner.set()
-
-    flight.done = CtrlCOnce(flight.done)
+    flight.done = CtrlCOnce(flight.done, release)
     flight.wait()
     assert flight.done.interrupted and pushed == [["{}"]]
 

@@ -138,6 +138,7 @@ def _read(path: Path, report: Report) -> None:
         _unreadable(path, report, "file", f"SQLite cannot open it: {exc}", exc)
         return
     try:
+        conn.execute("PRAGMA temp_store = MEMORY")  # a full /var/tmp is no damage to report
         if _database_ok(conn, report):
             conn.execute("BEGIN")  # one snapshot for every consistency check
             _consistent(conn, report)

@@ -347,6 +347,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=timeout_ms / 1000, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+    # A statement's undo pages in memory, not in a file in SQLITE_TMPDIR or /var/tmp: a full
+    # temporary directory must not refuse a write (or a sync) whose store has room.
+    conn.execute("PRAGMA temp_store = MEMORY")
     conn.create_function("crm_op_key", 1, op_key, deterministic=True)
     conn.create_function("crm_pack_op", 1, pack_op, deterministic=True)
     return conn

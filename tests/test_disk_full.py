@@ -231,3 +231,29 @@ def test_a_server_whose_disk_fills_answers_503_keeps_serving_and_takes_the_rest_
         assert server.export("acme") == crm_process("export", home=home).stdout
         stats = server.ok("server", "stats", *server.where, "--org", "acme", "--json")
         assert stats == {"ops": 301, "records": 301}, "each op once"
+
+
+@pytest.mark.process
+def test_a_server_whose_temporary_directory_is_full_still_takes_pushes(small_disk, tmp_path, monkeypatch):
+    """The operator's /var/tmp (or whatever SQLITE_TMPDIR names) is full, the data directory is not.
+    A push writes its batch in multi-row statements, which SQLite may have to roll back one at a
+    time: it kept each statement's undo pages in a temporary file (about 2 KB an op, 40 MB for a
+    20,000-op push), so a full temporary directory refused every push with "disk full". The
+    server keeps them in memory (bounded by one statement's rows)."""
+    from tests.support import running_server
+
+    spare = small_disk / "tmp"
+    spare.mkdir()
+    _fill(small_disk / "filler")
+    monkeypatch.setenv("SQLITE_TMPDIR", str(spare))  # the server's and the devices' temporary files
+    with running_server(tmp_path / "server") as server:
+        token = server.add_rep("acme", "rep-1")
+        home = server.device(tmp_path, "rep-1", token)
+        rows = tmp_path / "accounts.csv"
+        rows.write_text("name,address\n" + "".join(f"Shop {i},{'Long Road ' * 40}{i}\n" for i in range(300)))
+        assert crm_process("import", "accounts", str(rows), home=home).code == 0
+        synced = crm_process("sync", home=home)
+        assert synced.code == 0, synced.stderr
+        assert crm_process("outbox", "--json", home=home).json["pending"] == 0
+        assert server.ok("server", "stats", *server.where, "--org", "acme", "--json") == {"ops": 300, "records": 300}
+        assert server.export("acme") == crm_process("export", home=home).stdout

@@ -190,6 +190,10 @@ class SqliteDatabase(Database):
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            # A push's multi-row statements keep their undo pages (about 2 KB an op) in memory,
+            # bounded by one statement, not in a file in SQLITE_TMPDIR or /var/tmp: a full
+            # temporary directory must not refuse pushes (tests/test_disk_full.py).
+            conn.execute("PRAGMA temp_store = MEMORY")
             self._local.conn = conn
             with self._opened_lock:
                 self._opened.append(conn)

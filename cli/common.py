@@ -72,7 +72,7 @@ def open_device(ctx: typer.Context, *, reopen_agent: bool = True) -> Iterator[De
     from crm import Device
 
     device = Device.open(home(ctx))
-    if reopen_agent and device.autosync:
+    if reopen_agent and device.autosync and not device.store.read_only:
         from crm.agent import ensure_running
 
         ensure_running(home(ctx))

@@ -38,6 +38,7 @@ from .errors import (
     StateError,
     StoreCorruptError,
     StoreLockedError,
+    StoreReadOnlyError,
     ValidationError,
 )
 from .hlc import HybridClock, ServerTime
@@ -90,7 +91,7 @@ def _catch_up_if_possible(store: Store) -> int:
     try:
         with store.write() as conn:
             return _catch_up_index(store, conn)
-    except (DiskFullError, StoreLockedError):
+    except (DiskFullError, StoreLockedError, StoreReadOnlyError):
         return 0
 
 
@@ -116,8 +117,9 @@ class Device:
             problem = meta_problem(meta)
             if problem:  # without a device id and a readable clock no change can be stamped
                 raise meta_error(store.path, problem, store.holds_data())
-            if meta.get(MetaKey.SEARCH_FOLD) != search.FOLD_VERSION:  # another Python or crm folds
-                with store.write() as conn:                           # otherwise: index again
+            if meta.get(MetaKey.SEARCH_FOLD) != search.FOLD_VERSION and not store.read_only:
+                # another Python or crm folds otherwise: index again (read-only, it is read as it is)
+                with store.write() as conn:
                     search.rebuild(conn)
                     store.set_meta(conn, MetaKey.SEARCH_FOLD, search.FOLD_VERSION)
                     store.set_meta(conn, MetaKey.SEARCH_BEHIND, "")

@@ -117,6 +117,14 @@ class DiskFullError(CrmError):
                    "command again once there is room")
 
 
+class StoreReadOnlyError(CrmError):
+    """The home is on a read-only file system (a backup mounted to be looked at, storage the kernel
+    remounted read-only): the store can be read, not changed; nothing was changed."""
+
+    exit_code = 14
+    kind = "store_read_only"
+
+
 class ServerUnreachableError(CrmError):
     """The sync server could not be reached or did not answer in time; work stays queued."""
 

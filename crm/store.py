@@ -32,6 +32,7 @@ from .errors import (
     StoreCorruptError,
     StoreLockedError,
     StoreMissingError,
+    StoreReadOnlyError,
     UsageError,
 )
 
@@ -313,7 +314,9 @@ def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
         return StoreCorruptError(
             f"the store {path} is damaged ({exc}); it was not changed. "
             "Run `crm doctor` or restore it from a backup")
-    if "readonly" in text or "unable to open" in text or "disk i/o" in text:
+    if "readonly" in text:  # the store file or its home cannot be written by this process
+        return StoreReadOnlyError(_read_only_words(path, exc))
+    if "unable to open" in text or "disk i/o" in text:
         return StoreMissingError(f"cannot use the store {path}: {exc}")
     return StoreCorruptError(f"the store {path} could not be read: {exc}")
 
@@ -342,10 +345,34 @@ def sqlite_errors(path: Path) -> Iterator[None]:
         raise _map_sqlite_error(exc, path) from exc
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _read_only_words(path: Path, why: object = "it is on a read-only file system") -> str:
+    return (f"the store {path} cannot be changed ({why}): nothing was changed. crm can still read "
+            "it (ls, show, search, export); to change it, remount its file system read-write, or copy "
+            "the home to a writable place and point --home at the copy")
+
+
+def _read_only_home(home: Path) -> bool:
+    """Whether ``home`` is on a file system mounted read-only, or a directory this process cannot
+    write: SQLite could not create the files beside a WAL store that it is read through."""
+    try:
+        if os.statvfs(home).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(home, os.W_OK | os.X_OK)
+
+
+def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     timeout_ms = busy_timeout_ms()
-    conn = sqlite3.connect(path, timeout=timeout_ms / 1000, isolation_level=None,
-                           check_same_thread=False)
+    target: Path | str = path
+    if read_only:  # read as it is: immutable (nothing opened beside it) unless a WAL holds changes
+        from urllib.parse import quote
+
+        wal = Path(f"{path}-wal")
+        live = wal.is_file() and wal.stat().st_size > 0
+        target = f"file:{quote(str(path))}?{'mode=ro' if live else 'immutable=1'}"
+    conn = sqlite3.connect(target, timeout=timeout_ms / 1000, isolation_level=None,
+                           check_same_thread=False, uri=read_only)
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
     # A statement's undo pages in memory, not in a file in SQLITE_TMPDIR or /var/tmp: a full
     # temporary directory must not refuse a write (or a sync) whose store has room.
@@ -366,9 +393,10 @@ def _configure(conn: sqlite3.Connection) -> None:
 class Store:
     """An open store. Use ``Store.open`` (existing) or ``Store.create`` (new)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, read_only: bool = False) -> None:
         self.conn = conn
         self.path = path
+        self.read_only = read_only  # its home is on a read-only file system: ``write`` refuses
         self.replaced: str | None = None  # set by ``create``: why an unfinished store was replaced
 
     # -- opening -----------------------------------------------------------------------------
@@ -422,14 +450,21 @@ class Store:
                 f"the store {path} is empty (0 bytes), probably left by an interrupted `crm init`; it holds "
                 "nothing, so `crm init --rep NAME` creates it again (`crm doctor --repair` clears it). If "
                 "this device had data, restore crm.sqlite3 from a backup instead")
+        read_only = _read_only_home(path.parent)
         with sqlite_errors(path):
-            conn = _connect(path)
+            conn = _connect(path, read_only=read_only)
             try:
                 app_id = conn.execute("PRAGMA application_id").fetchone()[0]
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 unfinished = app_id == 0 and version == 0 and not _tables(conn)
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
                 conn.close()
+                if read_only:  # a write-ahead log on a read-only file system, without its index file
+                    raise StoreReadOnlyError(
+                        f"the store {path} is on a read-only file system and its latest changes are in "
+                        f"{path.name}-wal, which SQLite cannot read there ({exc}); nothing was changed. "
+                        "Copy the home, with every crm.sqlite3* file, to a writable place and point --home "
+                        "at the copy") from None
                 raise
             if unfinished:
                 conn.close()
@@ -445,6 +480,13 @@ class Store:
                 raise SchemaTooNewError(
                     f"the store {path} has schema version {version}, newer than this crm "
                     f"understands ({SCHEMA_VERSION}); upgrade crm to use it. It was not changed")
+            if read_only:
+                if version < SCHEMA_VERSION:
+                    conn.close()
+                    raise StoreReadOnlyError(_read_only_words(
+                        path, f"it is on a read-only file system, and this crm reads it only after upgrading it "
+                              f"from schema version {version} to {SCHEMA_VERSION}, which writes it"))
+                return cls(conn, path, read_only=True)
             _configure(conn)
             store = cls(conn, path)
             if version < SCHEMA_VERSION:
@@ -466,7 +508,13 @@ class Store:
     # -- transactions ------------------------------------------------------------------------
     def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One atomic write transaction; BEGIN IMMEDIATE so concurrent writers queue, not deadlock."""
+        self.ensure_writable()
         return transaction(self.conn, self.path, "BEGIN IMMEDIATE")
+
+    def ensure_writable(self) -> None:
+        """StoreReadOnlyError when the store was opened read-only (its home cannot be written)."""
+        if self.read_only:
+            raise StoreReadOnlyError(_read_only_words(self.path))
 
     def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A consistent snapshot for multi-statement reads."""

@@ -605,6 +605,7 @@ def _learnt(client: SyncClient) -> dict[str, str]:
 
 def sync_once(device: Device, *, client: SyncClient | None = None) -> SyncResult:
     """Push then pull. Raises ServerUnreachableError / AuthRefusedError / ServerError."""
+    device.store.ensure_writable()  # before the lock file, and before anything is sent
     with _one_sync_at_a_time(device):
         device.reload_identity()  # another process may have given this home a new device id
         return _sync_once(device, client)

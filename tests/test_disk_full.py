@@ -39,8 +39,8 @@ def _cannot_grow(monkeypatch) -> None:
     answers a write that needs one with SQLITE_FULL ("database or disk is full"), as on a full disk."""
     real = crm_store._connect
 
-    def capped(path):
-        conn = real(path)
+    def capped(path, **options):
+        conn = real(path, **options)
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         conn.execute(f"PRAGMA max_page_count = {max(pages, 1)}")
         return conn

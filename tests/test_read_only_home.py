@@ -116,3 +116,22 @@ def test_a_home_on_a_file_system_remounted_read_only(read_only_disk):
         assert now.stdout == result.stdout, args
     _refused(crm_process("visit", "log", "--account", account, "--outcome", "again", "--json", home=home))
     _refused(crm_process("sync", "--json", home=home))
+
+
+@pytest.mark.process
+def test_changes_still_in_the_write_ahead_log_are_read_on_a_read_only_home(read_only_disk):
+    """Power lost (or the app killed) before SQLite folded its log into the store, then the file
+    system came back read-only: the last changes exist only in crm.sqlite3-wal. Opened immutable,
+    the store would show the rep an older state; it is read with its log."""
+    import sys
+
+    disk, seal = read_only_disk
+    home = disk / "home"
+    _made(home)
+    subprocess.run([sys.executable, "-c", "import os, sys\nfrom pathlib import Path\nfrom crm import Device\n"
+                    "Device.open(Path(sys.argv[1])).create('account', {'name': 'Only In The Log'})\nos._exit(0)",
+                    str(home)], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert (home / "crm.sqlite3-wal").stat().st_size > 0
+    seal()
+    names = {a["name"] for a in crm_process("account", "ls", "--json", home=home).json}
+    assert names == {"Corner Store", "Only In The Log"}

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,30 @@ class Server:
         result = self.crm("server", "export", *self.where, "--org", org)
         assert result.code == 0, result.stderr
         return result.stdout
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: str) -> Iterator[Callable[[], None]]:
+    """A tmpfs of ``size`` mounted at ``where`` (made) for a test; yields a function that remounts
+    it read-only. Needs root and mount(8): skips the test saying why otherwise."""
+    import pytest
+
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    where.mkdir()
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this machine does not let the test mount a tmpfs: {done.stderr.strip()}")
+
+    def seal() -> None:
+        subprocess.run([mount, "-o", "remount,ro", str(where)], check=True, capture_output=True)
+
+    try:
+        yield seal
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from crm import store as crm_store
 from tests.support import crm as crm_process
 from tests.support import crm_inprocess as crm
-from tests.support import home_with_an_account, outbox_ops
+from tests.support import home_with_an_account, mounted_tmpfs, outbox_ops
 
 STORE = "crm.sqlite3"
 WORDS = "free space; nothing was lost"
@@ -133,19 +131,8 @@ def test_doctor_says_the_disk_is_full(home, monkeypatch):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MiB tmpfs mounted for this test (needs root, or skips saying why)."""
-    mount = shutil.which("mount")
-    if os.geteuid() != 0 or mount is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    where = tmp_path / "disk"
-    where.mkdir()
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"this machine does not let the test mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "disk", "2m"):
+        yield tmp_path / "disk"
 
 
 def _fill(path: Path) -> None:

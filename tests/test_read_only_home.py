@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from crm import Device
 from crm import store as crm_store
 from tests.support import crm as crm_process
 from tests.support import crm_inprocess as crm
+from tests.support import mounted_tmpfs
 
 READS = (("account", "ls", "--json"), ("search", "corner", "--json"), ("export",), ("status", "--json"),
          ("outbox", "--json"), ("doctor", "--json"))
@@ -82,24 +81,10 @@ def test_a_store_that_needs_an_upgrade_says_so_on_a_read_only_home(tmp_path, mon
 # -- a real read-only file system ---------------------------------------------------------------
 @pytest.fixture
 def read_only_disk(tmp_path):
-    """A tmpfs mounted for this test, remounted read-only by ``seal`` (needs root, or skips)."""
-    mount = shutil.which("mount")
-    if os.geteuid() != 0 or mount is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    where = tmp_path / "disk"
-    where.mkdir()
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"this machine does not let the test mount a tmpfs: {done.stderr.strip()}")
-
-    def seal() -> None:
-        subprocess.run([mount, "-o", "remount,ro", str(where)], check=True, capture_output=True)
-
-    try:
-        yield where, seal
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+    """A tmpfs mounted for this test, and the function that remounts it read-only (needs root, or
+    skips saying why)."""
+    with mounted_tmpfs(tmp_path / "disk", "8m") as seal:
+        yield tmp_path / "disk", seal
 
 
 @pytest.mark.process

@@ -302,6 +302,9 @@ def os_error(exc: OSError, path: Path, doing: str) -> CrmError:
     return StoreMissingError(f"cannot {doing} {path}: {exc.strerror}")
 
 
+_READONLY_DBMOVED = 1032  # SQLITE_READONLY_DBMOVED: the file was replaced while open (a restore)
+
+
 def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
     text = str(exc).lower()
     if is_disk_full(exc, path):
@@ -314,9 +317,9 @@ def _map_sqlite_error(exc: sqlite3.Error, path: Path) -> CrmError:
         return StoreCorruptError(
             f"the store {path} is damaged ({exc}); it was not changed. "
             "Run `crm doctor` or restore it from a backup")
-    if "readonly" in text:  # the store file or its home cannot be written by this process
-        return StoreReadOnlyError(_read_only_words(path, exc))
-    if "unable to open" in text or "disk i/o" in text:
+    if "readonly" in text and getattr(exc, "sqlite_errorcode", None) != _READONLY_DBMOVED:
+        return StoreReadOnlyError(_read_only_words(path, exc))  # the file or its home is not writable
+    if "readonly" in text or "unable to open" in text or "disk i/o" in text:
         return StoreMissingError(f"cannot use the store {path}: {exc}")
     return StoreCorruptError(f"the store {path} could not be read: {exc}")
 

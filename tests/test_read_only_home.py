@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -120,3 +121,40 @@ def test_changes_still_in_the_write_ahead_log_are_read_on_a_read_only_home(read_
     seal()
     names = {a["name"] for a in crm_process("account", "ls", "--json", home=home).json}
     assert names == {"Corner Store", "Only In The Log"}
+
+
+def _error_of(conn, sql: str) -> Exception:
+    with pytest.raises(Exception) as caught:
+        conn.execute(sql)
+    return caught.value
+
+
+def test_sqlites_own_read_only_refusals_are_told_apart(tmp_path):
+    """A store file this process may not write (SQLITE_READONLY) is exit 14; a store file replaced
+    under an open connection (SQLITE_READONLY_DBMOVED: a restore while the agent runs) is not a
+    read-only file system, and is not told to remount one."""
+    import sqlite3
+
+    path = tmp_path / "crm.sqlite3"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE t (x)")
+    setup.commit()
+    setup.close()
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    mapped = crm_store._map_sqlite_error(_error_of(read_only, "INSERT INTO t VALUES (1)"), path)
+    read_only.close()
+    assert mapped.exit_code == 14 and mapped.kind == "store_read_only", mapped.message
+    assert "readonly database" in mapped.message and "nothing was changed" in mapped.message
+
+    conn = sqlite3.connect(path)
+    other = tmp_path / "other.sqlite3"
+    replacement = sqlite3.connect(other)
+    replacement.execute("CREATE TABLE t (x)")
+    replacement.commit()
+    replacement.close()
+    conn.execute("SELECT * FROM t").fetchall()
+    os.replace(other, path)
+    moved = _error_of(conn, "INSERT INTO t VALUES (1)")
+    conn.close()
+    assert moved.sqlite_errorcode == crm_store._READONLY_DBMOVED, moved
+    assert crm_store._map_sqlite_error(moved, path).exit_code == 5

@@ -276,23 +276,28 @@ def check_home(home: Path) -> Path:
 
 
 def no_space_left(directory: Path) -> bool:
+    """Whether the file system holding ``directory`` has (next to) no space or no free inode left:
+    either way SQLite can neither grow the store nor create the files beside it."""
     try:
         fs = os.statvfs(directory)
     except OSError:
         return False
-    free = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
-    return free * fs.f_frsize < LOW_SPACE_BYTES
+    root = os.geteuid() == 0
+    free, inodes = (fs.f_bfree, fs.f_ffree) if root else (fs.f_bavail, fs.f_favail)
+    return free * fs.f_frsize < LOW_SPACE_BYTES or (fs.f_files > 0 and inodes == 0)
 
 
 def is_disk_full(exc: sqlite3.Error, path: Path) -> bool:
     """Whether SQLite failed for want of space: SQLITE_FULL, or an I/O error (growing the WAL or
-    its shared-memory file) on a file system with no space left."""
+    its shared-memory file) or a file it could not create (the WAL, with no inode left) on a file
+    system with no space left."""
     code = getattr(exc, "sqlite_errorcode", None)
     text = str(exc).lower()
     if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
         return True
     io_error = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk i/o error" in text
-    return io_error and no_space_left(Path(path).parent)
+    cannot_open = (code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN) or "unable to open" in text
+    return (io_error or cannot_open) and no_space_left(Path(path).parent)
 
 
 def os_error(exc: OSError, path: Path, doing: str) -> CrmError:
@@ -365,15 +370,18 @@ def _read_only_home(home: Path) -> bool:
     return not os.access(home, os.W_OK | os.X_OK)
 
 
+def _wal_holds_changes(path: Path) -> bool:
+    wal = Path(f"{path}-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
 def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     timeout_ms = busy_timeout_ms()
     target: Path | str = path
     if read_only:  # read as it is: immutable (nothing opened beside it) unless a WAL holds changes
         from urllib.parse import quote
 
-        wal = Path(f"{path}-wal")
-        live = wal.is_file() and wal.stat().st_size > 0
-        target = f"file:{quote(str(path))}?{'mode=ro' if live else 'immutable=1'}"
+        target = f"file:{quote(str(path))}?{'mode=ro' if _wal_holds_changes(path) else 'immutable=1'}"
     conn = sqlite3.connect(target, timeout=timeout_ms / 1000, isolation_level=None,
                            check_same_thread=False, uri=read_only)
     conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
@@ -396,10 +404,14 @@ def _configure(conn: sqlite3.Connection) -> None:
 class Store:
     """An open store. Use ``Store.open`` (existing) or ``Store.create`` (new)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, *, read_only: bool = False) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, read_only: bool = False,
+                 full: str | None = None) -> None:
         self.conn = conn
         self.path = path
-        self.read_only = read_only  # its home is on a read-only file system: ``write`` refuses
+        # Opened as it is, ``write`` refusing: its home is on a read-only file system, or (``full``:
+        # what SQLite said) its disk had no room to create the files beside the store.
+        self.read_only = read_only or full is not None
+        self.full = full
         self.replaced: str | None = None  # set by ``create``: why an unfinished store was replaced
 
     # -- opening -----------------------------------------------------------------------------
@@ -454,21 +466,27 @@ class Store:
                 "nothing, so `crm init --rep NAME` creates it again (`crm doctor --repair` clears it). If "
                 "this device had data, restore crm.sqlite3 from a backup instead")
         read_only = _read_only_home(path.parent)
+        full: str | None = None  # no room to create the files beside the store: read it as it is
         with sqlite_errors(path):
-            conn = _connect(path, read_only=read_only)
-            try:
-                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                unfinished = app_id == 0 and version == 0 and not _tables(conn)
-            except sqlite3.Error as exc:
-                conn.close()
-                if read_only:  # a write-ahead log on a read-only file system, without its index file
-                    raise StoreReadOnlyError(
-                        f"the store {path} is on a read-only file system and its latest changes are in "
-                        f"{path.name}-wal, which SQLite cannot read there ({exc}); nothing was changed. "
-                        "Copy the home, with every crm.sqlite3* file, to a writable place and point --home "
-                        "at the copy") from None
-                raise
+            while True:
+                conn = _connect(path, read_only=read_only or full is not None)
+                try:
+                    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    unfinished = app_id == 0 and version == 0 and not _tables(conn)
+                    break
+                except sqlite3.Error as exc:
+                    conn.close()
+                    if read_only:  # a write-ahead log on a read-only file system, without its index file
+                        raise StoreReadOnlyError(
+                            f"the store {path} is on a read-only file system and its latest changes are in "
+                            f"{path.name}-wal, which SQLite cannot read there ({exc}); nothing was changed. "
+                            "Copy the home, with every crm.sqlite3* file, to a writable place and point "
+                            "--home at the copy") from None
+                    if full is None and is_disk_full(exc, path) and not _wal_holds_changes(path):
+                        full = str(exc)  # a write is refused as on any full disk (exit 12)
+                        continue
+                    raise
             if unfinished:
                 conn.close()
                 raise StoreCorruptError(
@@ -483,13 +501,15 @@ class Store:
                 raise SchemaTooNewError(
                     f"the store {path} has schema version {version}, newer than this crm "
                     f"understands ({SCHEMA_VERSION}); upgrade crm to use it. It was not changed")
-            if read_only:
+            if read_only or full is not None:
                 if version < SCHEMA_VERSION:
                     conn.close()
+                    if full is not None:
+                        raise DiskFullError.at(path.parent, full)
                     raise StoreReadOnlyError(_read_only_words(
                         path, f"it is on a read-only file system, and this crm reads it only after upgrading it "
                               f"from schema version {version} to {SCHEMA_VERSION}, which writes it"))
-                return cls(conn, path, read_only=True)
+                return cls(conn, path, read_only=read_only, full=full)
             _configure(conn)
             store = cls(conn, path)
             if version < SCHEMA_VERSION:
@@ -515,7 +535,10 @@ class Store:
         return transaction(self.conn, self.path, "BEGIN IMMEDIATE")
 
     def ensure_writable(self) -> None:
-        """StoreReadOnlyError when the store was opened read-only (its home cannot be written)."""
+        """StoreReadOnlyError when the store was opened read-only (its home cannot be written);
+        DiskFullError when it was for want of room on its disk."""
+        if self.full is not None:
+            raise DiskFullError.at(self.path.parent, self.full)
         if self.read_only:
             raise StoreReadOnlyError(_read_only_words(self.path))
 

@@ -179,16 +179,18 @@ class Server:
 
 
 @contextlib.contextmanager
-def mounted_tmpfs(where: Path, size: str) -> Iterator[Callable[[], None]]:
-    """A tmpfs of ``size`` mounted at ``where`` (made) for a test; yields a function that remounts
-    it read-only. Needs root and mount(8): skips the test saying why otherwise."""
+def mounted_tmpfs(where: Path, size: str, *, inodes: int | None = None) -> Iterator[Callable[[], None]]:
+    """A tmpfs of ``size`` (and at most ``inodes`` files) mounted at ``where`` (made) for a test;
+    yields a function that remounts it read-only. Needs root and mount(8): skips the test saying
+    why otherwise."""
     import pytest
 
     mount = shutil.which("mount")
     if os.geteuid() != 0 or mount is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     where.mkdir()
-    done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+    options = f"size={size},mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"this machine does not let the test mount a tmpfs: {done.stderr.strip()}")

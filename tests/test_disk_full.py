@@ -5,9 +5,11 @@ work). In-process, SQLite is made to answer SQLITE_FULL (a page cap on crm's con
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -161,6 +163,36 @@ def test_a_really_full_disk_is_exit_12_and_loses_nothing(small_disk):
     assert crm_process("export", home=home).stdout == before, "nothing lost, nothing half-written"
     assert crm_process("doctor", "--json", home=home).code == 0
     assert crm_process("note", "add", "--account", account, "--text", "now there is room", home=home).code == 0
+
+
+@pytest.mark.process
+def test_a_disk_out_of_inodes_is_a_full_disk_and_the_store_still_reads(tmp_path):
+    """Space left but no free inode (a disk full of small files): SQLite cannot create the files
+    beside the store that a write goes through. That was exit 5, "cannot use the store: unable to
+    open database file", for every command, reads included, while `crm doctor` said all was well."""
+    with mounted_tmpfs(tmp_path / "disk", "8m", inodes=24):
+        home = tmp_path / "disk" / "home"
+        assert crm_process("init", "--rep", "rep-1", home=home).code == 0
+        assert crm_process("account", "add", "--name", "Corner Store", home=home).code == 0
+        before = crm_process("export", home=home).stdout
+        filler = tmp_path / "disk" / "filler"
+        filler.mkdir()
+        made = 0
+        with contextlib.suppress(OSError):
+            while True:
+                (filler / str(made)).touch()
+                made += 1
+        assert made > 0 and shutil.disk_usage(home).free > 1 << 20, "space left, no inode"
+        _disk_full(crm_process("account", "add", "--name", "Second Shop", "--json", home=home))
+        listed = crm_process("account", "ls", "--json", home=home)
+        assert listed.code == 0, listed.stderr
+        assert [a["name"] for a in listed.json] == ["Corner Store"]
+        assert crm_process("export", home=home).stdout == before
+        _disk_full(crm_process("doctor", "--json", home=home))
+        for name in list(filler.iterdir())[:4]:
+            name.unlink()
+        assert crm_process("account", "add", "--name", "Second Shop", home=home).code == 0
+        assert crm_process("doctor", home=home).code == 0
 
 
 def test_a_store_whose_search_index_is_behind_still_opens_and_reads_on_a_full_disk(tmp_path, monkeypatch) -> None:

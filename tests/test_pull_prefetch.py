@@ -17,11 +17,9 @@ import pytest
 import crm.sync
 from crm.device import Device
 from crm.errors import ServerError, ServerUnreachableError
-from crm.server import ServerStore
-from crm.server.app import create_app
 from crm.store import MetaKey
 from crm.sync import SyncClient, pull_changes, push_outbox
-from tests.support import AppTransport, CtrlCOnce
+from tests.support import AppServer, AppTransport, CtrlCOnce
 
 ORG, URL, RECORDS, PAGE = "acme", "http://crm-server.test", 7, 2
 
@@ -45,9 +43,8 @@ class Recording(httpx.BaseTransport):
 
 @pytest.fixture
 def world(tmp_path: Path):
-    store = ServerStore.open(tmp_path / "server")
-    app = AppTransport()
-    app.serve(create_app(store))
+    server = AppServer(tmp_path / "server")
+    store, app = server.store, server.transport
     source = Device.init(tmp_path / "src", rep="a", server_url=URL, token=store.add_token(ORG, "a"))
     for n in range(RECORDS):
         source.create("account", {"name": f"Shop {n}"})
@@ -57,8 +54,7 @@ def world(tmp_path: Path):
     yield store, app, fresh
     for dev in (source, fresh):
         dev.close()
-    store.close()
-    app.shutdown()
+    server.close()
 
 
 def _pull(app: AppTransport, dev: Device, *, cut_at_pull: int = 0, recording: Recording | None = None) -> Recording:

@@ -24,10 +24,8 @@ from hypothesis import strategies as st
 import crm.sync
 from crm.device import Device
 from crm.errors import ServerError, ServerUnreachableError
-from crm.server import ServerStore
-from crm.server.app import create_app
 from crm.sync import SyncClient, push_outbox
-from tests.support import AppTransport, CtrlCOnce, examples
+from tests.support import AppServer, AppTransport, CtrlCOnce, examples
 
 ORG, URL, BATCH = "acme", "http://crm-server.test", 2
 
@@ -57,14 +55,12 @@ class Recording(httpx.BaseTransport):
 
 @pytest.fixture
 def world(tmp_path: Path):
-    store = ServerStore.open(tmp_path / "server")
-    app = AppTransport()
-    app.serve(create_app(store))
+    server = AppServer(tmp_path / "server")
+    store, app = server.store, server.transport
     dev = Device.init(tmp_path / "home", rep="a", server_url=URL, token=store.add_token(ORG, "a"))
     yield store, app, dev
     dev.close()
-    store.close()
-    app.shutdown()
+    server.close()
 
 
 def test_each_batch_goes_out_after_the_answer_before_it_with_the_claims_that_answer_gave(world, monkeypatch):
@@ -295,9 +291,8 @@ def test_any_faults_between_pipelined_batches_end_with_every_op_once_and_the_sam
     lost), syncing again until the outbox is empty leaves every op in the server's log once and
     the server's records equal to the device's."""
     tmp = tmp_path_factory.mktemp("faults")
-    store = ServerStore.open(tmp / "server")
-    app = AppTransport()
-    app.serve(create_app(store))
+    server = AppServer(tmp / "server")
+    store, app = server.store, server.transport
     dev = Device.init(tmp / "home", rep="a", server_url=URL, token=store.add_token(ORG, "a"))
     try:
         made = [dev.create("account", {"name": f"Shop {n}"})["id"] for n in range(ops)]
@@ -323,5 +318,4 @@ def test_any_faults_between_pipelined_batches_end_with_every_op_once_and_the_sam
         assert store.export(ORG)["account"] == dev.export()["account"]
     finally:
         dev.close()
-        store.close()
-        app.shutdown()
+        server.close()
